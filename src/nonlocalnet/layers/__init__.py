@@ -1,0 +1,5 @@
+"""Neural-network layers built on :mod:`nonlocalnet.ops`."""
+
+from nonlocalnet.layers.nonlocal_block import BLOCK_PRESETS, NonLocalBlock
+
+__all__ = ["BLOCK_PRESETS", "NonLocalBlock"]

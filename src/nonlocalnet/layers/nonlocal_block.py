@@ -1,0 +1,337 @@
+"""``NonLocalBlock``: the paper's non-local block for 1D, 2D and 3D inputs."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from nonlocalnet.ops import MODES, attention_weights, nonlocal_op
+from nonlocalnet.ops.pairwise import _ALGORITHMS
+
+__all__ = ["BLOCK_PRESETS", "NonLocalBlock"]
+
+_CONV = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
+_POOL = {1: nn.MaxPool1d, 2: nn.MaxPool2d, 3: nn.MaxPool3d}
+_BN = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}
+_DEFAULT_POOL = {1: (2,), 2: (2, 2), 3: (1, 2, 2)}
+_LAYOUT = {1: "(B, C, L)", 2: "(B, C, H, W)", 3: "(B, C, T, H, W)"}
+_NORMS = ("batchnorm", "none")
+_INITS = ("msra", "normal")
+
+BLOCK_PRESETS: dict[str, dict[str, Any]] = {
+    "paper": {"pool_before_conv": False, "scale": False, "init": "msra"},
+    "released": {"pool_before_conv": True, "scale": True, "init": "normal", "init_std": 0.01},
+}
+"""Where the paper and the authors' released Caffe2 code differ: pass ``**BLOCK_PRESETS[name]``
+or use :meth:`NonLocalBlock.from_preset`. Load released weights with ``"released"``."""
+
+
+def _as_tuple(value: int | Sequence[int], dim: int, name: str) -> tuple[int, ...]:
+    out = (value,) * dim if isinstance(value, int) else tuple(value)
+    if len(out) != dim or not all(isinstance(k, int) and k >= 1 for k in out):
+        raise ValueError(f"{name} must be a positive int or {dim} positive ints, got {value!r}")
+    return out
+
+
+class NonLocalBlock(nn.Module):
+    """Non-local block ``z = BN(W_z y) + x`` with ``y_i = 1/C(x) sum_j f(x_i, x_j) g(x_j)``.
+
+    Args:
+        in_channels: channels ``C`` of the input.
+        inter_channels: bottleneck width ``Ci`` of theta, phi and g (default ``C // 2``).
+        mode: ``"gaussian"`` (no theta/phi: raw features), ``"embedded_gaussian"``,
+            ``"dot_product"`` or ``"concatenation"``.
+        dim: 1, 2 or 3 for ``(B, C, L)``, ``(B, C, H, W)`` or ``(B, C, T, H, W)`` inputs.
+        sub_sample: max-pool phi and g (never theta) with ``pool_kernel`` (stride = kernel).
+        pool_kernel: default ``(1, 2, 2)`` in 3D, ``(2, 2)`` in 2D, ``2`` in 1D.
+        pool_before_conv: pool ``x`` once before the phi/g convs (released code) instead of
+            pooling their outputs (the paper and most ports). Different outputs, same weights.
+        scale: multiply the pairwise logits by ``Ck ** -0.5``, ``Ck`` being the width of the
+            dot product (``inter_channels``; ``in_channels`` for ``"gaussian"``), as the released
+            code does for embedded Gaussian.
+        norm: ``"batchnorm"`` after ``W_z`` with gamma initialised to 0, or ``"none"`` with
+            ``W_z`` initialised to 0. Either way the block is the identity at initialisation.
+        init: ``"msra"`` (paper, He-normal, fan-out) or ``"normal"`` (released code, std
+            ``init_std``) for the 1x1 convs; biases start at 0.
+        temporal_group: in 3D, attend only within groups of this many consecutive frames
+            (the released code's memory saver for res3); ``None`` attends over all frames.
+        bias: bias on the 1x1 convs theta, phi, g and ``W_z``.
+        algorithm: forwarded to :mod:`nonlocalnet.ops`; ``"auto"`` is exact and never
+            builds the ``N x N`` affinity. The quadratic forms exist for comparison.
+
+    Submodules are named ``theta``, ``phi``, ``g``, ``out`` (``W_z``), ``norm`` and, for
+    concatenation, ``concat_project`` (``2 Ci -> 1``, no bias), so state dicts map one-to-one
+    onto other implementations.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        inter_channels: int | None = None,
+        *,
+        mode: str = "embedded_gaussian",
+        dim: int = 3,
+        sub_sample: bool = True,
+        pool_kernel: int | Sequence[int] | None = None,
+        pool_before_conv: bool = False,
+        scale: bool = False,
+        norm: str = "batchnorm",
+        init: str = "msra",
+        init_std: float = 0.01,
+        temporal_group: int | None = None,
+        bias: bool = True,
+        bn_eps: float = 1e-5,
+        bn_momentum: float = 0.1,
+        algorithm: str = "auto",
+    ) -> None:
+        super().__init__()
+        if isinstance(in_channels, bool) or not isinstance(in_channels, int) or in_channels < 1:
+            raise ValueError(f"in_channels must be a positive int, got {in_channels!r}")
+        if inter_channels is None:
+            inter_channels = max(in_channels // 2, 1)
+        if isinstance(inter_channels, bool) or not isinstance(inter_channels, int):
+            raise TypeError(f"inter_channels must be an int, got {type(inter_channels).__name__}")
+        if inter_channels < 1:
+            raise ValueError(f"inter_channels must be >= 1, got {inter_channels}")
+        if mode not in MODES:
+            raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")
+        if dim not in _CONV:
+            raise ValueError(f"dim must be 1, 2 or 3, got {dim!r}")
+        if norm not in _NORMS:
+            raise ValueError(f"unknown norm {norm!r}; expected one of {_NORMS}")
+        if init not in _INITS:
+            raise ValueError(f"unknown init {init!r}; expected one of {_INITS}")
+        if algorithm not in _ALGORITHMS[mode]:
+            raise ValueError(
+                f"unknown algorithm {algorithm!r} for mode {mode!r}; expected one of {_ALGORITHMS[mode]}"
+            )
+        if temporal_group is not None:
+            if dim != 3:
+                raise ValueError(f"temporal_group needs dim=3 (B, C, T, H, W), got dim={dim}")
+            if not isinstance(temporal_group, int) or temporal_group < 1:
+                raise ValueError(f"temporal_group must be a positive int, got {temporal_group!r}")
+
+        self.in_channels = in_channels
+        self.inter_channels = inter_channels
+        self.mode = mode
+        self.dim = dim
+        self.pool_kernel: tuple[int, ...] | None = (
+            _as_tuple(_DEFAULT_POOL[dim] if pool_kernel is None else pool_kernel, dim, "pool_kernel")
+            if sub_sample
+            else None
+        )
+        self.pool_before_conv = pool_before_conv
+        self.use_scale = scale
+        self.norm_type = norm
+        self.init = init
+        self.init_std = init_std
+        self.temporal_group = temporal_group
+        self.algorithm = algorithm
+
+        conv = _CONV[dim]
+        embedded = mode != "gaussian"
+        self.theta = conv(in_channels, inter_channels, 1, bias=bias) if embedded else None
+        self.phi = conv(in_channels, inter_channels, 1, bias=bias) if embedded else None
+        self.g = conv(in_channels, inter_channels, 1, bias=bias)
+        self.concat_project = conv(2 * inter_channels, 1, 1, bias=False) if mode == "concatenation" else None
+        self.pool = _POOL[dim](self.pool_kernel, stride=self.pool_kernel) if sub_sample else None
+        self.out = conv(inter_channels, in_channels, 1, bias=bias)
+        self.norm = (
+            _BN[dim](in_channels, eps=bn_eps, momentum=bn_momentum) if norm == "batchnorm" else nn.Identity()
+        )
+        self.reset_parameters()
+
+    @classmethod
+    def from_preset(cls, preset: str, in_channels: int, **kwargs: Any) -> NonLocalBlock:
+        """Build with the choices of ``BLOCK_PRESETS[preset]`` (``"paper"`` or ``"released"``);
+        ``kwargs`` override them."""
+        if preset not in BLOCK_PRESETS:
+            raise ValueError(f"unknown preset {preset!r}; expected one of {tuple(BLOCK_PRESETS)}")
+        return cls(in_channels, **{**BLOCK_PRESETS[preset], **kwargs})
+
+    @property
+    def key_channels(self) -> int:
+        """Width ``Ck`` of the dot product theta_i^T phi_j."""
+        return self.in_channels if self.mode == "gaussian" else self.inter_channels
+
+    @property
+    def logit_scale(self) -> float:
+        return self.key_channels**-0.5 if self.use_scale else 1.0
+
+    def reset_parameters(self) -> None:
+        """Initialise the convs (``init``) and make the block the identity."""
+        for m in (self.theta, self.phi, self.g, self.concat_project, self.out):
+            if m is None:
+                continue
+            if self.init == "msra":
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            else:
+                nn.init.normal_(m.weight, std=self.init_std)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        if isinstance(self.norm, nn.modules.batchnorm._BatchNorm):
+            self.norm.reset_parameters()
+            nn.init.zeros_(self.norm.weight)
+        else:
+            nn.init.zeros_(self.out.weight)
+            if self.out.bias is not None:
+                nn.init.zeros_(self.out.bias)
+
+    # ----------------------------------------------------------------- input checks
+    def _check_input(self, x: Tensor) -> None:
+        if not isinstance(x, Tensor):
+            raise TypeError(f"expected a torch.Tensor {_LAYOUT[self.dim]}, got {type(x).__name__}")
+        if x.dim() != self.dim + 2:
+            raise ValueError(
+                f"expected a {self.dim + 2}-D input {_LAYOUT[self.dim]} for dim={self.dim}, "
+                f"got shape {tuple(x.shape)}"
+            )
+        if x.shape[1] != self.in_channels:
+            raise ValueError(
+                f"expected {self.in_channels} channels (dim 1 of {_LAYOUT[self.dim]}), "
+                f"got {x.shape[1]} in shape {tuple(x.shape)}"
+            )
+        if not x.is_floating_point():
+            raise TypeError(f"expected a floating-point input, got dtype {x.dtype}")
+        spatial = tuple(x.shape[2:])
+        if self.pool_kernel is not None and any(
+            s < k for s, k in zip(spatial, self.pool_kernel, strict=True)
+        ):
+            raise ValueError(
+                f"spatial size {spatial} is smaller than the pool kernel {self.pool_kernel}; "
+                "use a smaller pool_kernel or sub_sample=False"
+            )
+        if self.temporal_group is not None:
+            t, kt = spatial[0], self.pool_kernel[0] if self.pool_kernel else 1
+            g = self.temporal_group
+            if t % g or g % kt:
+                raise ValueError(
+                    f"temporal_group={g} must divide the {t} input frames and be a multiple of "
+                    f"the temporal pool kernel {kt}"
+                )
+
+    # ----------------------------------------------------------------- computation
+    def _groups(self, x: Tensor) -> int:
+        return x.shape[2] // self.temporal_group if self.temporal_group else 1
+
+    @staticmethod
+    def _to_sequence(t: Tensor, groups: int) -> Tensor:
+        """``(B, C, *S) -> (B * groups, N / groups, C)``, grouping along the first axis of S."""
+        b, c = t.shape[:2]
+        if groups > 1:
+            t = t.reshape(b, c, groups, -1).transpose(1, 2).reshape(b * groups, c, -1)
+        else:
+            t = t.reshape(b, c, -1)
+        return t.transpose(1, 2)
+
+    def _keys_values(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """phi and g as maps ``(B, Ck, *S')`` and ``(B, Ci, *S')``, subsampled if configured."""
+        pool = self.pool if self.pool is not None else nn.Identity()
+        if self.pool_before_conv or self.phi is None:
+            xp = pool(x)
+            phi = xp if self.phi is None else self.phi(xp)
+            g = self.g(xp) if self.pool_before_conv else pool(self.g(x))
+            return phi, g
+        return pool(self.phi(x)), pool(self.g(x))
+
+    def _concat_weight(self) -> Tensor | None:
+        return None if self.concat_project is None else self.concat_project.weight.reshape(-1)
+
+    def nonlocal_response(self, x: Tensor) -> Tensor:
+        """``y`` before ``W_z``: shape ``(B, Ci, *S)``."""
+        self._check_input(x)
+        return self._response(x)
+
+    def _response(self, x: Tensor) -> Tensor:
+        groups = self._groups(x)
+        theta = x if self.theta is None else self.theta(x)
+        phi, g = self._keys_values(x)
+        y = nonlocal_op(
+            self.mode,
+            self._to_sequence(theta, groups),
+            self._to_sequence(phi, groups),
+            self._to_sequence(g, groups),
+            scale=self.logit_scale,
+            weight=self._concat_weight(),
+            algorithm=self.algorithm,
+        )  # (B * groups, N / groups, Ci)
+        b, spatial = x.shape[0], x.shape[2:]
+        y = y.transpose(1, 2)
+        if groups > 1:
+            y = y.reshape(b, groups, self.inter_channels, -1).transpose(1, 2)
+        return y.reshape(b, self.inter_channels, *spatial)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``(B, C, *S) -> (B, C, *S)``."""
+        self._check_input(x)
+        if x.shape[0] == 0:
+            return x.clone()
+        return x + self.norm(self.out(self._response(x)))
+
+    # ----------------------------------------------------------------- inspection
+    def _flat_queries(self, queries: Tensor | Sequence[Sequence[int]], spatial: tuple) -> Tensor:
+        n = math.prod(spatial)
+        if isinstance(queries, Tensor):
+            if queries.dtype in (torch.bool,) or queries.is_floating_point() or queries.dim() != 1:
+                raise TypeError(
+                    f"queries must be a 1-D integer tensor of flat positions, got "
+                    f"{queries.dtype} of shape {tuple(queries.shape)}"
+                )
+            flat = queries.long()
+        else:
+            coords = [tuple(q) for q in queries]
+            if any(len(q) != len(spatial) for q in coords):
+                raise ValueError(f"each query must have {len(spatial)} coordinates for size {spatial}")
+            for q in coords:
+                if any(not 0 <= c < s for c, s in zip(q, spatial, strict=True)):
+                    raise ValueError(f"query {q} is outside the input of size {spatial}")
+            strides = [math.prod(spatial[i + 1 :]) for i in range(len(spatial))]
+            flat = torch.tensor(
+                [sum(c * s for c, s in zip(q, strides, strict=True)) for q in coords],
+                dtype=torch.long,
+            )
+        if flat.numel() and (flat.min() < 0 or flat.max() >= n):
+            raise ValueError(f"query indices must lie in [0, {n}) for size {spatial}")
+        return flat
+
+    def attention_weights(self, x: Tensor, queries: Tensor | Sequence[Sequence[int]]) -> Tensor:
+        """Normalised weights ``f(x_i, x_j) / C(x)`` of the chosen query positions ``i``.
+
+        ``queries``: flat indices into ``x``'s positions (1-D integer tensor) or coordinate tuples
+        (e.g. ``[(t, h, w), ...]``). Returns ``(B, Q, *S')`` over the key grid ``S'`` (after
+        subsampling); with ``temporal_group``, keys outside the query's group get weight 0.
+        Costs ``Q x M``, never ``N x M``.
+        """
+        self._check_input(x)
+        spatial = tuple(x.shape[2:])
+        flat = self._flat_queries(queries, spatial).to(x.device)
+        theta = x if self.theta is None else self.theta(x)
+        phi, _ = self._keys_values(x)
+        key_shape = tuple(phi.shape[2:])
+        theta_q = theta.flatten(2).transpose(1, 2)[:, flat]  # (B, Q, Ck)
+        groups = self._groups(x)
+        kw = {"scale": self.logit_scale, "weight": self._concat_weight()}
+        if groups == 1:
+            w = attention_weights(self.mode, theta_q, phi.flatten(2).transpose(1, 2), **kw)
+            return w.reshape(x.shape[0], flat.numel(), *key_shape)
+        phi_groups = self._to_sequence(phi, groups).reshape(x.shape[0], groups, -1, phi.shape[1])
+        per_group = math.prod(spatial) // groups
+        out = theta_q.new_zeros(x.shape[0], flat.numel(), groups, phi_groups.shape[2])
+        out = out.float() if out.dtype in (torch.float16, torch.bfloat16) else out
+        query_group = flat // per_group
+        for grp in query_group.unique().tolist():
+            sel = (query_group == grp).nonzero().squeeze(1)
+            out[:, sel, grp] = attention_weights(self.mode, theta_q[:, sel], phi_groups[:, grp], **kw)
+        return out.reshape(x.shape[0], flat.numel(), *key_shape)
+
+    def extra_repr(self) -> str:
+        return (
+            f"mode={self.mode!r}, dim={self.dim}, in_channels={self.in_channels}, "
+            f"inter_channels={self.inter_channels}, pool_kernel={self.pool_kernel}, "
+            f"pool_before_conv={self.pool_before_conv}, scale={self.use_scale}, "
+            f"norm={self.norm_type!r}, temporal_group={self.temporal_group}"
+        )

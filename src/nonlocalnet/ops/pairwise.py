@@ -1,0 +1,261 @@
+"""The non-local operation ``y_i = 1/C(x) sum_j f(x_i, x_j) g(x_j)``, one pure function per
+pairwise instantiation of the paper.
+
+Every function takes sequence-major tensors
+
+* ``theta``: ``(B, N, Ck)``, one row per output position ``i`` (never subsampled),
+* ``phi``:   ``(B, M, Ck)``, one row per position ``j`` (possibly subsampled),
+* ``g``:     ``(B, M, Cv)``, the values ``g(x_j)``,
+
+and returns ``y``: ``(B, N, Cv)``. ``scale`` multiplies the pairwise logit ``theta_i^T phi_j``
+(the argument of ``exp`` for the Gaussian forms, ``f`` itself for the dot product, the argument
+of the ReLU for concatenation).
+
+No function builds an ``N x M`` matrix unless its ``algorithm`` asks for the quadratic form:
+the Gaussian forms use fused attention, the dot product uses associativity, concatenation sorts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = [
+    "MODES",
+    "attention_weights",
+    "concatenation",
+    "dot_product",
+    "nonlocal_op",
+    "softmax_attention",
+]
+
+MODES = ("gaussian", "embedded_gaussian", "dot_product", "concatenation")
+"""The paper's four instantiations of the pairwise function ``f``."""
+
+_ALGORITHMS = {
+    "gaussian": ("auto", "fused", "naive"),
+    "embedded_gaussian": ("auto", "fused", "naive"),
+    "dot_product": ("auto", "linear", "quadratic"),
+    "concatenation": ("auto", "sorted", "pairwise", "explicit"),
+}
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def _check(theta: Tensor, phi: Tensor, g: Tensor) -> None:
+    for name, t in (("theta", theta), ("phi", phi), ("g", g)):
+        if not isinstance(t, Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.dim() != 3:
+            raise ValueError(f"{name} must have shape (B, positions, channels), got {tuple(t.shape)}")
+        if not t.is_floating_point():
+            raise TypeError(f"{name} must be a floating-point tensor, got dtype {t.dtype}")
+    if not (theta.shape[0] == phi.shape[0] == g.shape[0]):
+        raise ValueError(f"batch sizes differ: theta {theta.shape[0]}, phi {phi.shape[0]}, g {g.shape[0]}")
+    if theta.shape[2] != phi.shape[2]:
+        raise ValueError(
+            f"theta and phi must have the same channels, got {theta.shape[2]} and {phi.shape[2]}"
+        )
+    if phi.shape[1] != g.shape[1]:
+        raise ValueError(
+            f"phi and g must have the same number of positions, got {phi.shape[1]} and {g.shape[1]}"
+        )
+    if phi.shape[1] == 0:
+        raise ValueError("phi and g need at least one position (M >= 1), got M = 0")
+
+
+def _check_algorithm(mode: str, algorithm: str) -> None:
+    if algorithm not in _ALGORITHMS[mode]:
+        raise ValueError(
+            f"unknown algorithm {algorithm!r} for mode {mode!r}; expected one of {_ALGORITHMS[mode]}"
+        )
+
+
+@contextlib.contextmanager
+def _fp32(*tensors: Tensor) -> Iterator[tuple[Tensor, ...]]:
+    """Yield the tensors in float32 (if they are half/bfloat16) with autocast disabled."""
+    device_type = tensors[0].device.type
+    try:
+        guard = torch.autocast(device_type=device_type, enabled=False)
+    except RuntimeError:  # a device type autocast does not know
+        guard = contextlib.nullcontext()
+    with guard:
+        yield tuple(t.float() if t.dtype in _LOW_PRECISION else t for t in tensors)
+
+
+def softmax_attention(
+    theta: Tensor, phi: Tensor, g: Tensor, *, scale: float = 1.0, algorithm: str = "auto"
+) -> Tensor:
+    """Gaussian / embedded Gaussian: ``f = exp(scale * theta_i^T phi_j)``, ``C = sum_j f``.
+
+    ``"fused"`` (the default) runs ``scaled_dot_product_attention`` (flash kernel on CPU and
+    CUDA: memory linear in N); ``"naive"`` builds the ``(B, N, M)`` affinity explicitly.
+    """
+    _check(theta, phi, g)
+    _check_algorithm("embedded_gaussian", algorithm)
+    if algorithm == "naive":
+        logits = torch.bmm(theta, phi.transpose(1, 2)) * scale
+        return torch.bmm(logits.softmax(dim=-1), g)
+    y = F.scaled_dot_product_attention(
+        theta.unsqueeze(1), phi.unsqueeze(1), g.unsqueeze(1), scale=float(scale)
+    )
+    return y.squeeze(1)
+
+
+def dot_product(
+    theta: Tensor, phi: Tensor, g: Tensor, *, scale: float = 1.0, algorithm: str = "auto"
+) -> Tensor:
+    """Dot product: ``f = scale * theta_i^T phi_j``, ``C = M`` (no softmax).
+
+    ``"linear"`` computes ``theta (phi^T g) / M`` in ``O((N + M) Ck Cv)``; ``"quadratic"``
+    computes ``(theta phi^T / M) g``; ``"auto"`` picks the cheaper. Half-precision inputs are
+    computed in float32 (sums over M positions overflow float16) and returned in their dtype.
+    """
+    _check(theta, phi, g)
+    _check_algorithm("dot_product", algorithm)
+    n, m, ck, cv = theta.shape[1], phi.shape[1], theta.shape[2], g.shape[2]
+    if algorithm == "auto":
+        linear = (n + m) * ck * cv
+        quadratic = n * m * (ck + cv)
+        algorithm = "linear" if linear <= quadratic else "quadratic"
+    out_dtype = torch.promote_types(theta.dtype, g.dtype)
+    with _fp32(theta, phi, g) as (t, p, v):
+        if algorithm == "linear":
+            y = torch.bmm(t, torch.bmm(p.transpose(1, 2), v) * (scale / m))
+        else:
+            y = torch.bmm(torch.bmm(t, p.transpose(1, 2)) * (scale / m), v)
+    return y.to(out_dtype)
+
+
+def _suffix_sums(x: Tensor) -> Tensor:
+    """``S[:, k] = sum_{j >= k} x[:, j]`` for ``k = 0..M`` (``S[:, M] = 0``), shape ``(B, M+1, C)``."""
+    s = x.flip(1).cumsum(1).flip(1)
+    return torch.cat([s, s.new_zeros(s.shape[0], 1, s.shape[2])], dim=1)
+
+
+def _project(theta: Tensor, phi: Tensor, w: Tensor, scale: float) -> tuple[Tensor, Tensor]:
+    """``a = scale * theta w[:Ck]`` ``(B, N)`` and ``b = scale * phi w[Ck:]`` ``(B, M)``."""
+    ck = theta.shape[2]
+    # matmul with a column, not ``theta @ w`` (3-D @ 1-D): the ONNX exporter of torch 2.13
+    # mistranslates that form for transposed (non-contiguous) inputs.
+    a = torch.matmul(theta, w[:ck, None]).squeeze(-1) * scale
+    b = torch.matmul(phi, w[ck:, None]).squeeze(-1) * scale
+    return a, b
+
+
+def _count_not_greater(keys: Tensor, queries: Tensor) -> Tensor:
+    """``#{j: keys_j <= queries_i}`` per row, ``(B, M), (B, N) -> (B, N)`` int64, by one merge sort.
+
+    Sorting keys and queries together and counting the keys before each query is exact up to
+    ties, where ``a_i + b_j = 0`` contributes nothing either way. (``searchsorted`` would do
+    the same but does not export to ONNX.)
+    """
+    m = keys.shape[1]
+    merged = torch.cat([keys, queries], dim=1)
+    is_key = torch.cat([torch.ones_like(keys), torch.zeros_like(queries)], dim=1).long()
+    _, order = merged.sort(dim=1)
+    keys_so_far = is_key.gather(1, order).cumsum(1)
+    return torch.empty_like(keys_so_far).scatter_(1, order, keys_so_far)[:, m:]
+
+
+def concatenation(
+    theta: Tensor,
+    phi: Tensor,
+    g: Tensor,
+    weight: Tensor,
+    *,
+    scale: float = 1.0,
+    algorithm: str = "auto",
+) -> Tensor:
+    """Concatenation: ``f = ReLU(scale * w^T [theta_i, phi_j])``, ``C = M``.
+
+    ``weight`` is ``w``, shape ``(2 * Ck,)``. Since ``w^T [theta_i, phi_j] = a_i + b_j`` with
+    ``a = theta w[:Ck]`` and ``b = phi w[Ck:]``, ``"sorted"`` (the default) sorts ``b`` once and
+    uses suffix sums of ``g`` and ``b * g``: ``y_i = (a_i S_g(k_i) + S_bg(k_i)) / M`` where
+    ``k_i`` is the number of ``b_j <= -a_i``. Exact, ``O(M log M + (N + M) Cv)`` memory and time,
+    differentiable. ``"pairwise"`` forms the ``(B, N, M)`` matrix ``ReLU(a_i + b_j)``;
+    ``"explicit"`` forms the ``(B, 2Ck, N, M)`` concatenation as most ports do.
+    """
+    _check(theta, phi, g)
+    _check_algorithm("concatenation", algorithm)
+    ck = theta.shape[2]
+    if weight.shape != (2 * ck,):
+        raise ValueError(
+            f"concatenation weight must have shape (2 * Ck,) = ({2 * ck},), got {tuple(weight.shape)}"
+        )
+    n, m = theta.shape[1], phi.shape[1]
+    out_dtype = torch.promote_types(theta.dtype, g.dtype)
+    with _fp32(theta, phi, g, weight) as (t, p, v, w):
+        if algorithm == "explicit":
+            pairs = torch.cat(
+                [
+                    t.transpose(1, 2)[:, :, :, None].expand(-1, -1, -1, m),
+                    p.transpose(1, 2)[:, :, None, :].expand(-1, -1, n, -1),
+                ],
+                dim=1,
+            )  # (B, 2Ck, N, M)
+            f = torch.relu(torch.einsum("bcnm,c->bnm", pairs, w) * scale)
+            return torch.bmm(f, v).div(m).to(out_dtype)
+        a, b = _project(t, p, w, scale)  # (B, N), (B, M)
+        if algorithm == "pairwise":
+            f = torch.relu(a[:, :, None] + b[:, None, :])
+            return torch.bmm(f, v).div(m).to(out_dtype)
+        b_sorted, order = b.sort(dim=1)
+        v_sorted = v.gather(1, order[:, :, None].expand(-1, -1, v.shape[2]))
+        s_v = _suffix_sums(v_sorted)
+        s_bv = _suffix_sums(b_sorted[:, :, None] * v_sorted)
+        k = _count_not_greater(b, -a)[:, :, None].expand(-1, -1, v.shape[2])
+        y = (a[:, :, None] * s_v.gather(1, k) + s_bv.gather(1, k)) / m
+        # A NaN in b sorts last and can fall outside every suffix; the formula makes every y NaN.
+        y = torch.where(torch.isnan(b).any(dim=1)[:, None, None], torch.nan, y)
+    return y.to(out_dtype)
+
+
+def nonlocal_op(
+    mode: str,
+    theta: Tensor,
+    phi: Tensor,
+    g: Tensor,
+    *,
+    scale: float = 1.0,
+    weight: Tensor | None = None,
+    algorithm: str = "auto",
+) -> Tensor:
+    """Dispatch to the function of ``mode`` (one of :data:`MODES`)."""
+    if mode in ("gaussian", "embedded_gaussian"):
+        return softmax_attention(theta, phi, g, scale=scale, algorithm=algorithm)
+    if mode == "dot_product":
+        return dot_product(theta, phi, g, scale=scale, algorithm=algorithm)
+    if mode == "concatenation":
+        if weight is None:
+            raise ValueError("mode 'concatenation' needs the projection weight w (2 * Ck,)")
+        return concatenation(theta, phi, g, weight, scale=scale, algorithm=algorithm)
+    raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")
+
+
+def attention_weights(
+    mode: str, theta: Tensor, phi: Tensor, *, scale: float = 1.0, weight: Tensor | None = None
+) -> Tensor:
+    """The normalised pairwise weights ``f(x_i, x_j) / C(x)`` for the given query rows.
+
+    ``theta`` holds only the queries of interest, ``(B, Q, Ck)``; returns ``(B, Q, M)``. Memory
+    is ``Q x M``, never ``N x M``. The rows sum to 1 for the Gaussian forms only.
+    """
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")
+    _check(theta, phi, phi)
+    m = phi.shape[1]
+    with _fp32(theta, phi) as (t, p):
+        if mode == "concatenation":
+            if weight is None:
+                raise ValueError("mode 'concatenation' needs the projection weight w (2 * Ck,)")
+            w = weight.float() if weight.dtype in _LOW_PRECISION else weight
+            a, b = _project(t, p, w, scale)
+            return torch.relu(a[:, :, None] + b[:, None, :]) / m
+        logits = torch.bmm(t, p.transpose(1, 2)) * scale
+        if mode == "dot_product":
+            return logits / m
+        return logits.softmax(dim=-1)

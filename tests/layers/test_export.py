@@ -1,0 +1,43 @@
+"""torch.compile and ONNX export of the block (seconds each: marked slow, still run in CI)."""
+
+import pytest
+import torch
+from reference import randomise
+
+from nonlocalnet import MODES, NonLocalBlock
+
+
+def _block(mode, **kw):
+    block = NonLocalBlock(8, mode=mode, **kw)
+    randomise(block)
+    return block
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", MODES)
+def test_torch_compile_forward_backward(mode):
+    block = _block(mode).train()
+    compiled = torch.compile(block, fullgraph=True)
+    x = torch.randn(2, 8, 4, 6, 6, requires_grad=True)
+    y_ref = block(x)
+    (g_ref,) = torch.autograd.grad(y_ref.square().sum(), x)
+    y = compiled(x)
+    (g,) = torch.autograd.grad(y.square().sum(), x)
+    torch.testing.assert_close(y, y_ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(g, g_ref, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", MODES)
+def test_onnx_export_matches_onnxruntime(mode, tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    block = _block(mode, pool_before_conv=mode == "dot_product", scale=True).eval()
+    x = torch.randn(2, 8, 4, 6, 6)
+    path = tmp_path / f"{mode}.onnx"
+    torch.onnx.export(block, (x,), str(path), dynamo=True)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for inp in (x, torch.randn(2, 8, 4, 6, 6) * 3):
+        (out,) = session.run(None, {session.get_inputs()[0].name: inp.numpy()})
+        with torch.no_grad():
+            torch.testing.assert_close(torch.from_numpy(out), block(inp), atol=1e-5, rtol=1e-5)

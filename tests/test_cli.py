@@ -1,0 +1,32 @@
+import pytest
+
+from nonlocalnet import __version__
+from nonlocalnet.cli import main
+
+
+def test_example_runs_and_reports(capsys):
+    assert main(["example", "--channels", "16", "--size", "4", "8", "8"]) == 0
+    out = capsys.readouterr().out
+    assert "identity at init     True" in out
+    assert "N = 256 query positions, M = 64 keys" in out
+    assert "sum 1.0000" in out  # embedded Gaussian weights are a distribution
+
+
+@pytest.mark.parametrize("size", [["40"], ["8", "8"]])
+def test_example_other_dims(capsys, size):
+    assert main(["example", "--mode", "concatenation", "--channels", "8", "--size", *size]) == 0
+    assert f"dim={len(size)}" in capsys.readouterr().out
+
+
+def test_example_bad_size_is_a_clear_error(capsys):
+    assert main(["example", "--size", "1", "1", "1"]) == 2
+    assert "smaller than the pool kernel" in capsys.readouterr().err
+    assert main(["example", "--size", "1", "2", "3", "4"]) == 2
+    assert "--size takes 1 to 3 numbers" in capsys.readouterr().err
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    assert __version__ in capsys.readouterr().out
