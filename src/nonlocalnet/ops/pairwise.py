@@ -37,8 +37,8 @@ MODES = ("gaussian", "embedded_gaussian", "dot_product", "concatenation")
 """The paper's four instantiations of the pairwise function ``f``."""
 
 _ALGORITHMS = {
-    "gaussian": ("auto", "fused", "naive"),
-    "embedded_gaussian": ("auto", "fused", "naive"),
+    "gaussian": ("auto", "fused", "chunked", "naive"),
+    "embedded_gaussian": ("auto", "fused", "chunked", "naive"),
     "dot_product": ("auto", "linear", "quadratic"),
     "concatenation": ("auto", "sorted", "pairwise", "explicit"),
 }
@@ -86,19 +86,78 @@ def _fp32(*tensors: Tensor) -> Iterator[tuple[Tensor, ...]]:
         yield tuple(t.float() if t.dtype in _LOW_PRECISION else t for t in tensors)
 
 
+_CHUNK_ELEMENTS = 1 << 22  # logits per chunk of the chunked softmax: 16 MiB in float32
+
+
+class _ChunkedSoftmaxAttention(torch.autograd.Function):
+    """``softmax(scale * theta phi^T) g`` over chunks of query rows, flash-style backward.
+
+    Forward keeps one ``(B, chunk, M)`` block of logits at a time and saves only the output and
+    the row log-sum-exp; backward recomputes each block. Memory ``O(chunk * M + (N + M) C)``,
+    all work in large GEMMs. Serves any ``Ck != Cv`` (the raw-feature Gaussian), where the
+    fused kernels fall back to the quadratic form.
+    """
+
+    @staticmethod
+    def forward(ctx, theta: Tensor, phi: Tensor, g: Tensor, scale: float, chunk: int) -> Tensor:
+        b, n = theta.shape[:2]
+        out = g.new_empty(b, n, g.shape[2])
+        lse = theta.new_empty(b, n)
+        phi_t = phi.transpose(1, 2)
+        for s in range(0, n, chunk):
+            logits = torch.bmm(theta[:, s : s + chunk], phi_t).mul_(scale)
+            row_max = logits.amax(dim=2, keepdim=True)
+            p = logits.sub_(row_max).exp_()
+            denom = p.sum(dim=2, keepdim=True)
+            out[:, s : s + chunk] = torch.bmm(p, g).div_(denom)
+            lse[:, s : s + chunk] = (row_max + denom.log()).squeeze(2)
+        ctx.save_for_backward(theta, phi, g, out, lse)
+        ctx.scale, ctx.chunk = scale, chunk
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out: Tensor):
+        theta, phi, g, out, lse = ctx.saved_tensors
+        scale, chunk = ctx.scale, ctx.chunk
+        grad_out = grad_out.contiguous()
+        d_theta = torch.empty_like(theta)
+        d_phi = torch.zeros_like(phi)
+        d_g = torch.zeros_like(g)
+        delta = (grad_out * out).sum(dim=2)  # rowsum(dO * O) = rowsum(P * dP)
+        phi_t, g_t = phi.transpose(1, 2), g.transpose(1, 2)
+        for s in range(0, theta.shape[1], chunk):
+            q, do = theta[:, s : s + chunk], grad_out[:, s : s + chunk]
+            p = torch.bmm(q, phi_t).mul_(scale).sub_(lse[:, s : s + chunk, None]).exp_()
+            d_g.baddbmm_(p.transpose(1, 2), do)
+            ds = torch.bmm(do, g_t).sub_(delta[:, s : s + chunk, None]).mul_(p)
+            d_theta[:, s : s + chunk] = torch.bmm(ds, phi).mul_(scale)
+            d_phi.baddbmm_(ds.transpose(1, 2), q, alpha=scale)
+        return d_theta, d_phi, d_g, None, None
+
+
 def softmax_attention(
     theta: Tensor, phi: Tensor, g: Tensor, *, scale: float = 1.0, algorithm: str = "auto"
 ) -> Tensor:
     """Gaussian / embedded Gaussian: ``f = exp(scale * theta_i^T phi_j)``, ``C = sum_j f``.
 
-    ``"fused"`` (the default) runs ``scaled_dot_product_attention`` (flash kernel on CPU and
-    CUDA: memory linear in N); ``"naive"`` builds the ``(B, N, M)`` affinity explicitly.
+    ``"fused"`` runs ``scaled_dot_product_attention`` (flash kernel on CPU and CUDA: memory
+    linear in N; it needs ``Ck == Cv``); ``"chunked"`` runs the softmax over blocks of query rows
+    with a recomputing backward (any widths); ``"auto"`` picks fused when the widths match,
+    else chunked. ``"naive"`` builds the ``(B, N, M)`` affinity explicitly.
     """
     _check(theta, phi, g)
     _check_algorithm("embedded_gaussian", algorithm)
+    if algorithm == "auto":
+        algorithm = "fused" if theta.shape[2] == g.shape[2] else "chunked"
     if algorithm == "naive":
         logits = torch.bmm(theta, phi.transpose(1, 2)) * scale
         return torch.bmm(logits.softmax(dim=-1), g)
+    if algorithm == "chunked":
+        chunk = max(1, _CHUNK_ELEMENTS // (theta.shape[0] * phi.shape[1]))
+        out_dtype = torch.promote_types(theta.dtype, g.dtype)
+        with _fp32(theta, phi, g) as (t, p, v):
+            return _ChunkedSoftmaxAttention.apply(t, p, v, float(scale), chunk).to(out_dtype)
     y = F.scaled_dot_product_attention(
         theta.unsqueeze(1), phi.unsqueeze(1), g.unsqueeze(1), scale=float(scale)
     )
@@ -130,19 +189,14 @@ def dot_product(
     return y.to(out_dtype)
 
 
-def _suffix_sums(x: Tensor) -> Tensor:
-    """``S[:, k] = sum_{j >= k} x[:, j]`` for ``k = 0..M`` (``S[:, M] = 0``), shape ``(B, M+1, C)``."""
-    s = x.flip(1).cumsum(1).flip(1)
-    return torch.cat([s, s.new_zeros(s.shape[0], 1, s.shape[2])], dim=1)
-
-
 def _project(theta: Tensor, phi: Tensor, w: Tensor, scale: float) -> tuple[Tensor, Tensor]:
     """``a = scale * theta w[:Ck]`` ``(B, N)`` and ``b = scale * phi w[Ck:]`` ``(B, M)``."""
     ck = theta.shape[2]
-    # matmul with a column, not ``theta @ w`` (3-D @ 1-D): the ONNX exporter of torch 2.13
-    # mistranslates that form for transposed (non-contiguous) inputs.
-    a = torch.matmul(theta, w[:ck, None]).squeeze(-1) * scale
-    b = torch.matmul(phi, w[ck:, None]).squeeze(-1) * scale
+    # (1, Ck) @ (B, Ck, N): a GEMV over the channel-major layout a conv produces. (Also avoids
+    # ``theta @ w`` with a 1-D w, which torch 2.13's ONNX exporter mistranslates for
+    # transposed inputs.)
+    a = torch.matmul(w[None, :ck], theta.transpose(1, 2)).squeeze(1) * scale
+    b = torch.matmul(w[None, ck:], phi.transpose(1, 2)).squeeze(1) * scale
     return a, b
 
 
@@ -173,11 +227,12 @@ def concatenation(
     """Concatenation: ``f = ReLU(scale * w^T [theta_i, phi_j])``, ``C = M``.
 
     ``weight`` is ``w``, shape ``(2 * Ck,)``. Since ``w^T [theta_i, phi_j] = a_i + b_j`` with
-    ``a = theta w[:Ck]`` and ``b = phi w[Ck:]``, ``"sorted"`` (the default) sorts ``b`` once and
-    uses suffix sums of ``g`` and ``b * g``: ``y_i = (a_i S_g(k_i) + S_bg(k_i)) / M`` where
-    ``k_i`` is the number of ``b_j <= -a_i``. Exact, ``O(M log M + (N + M) Cv)`` memory and time,
-    differentiable. ``"pairwise"`` forms the ``(B, N, M)`` matrix ``ReLU(a_i + b_j)``;
-    ``"explicit"`` forms the ``(B, 2Ck, N, M)`` concatenation as most ports do.
+    ``a = theta w[:Ck]`` and ``b = phi w[Ck:]``, ``"sorted"`` (the default) sorts ``b`` in
+    descending order and takes prefix sums of ``g`` and ``b * g``: ``y_i = (a_i P_g(k_i) +
+    P_bg(k_i)) / M`` where ``k_i`` is the number of ``b_j > -a_i``. Exact, differentiable,
+    ``O((N + M) log(N + M) + (N + M) Cv)`` time and ``O((N + M) Cv)`` memory. ``"pairwise"``
+    forms the ``(B, N, M)`` matrix ``ReLU(a_i + b_j)``; ``"explicit"`` forms the
+    ``(B, 2Ck, N, M)`` concatenation as most ports do.
     """
     _check(theta, phi, g)
     _check_algorithm("concatenation", algorithm)
@@ -203,14 +258,22 @@ def concatenation(
         if algorithm == "pairwise":
             f = torch.relu(a[:, :, None] + b[:, None, :])
             return torch.bmm(f, v).div(m).to(out_dtype)
-        b_sorted, order = b.sort(dim=1)
-        v_sorted = v.gather(1, order[:, :, None].expand(-1, -1, v.shape[2]))
-        s_v = _suffix_sums(v_sorted)
-        s_bv = _suffix_sums(b_sorted[:, :, None] * v_sorted)
-        k = _count_not_greater(b, -a)[:, :, None].expand(-1, -1, v.shape[2])
-        y = (a[:, :, None] * s_v.gather(1, k) + s_bv.gather(1, k)) / m
-        # A NaN in b sorts last and can fall outside every suffix; the formula makes every y NaN.
-        y = torch.where(torch.isnan(b).any(dim=1)[:, None, None], torch.nan, y)
+        # Channel-major (B, Cv, M): cumsum and gather run along the contiguous last axis (about
+        # 10x faster than along positions), and g from a conv is already laid out this way.
+        v_cm = v.transpose(1, 2)
+        b_sorted, order = b.sort(dim=1, descending=True)
+        b_sorted = b_sorted[:, None, :]
+        g_sorted = v_cm.gather(2, order[:, None, :].expand(-1, v_cm.shape[1], -1))
+        prefix_g = g_sorted.cumsum(2)
+        prefix_bg = (g_sorted * b_sorted).cumsum(2)
+        count = m - _count_not_greater(b, -a)  # k_i = #{j: a_i + b_j > 0}: the first k_i columns
+        last = (count - 1).clamp(min=0)[:, None, :].expand(-1, v_cm.shape[1], -1)
+        # 1/M where k_i > 0, else 0; NaN for every row if b has a NaN (it may sort outside every
+        # prefix, yet the formula makes every y NaN).
+        weight_i = (count > 0).to(a.dtype) / m
+        weight_i = torch.where(torch.isnan(b).any(dim=1, keepdim=True), torch.nan, weight_i)
+        y = torch.addcmul(prefix_bg.gather(2, last), a[:, None, :], prefix_g.gather(2, last))
+        y = y.mul_(weight_i[:, None, :]).transpose(1, 2)
     return y.to(out_dtype)
 
 
