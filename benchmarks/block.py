@@ -14,6 +14,7 @@ Writes JSON (``--out``, default ``benchmarks/results/block.json``) and prints a 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import os
 import platform
@@ -41,7 +42,23 @@ def _rss() -> int:
 
 
 def _peak_rss() -> int:
+    """High-water RSS since the last :func:`_reset_peak` (VmHWM), in bytes."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _reset_peak() -> None:
+    """Return freed heap pages to the OS, then restart the high-water mark at the current RSS, so
+    that a warm-up's code pages and cached buffers do not count as the op's memory."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
 
 
 def _op_flops(mode: str, b: int, n: int, m: int, ck: int, cv: int) -> float:
@@ -75,13 +92,15 @@ def run_case(case: dict) -> dict:
             return y
 
         flops = _op_flops(case["mode"], b, n, m, ck, cv) * (3 if grad else 1)
+    for _ in range(case["warmup"]):
+        fn()
+    _reset_peak()
     base = _rss()
     times = []
-    for i in range(case["warmup"] + case["repeats"]):
+    for _ in range(case["repeats"]):
         start = time.perf_counter()
         fn()
-        if i >= case["warmup"]:
-            times.append(time.perf_counter() - start)
+        times.append(time.perf_counter() - start)
     median = statistics.median(times)
     return {
         **case,

@@ -1,8 +1,27 @@
 """nonlocalnet: Non-local Neural Networks (Wang, Girshick, Gupta, He, CVPR 2018) in PyTorch."""
 
 from nonlocalnet.layers import BLOCK_PRESETS, NonLocalBlock
+from nonlocalnet.models import (
+    VideoResNet,
+    add_nonlocal,
+    build_model,
+    inflate_2d_to_3d,
+    list_models,
+    load_caffe2_checkpoint,
+)
 from nonlocalnet.ops import MODES
 
 __version__ = "0.1.0"
 
-__all__ = ["BLOCK_PRESETS", "MODES", "NonLocalBlock", "__version__"]
+__all__ = [
+    "BLOCK_PRESETS",
+    "MODES",
+    "NonLocalBlock",
+    "VideoResNet",
+    "__version__",
+    "add_nonlocal",
+    "build_model",
+    "inflate_2d_to_3d",
+    "list_models",
+    "load_caffe2_checkpoint",
+]

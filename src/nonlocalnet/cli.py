@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import pickle
 import sys
 import time
 from collections.abc import Sequence
@@ -66,6 +67,45 @@ def _example(args: argparse.Namespace) -> int:
     return 0 if identity else 1
 
 
+def _info(args: argparse.Namespace) -> int:
+    """Parameters and GFLOPs of a registry model at the paper's input size."""
+    from nonlocalnet.models import build_model, get_model_info, measure_complexity
+
+    info = get_model_info(args.model)
+    frames = args.frames or info.frames
+    with torch.device("meta"):
+        model = build_model(args.model, num_classes=args.num_classes, variant=args.variant)
+    c = measure_complexity(model, (1, 3, frames, args.size, args.size))
+    print(f"{args.model} (variant {args.variant!r}, {info.nonlocal_blocks} non-local blocks)")
+    print(f"  input        1 x 3 x {frames} x {args.size} x {args.size}")
+    print(f"  parameters   {c.params / 1e6:.2f} M")
+    print(f"  GFLOPs       {c.gmacs:.2f} (multiply-adds)")
+    for op, g in sorted(c.by_op.items(), key=lambda kv: -kv[1]):
+        print(f"    {op:<28s} {g:.3f}")
+    if info.paper_top1_top5:
+        print(f"  paper Kinetics-400 top-1/top-5: {info.paper_top1_top5[0]}/{info.paper_top1_top5[1]}")
+    return 0
+
+
+def _convert_caffe2(args: argparse.Namespace) -> int:
+    """Released .pkl -> safetensors for a registry model."""
+    from nonlocalnet.models import build_model, load_caffe2_checkpoint, save_weights
+
+    model = build_model(args.model, num_classes=args.num_classes, variant="released")
+    report = load_caffe2_checkpoint(args.input, model, strict=not args.allow_partial)
+    print(report.summary())
+    save_weights(model, args.output, metadata={"model": args.model, "variant": "released"})
+    print(f"wrote {args.output}")
+    return 0
+
+
+def _models(args: argparse.Namespace) -> int:
+    from nonlocalnet.models import list_models
+
+    print("\n".join(list_models()))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nonlocalnet", description=__doc__)
     parser.add_argument("--version", action="version", version=f"nonlocalnet {__version__}")
@@ -80,6 +120,25 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--scale", action="store_true", help="multiply logits by Ck ** -0.5")
     ex.add_argument("--seed", type=int, default=0)
     ex.set_defaults(func=_example)
+
+    info = sub.add_parser("info", help="parameters and GFLOPs of a registry model")
+    info.add_argument("model")
+    info.add_argument("--variant", choices=("paper", "released"), default="paper")
+    info.add_argument("--frames", type=int, default=None, help="default: the model's (32 or 8)")
+    info.add_argument("--size", type=int, default=224)
+    info.add_argument("--num-classes", type=int, default=400)
+    info.set_defaults(func=_info)
+
+    conv = sub.add_parser("convert-caffe2", help="convert the authors' .pkl weights to safetensors")
+    conv.add_argument("input", help="released Caffe2 .pkl")
+    conv.add_argument("output", help="output .safetensors")
+    conv.add_argument("--model", required=True, help="registry name, e.g. i3d_nl5_r50")
+    conv.add_argument("--num-classes", type=int, default=400)
+    conv.add_argument("--allow-partial", action="store_true", help="load what fits, report the rest")
+    conv.set_defaults(func=_convert_caffe2)
+
+    models = sub.add_parser("models", help="list the registry models")
+    models.set_defaults(func=_models)
     return parser
 
 
@@ -90,7 +149,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return args.func(args)
-    except (ValueError, TypeError) as err:
+    except (ValueError, TypeError, OSError, pickle.UnpicklingError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
 

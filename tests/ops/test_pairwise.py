@@ -238,3 +238,17 @@ def test_bad_arguments():
         nonlocal_op("cosine", theta, phi, g)
     with pytest.raises(ValueError, match="M >= 1"):
         dot_product(theta, phi[:, :0], g[:, :0])
+
+
+def test_concatenation_channel_chunks_match(monkeypatch):
+    """Force one channel per chunk: values and gradients equal the unchunked pairwise form."""
+    monkeypatch.setattr(pairwise, "_CHUNK_ELEMENTS", 4 * 2 * 40)
+    inputs = _qkv(n=40, m=30, ck=6, cv=5, dtype=torch.float64)
+    results = []
+    for algorithm in ("sorted", "pairwise"):
+        leaves = [t.clone().requires_grad_() for t in inputs]
+        y = concatenation(*leaves[:3], leaves[3], algorithm=algorithm)
+        y.pow(3).sum().backward()
+        results.append([y, *(t.grad for t in leaves)])
+    for a, b in zip(*results, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-10)

@@ -262,17 +262,24 @@ def concatenation(
         # 10x faster than along positions), and g from a conv is already laid out this way.
         v_cm = v.transpose(1, 2)
         b_sorted, order = b.sort(dim=1, descending=True)
-        b_sorted = b_sorted[:, None, :]
-        g_sorted = v_cm.gather(2, order[:, None, :].expand(-1, v_cm.shape[1], -1))
-        prefix_g = g_sorted.cumsum(2)
-        prefix_bg = (g_sorted * b_sorted).cumsum(2)
         count = m - _count_not_greater(b, -a)  # k_i = #{j: a_i + b_j > 0}: the first k_i columns
-        last = (count - 1).clamp(min=0)[:, None, :].expand(-1, v_cm.shape[1], -1)
+        last = (count - 1).clamp(min=0)
         # 1/M where k_i > 0, else 0; NaN for every row if b has a NaN (it may sort outside every
         # prefix, yet the formula makes every y NaN).
         weight_i = (count > 0).to(a.dtype) / m
         weight_i = torch.where(torch.isnan(b).any(dim=1, keepdim=True), torch.nan, weight_i)
-        y = torch.addcmul(prefix_bg.gather(2, last), a[:, None, :], prefix_g.gather(2, last))
+        # Channel chunks bound the temporaries (sorted g, two prefix tables, two lookups) to
+        # about _CHUNK_ELEMENTS each; the output is the only full-size allocation.
+        cv = v_cm.shape[1]
+        step = max(1, min(cv, _CHUNK_ELEMENTS // (4 * v_cm.shape[0] * max(m, n))))
+        y = a.new_empty(v_cm.shape[0], cv, n)
+        for s in range(0, cv, step):
+            c = min(step, cv - s)
+            g_sorted = v_cm[:, s : s + c].gather(2, order[:, None, :].expand(-1, c, -1))
+            prefix_bg = (g_sorted * b_sorted[:, None, :]).cumsum(2)
+            prefix_g = g_sorted.cumsum(2)
+            idx = last[:, None, :].expand(-1, c, -1)
+            y[:, s : s + c] = torch.addcmul(prefix_bg.gather(2, idx), a[:, None, :], prefix_g.gather(2, idx))
         y = y.mul_(weight_i[:, None, :]).transpose(1, 2)
     return y.to(out_dtype)
 

@@ -1,0 +1,276 @@
+"""The authors' released Caffe2 checkpoints (.pkl): safe reading, name mapping, loading, export.
+
+A released file is a Python 2 pickle of ``{'blobs': {name: numpy array}}`` (sometimes a flat
+dict), read with ``encoding='latin1'``. A pickle can run arbitrary code, so it is read with an
+unpickler that admits numpy arrays, dtypes, scalars and plain containers, and nothing else.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+import re
+import tempfile
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+__all__ = [
+    "RELEASED_CHECKPOINTS",
+    "Caffe2LoadReport",
+    "UnsafePickleError",
+    "caffe2_to_torch_name",
+    "export_caffe2_blobs",
+    "load_caffe2_checkpoint",
+    "read_caffe2_pickle",
+    "save_caffe2_pickle",
+    "torch_to_caffe2_name",
+]
+
+RELEASED_CHECKPOINTS: dict[str, str] = {
+    "c2d_baseline_32x2": "c2d_r50",
+    "c2d_nonlocal_32x2": "c2d_nl5_r50",
+    "i3d_baseline_32x2": "i3d_r50",
+    "i3d_nonlocal_32x2": "i3d_nl5_r50",
+    "c2d_baseline_8x8": "c2d_r50_8x8",
+    "c2d_nonlocal_8x8": "c2d_nl5_r50_8x8",
+    "i3d_baseline_8x8": "i3d_r50_8x8",
+    "i3d_nonlocal_8x8": "i3d_nl5_r50_8x8",
+}
+"""Released R50 Kinetics-400 files and the registry model (``variant="released"``) they fit."""
+
+_NUMPY_CORE = "numpy._core" if int(np.__version__.split(".")[0]) >= 2 else "numpy.core"
+_ALLOWED = {
+    ("numpy.core.multiarray", "_reconstruct"): (_NUMPY_CORE + ".multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"): (_NUMPY_CORE + ".multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"): (_NUMPY_CORE + ".multiarray", "scalar"),
+    ("numpy._core.multiarray", "scalar"): (_NUMPY_CORE + ".multiarray", "scalar"),
+    ("numpy", "ndarray"): ("numpy", "ndarray"),
+    ("numpy", "dtype"): ("numpy", "dtype"),
+    ("collections", "OrderedDict"): ("collections", "OrderedDict"),
+    # Python 3 writes bytes in protocol-2 pickles as _codecs.encode(str, "latin1"): no side effect
+    ("_codecs", "encode"): ("_codecs", "encode"),
+}
+_AUX_BLOBS = re.compile(r"(^|_)(lr|iter|model_iter|lr_x|epoch)$|_momentum$|_grad$")
+_BN_SUFFIX = {"weight": "s", "bias": "b", "running_mean": "rm", "running_var": "riv"}
+_BN_SUFFIX_INV = {v: k for k, v in _BN_SUFFIX.items()}
+_BRANCH = {"1": "a", "2": "b", "3": "c"}
+_BRANCH_INV = {v: k for k, v in _BRANCH.items()}
+
+
+class UnsafePickleError(pickle.UnpicklingError):
+    """The pickle asks for something other than arrays, scalars and containers."""
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str):
+        target = _ALLOWED.get((module, name))
+        if target is None:
+            raise UnsafePickleError(
+                f"refusing to unpickle {module}.{name}: a checkpoint may only hold numpy arrays, "
+                "scalars and containers (a pickle can execute code)"
+            )
+        return super().find_class(*target)
+
+
+def read_caffe2_pickle(path: str | os.PathLike | bytes) -> dict[str, np.ndarray]:
+    """Read a Caffe2 ``.pkl`` (path or raw bytes) safely; returns ``{blob name: array}``."""
+    data = path if isinstance(path, bytes) else Path(path).read_bytes()
+    try:
+        obj = _RestrictedUnpickler(io.BytesIO(data), encoding="latin1").load()
+    except UnsafePickleError:
+        raise
+    except Exception as err:  # truncated or not a pickle at all
+        raise ValueError(
+            f"cannot read Caffe2 checkpoint {path if not isinstance(path, bytes) else '<bytes>'}: {err}"
+        ) from err
+    if isinstance(obj, Mapping) and "blobs" in obj and isinstance(obj["blobs"], Mapping):
+        obj = obj["blobs"]
+    if not isinstance(obj, Mapping):
+        raise ValueError(f"expected a dict of blobs (or {{'blobs': dict}}), got {type(obj).__name__}")
+    blobs = {}
+    for k, v in obj.items():
+        key = k.decode("latin1") if isinstance(k, bytes) else str(k)
+        blobs[key] = np.asarray(v)
+    return blobs
+
+
+def torch_to_caffe2_name(key: str) -> str | None:
+    """Our state-dict key -> the released blob name (``None`` for ``num_batches_tracked``)."""
+    if key.endswith("num_batches_tracked"):
+        return None
+    if key == "conv1.weight":
+        return "conv1_w"
+    if key in ("fc.weight", "fc.bias"):
+        return "pred_" + key[3]
+    m = re.fullmatch(r"bn1\.(\w+)", key)
+    if m:
+        return f"res_conv1_bn_{_BN_SUFFIX[m[1]]}"
+    m = re.fullmatch(r"layer(\d)\.(\d+)\.(.+)", key)
+    if not m:
+        raise KeyError(key)
+    stage, block, rest = int(m[1]) + 1, m[2], m[3]
+    prefix = f"res{stage}_{block}"
+    if r := re.fullmatch(r"conv(\d)\.weight", rest):
+        return f"{prefix}_branch2{_BRANCH[r[1]]}_w"
+    if r := re.fullmatch(r"bn(\d)\.(\w+)", rest):
+        return f"{prefix}_branch2{_BRANCH[r[1]]}_bn_{_BN_SUFFIX[r[2]]}"
+    if rest == "downsample.0.weight":
+        return f"{prefix}_branch1_w"
+    if r := re.fullmatch(r"downsample\.1\.(\w+)", rest):
+        return f"{prefix}_branch1_bn_{_BN_SUFFIX[r[1]]}"
+    nl = f"nonlocal_conv{stage}_{block}"
+    if r := re.fullmatch(r"nl\.(theta|phi|g|out|concat_project)\.(weight|bias)", rest):
+        return f"{nl}_{r[1]}_{r[2][0]}"
+    if r := re.fullmatch(r"nl\.norm\.(\w+)", rest):
+        return f"{nl}_bn_{_BN_SUFFIX[r[1]]}"
+    raise KeyError(key)
+
+
+def caffe2_to_torch_name(name: str) -> str | None:
+    """The released blob name -> our state-dict key (``None`` for optimiser/solver blobs)."""
+    if _AUX_BLOBS.search(name):
+        return None
+    if name == "conv1_w":
+        return "conv1.weight"
+    if name in ("pred_w", "pred_b"):
+        return "fc." + ("weight" if name[-1] == "w" else "bias")
+    if m := re.fullmatch(r"res_conv1_bn_(s|b|rm|riv)", name):
+        return f"bn1.{_BN_SUFFIX_INV[m[1]]}"
+    if m := re.fullmatch(r"res(\d)_(\d+)_branch2([abc])_w", name):
+        return f"layer{int(m[1]) - 1}.{m[2]}.conv{_BRANCH_INV[m[3]]}.weight"
+    if m := re.fullmatch(r"res(\d)_(\d+)_branch2([abc])_bn_(s|b|rm|riv)", name):
+        return f"layer{int(m[1]) - 1}.{m[2]}.bn{_BRANCH_INV[m[3]]}.{_BN_SUFFIX_INV[m[4]]}"
+    if m := re.fullmatch(r"res(\d)_(\d+)_branch1_w", name):
+        return f"layer{int(m[1]) - 1}.{m[2]}.downsample.0.weight"
+    if m := re.fullmatch(r"res(\d)_(\d+)_branch1_bn_(s|b|rm|riv)", name):
+        return f"layer{int(m[1]) - 1}.{m[2]}.downsample.1.{_BN_SUFFIX_INV[m[3]]}"
+    if m := re.fullmatch(r"nonlocal_conv(\d)_(\d+)_(theta|phi|g|out|concat_project)_([wb])", name):
+        return f"layer{int(m[1]) - 1}.{m[2]}.nl.{m[3]}.{'weight' if m[4] == 'w' else 'bias'}"
+    if m := re.fullmatch(r"nonlocal_conv(\d)_(\d+)_bn_(s|b|rm|riv)", name):
+        return f"layer{int(m[1]) - 1}.{m[2]}.nl.norm.{_BN_SUFFIX_INV[m[3]]}"
+    raise KeyError(name)
+
+
+@dataclass
+class Caffe2LoadReport:
+    """What a load did: every problem is listed, nothing is dropped silently."""
+
+    loaded: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)  # model keys the file lacks
+    unexpected: list[str] = field(default_factory=list)  # file blobs with no model key
+    mismatched: list[str] = field(default_factory=list)  # "name: file shape vs model shape"
+    ignored: list[str] = field(default_factory=list)  # solver blobs (lr, iter, *_momentum)
+    defaulted: list[str] = field(default_factory=list)  # BN statistics absent from affine files
+
+    @property
+    def ok(self) -> bool:
+        return not (self.missing or self.unexpected or self.mismatched)
+
+    def summary(self) -> str:
+        lines = [f"loaded {len(self.loaded)} tensors, ignored {len(self.ignored)} solver blobs"]
+        for label, items in (
+            ("missing from the file", self.missing),
+            ("in the file but not in the model", self.unexpected),
+            ("shape mismatches", self.mismatched),
+            ("BN statistics set to mean 0 / var 1 (affine-only file)", self.defaulted),
+        ):
+            if items:
+                lines.append(f"{len(items)} {label}: " + ", ".join(items))
+        return "\n".join(lines)
+
+
+def _fits(array: np.ndarray, target: torch.Tensor) -> bool:
+    """Same shape, or the same up to trailing singleton dims (e.g. a 5-D ``pred_w``)."""
+    if tuple(array.shape) == tuple(target.shape):
+        return True
+    squeeze = lambda s: tuple(d for d in s if d != 1)  # noqa: E731
+    return array.size == target.numel() and squeeze(array.shape) == squeeze(target.shape)
+
+
+def load_caffe2_checkpoint(
+    path: str | os.PathLike | Mapping[str, np.ndarray],
+    model: nn.Module,
+    *,
+    strict: bool = True,
+) -> Caffe2LoadReport:
+    """Load released Caffe2 weights into ``model`` (e.g. ``build_model(..., variant="released")``).
+
+    Every unmapped, missing and mis-shaped tensor is reported. With ``strict`` (default) any of
+    them raises ``ValueError`` and the model is left untouched; ``strict=False`` loads what fits
+    and returns the report. BN statistics absent from affine-only files count as missing under
+    ``strict``; without it they are set to mean 0, variance 1 and listed in ``defaulted``.
+    """
+    blobs = path if isinstance(path, Mapping) else read_caffe2_pickle(path)
+    state = model.state_dict()
+    report = Caffe2LoadReport()
+    new: dict[str, torch.Tensor] = {}
+    seen: set[str] = set()
+    for name, array in blobs.items():
+        try:
+            key = caffe2_to_torch_name(name)
+        except KeyError:
+            report.unexpected.append(name)
+            continue
+        if key is None:
+            report.ignored.append(name)
+        elif key not in state:
+            report.unexpected.append(name)
+        elif not _fits(array, state[key]):
+            seen.add(key)
+            report.mismatched.append(f"{name}: file {tuple(array.shape)} vs model {tuple(state[key].shape)}")
+        else:
+            new[key] = (
+                torch.from_numpy(np.ascontiguousarray(array)).reshape(state[key].shape).to(state[key].dtype)
+            )
+            report.loaded.append(name)
+    for key in state:
+        if key in new or key in seen or key.endswith("num_batches_tracked"):
+            continue
+        c2 = torch_to_caffe2_name(key)
+        stat = key.endswith(("running_mean", "running_var"))
+        if stat and not strict:
+            new[key] = torch.zeros_like(state[key]) if key.endswith("mean") else torch.ones_like(state[key])
+            report.defaulted.append(c2)
+        else:
+            report.missing.append(c2)
+    if strict and not report.ok:
+        raise ValueError(
+            "Caffe2 checkpoint does not match the model; nothing was loaded.\n" + report.summary()
+        )
+    with torch.no_grad():
+        for key, value in new.items():
+            state[key].copy_(value)
+    return report
+
+
+def export_caffe2_blobs(model_or_state: nn.Module | Mapping[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    """Our weights under the released blob names (the inverse of :func:`load_caffe2_checkpoint`)."""
+    state = model_or_state.state_dict() if isinstance(model_or_state, nn.Module) else model_or_state
+    blobs: dict[str, np.ndarray] = OrderedDict()
+    for key, value in state.items():
+        name = torch_to_caffe2_name(key)
+        if name is not None:
+            blobs[name] = value.detach().cpu().numpy().copy()
+    return blobs
+
+
+def save_caffe2_pickle(path: str | os.PathLike, blobs: Mapping[str, np.ndarray]) -> None:
+    """Write ``{'blobs': blobs}`` as a protocol-2 pickle (as the released files are), atomically."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            pickle.dump({"blobs": dict(blobs)}, f, protocol=2)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

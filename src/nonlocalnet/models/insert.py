@@ -1,0 +1,87 @@
+"""``add_nonlocal``: put non-local blocks after named modules of any existing network."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from torch import Tensor, nn
+
+from nonlocalnet.layers import NonLocalBlock
+
+__all__ = ["NONLOCAL_ATTR", "add_nonlocal"]
+
+NONLOCAL_ATTR = "nl"
+"""Name under which the block is attached to the module it follows (``layer3.4.nl.theta...``)."""
+
+_DIMS = {nn.Conv1d: 1, nn.Conv2d: 2, nn.Conv3d: 3}
+_NORMS = {nn.BatchNorm1d: 1, nn.BatchNorm2d: 2, nn.BatchNorm3d: 3}
+
+
+def _out_channels_and_dim(module: nn.Module) -> tuple[int, int] | None:
+    """Output channels and dimensionality of a module: those of its last conv or BN layer."""
+    found = None
+    for m in module.modules():
+        for types, attr in ((_DIMS, "out_channels"), (_NORMS, "num_features")):
+            for cls, dim in types.items():
+                if type(m) is cls or (isinstance(m, cls) and not isinstance(m, NonLocalBlock)):
+                    found = (getattr(m, attr), dim)
+    return found
+
+
+def _with_nonlocal_forward(module: nn.Module) -> None:
+    """Make ``module(x)`` return ``module.nl(original forward(x))`` for this instance only."""
+    cls = type(module)
+
+    def forward(self: nn.Module, *args: Any, **kwargs: Any) -> Tensor:
+        return getattr(self, NONLOCAL_ATTR)(cls.forward(self, *args, **kwargs))
+
+    module.__class__ = type(f"{cls.__name__}WithNonLocal", (cls,), {"forward": forward})
+
+
+def add_nonlocal(
+    model: nn.Module,
+    after: Sequence[str],
+    *,
+    in_channels: int | None = None,
+    dim: int | None = None,
+    **block_options: Any,
+) -> list[NonLocalBlock]:
+    """Insert a :class:`NonLocalBlock` after each named module (e.g. ``"layer3.4"`` of a
+    torchvision ResNet), in place. Returns the new blocks.
+
+    Channels and dimensionality are inferred from the module's last conv or BatchNorm unless
+    given. The block becomes the submodule ``nl`` of the module it follows, so every existing
+    state-dict key keeps its name and pretrained weights still load; the block is the identity at
+    initialisation, so the network's outputs are unchanged until it trains. ``block_options`` go
+    to :class:`NonLocalBlock` (``mode``, ``inter_channels``, ``sub_sample``, ...).
+    """
+    if isinstance(after, str):
+        raise TypeError(f"after must be a list of module names, got the string {after!r}")
+    modules = dict(model.named_modules())
+    blocks = []
+    for name in after:
+        if name not in modules or name == "":
+            names = [n for n in modules if n]
+            raise ValueError(f"no module named {name!r} in {type(model).__name__}; modules: {names[:40]}...")
+        target = modules[name]
+        if getattr(target, NONLOCAL_ATTR, None) is not None:
+            raise ValueError(f"module {name!r} already has a non-local block (attribute {NONLOCAL_ATTR!r})")
+        inferred = _out_channels_and_dim(target)
+        channels = in_channels if in_channels is not None else (inferred[0] if inferred else None)
+        ndim = dim if dim is not None else (inferred[1] if inferred else None)
+        if channels is None or ndim is None:
+            raise ValueError(
+                f"cannot infer the output channels of {name!r} ({type(target).__name__}): "
+                "it has no conv or BatchNorm layer; pass in_channels= and dim="
+            )
+        param = next(target.parameters(), None)
+        block = NonLocalBlock(channels, dim=ndim, **block_options)
+        if param is not None:
+            block = block.to(device=param.device, dtype=param.dtype)
+        target.add_module(NONLOCAL_ATTR, block)
+        # A Sequential runs its new last child itself; a Bottleneck3d applies its ``nl`` already.
+        if not isinstance(target, nn.Sequential) and not getattr(target, "applies_nonlocal", False):
+            _with_nonlocal_forward(target)
+        blocks.append(block)
+    return blocks

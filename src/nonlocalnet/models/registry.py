@@ -1,0 +1,213 @@
+"""The paper's models by name: ``build_model("i3d_nl5_r50")``, ``list_models()``.
+
+Names are ``{arch}[_nl{1,5,10}]_r{50,101}[_8x8]``:
+
+* ``arch``: ``c2d`` (all kernels 1xkxk), ``i3d`` (I3D 3x1x1, the released code: the first 1x1 of
+  every other block becomes 3x1x1, conv1 5x7x7), ``i3d3x3x3`` (the paper's other I3D: the 3x3 of
+  the same blocks becomes 3x3x3, conv1 5x7x7);
+* ``nl1``: one block before the last res4 block; ``nl5``: the released placement (R50 after res3
+  blocks 1, 3 and res4 blocks 1, 3, 5; R101 res3 1, 3 and res4 6, 13, 20); ``nl10``: after every
+  res3 and res4 block (R50 only: that is 10 blocks for ResNet-50);
+* no suffix: the 32-frame models (conv1 temporal stride 2, 32x224x224 input); ``_8x8``: the
+  8-frame models (conv1 temporal stride 1, pool1 1x3x3).
+
+``variant="paper"`` (default) uses the paper's pooling (pool1 3x3x3, pool2 3x1x1) and block
+(pool after the phi/g convs, no logit scale, MSRA init); ``variant="released"`` the authors'
+code (pool1 2x3x3, pool2 2x1x1; pool before the convs, logit scale, std 0.01 init), which is what
+their checkpoints were trained with.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from nonlocalnet.layers import BLOCK_PRESETS
+from nonlocalnet.models.resnet3d import StageSpec, VideoResNet, VideoResNetSpec
+from nonlocalnet.ops import MODES
+
+__all__ = ["ModelInfo", "build_model", "get_model_info", "list_models", "model_spec"]
+
+_DEPTHS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
+_WIDTHS = (64, 128, 256, 512)
+_ARCHS = ("c2d", "i3d", "i3d3x3x3")
+_NONLOCAL = ("", "nl1", "nl5", "nl10")
+_VARIANTS = ("paper", "released")
+_POOLING = {"paper": (3, 3), "released": (2, 2)}  # (pool1, pool2) temporal kernels, 32-frame
+
+
+def _inflated(stage: int, depth: int, block: int) -> bool:
+    """The released code's every-other-block rule for the 3D kernel (stage 2..5)."""
+    if stage == 2:
+        return True
+    if stage == 5:
+        return block % 2 == 1
+    return block % 2 == 0
+
+
+def _nonlocal_after(nl: str, stage: int, depth: int, blocks: int) -> tuple[int, ...]:
+    if nl == "nl1":
+        return (blocks - 2,) if stage == 4 else ()
+    if nl == "nl5" and stage in (3, 4):
+        mod = 7 if (depth == 101 and stage == 4) else 2
+        return tuple(i for i in range(blocks) if i % mod == mod - 1)
+    if nl == "nl10" and stage in (3, 4):
+        return tuple(range(blocks))
+    return ()
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a registry name stands for, and the paper's numbers where it reports them."""
+
+    name: str
+    arch: str
+    depth: int
+    nonlocal_blocks: int
+    frames: int
+    sample_rate: int
+    paper_top1_top5: tuple[float, float] | None
+
+
+_PAPER_RESULTS = {  # Kinetics-400 val, 32 frames, REFERENCE.md section 3
+    ("c2d", "", 50): (71.8, 89.7),
+    ("c2d", "", 101): (73.1, 91.0),
+    ("c2d", "nl1", 50): (72.7, 90.5),
+    ("c2d", "nl1", 101): (74.3, 91.3),
+    ("c2d", "nl5", 50): (73.8, 91.0),
+    ("c2d", "nl5", 101): (75.1, 91.7),
+    ("c2d", "nl10", 50): (74.3, 91.2),
+    ("i3d", "", 50): (73.3, 90.7),
+    ("i3d", "", 101): (74.4, 91.1),
+    ("i3d", "nl5", 50): (74.9, 91.6),
+    ("i3d", "nl5", 101): (76.0, 92.1),
+}
+
+
+def _parse(name: str) -> tuple[str, str, int, bool]:
+    parts = name.split("_")
+    fast = parts[-1] == "8x8"
+    if fast:
+        parts = parts[:-1]
+    if len(parts) not in (2, 3) or parts[0] not in _ARCHS or parts[-1] not in ("r50", "r101"):
+        raise KeyError(name)
+    nl = parts[1] if len(parts) == 3 else ""
+    if nl not in _NONLOCAL or (nl == "" and len(parts) == 3):
+        raise KeyError(name)
+    depth = int(parts[-1][1:])
+    if nl == "nl10" and depth != 50:
+        raise KeyError(name)
+    return parts[0], nl, depth, fast
+
+
+def list_models() -> list[str]:
+    """Every registry name, sorted."""
+    names = []
+    for arch in _ARCHS:
+        for nl in _NONLOCAL:
+            for depth in _DEPTHS:
+                if nl == "nl10" and depth != 50:
+                    continue
+                for fast in ("", "_8x8"):
+                    names.append(f"{arch}{'_' + nl if nl else ''}_r{depth}{fast}")
+    return sorted(names)
+
+
+def _unknown(name: str) -> ValueError:
+    import difflib
+
+    close = difflib.get_close_matches(name, list_models(), n=3)
+    hint = f"; did you mean {', '.join(close)}?" if close else ""
+    return ValueError(f"unknown model {name!r}{hint} Valid names: {', '.join(list_models())}")
+
+
+def get_model_info(name: str) -> ModelInfo:
+    try:
+        arch, nl, depth, fast = _parse(name)
+    except KeyError:
+        raise _unknown(name) from None
+    nblocks = {"": 0, "nl1": 1, "nl5": 5, "nl10": 10}[nl]
+    return ModelInfo(
+        name=name,
+        arch=arch,
+        depth=depth,
+        nonlocal_blocks=nblocks,
+        frames=8 if fast else 32,
+        sample_rate=8 if fast else 2,
+        paper_top1_top5=None if fast else _PAPER_RESULTS.get((arch, nl, depth)),
+    )
+
+
+def model_spec(
+    name: str,
+    *,
+    variant: str = "paper",
+    nonlocal_mode: str = "embedded_gaussian",
+    nonlocal_options: dict[str, Any] | None = None,
+) -> VideoResNetSpec:
+    """The :class:`VideoResNetSpec` behind a registry name."""
+    try:
+        arch, nl, depth, fast = _parse(name)
+    except KeyError:
+        raise _unknown(name) from None
+    if variant not in _VARIANTS:
+        raise ValueError(f"unknown variant {variant!r}; expected one of {_VARIANTS}")
+    if nonlocal_mode not in MODES:
+        raise ValueError(f"unknown nonlocal_mode {nonlocal_mode!r}; expected one of {MODES}")
+    stages = []
+    for index, (blocks, width) in enumerate(zip(_DEPTHS[depth], _WIDTHS, strict=True)):
+        stage = index + 2
+        inflate = [3 if arch != "c2d" and _inflated(stage, depth, i) else 1 for i in range(blocks)]
+        ones = [1] * blocks
+        stages.append(
+            StageSpec(
+                depth=blocks,
+                width=width,
+                stride=1 if stage == 2 else 2,
+                temporal_a=tuple(inflate if arch == "i3d" else ones),
+                temporal_b=tuple(inflate if arch == "i3d3x3x3" else ones),
+                nonlocal_after=_nonlocal_after(nl, stage, depth, blocks),
+            )
+        )
+    pool1, pool2 = _POOLING[variant]
+    options = {**BLOCK_PRESETS[variant], "mode": nonlocal_mode, **(nonlocal_options or {})}
+    return VideoResNetSpec(
+        stages=tuple(stages),
+        conv1_temporal=1 if arch == "c2d" else 5,
+        conv1_temporal_stride=1 if fast else 2,
+        pool1_temporal=1 if fast else pool1,
+        pool1_temporal_stride=1 if fast else 2,
+        pool2_temporal=pool2,
+        nonlocal_options=options,
+    )
+
+
+def build_model(
+    name: str,
+    num_classes: int = 400,
+    *,
+    variant: str = "paper",
+    nonlocal_mode: str = "embedded_gaussian",
+    nonlocal_options: dict[str, Any] | None = None,
+    dropout: float = 0.5,
+    temporal_padding: str = "zeros",
+    **spec_overrides: Any,
+) -> VideoResNet:
+    """Build a registry model; ``spec_overrides`` replace fields of its :class:`VideoResNetSpec`
+    (e.g. ``pool2_temporal=0``)."""
+    spec = model_spec(name, variant=variant, nonlocal_mode=nonlocal_mode, nonlocal_options=nonlocal_options)
+    fields = {f.name for f in dataclasses.fields(VideoResNetSpec)}
+    bad = sorted(set(spec_overrides) - fields)
+    if bad:
+        valid = sorted(
+            fields
+            | {"num_classes", "variant", "nonlocal_mode", "nonlocal_options", "dropout", "temporal_padding"}
+        )
+        raise ValueError(f"unknown override(s) {bad} for build_model; valid keys: {valid}")
+    if spec_overrides:
+        spec = dataclasses.replace(spec, **spec_overrides)
+    try:
+        return VideoResNet(spec, num_classes=num_classes, dropout=dropout, temporal_padding=temporal_padding)
+    except TypeError as err:  # a bad non-local option
+        raise ValueError(f"bad nonlocal_options {nonlocal_options!r}: {err}") from None

@@ -1,0 +1,276 @@
+"""One ResNet video backbone for C2D, I3D 3x1x1 and I3D 3x3x3, described by data."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from nonlocalnet.layers import NonLocalBlock
+
+__all__ = ["Bottleneck3d", "StageSpec", "VideoResNet", "VideoResNetSpec"]
+
+_TEMPORAL_PADDING = ("zeros", "replicate")
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """One residual stage: ``depth`` bottleneck blocks of inner width ``width`` (output
+    ``4 * width``), spatial stride ``stride`` on block 0's 3x3, per-block temporal kernels of the
+    first 1x1 (``temporal_a``, branch2a) and of the 3x3 (``temporal_b``, branch2b), and the
+    indices of the blocks followed by a non-local block."""
+
+    depth: int
+    width: int
+    stride: int
+    temporal_a: tuple[int, ...]
+    temporal_b: tuple[int, ...]
+    nonlocal_after: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        for name in ("temporal_a", "temporal_b"):
+            kernels = getattr(self, name)
+            if len(kernels) != self.depth or any(k < 1 or k % 2 == 0 for k in kernels):
+                raise ValueError(f"{name} must hold {self.depth} odd kernels, got {kernels}")
+        bad = [i for i in self.nonlocal_after if not 0 <= i < self.depth]
+        if bad:
+            raise ValueError(f"nonlocal_after {bad} outside the stage's {self.depth} blocks")
+
+
+@dataclass(frozen=True)
+class VideoResNetSpec:
+    """The whole network: stem, the four stages (res2..res5) and the temporal pooling.
+
+    ``conv1_temporal`` and ``conv1_temporal_stride``: conv1 is ``t x 7 x 7`` with stride
+    ``(s, 2, 2)``. ``pool1_temporal``/``pool1_temporal_stride``: pool1 is ``t x 3 x 3``.
+    ``pool2_temporal``: pool2 after res2 is ``t x 1 x 1`` with temporal stride 2 (0: none).
+    ``stride_on_1x1``: put block 0's spatial stride on the first 1x1 (the original MSRA ResNet)
+    instead of the 3x3 (the released code, torchvision); same weights, fewer FLOPs.
+    ``nonlocal_options``: keyword arguments of every :class:`NonLocalBlock`.
+    """
+
+    stages: tuple[StageSpec, ...]
+    conv1_temporal: int = 1
+    conv1_temporal_stride: int = 2
+    pool1_temporal: int = 3
+    pool1_temporal_stride: int = 2
+    pool2_temporal: int = 3
+    stride_on_1x1: bool = False
+    nonlocal_options: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_nonlocal(self) -> int:
+        return sum(len(s.nonlocal_after) for s in self.stages)
+
+
+class _Conv3d(nn.Conv3d):
+    """A Conv3d whose temporal padding may replicate the border frames instead of zeros.
+
+    With ``"replicate"``, a network inflated from 2D weights sees a static video exactly as the
+    2D network sees one frame, at every frame (zeros make the border frames differ).
+    """
+
+    def __init__(self, *args: Any, temporal_padding: str = "zeros", **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.temporal_padding = temporal_padding
+        self._pad_t = self.padding[0] if temporal_padding == "replicate" else 0
+        if self._pad_t:
+            self.padding = (0, *self.padding[1:])
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self._pad_t:
+            x = F.pad(x, (0, 0, 0, 0, self._pad_t, self._pad_t), mode="replicate")
+        return super().forward(x)
+
+
+class Bottleneck3d(nn.Module):
+    """ResNet bottleneck ``1x1 -> 3x3 -> 1x1`` in 3D, stride on the 3x3, optional non-local block
+    ``nl`` applied to the block's output. Names follow torchvision (``conv1``, ``bn1``, ...,
+    ``downsample.0/1``)."""
+
+    expansion = 4
+    applies_nonlocal = True  # forward runs ``self.nl``: add_nonlocal need not wrap it
+
+    def __init__(
+        self,
+        in_channels: int,
+        width: int,
+        *,
+        stride: int = 1,
+        temporal_a: int = 1,
+        temporal_b: int = 1,
+        temporal_padding: str = "zeros",
+        stride_on_1x1: bool = False,
+        nonlocal_block: NonLocalBlock | None = None,
+    ) -> None:
+        super().__init__()
+        out = width * self.expansion
+        s1, s3 = (stride, 1) if stride_on_1x1 else (1, stride)
+        tp = {"temporal_padding": temporal_padding, "bias": False}
+        self.conv1 = _Conv3d(
+            in_channels, width, (temporal_a, 1, 1), stride=(1, s1, s1), padding=(temporal_a // 2, 0, 0), **tp
+        )
+        self.bn1 = nn.BatchNorm3d(width)
+        self.conv2 = _Conv3d(
+            width,
+            width,
+            (temporal_b, 3, 3),
+            stride=(1, s3, s3),
+            padding=(temporal_b // 2, 1, 1),
+            **tp,
+        )
+        self.bn2 = nn.BatchNorm3d(width)
+        self.conv3 = nn.Conv3d(width, out, 1, bias=False)
+        self.bn3 = nn.BatchNorm3d(out)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = (
+            nn.Sequential(
+                nn.Conv3d(in_channels, out, 1, stride=(1, stride, stride), bias=False), nn.BatchNorm3d(out)
+            )
+            if stride != 1 or in_channels != out
+            else None
+        )
+        self.register_module("nl", nonlocal_block)
+
+    def forward(self, x: Tensor) -> Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        y = self.relu(self.bn1(self.conv1(x)))
+        y = self.relu(self.bn2(self.conv2(y)))
+        y = self.relu(self.bn3(self.conv3(y)) + identity)
+        return y if self.nl is None else self.nl(y)
+
+
+class VideoResNet(nn.Module):
+    """ResNet video classifier ``(B, 3, T, H, W) -> (B, num_classes)`` built from a spec.
+
+    ``forward`` pools globally, applies dropout and the classifier. ``forward_dense`` applies the
+    classifier at every position of the last feature map (fully convolutional testing on larger
+    frames); ``fully_convolutional_scores`` averages the per-position softmax, as the authors'
+    test protocol does.
+    """
+
+    def __init__(
+        self,
+        spec: VideoResNetSpec,
+        *,
+        num_classes: int = 400,
+        dropout: float = 0.5,
+        temporal_padding: str = "zeros",
+    ) -> None:
+        super().__init__()
+        if temporal_padding not in _TEMPORAL_PADDING:
+            raise ValueError(
+                f"unknown temporal_padding {temporal_padding!r}; expected one of {_TEMPORAL_PADDING}"
+            )
+        if not isinstance(num_classes, int) or num_classes < 1:
+            raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+        self.spec = spec
+        t1 = spec.conv1_temporal
+        self.conv1 = _Conv3d(
+            3,
+            64,
+            (t1, 7, 7),
+            stride=(spec.conv1_temporal_stride, 2, 2),
+            padding=(t1 // 2, 3, 3),
+            bias=False,
+            temporal_padding=temporal_padding,
+        )
+        self.bn1 = nn.BatchNorm3d(64)
+        self.relu = nn.ReLU(inplace=True)
+        tp1 = spec.pool1_temporal
+        self.maxpool = nn.MaxPool3d(
+            (tp1, 3, 3), stride=(spec.pool1_temporal_stride, 2, 2), padding=((tp1 - 1) // 2, 1, 1)
+        )
+        tp2 = spec.pool2_temporal
+        self.pool2 = (
+            nn.MaxPool3d((tp2, 1, 1), stride=(2, 1, 1), padding=((tp2 - 1) // 2, 0, 0))
+            if tp2
+            else nn.Identity()
+        )
+        channels = 64
+        for index, stage in enumerate(spec.stages, start=1):
+            blocks = []
+            for i in range(stage.depth):
+                out = stage.width * Bottleneck3d.expansion
+                nl = (
+                    NonLocalBlock(out, dim=3, **dict(spec.nonlocal_options))
+                    if i in stage.nonlocal_after
+                    else None
+                )
+                blocks.append(
+                    Bottleneck3d(
+                        channels,
+                        stage.width,
+                        stride=stage.stride if i == 0 else 1,
+                        temporal_a=stage.temporal_a[i],
+                        temporal_b=stage.temporal_b[i],
+                        temporal_padding=temporal_padding,
+                        stride_on_1x1=spec.stride_on_1x1,
+                        nonlocal_block=nl,
+                    )
+                )
+                channels = out
+            self.add_module(f"layer{index}", nn.Sequential(*blocks))
+        self.num_features = channels
+        self.avgpool = nn.AdaptiveAvgPool3d(1)
+        self.dropout = nn.Dropout(dropout)
+        self.fc = nn.Linear(channels, num_classes)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        for name, m in self.named_modules():
+            if ".nl" in name or name.endswith("nl"):
+                continue  # non-local blocks initialise themselves (identity at init)
+            if isinstance(m, nn.Conv3d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm3d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+        nn.init.normal_(self.fc.weight, std=0.01)
+        nn.init.zeros_(self.fc.bias)
+
+    def _check(self, x: Tensor) -> None:
+        if not isinstance(x, Tensor) or x.dim() != 5 or x.shape[1] != 3:
+            shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+            raise ValueError(f"expected a clip of shape (B, 3, T, H, W), got {shape}")
+        if not x.is_floating_point():
+            raise TypeError(f"expected a floating-point clip (normalised pixels), got dtype {x.dtype}")
+
+    def features(self, x: Tensor) -> Tensor:
+        """The res5 feature map ``(B, 2048, T', H', W')``."""
+        self._check(x)
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.pool2(self.layer1(x))
+        return self.layer4(self.layer3(self.layer2(x)))
+
+    def stage_outputs(self, x: Tensor) -> dict[str, Tensor]:
+        """The output of the stem and of every stage, by name (``pool1``, ``res2``..``res5``)."""
+        self._check(x)
+        out = {"pool1": self.maxpool(self.relu(self.bn1(self.conv1(x))))}
+        out["res2"] = self.layer1(out["pool1"])
+        y = self.pool2(out["res2"])
+        for i, name in enumerate(("res3", "res4", "res5"), start=2):
+            y = out[name] = getattr(self, f"layer{i}")(y)
+        return out
+
+    def pooled_features(self, x: Tensor) -> Tensor:
+        """Globally averaged res5 features ``(B, 2048)``, the paper's clip representation."""
+        return self.avgpool(self.features(x)).flatten(1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc(self.dropout(self.pooled_features(x)))
+
+    def forward_dense(self, x: Tensor) -> Tensor:
+        """Classifier at every position: ``(B, num_classes, T', H', W')`` logits."""
+        f = self.features(x)
+        return torch.einsum("bcthw,kc->bkthw", f, self.fc.weight) + self.fc.bias[None, :, None, None, None]
+
+    def fully_convolutional_scores(self, x: Tensor) -> Tensor:
+        """Softmax at every position, averaged: ``(B, num_classes)`` probabilities."""
+        return self.forward_dense(x).softmax(dim=1).mean(dim=(2, 3, 4))

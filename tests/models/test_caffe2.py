@@ -1,0 +1,158 @@
+import os
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from reference import randomise
+
+from nonlocalnet.cli import main
+from nonlocalnet.models import (
+    RELEASED_CHECKPOINTS,
+    build_model,
+    export_caffe2_blobs,
+    load_caffe2_checkpoint,
+    load_weights,
+    read_caffe2_pickle,
+    save_caffe2_pickle,
+)
+
+
+def _released_fixture(model_name, path, seed=0):
+    """A pickle with the released key set of ``model_name``: weights and BN statistics under the
+    Caffe2 names, plus the solver blobs the released files carry (lr, iter, *_momentum)."""
+    model = build_model(model_name, variant="released")
+    randomise(model, seed=seed)
+    blobs = export_caffe2_blobs(model)
+    for name in list(blobs):
+        if name.endswith(("_w", "_b", "_s")):
+            blobs[name + "_momentum"] = np.zeros_like(blobs[name])
+    blobs["lr"] = np.array([0.01], dtype=np.float32)
+    blobs["model_iter"] = np.array([400000], dtype=np.int64)
+    save_caffe2_pickle(path, blobs)
+    return model, blobs
+
+
+@pytest.mark.parametrize("released,model_name", sorted(RELEASED_CHECKPOINTS.items()))
+def test_round_trip_of_every_released_model(released, model_name, tmp_path):
+    path = tmp_path / f"{released}.pkl"
+    src, blobs = _released_fixture(model_name, path)
+    assert "conv1_w" in blobs and "res_conv1_bn_riv" in blobs and "pred_w" in blobs
+    assert blobs["res2_0_branch1_w"].shape == (256, 64, 1, 1, 1)
+    nonlocal_blobs = [n for n in blobs if n.startswith("nonlocal_") and not n.endswith("_momentum")]
+    if "nonlocal" in released:
+        assert "nonlocal_conv3_1_theta_w" in blobs and "nonlocal_conv4_5_bn_riv" in blobs
+        assert blobs["nonlocal_conv3_1_theta_w"].shape == (256, 512, 1, 1, 1)
+        assert len(nonlocal_blobs) == 5 * (8 + 4)  # theta/phi/g/out w+b, bn s/b/rm/riv
+    else:
+        assert nonlocal_blobs == []
+    loaded = build_model(model_name, variant="released")
+    report = load_caffe2_checkpoint(path, loaded)
+    assert report.ok and report.missing == [] and report.unexpected == []
+    assert "lr" in report.ignored and "model_iter" in report.ignored
+    for key, value in src.state_dict().items():
+        if not key.endswith("num_batches_tracked"):
+            assert torch.equal(loaded.state_dict()[key], value), key
+    # and back: exporting the loaded model reproduces the file's weights bit for bit
+    again = export_caffe2_blobs(loaded)
+    for name, array in again.items():
+        assert np.array_equal(array, blobs[name]), name
+
+
+def test_flat_dict_and_python2_style_pickle(tmp_path):
+    model, blobs = _released_fixture("c2d_r50_8x8", tmp_path / "a.pkl", seed=1)
+    flat = tmp_path / "flat.pkl"
+    with open(flat, "wb") as f:  # bytes keys, as a Python 2 str pickled and read with latin1
+        pickle.dump({k.encode("latin1"): v for k, v in blobs.items()}, f, protocol=2)
+    fresh = build_model("c2d_r50_8x8", variant="released")
+    load_caffe2_checkpoint(flat, fresh)
+    assert torch.equal(fresh.conv1.weight, model.conv1.weight)
+
+
+def test_problems_are_reported_and_nothing_is_loaded(tmp_path):
+    _, blobs = _released_fixture("c2d_nl5_r50", tmp_path / "a.pkl")
+    bad = dict(blobs)
+    del bad["res3_2_branch2b_w"]
+    bad["res9_0_branch2a_w"] = np.zeros((1,), np.float32)
+    bad["res2_0_branch2c_bn_s"] = np.zeros((3,), np.float32)
+    model = build_model("c2d_nl5_r50", variant="released")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError) as err:
+        load_caffe2_checkpoint(bad, model)
+    text = str(err.value)
+    assert "nothing was loaded" in text
+    assert "missing from the file: res3_2_branch2b_w" in text
+    assert "res9_0_branch2a_w" in text and "res2_0_branch2c_bn_s: file (3,) vs model (256,)" in text
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    report = load_caffe2_checkpoint(bad, model, strict=False)
+    assert report.missing == ["res3_2_branch2b_w"] and len(report.mismatched) == 1
+    # a baseline checkpoint into a non-local model: every non-local blob is listed as missing
+    _, base = _released_fixture("c2d_r50", tmp_path / "b.pkl")
+    with pytest.raises(ValueError, match=r"60 missing from the file: nonlocal_conv3_1_theta_w"):
+        load_caffe2_checkpoint(base, build_model("c2d_nl5_r50", variant="released"))
+
+
+def test_affine_only_file(tmp_path):
+    _, blobs = _released_fixture("i3d_r50_8x8", tmp_path / "a.pkl")
+    affine = {k: v for k, v in blobs.items() if not k.endswith(("_rm", "_riv"))}
+    with pytest.raises(ValueError, match="res_conv1_bn_rm"):
+        load_caffe2_checkpoint(affine, build_model("i3d_r50_8x8", variant="released"))
+    model = build_model("i3d_r50_8x8", variant="released")
+    report = load_caffe2_checkpoint(affine, model, strict=False)
+    assert "res_conv1_bn_riv" in report.defaulted and torch.equal(model.bn1.running_var, torch.ones(64))
+
+
+class _Payload:
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_malicious_pickle_is_rejected_without_running(tmp_path):
+    marker = tmp_path / "pwned"
+    payload = _Payload()
+    payload.marker = marker
+    data = pickle.dumps({"blobs": {"conv1_w": payload}}, protocol=2)
+    with pytest.raises(pickle.UnpicklingError, match=r"refusing to unpickle (posix|os)\.system"):
+        read_caffe2_pickle(data)
+    assert not marker.exists()
+    evil = tmp_path / "evil.pkl"
+    evil.write_bytes(data)
+    with pytest.raises(pickle.UnpicklingError):
+        load_caffe2_checkpoint(evil, build_model("c2d_r50_8x8", variant="released"))
+    assert not marker.exists()
+    # a plain pickle.loads would have run it: the test is meaningful
+    pickle.loads(data)
+    assert marker.exists()
+
+
+def test_truncated_pickle_is_a_clear_error(tmp_path):
+    path = tmp_path / "cut.pkl"
+    _released_fixture("c2d_r50_8x8", path)
+    path.write_bytes(path.read_bytes()[:1000])
+    with pytest.raises(ValueError, match="cannot read Caffe2 checkpoint"):
+        read_caffe2_pickle(path)
+
+
+def test_convert_caffe2_cli(tmp_path, capsys):
+    src, _ = _released_fixture("i3d_nl5_r50", tmp_path / "i3d_nonlocal_32x2.pkl")
+    out = tmp_path / "i3d.safetensors"
+    code = main(
+        ["convert-caffe2", str(tmp_path / "i3d_nonlocal_32x2.pkl"), str(out), "--model", "i3d_nl5_r50"]
+    )
+    assert code == 0 and out.exists()
+    assert "wrote" in capsys.readouterr().out
+    loaded = load_weights(build_model("i3d_nl5_r50", variant="released"), out)
+    for key, value in src.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
+    assert (
+        main(["convert-caffe2", str(tmp_path / "i3d_nonlocal_32x2.pkl"), str(out), "--model", "c2d_r50"]) == 2
+    )
+    assert "does not match the model" in capsys.readouterr().err
+
+
+def test_info_cli(capsys):
+    assert main(["info", "c2d_r101"]) == 0
+    out = capsys.readouterr().out
+    assert "parameters   43.32 M" in out and "GFLOPs       35.29" in out and "73.1/91.0" in out
+    assert main(["info", "c2d_r5"]) == 2
+    assert "unknown model 'c2d_r5'" in capsys.readouterr().err
