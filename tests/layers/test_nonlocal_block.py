@@ -266,3 +266,24 @@ def test_bad_inputs():
     with pytest.raises(ValueError, match="temporal_group=4 must divide the 6 input frames"):
         grouped(torch.randn(1, 8, 6, 4, 4))
     NonLocalBlock(8, sub_sample=False).eval()(torch.randn(1, 8, 1, 1, 1))  # no kernel: any size
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("grad", [False, True])
+def test_block_never_builds_n_by_m(mode, grad, monkeypatch):
+    """The block hands the ops transposed views of conv outputs: the fast paths must still run
+    (SDPA, for one, silently falls back to the quadratic math path on such inputs). The chunked
+    softmax holds chunk x M logits, bounded by _CHUNK_ELEMENTS (made small here)."""
+    from ops.test_pairwise import _MaxNumel
+
+    from nonlocalnet.ops import pairwise
+
+    monkeypatch.setattr(pairwise, "_CHUNK_ELEMENTS", 1 << 18)
+
+    block = _block(mode, 2).train(grad)
+    x = torch.randn(1, 6, 64, 64, requires_grad=grad)  # N = 4096 queries, M = 1024 keys
+    with _MaxNumel() as probe, torch.set_grad_enabled(grad):
+        y = block(x)
+        if grad:
+            y.square().sum().backward()
+    assert probe.max_numel < 4096 * 1024 // 4, (probe.op, probe.max_numel)

@@ -245,9 +245,10 @@ class VideoResNet(nn.Module):
     def features(self, x: Tensor) -> Tensor:
         """The res5 feature map ``(B, 2048, T', H', W')``."""
         self._check(x)
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        x = self.pool2(self.layer1(x))
-        return self.layer4(self.layer3(self.layer2(x)))
+        x = self.pool2(self.layer1(self.maxpool(self.relu(self.bn1(self.conv1(x))))))
+        for i in range(2, len(self.spec.stages) + 1):
+            x = getattr(self, f"layer{i}")(x)
+        return x
 
     def stage_outputs(self, x: Tensor) -> dict[str, Tensor]:
         """The output of the stem and of every stage, by name (``pool1``, ``res2``..``res5``)."""
@@ -255,8 +256,8 @@ class VideoResNet(nn.Module):
         out = {"pool1": self.maxpool(self.relu(self.bn1(self.conv1(x))))}
         out["res2"] = self.layer1(out["pool1"])
         y = self.pool2(out["res2"])
-        for i, name in enumerate(("res3", "res4", "res5"), start=2):
-            y = out[name] = getattr(self, f"layer{i}")(y)
+        for i in range(2, len(self.spec.stages) + 1):
+            y = out[f"res{i + 1}"] = getattr(self, f"layer{i}")(y)
         return out
 
     def pooled_features(self, x: Tensor) -> Tensor:

@@ -143,13 +143,22 @@ def softmax_attention(
 
     ``"fused"`` runs ``scaled_dot_product_attention`` (flash kernel on CPU and CUDA: memory
     linear in N; it needs ``Ck == Cv``); ``"chunked"`` runs the softmax over blocks of query rows
-    with a recomputing backward (any widths); ``"auto"`` picks fused when the widths match,
-    else chunked. ``"naive"`` builds the ``(B, N, M)`` affinity explicitly.
+    with a recomputing backward (any widths, memory ``chunk x M``); ``"auto"`` picks fused when
+    the widths match, except for training on CPU where the chunked backward is faster.
+    ``"naive"`` builds the ``(B, N, M)`` affinity explicitly.
     """
     _check(theta, phi, g)
     _check_algorithm("embedded_gaussian", algorithm)
     if algorithm == "auto":
-        algorithm = "fused" if theta.shape[2] == g.shape[2] else "chunked"
+        # The CPU flash kernel's backward is slower than the chunked one; fused kernels need
+        # Ck == Cv (otherwise SDPA silently computes the quadratic form).
+        grad = torch.is_grad_enabled() and (theta.requires_grad or phi.requires_grad or g.requires_grad)
+        same = theta.shape[2] == g.shape[2]
+        algorithm = "fused" if same and not (grad and theta.device.type == "cpu") else "chunked"
+    if algorithm != "naive":
+        # Row-major copies (O((N + M) C)): the flash kernels silently fall back to the quadratic
+        # math path on transposed views, which is what a conv's (B, C, N) output gives.
+        theta, phi, g = theta.contiguous(), phi.contiguous(), g.contiguous()
     if algorithm == "naive":
         logits = torch.bmm(theta, phi.transpose(1, 2)) * scale
         return torch.bmm(logits.softmax(dim=-1), g)

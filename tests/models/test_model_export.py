@@ -1,0 +1,47 @@
+"""ONNX export and torch.compile of whole models (tens of seconds: marked slow, run in CI)."""
+
+import pytest
+import torch
+
+from nonlocalnet import build_model
+from nonlocalnet.models import StageSpec, VideoResNet, VideoResNetSpec
+
+
+@pytest.mark.slow
+def test_onnx_export_of_c2d_nl_matches_onnxruntime(tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    model = build_model("c2d_nl5_r50", num_classes=10, variant="released").eval()
+    for m in model.modules():  # make the non-local blocks do something (they start as identity)
+        if hasattr(m, "norm") and isinstance(m.norm, torch.nn.BatchNorm3d):
+            torch.nn.init.constant_(m.norm.weight, 0.5)
+    x = torch.randn(1, 3, 8, 64, 64)
+    path = tmp_path / "c2d_nl.onnx"
+    torch.onnx.export(model, (x,), str(path), dynamo=True)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (out,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    with torch.no_grad():
+        torch.testing.assert_close(torch.from_numpy(out), model(x), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.slow
+def test_torch_compile_of_a_small_video_resnet():
+    spec = VideoResNetSpec(
+        stages=(
+            StageSpec(1, 8, 1, (3,), (1,)),
+            StageSpec(2, 8, 2, (1, 3), (1, 1), nonlocal_after=(0,)),
+        ),
+        conv1_temporal=5,
+        nonlocal_options={"mode": "embedded_gaussian", "norm": "none"},
+    )
+    model = VideoResNet(spec, num_classes=4, dropout=0.0)
+    x = torch.randn(2, 3, 8, 32, 32)
+    ref = model(x)
+    ref.sum().backward()
+    ref_grad = model.conv1.weight.grad.clone()
+    model.zero_grad()
+    compiled = torch.compile(model)
+    out = compiled(x)
+    out.sum().backward()
+    torch.testing.assert_close(out, ref, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(model.conv1.weight.grad, ref_grad, atol=1e-3, rtol=1e-3)
