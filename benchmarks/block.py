@@ -14,51 +14,16 @@ Writes JSON (``--out``, default ``benchmarks/results/block.json``) and prints a 
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
-import os
-import platform
-import resource
-import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import torch
+from _harness import machine, measure, spawn, write_json
 
 from nonlocalnet.ops import nonlocal_op
 
 NAIVE = {"gaussian": "naive", "embedded_gaussian": "naive", "dot_product": "quadratic"}
-# glibc returns large freed blocks to the OS, so every call page-faults its buffers afresh (this
-# doubled the time of some cases). A caching allocator, as on GPU or with jemalloc/tcmalloc, does
-# not: these settings make glibc keep freed memory, for ours and the references alike.
-CACHING_MALLOC = {"MALLOC_MMAP_THRESHOLD_": str(1 << 40), "MALLOC_TRIM_THRESHOLD_": str(1 << 40)}
-
-
-def _rss() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def _peak_rss() -> int:
-    """High-water RSS since the last :func:`_reset_peak` (VmHWM), in bytes."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
-def _reset_peak() -> None:
-    """Return freed heap pages to the OS, then restart the high-water mark at the current RSS, so
-    that a warm-up's code pages and cached buffers do not count as the op's memory."""
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-    except OSError:
-        pass
 
 
 def _op_flops(mode: str, b: int, n: int, m: int, ck: int, cv: int) -> float:
@@ -92,37 +57,8 @@ def run_case(case: dict) -> dict:
             return y
 
         flops = _op_flops(case["mode"], b, n, m, ck, cv) * (3 if grad else 1)
-    for _ in range(case["warmup"]):
-        fn()
-    _reset_peak()
-    base = _rss()
-    times = []
-    for _ in range(case["repeats"]):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    median = statistics.median(times)
-    return {
-        **case,
-        "median_s": median,
-        "times_s": times,
-        "peak_extra_mib": max(_peak_rss() - base, 0) / 2**20,
-        "gflops_per_s": flops / median / 1e9,
-    }
-
-
-def _spawn(case: dict, timeout: float, caching_malloc: bool) -> dict:
-    cmd = [sys.executable, __file__, "--worker", json.dumps(case)]
-    env = {**os.environ, **(CACHING_MALLOC if caching_malloc else {})}
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
-    except subprocess.TimeoutExpired:
-        return {**case, "error": f"timed out after {timeout:.0f} s"}
-    if proc.returncode != 0:
-        lines = (proc.stderr or "").strip().splitlines()
-        why = lines[-1] if lines else f"exit code {proc.returncode} (killed: out of memory?)"
-        return {**case, "error": why}
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    result = measure(fn, case["warmup"], case["repeats"])
+    return {**case, **result, "gflops_per_s": flops / result["median_s"] / 1e9}
 
 
 def plan(quick: bool) -> list[dict]:
@@ -277,24 +213,14 @@ def main() -> None:
     results = []
     cases = plan(args.quick)
     for i, case in enumerate(cases, 1):
-        res = _spawn(case, args.timeout, caching_malloc=not args.glibc_malloc)
+        res = spawn(__file__, case, args.timeout, caching_malloc=not args.glibc_malloc)
         results.append(res)
         done = res.get("error") or f"{1e3 * res['median_s']:.1f} ms, {res['peak_extra_mib']:.0f} MiB"
         print(f"[{i}/{len(cases)}] {_fmt_case(case)}: {done}", file=sys.stderr, flush=True)
     table, rows = summarise(results)
     print(table)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    meta = {
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "cpu": platform.processor() or platform.machine(),
-        "capability": torch.backends.cpu.get_cpu_capability(),
-        "quick": args.quick,
-        "caching_malloc": not args.glibc_malloc,
-    }
-    tmp = args.out.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"meta": meta, "summary": rows, "cases": results}, indent=1))
-    tmp.replace(args.out)
+    meta = {**machine(), "quick": args.quick, "caching_malloc": not args.glibc_malloc}
+    write_json(args.out, {"meta": meta, "summary": rows, "cases": results})
     print(f"\nwrote {args.out}", file=sys.stderr)
 
 
