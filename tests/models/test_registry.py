@@ -170,3 +170,35 @@ def test_bad_input_to_model():
         ValueError, match=r"expected a clip of shape \(B, 3, T, H, W\), got \(1, 3, 224, 224\)"
     ):
         model(torch.empty(1, 3, 224, 224, device="meta"))
+
+
+def test_choose_memory_format_keeps_outputs():
+    from nonlocalnet.models import choose_memory_format
+
+    model = build_model("c2d_nl1_r50", num_classes=3).eval()
+    x = torch.randn(1, 3, 4, 32, 32)
+    with torch.no_grad():
+        ref = model(x)
+    model.train()
+    fmt = choose_memory_format(model, x, repeats=1)
+    assert fmt in (torch.contiguous_format, torch.channels_last_3d) and model.training
+    with torch.no_grad():
+        torch.testing.assert_close(model.eval()(x.contiguous(memory_format=fmt)), ref, atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="5-D example clip"):
+        choose_memory_format(model, torch.randn(1, 3, 32, 32))
+
+
+@pytest.mark.parametrize(
+    "name,params_ratio,flops_ratio",
+    [("i3d3x3x3_r101", 1.5, 1.8), ("i3d_r101", 1.2, 1.5), ("c2d_nl5_r101", 1.2, 1.2)],
+)
+def test_complexity_ratios_round_to_the_papers(name, params_ratio, flops_ratio):
+    """Table 2e gives ratios to one decimal; the released block (pooling before the phi/g convs)
+    is the one whose FLOPs match (the paper's pool-after block gives 1.3x)."""
+    with torch.device("meta"):
+        base = measure_complexity(build_model("c2d_r101", variant="released"))
+        model = measure_complexity(build_model(name, variant="released"))
+        paper_block = measure_complexity(build_model("c2d_nl5_r101"))
+    assert round(model.params / base.params, 1) == params_ratio
+    assert round(model.gmacs / base.gmacs, 1) == flops_ratio
+    assert round(paper_block.gmacs / base.gmacs, 1) == 1.3

@@ -11,6 +11,7 @@ from nonlocalnet.models.caffe2 import (
 from nonlocalnet.models.complexity import Complexity, measure_complexity
 from nonlocalnet.models.inflate import InflationReport, inflate_2d_to_3d, inflate_kernel
 from nonlocalnet.models.insert import add_nonlocal
+from nonlocalnet.models.layout import choose_memory_format
 from nonlocalnet.models.registry import ModelInfo, build_model, get_model_info, list_models, model_spec
 from nonlocalnet.models.resnet3d import Bottleneck3d, StageSpec, VideoResNet, VideoResNetSpec
 from nonlocalnet.models.weights import load_weights, save_weights
@@ -27,6 +28,7 @@ __all__ = [
     "VideoResNetSpec",
     "add_nonlocal",
     "build_model",
+    "choose_memory_format",
     "export_caffe2_blobs",
     "get_model_info",
     "inflate_2d_to_3d",

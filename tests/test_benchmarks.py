@@ -1,0 +1,47 @@
+"""The benchmark scripts run (tiny cases, in-process): they must not rot. No timing asserted."""
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+
+import block
+import models
+
+
+def test_block_benchmark_cases_and_table():
+    cases = [c for c in block.plan(quick=True) if c["n"] == 64 or c["kind"] == "matmul"]
+    results = []
+    for case in cases:
+        case = {**case, "warmup": 0, "repeats": 1}
+        results.append(block.run_case(case))
+    results.append({**cases[-1], "n": 128, "error": "exit code -9"})  # a failed case is reported
+    table, rows = block.summarise(results)
+    assert "| embedded_gaussian | 64 | fwd |" in table and "explicit" in table
+    assert any(r["reference"] == "naive" and "speedup" in r for r in rows)
+    assert all(r["peak_extra_mib"] >= 0 and r["median_s"] > 0 for r in results if "error" not in r)
+
+
+@pytest.mark.parametrize("naive", [False, True])
+def test_models_benchmark_case(naive):
+    case = {
+        "model": "c2d_nl5_r50",
+        "frames": 4,
+        "batch": 1,
+        "size": 32,
+        "train": True,
+        "impl": "eager",
+        "naive": naive,
+        "warmup": 0,
+        "repeats": 1,
+    }
+    result = models.run_case(case)
+    assert result["clips_per_s"] > 0
+    gflops = {("c2d_nl5_r50", 8): 2.0, ("c2d_r50", 8): 1.5}
+    base = {**result, "model": "c2d_r50", "naive": False}
+    table, checks = models.summarise([result, base], gflops)
+    assert "c2d_nl5_r50" in table
+    if not naive:
+        assert checks["efficiency"][0]["gflops_ratio"] == pytest.approx(2.0 / 1.5)
