@@ -28,9 +28,9 @@ def test_block_benchmark_cases_and_table():
 def test_models_benchmark_case(naive):
     case = {
         "model": "c2d_nl5_r50",
-        "frames": 4,
+        "frames": 8,
         "batch": 1,
-        "size": 32,
+        "size": 64,
         "train": True,
         "impl": "eager",
         "naive": naive,
