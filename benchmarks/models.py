@@ -5,7 +5,7 @@ Models c2d_r50, c2d_nl5_r50, i3d_r50, i3d_nl5_r50 at 8x224x224 (batch 2) and 32x
 N x N block swapped in, all in one run, each case in its own process.
 
     python benchmarks/models.py                     # full table (long on 2 CPU cores)
-    python benchmarks/models.py --no-compile        # skip the compiled cases
+    python benchmarks/models.py --impls eager channels_last       # skip the compiled cases
     python benchmarks/models.py --quick             # tiny frames, smoke test
 
 Writes JSON (``--out``, default ``benchmarks/results/models.json``) and prints a Markdown table
@@ -64,16 +64,15 @@ def run_case(case: dict) -> dict:
     return {**case, **result, "clips_per_s": case["batch"] / result["median_s"]}
 
 
-def plan(quick: bool, compile_: bool) -> list[dict]:
-    geometries = [(8, 2), (32, 1)] if not quick else [(8, 1)]
+def plan(quick: bool, impls: list[str], passes: list[str], frames_list: list[int]) -> list[dict]:
+    geometries = [(f, 2 if f == 8 else 1) for f in frames_list] if not quick else [(8, 1)]
     size = 64 if quick else 224
-    impls = ["eager", "channels_last"] + (["compiled"] if compile_ else [])
     cases = []
     for frames, batch in geometries:
-        for train in (False, True):
+        for train in [p == "train" for p in passes]:
             for model in MODELS:
                 variants = [(impl, False) for impl in impls]
-                if "nl" in model:
+                if "nl" in model and "eager" in impls:
                     variants.append(("eager", True))
                 for impl, naive in variants:
                     cases.append(
@@ -165,7 +164,14 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--no-compile", action="store_true")
+    parser.add_argument(
+        "--impls",
+        nargs="+",
+        default=["eager", "channels_last", "compiled"],
+        choices=["eager", "channels_last", "compiled"],
+    )
+    parser.add_argument("--passes", nargs="+", default=["infer", "train"], choices=["infer", "train"])
+    parser.add_argument("--frames", nargs="+", type=int, default=[8, 32], choices=[8, 32])
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "models.json")
     parser.add_argument("--timeout", type=float, default=1800.0)
     parser.add_argument("--worker", help=argparse.SUPPRESS)
@@ -173,7 +179,7 @@ def main() -> None:
     if args.worker:
         print(json.dumps(run_case(json.loads(args.worker))))
         return
-    cases = plan(args.quick, not args.no_compile)
+    cases = plan(args.quick, args.impls, args.passes, args.frames)
     gflops = {}
     for model in MODELS:
         for frames in {c["frames"] for c in cases}:
