@@ -156,3 +156,34 @@ def test_info_cli(capsys):
     assert "parameters   43.32 M" in out and "GFLOPs       35.29" in out and "73.1/91.0" in out
     assert main(["info", "c2d_r5"]) == 2
     assert "unknown model 'c2d_r5'" in capsys.readouterr().err
+
+
+def test_affine_models_round_trip_strictly(tmp_path):
+    """The authors' affine (frozen-BN) models: only _bn_s/_bn_b blobs, res3 attention within
+    groups of 4 frames; they load strictly into build_model(..., norm="affine")."""
+    from nonlocalnet import NonLocalBlock
+    from nonlocalnet.layers import AffineChannel
+
+    model = build_model("i3d_nl5_r50_8x8", variant="released", norm="affine")
+    assert not any(isinstance(m, torch.nn.BatchNorm3d) for m in model.modules())
+    blocks = {n: m for n, m in model.named_modules() if isinstance(m, NonLocalBlock)}
+    assert all(isinstance(b.norm, AffineChannel) for b in blocks.values())
+    assert [n for n, b in blocks.items() if b.temporal_group == 4] == ["layer2.1.nl", "layer2.3.nl"]
+    x = torch.randn(1, 3, 8, 64, 64)
+    with torch.no_grad():  # identity at init: the same output as the affine baseline
+        base = build_model("i3d_r50_8x8", variant="released", norm="affine")
+        base.load_state_dict({k: v for k, v in model.state_dict().items() if ".nl." not in k})
+        torch.testing.assert_close(model.eval()(x), base.eval()(x))
+    randomise(model, seed=2)
+    blobs = export_caffe2_blobs(model)
+    assert "res_conv1_bn_s" in blobs and not any(k.endswith(("_rm", "_riv")) for k in blobs)
+    assert "nonlocal_conv3_1_bn_s" in blobs
+    path = tmp_path / "affine.pkl"
+    save_caffe2_pickle(path, blobs)
+    fresh = build_model("i3d_nl5_r50_8x8", variant="released", norm="affine")
+    assert load_caffe2_checkpoint(path, fresh).ok
+    for key, value in model.state_dict().items():
+        assert torch.equal(fresh.state_dict()[key], value), key
+    with pytest.raises(ValueError, match="in the file but not in the model: res_conv1_bn_rm"):
+        _, bn_blobs = _released_fixture("i3d_r50_8x8", tmp_path / "bn.pkl")
+        load_caffe2_checkpoint(bn_blobs, build_model("i3d_r50_8x8", variant="released", norm="affine"))

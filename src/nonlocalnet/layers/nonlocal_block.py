@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from nonlocalnet.layers.affine import AffineChannel
 from nonlocalnet.ops import MODES, attention_weights, nonlocal_op
 from nonlocalnet.ops.pairwise import _ALGORITHMS
 
@@ -19,7 +20,7 @@ _POOL = {1: nn.MaxPool1d, 2: nn.MaxPool2d, 3: nn.MaxPool3d}
 _BN = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}
 _DEFAULT_POOL = {1: (2,), 2: (2, 2), 3: (1, 2, 2)}
 _LAYOUT = {1: "(B, C, L)", 2: "(B, C, H, W)", 3: "(B, C, T, H, W)"}
-_NORMS = ("batchnorm", "none")
+_NORMS = ("batchnorm", "affine", "none")
 _INITS = ("msra", "normal")
 
 BLOCK_PRESETS: dict[str, dict[str, Any]] = {
@@ -53,8 +54,9 @@ class NonLocalBlock(nn.Module):
         scale: multiply the pairwise logits by ``Ck ** -0.5``, ``Ck`` being the width of the
             dot product (``inter_channels``; ``in_channels`` for ``"gaussian"``), as the released
             code does for embedded Gaussian.
-        norm: ``"batchnorm"`` after ``W_z`` with gamma initialised to 0, or ``"none"`` with
-            ``W_z`` initialised to 0. Either way the block is the identity at initialisation.
+        norm: ``"batchnorm"`` after ``W_z`` with gamma initialised to 0, ``"affine"`` (frozen-BN
+            scale and shift, the released affine models) with scale 0, or ``"none"`` with ``W_z``
+            initialised to 0. Either way the block is the identity at initialisation.
         init: ``"msra"`` (paper, He-normal, fan-out) or ``"normal"`` (released code, std
             ``init_std``) for the 1x1 convs; biases start at 0.
         temporal_group: in 3D, attend only within groups of this many consecutive frames
@@ -141,7 +143,11 @@ class NonLocalBlock(nn.Module):
         self.pool = _POOL[dim](self.pool_kernel, stride=self.pool_kernel) if sub_sample else None
         self.out = conv(inter_channels, in_channels, 1, bias=bias)
         self.norm = (
-            _BN[dim](in_channels, eps=bn_eps, momentum=bn_momentum) if norm == "batchnorm" else nn.Identity()
+            _BN[dim](in_channels, eps=bn_eps, momentum=bn_momentum)
+            if norm == "batchnorm"
+            else AffineChannel(in_channels)
+            if norm == "affine"
+            else nn.Identity()
         )
         self.reset_parameters()
 
@@ -173,7 +179,7 @@ class NonLocalBlock(nn.Module):
                 nn.init.normal_(m.weight, std=self.init_std)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
-        if isinstance(self.norm, nn.modules.batchnorm._BatchNorm):
+        if isinstance(self.norm, (nn.modules.batchnorm._BatchNorm, AffineChannel)):
             self.norm.reset_parameters()
             nn.init.zeros_(self.norm.weight)
         else:

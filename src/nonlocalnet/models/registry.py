@@ -145,8 +145,13 @@ def model_spec(
     variant: str = "paper",
     nonlocal_mode: str = "embedded_gaussian",
     nonlocal_options: dict[str, Any] | None = None,
+    norm: str = "batchnorm",
 ) -> VideoResNetSpec:
-    """The :class:`VideoResNetSpec` behind a registry name."""
+    """The :class:`VideoResNetSpec` behind a registry name.
+
+    With ``norm="affine"`` (frozen BN, the authors' affine models) the non-local blocks use an
+    affine output norm too, and with ``variant="released"`` the res3 blocks attend within groups
+    of 4 frames, as the released code does for those models."""
     try:
         arch, nl, depth, fast = _parse(name)
     except KeyError:
@@ -168,10 +173,14 @@ def model_spec(
                 temporal_a=tuple(inflate if arch == "i3d" else ones),
                 temporal_b=tuple(inflate if arch == "i3d3x3x3" else ones),
                 nonlocal_after=_nonlocal_after(nl, stage, depth, blocks),
+                nonlocal_options=(
+                    {"temporal_group": 4} if norm == "affine" and variant == "released" and stage == 3 else {}
+                ),
             )
         )
     pool1, pool2 = _POOLING[variant]
-    options = {**BLOCK_PRESETS[variant], "mode": nonlocal_mode, **(nonlocal_options or {})}
+    affine = {"norm": "affine"} if norm == "affine" else {}
+    options = {**BLOCK_PRESETS[variant], **affine, "mode": nonlocal_mode, **(nonlocal_options or {})}
     return VideoResNetSpec(
         stages=tuple(stages),
         conv1_temporal=1 if arch == "c2d" else 5,
@@ -192,22 +201,35 @@ def build_model(
     nonlocal_options: dict[str, Any] | None = None,
     dropout: float = 0.5,
     temporal_padding: str = "zeros",
+    norm: str = "batchnorm",
     **spec_overrides: Any,
 ) -> VideoResNet:
     """Build a registry model; ``spec_overrides`` replace fields of its :class:`VideoResNetSpec`
-    (e.g. ``pool2_temporal=0``)."""
-    spec = model_spec(name, variant=variant, nonlocal_mode=nonlocal_mode, nonlocal_options=nonlocal_options)
+    (e.g. ``pool2_temporal=0``). ``norm``: ``"batchnorm"`` or ``"affine"`` (frozen BN)."""
+    spec = model_spec(
+        name, variant=variant, nonlocal_mode=nonlocal_mode, nonlocal_options=nonlocal_options, norm=norm
+    )
     fields = {f.name for f in dataclasses.fields(VideoResNetSpec)}
     bad = sorted(set(spec_overrides) - fields)
     if bad:
         valid = sorted(
             fields
-            | {"num_classes", "variant", "nonlocal_mode", "nonlocal_options", "dropout", "temporal_padding"}
+            | {
+                "num_classes",
+                "variant",
+                "nonlocal_mode",
+                "nonlocal_options",
+                "dropout",
+                "temporal_padding",
+                "norm",
+            }
         )
         raise ValueError(f"unknown override(s) {bad} for build_model; valid keys: {valid}")
     if spec_overrides:
         spec = dataclasses.replace(spec, **spec_overrides)
     try:
-        return VideoResNet(spec, num_classes=num_classes, dropout=dropout, temporal_padding=temporal_padding)
+        return VideoResNet(
+            spec, num_classes=num_classes, dropout=dropout, temporal_padding=temporal_padding, norm=norm
+        )
     except TypeError as err:  # a bad non-local option
         raise ValueError(f"bad nonlocal_options {nonlocal_options!r}: {err}") from None

@@ -10,19 +10,21 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from nonlocalnet.layers import NonLocalBlock
+from nonlocalnet.layers import AffineChannel, NonLocalBlock
 
 __all__ = ["Bottleneck3d", "StageSpec", "VideoResNet", "VideoResNetSpec"]
 
 _TEMPORAL_PADDING = ("zeros", "replicate")
+_NORMS = {"batchnorm": nn.BatchNorm3d, "affine": AffineChannel}
 
 
 @dataclass(frozen=True)
 class StageSpec:
     """One residual stage: ``depth`` bottleneck blocks of inner width ``width`` (output
     ``4 * width``), spatial stride ``stride`` on block 0's 3x3, per-block temporal kernels of the
-    first 1x1 (``temporal_a``, branch2a) and of the 3x3 (``temporal_b``, branch2b), and the
-    indices of the blocks followed by a non-local block."""
+    first 1x1 (``temporal_a``, branch2a) and of the 3x3 (``temporal_b``, branch2b), the
+    indices of the blocks followed by a non-local block, and options for this stage's non-local
+    blocks (over the network-wide ones)."""
 
     depth: int
     width: int
@@ -30,6 +32,7 @@ class StageSpec:
     temporal_a: tuple[int, ...]
     temporal_b: tuple[int, ...]
     nonlocal_after: tuple[int, ...] = ()
+    nonlocal_options: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for name in ("temporal_a", "temporal_b"):
@@ -105,16 +108,18 @@ class Bottleneck3d(nn.Module):
         temporal_b: int = 1,
         temporal_padding: str = "zeros",
         stride_on_1x1: bool = False,
+        norm: str = "batchnorm",
         nonlocal_block: NonLocalBlock | None = None,
     ) -> None:
         super().__init__()
         out = width * self.expansion
         s1, s3 = (stride, 1) if stride_on_1x1 else (1, stride)
         tp = {"temporal_padding": temporal_padding, "bias": False}
+        norm_layer = _NORMS[norm]
         self.conv1 = _Conv3d(
             in_channels, width, (temporal_a, 1, 1), stride=(1, s1, s1), padding=(temporal_a // 2, 0, 0), **tp
         )
-        self.bn1 = nn.BatchNorm3d(width)
+        self.bn1 = norm_layer(width)
         self.conv2 = _Conv3d(
             width,
             width,
@@ -123,13 +128,13 @@ class Bottleneck3d(nn.Module):
             padding=(temporal_b // 2, 1, 1),
             **tp,
         )
-        self.bn2 = nn.BatchNorm3d(width)
+        self.bn2 = norm_layer(width)
         self.conv3 = nn.Conv3d(width, out, 1, bias=False)
-        self.bn3 = nn.BatchNorm3d(out)
+        self.bn3 = norm_layer(out)
         self.relu = nn.ReLU(inplace=True)
         self.downsample = (
             nn.Sequential(
-                nn.Conv3d(in_channels, out, 1, stride=(1, stride, stride), bias=False), nn.BatchNorm3d(out)
+                nn.Conv3d(in_channels, out, 1, stride=(1, stride, stride), bias=False), norm_layer(out)
             )
             if stride != 1 or in_channels != out
             else None
@@ -160,8 +165,11 @@ class VideoResNet(nn.Module):
         num_classes: int = 400,
         dropout: float = 0.5,
         temporal_padding: str = "zeros",
+        norm: str = "batchnorm",
     ) -> None:
         super().__init__()
+        if norm not in _NORMS:
+            raise ValueError(f"unknown norm {norm!r}; expected one of {tuple(_NORMS)}")
         if temporal_padding not in _TEMPORAL_PADDING:
             raise ValueError(
                 f"unknown temporal_padding {temporal_padding!r}; expected one of {_TEMPORAL_PADDING}"
@@ -171,6 +179,7 @@ class VideoResNet(nn.Module):
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
         self.spec = spec
+        self.norm = norm
         t1 = spec.conv1_temporal
         self.conv1 = _Conv3d(
             3,
@@ -181,7 +190,7 @@ class VideoResNet(nn.Module):
             bias=False,
             temporal_padding=temporal_padding,
         )
-        self.bn1 = nn.BatchNorm3d(64)
+        self.bn1 = _NORMS[norm](64)
         self.relu = nn.ReLU(inplace=True)
         tp1 = spec.pool1_temporal
         self.maxpool = nn.MaxPool3d(
@@ -199,7 +208,7 @@ class VideoResNet(nn.Module):
             for i in range(stage.depth):
                 out = stage.width * Bottleneck3d.expansion
                 nl = (
-                    NonLocalBlock(out, dim=3, **dict(spec.nonlocal_options))
+                    NonLocalBlock(out, dim=3, **{**spec.nonlocal_options, **stage.nonlocal_options})
                     if i in stage.nonlocal_after
                     else None
                 )
@@ -212,6 +221,7 @@ class VideoResNet(nn.Module):
                         temporal_b=stage.temporal_b[i],
                         temporal_padding=temporal_padding,
                         stride_on_1x1=spec.stride_on_1x1,
+                        norm=norm,
                         nonlocal_block=nl,
                     )
                 )
