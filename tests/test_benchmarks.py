@@ -45,3 +45,18 @@ def test_models_benchmark_case(naive):
     assert "c2d_nl5_r50" in table
     if not naive:
         assert checks["efficiency"][0]["gflops_ratio"] == pytest.approx(2.0 / 1.5)
+
+
+def test_denoise_benchmark_case():
+    pytest.importorskip("skimage")
+    pytest.importorskip("cv2")
+    import denoise
+    import numpy as np
+
+    yy, xx = np.meshgrid(np.linspace(0, 1, 40), np.linspace(0, 1, 40), indexing="ij")
+    clean = 0.5 + 0.3 * np.sin(6 * xx) * np.cos(4 * yy)
+    rows = denoise.run_case("tiny", clean, video=False, repeats=1, slow_ok=True)
+    methods = {r["method"] for r in rows}
+    assert {"nonlocalnet gaussian", "skimage fast", "skimage slow", "opencv", "noisy input"} <= methods
+    noisy = next(r for r in rows if r["method"] == "noisy input")["psnr"]
+    assert all(r["psnr"] > noisy for r in rows if r["method"] != "noisy input")

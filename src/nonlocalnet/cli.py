@@ -99,6 +99,35 @@ def _convert_caffe2(args: argparse.Namespace) -> int:
     return 0
 
 
+def _denoise(args: argparse.Namespace) -> int:
+    """Non-local means on an image or a video file."""
+    from nonlocalnet.denoise import estimate_sigma, nl_means, nl_means_video
+    from nonlocalnet.denoise.io import denoise_file
+
+    opts = {"h": args.h, "patch_size": args.patch_size, "search_window": args.search_window}
+    first_sigma: dict[str, float] = {}
+
+    def video_fn(chunk: torch.Tensor) -> torch.Tensor:
+        # one noise level for the whole video: given, or estimated on its first frames
+        sigma = (
+            args.sigma
+            if args.sigma is not None
+            else first_sigma.setdefault("sigma", estimate_sigma(chunk).mean().item())
+        )
+        return nl_means_video(chunk, sigma=sigma, temporal_window=args.temporal_window, **opts)
+
+    summary = denoise_file(
+        args.input,
+        args.output,
+        image_fn=lambda image: nl_means(image, sigma=args.sigma, **opts),
+        video_fn=video_fn,
+        temporal_context=args.temporal_window // 2,
+        progress=not args.no_progress,
+    )
+    print(summary)
+    return 0
+
+
 def _models(args: argparse.Namespace) -> int:
     from nonlocalnet.models import list_models
 
@@ -136,6 +165,19 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("--num-classes", type=int, default=400)
     conv.add_argument("--allow-partial", action="store_true", help="load what fits, report the rest")
     conv.set_defaults(func=_convert_caffe2)
+
+    den = sub.add_parser("denoise", help="non-local means on an image (PNG/JPEG/...) or a video")
+    den.add_argument("input")
+    den.add_argument("-o", "--output", required=True)
+    den.add_argument(
+        "--sigma", type=float, default=None, help="noise std in [0, 1] units (default: estimated)"
+    )
+    den.add_argument("--h", type=float, default=None, help="filter strength (default: 0.8 sigma)")
+    den.add_argument("--patch-size", type=int, default=7)
+    den.add_argument("--search-window", type=int, default=21)
+    den.add_argument("--temporal-window", type=int, default=3, help="frames searched, for videos")
+    den.add_argument("--no-progress", action="store_true")
+    den.set_defaults(func=_denoise)
 
     models = sub.add_parser("models", help="list the registry models")
     models.set_defaults(func=_models)

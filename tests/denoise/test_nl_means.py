@@ -7,9 +7,12 @@ import torch
 from nonlocalnet.denoise import estimate_sigma, nl_means, nl_means_video, psnr
 
 
-def brute_force(frames, sigma, h, p, sw, tw=1):
+def brute_force(frames, sigma, h, p, sw, tw=1, weights="gaussian"):
     """Float64 loops over every pixel i and every j of its window: the formula, literally."""
     x = frames.double().numpy()  # (T, C, H, W)
+    r = np.arange(p) - p // 2
+    kern = np.exp(-(r[:, None] ** 2 + r[None, :] ** 2) / (2 * ((p - 1) / 4) ** 2))
+    kern = kern / kern.sum() if weights == "gaussian" else np.full((p, p), 1 / p**2)
     t, c, height, width = x.shape
     rp, rs, rt = p // 2, sw // 2, tw // 2
     pad = rp + rs
@@ -27,7 +30,7 @@ def brute_force(frames, sigma, h, p, sw, tw=1):
                         for dx in range(-rs, rs + 1):
                             y0, x0 = yi + rs + dy, xi + rs + dx
                             other = xp[tj, :, y0 : y0 + p, x0 : x0 + p]
-                            d2 = np.mean((other - ref) ** 2)
+                            d2 = np.sum(np.mean((other - ref) ** 2, axis=0) * kern)
                             w = math.exp(-max(d2 - 2 * sigma**2, 0) / h**2)
                             num += w * xp[tj, :, y0 + rp, x0 + rp]
                             den += w
@@ -37,13 +40,16 @@ def brute_force(frames, sigma, h, p, sw, tw=1):
 
 @pytest.mark.parametrize("channels", [1, 3])
 @pytest.mark.parametrize("tile", [256, 3])
-def test_matches_brute_force(channels, tile):
+@pytest.mark.parametrize("weights", ["gaussian", "uniform"])
+def test_matches_brute_force(channels, tile, weights):
     gen = torch.Generator().manual_seed(0)
     img = torch.rand(channels, 9, 11, generator=gen, dtype=torch.float64)
-    out = nl_means(img, sigma=0.1, h=0.15, patch_size=3, search_window=5, tile_size=tile)
-    ref = brute_force(img[None], 0.1, 0.15, 3, 5)[0]
+    out = nl_means(
+        img, sigma=0.1, h=0.15, patch_size=5, search_window=5, tile_size=tile, patch_weights=weights
+    )
+    ref = brute_force(img[None], 0.1, 0.15, 5, 5, weights=weights)[0]
     torch.testing.assert_close(out, ref, atol=1e-10, rtol=1e-10)
-    f32 = nl_means(img.float(), sigma=0.1, h=0.15, patch_size=3, search_window=5)
+    f32 = nl_means(img.float(), sigma=0.1, h=0.15, patch_size=5, search_window=5, patch_weights=weights)
     assert f32.dtype == torch.float32
     torch.testing.assert_close(f32.double(), ref, atol=1e-5, rtol=1e-5)
 

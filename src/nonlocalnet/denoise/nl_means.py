@@ -1,9 +1,11 @@
 """Non-local means (Buades, Coll, Morel 2005) on torch tensors, as an instance of the non-local
 operation ``y_i = 1/C(x) sum_j f(x_i, x_j) x_j`` with ``f`` a Gaussian of patch distances.
 
-Weights follow scikit-image's "fast mode" form: ``w_ij = exp(-max(d2_ij - 2 sigma^2, 0) / h^2)``
-where ``d2_ij`` is the mean squared difference of the ``p x p`` patches (over all channels)
-around ``i`` and ``j``, and ``j`` ranges over a ``search_window x search_window`` window around
+Weights: ``w_ij = exp(-max(d2_ij - 2 sigma^2, 0) / h^2)`` where ``d2_ij`` is the squared
+difference of the ``p x p`` patches around ``i`` and ``j``, averaged over the channels and over
+the patch with Gaussian weights (std ``(p - 1) / 4``, as Buades et al. and scikit-image's slow
+mode; ``patch_weights="uniform"`` gives its fast mode's plain mean), and ``j`` ranges over a
+``search_window x search_window`` window around
 ``i`` (frames ``t - tw//2 .. t + tw//2`` too, for videos). Borders are reflected.
 """
 
@@ -64,25 +66,41 @@ def _as_batch(image: Tensor, name: str) -> tuple[Tensor, tuple[int, ...]]:
     return image, shape
 
 
+def _check_patch_weights(kind: str) -> None:
+    if kind not in ("gaussian", "uniform"):
+        raise ValueError(f"patch_weights must be 'gaussian' or 'uniform', got {kind!r}")
+
+
 def _check_odd(value: int, name: str) -> None:
     if not isinstance(value, int) or value < 1 or value % 2 == 0:
         raise ValueError(f"{name} must be a positive odd int, got {value!r}")
 
 
-def _box(x: Tensor, p: int) -> Tensor:
-    """Mean over ``p x p`` windows (valid): ``(..., H, W) -> (..., H-p+1, W-p+1)``.
+def _patch_kernel(p: int, kind: str, like: Tensor) -> Tensor:
+    """1-D weights ``(p,)`` whose outer product weights a patch: ``"uniform"`` (scikit-image's
+    fast mode) or ``"gaussian"`` with std ``(p - 1) / 4`` (its slow mode, Buades et al.)."""
+    if kind == "uniform":
+        k = torch.ones(p, dtype=like.dtype, device=like.device)
+    else:
+        a = max((p - 1) / 4, 1e-6)
+        r = torch.arange(p, dtype=like.dtype, device=like.device) - p // 2
+        k = torch.exp(-(r**2) / (2 * a * a))
+    return k / k.sum()
 
-    Prefix sums along the contiguous last axis, then a sum of ``p`` row slices: exact up to
-    float rounding and several times faster than ``avg_pool2d`` on CPU for these shapes.
-    """
-    width = x.shape[-1] - p + 1
-    c = x.cumsum(dim=-1)
-    cols = torch.cat([c[..., p - 1 : p], c[..., p:] - c[..., : width - 1]], dim=-1)
-    height = x.shape[-2] - p + 1
-    rows = cols[..., :height, :].clone()
+
+def _patch_mean(x: Tensor, kernel: Tensor) -> Tensor:
+    """Weighted mean over ``p x p`` windows (valid), separably as sums of ``p`` shifted slices:
+    ``(..., H, W) -> (..., H-p+1, W-p+1)``. Exact up to float rounding and several times faster
+    than ``avg_pool2d`` on CPU for these shapes."""
+    p = kernel.numel()
+    height, width = x.shape[-2] - p + 1, x.shape[-1] - p + 1
+    cols = x[..., :width] * kernel[0]
     for k in range(1, p):
-        rows += cols[..., k : k + height, :]
-    return rows / (p * p)
+        cols = cols.add_(x[..., k : k + width], alpha=float(kernel[k]))
+    rows = cols[..., :height, :] * kernel[0]
+    for k in range(1, p):
+        rows = rows.add_(cols[..., k : k + height, :], alpha=float(kernel[k]))
+    return rows
 
 
 def _resolve(x: Tensor, sigma: float | Tensor | None, h: float | None) -> tuple[Tensor, Tensor]:
@@ -93,7 +111,9 @@ def _resolve(x: Tensor, sigma: float | Tensor | None, h: float | None) -> tuple[
     return s.to(x), hh.to(x)
 
 
-def _windowed(frames: Tensor, sigma: Tensor, h: Tensor, p: int, sw: int, tw: int, tile: int) -> Tensor:
+def _windowed(
+    frames: Tensor, sigma: Tensor, h: Tensor, p: int, sw: int, tw: int, tile: int, patch_weights: str
+) -> Tensor:
     """Exact windowed NL-means on ``(B, T, C, H, W)``; temporal window ``tw`` (1 for images)."""
     b, t, c, height, width = frames.shape
     rp, rs, rt = p // 2, sw // 2, tw // 2
@@ -106,6 +126,7 @@ def _windowed(frames: Tensor, sigma: Tensor, h: Tensor, p: int, sw: int, tw: int
         idx = torch.arange(-rt, t + rt).abs()
         idx = torch.where(idx >= t, 2 * (t - 1) - idx, idx)
         padded = padded[:, idx]
+    kernel = _patch_kernel(p, patch_weights, frames)
     two_s2 = (2 * sigma**2)[:, None, None, None]
     inv_h2 = (1 / h**2)[:, None, None, None]
     out = torch.empty_like(frames)
@@ -125,7 +146,7 @@ def _windowed(frames: Tensor, sigma: Tensor, h: Tensor, p: int, sw: int, tw: int
                     shifted = torch.stack(
                         [band[..., rs + dx : rs + dx + width + 2 * rp] for dx in range(-rs, rs + 1)]
                     )
-                    d2 = _box((shifted - ref).square().sum(dim=2), p) / c  # (S, B, rows, W)
+                    d2 = _patch_mean((shifted - ref).square().sum(dim=2), kernel) / c  # (S, B, rows, W)
                     wgt = torch.exp(-(d2 - two_s2[None, :, 0]).clamp(min=0) * inv_h2[None, :, 0])
                     centre = shifted[..., rp : rp + y1 - y0, rp : rp + width]
                     num += (wgt[:, :, None] * centre).sum(dim=0)
@@ -160,6 +181,7 @@ def nl_means(
     search_window: int = 21,
     *,
     fully_nonlocal: bool = False,
+    patch_weights: str = "gaussian",
     tile_size: int = 256,
 ) -> Tensor:
     """Denoise ``(H, W)``, ``(C, H, W)`` or ``(B, C, H, W)`` float images; same shape out.
@@ -167,7 +189,8 @@ def nl_means(
     ``sigma``: noise std (estimated per image by :func:`estimate_sigma` if None); ``h``: filter
     strength (default :func:`default_h`). The windowed computation is exact: for each of the
     ``search_window^2`` shifts it forms the squared difference image and box-filters it into
-    patch distances (no patch pairs are unfolded); rows are processed in tiles of ``tile_size``
+    patch distances (no patch pairs are unfolded; ``patch_weights`` chooses a Gaussian-weighted
+    or plain patch mean); rows are processed in tiles of ``tile_size``
     to bound memory. ``fully_nonlocal=True`` searches the whole image through the non-local
     attention path (memory linear in the number of pixels).
     """
@@ -180,13 +203,14 @@ def nl_means(
             f"patch_size {patch_size} + search_window {search_window} need an image larger than "
             f"{patch_size // 2 + search_window // 2} pixels per side, got {height} x {width}"
         )
+    _check_patch_weights(patch_weights)
     if not isinstance(tile_size, int) or tile_size < 1:
         raise ValueError(f"tile_size must be a positive int, got {tile_size!r}")
     s, hh = _resolve(x, sigma, h)
     if fully_nonlocal:
         y = _fully_nonlocal(x, s, hh, patch_size)
     else:
-        y = _windowed(x[:, None], s, hh, patch_size, search_window, 1, tile_size)[:, 0]
+        y = _windowed(x[:, None], s, hh, patch_size, search_window, 1, tile_size, patch_weights)[:, 0]
     return y.reshape(shape)
 
 
@@ -198,6 +222,7 @@ def nl_means_video(
     search_window: int = 21,
     temporal_window: int = 3,
     *,
+    patch_weights: str = "gaussian",
     tile_size: int = 256,
 ) -> Tensor:
     """Spatio-temporal NL-means on ``(T, C, H, W)`` or ``(B, T, C, H, W)``: 2D patches, a search
@@ -212,6 +237,7 @@ def nl_means_video(
     _check_odd(patch_size, "patch_size")
     _check_odd(search_window, "search_window")
     _check_odd(temporal_window, "temporal_window")
+    _check_patch_weights(patch_weights)
     b, t, c, height, width = v.shape
     if temporal_window // 2 >= t or (temporal_window > 1 and t < 2):
         raise ValueError(
@@ -227,7 +253,7 @@ def nl_means_video(
         else torch.full((b,), float(sigma), dtype=v.dtype)
     )
     hh = default_h(s) if h is None else torch.full((b,), float(h), dtype=v.dtype)
-    y = _windowed(v, s.to(v), hh.to(v), patch_size, search_window, temporal_window, tile_size)
+    y = _windowed(v, s.to(v), hh.to(v), patch_size, search_window, temporal_window, tile_size, patch_weights)
     return y.reshape(video.shape)
 
 
