@@ -103,12 +103,17 @@ def _patch_mean(x: Tensor, kernel: Tensor) -> Tensor:
     return rows
 
 
-def _resolve(x: Tensor, sigma: float | Tensor | None, h: float | None) -> tuple[Tensor, Tensor]:
-    s = estimate_sigma(x) if sigma is None else torch.as_tensor(sigma, dtype=x.dtype).expand(x.shape[0])
-    hh = default_h(s) if h is None else torch.as_tensor(h, dtype=x.dtype).expand(x.shape[0])
+def _resolve(frames: Tensor, sigma: float | Tensor | None, h: float | None) -> tuple[Tensor, Tensor]:
+    """Per-item ``(sigma, h)`` for ``(B, T, C, H, W)``: given, or sigma estimated over all frames."""
+    b, t = frames.shape[:2]
+    if sigma is None:
+        s = estimate_sigma(frames.reshape(b * t, *frames.shape[2:])).reshape(b, t).mean(dim=1)
+    else:
+        s = torch.as_tensor(sigma, dtype=frames.dtype).expand(b)
+    hh = default_h(s) if h is None else torch.as_tensor(h, dtype=frames.dtype).expand(b)
     if (hh <= 0).any():
         raise ValueError(f"h must be > 0, got {hh.tolist()}")
-    return s.to(x), hh.to(x)
+    return s.to(frames), hh.to(frames)
 
 
 def _windowed(
@@ -206,7 +211,7 @@ def nl_means(
     _check_patch_weights(patch_weights)
     if not isinstance(tile_size, int) or tile_size < 1:
         raise ValueError(f"tile_size must be a positive int, got {tile_size!r}")
-    s, hh = _resolve(x, sigma, h)
+    s, hh = _resolve(x[:, None], sigma, h)
     if fully_nonlocal:
         y = _fully_nonlocal(x, s, hh, patch_size)
     else:
@@ -238,8 +243,8 @@ def nl_means_video(
     _check_odd(search_window, "search_window")
     _check_odd(temporal_window, "temporal_window")
     _check_patch_weights(patch_weights)
-    b, t, c, height, width = v.shape
-    if temporal_window // 2 >= t or (temporal_window > 1 and t < 2):
+    t, height, width = v.shape[1], v.shape[3], v.shape[4]
+    if temporal_window // 2 >= t:
         raise ValueError(
             f"temporal_window {temporal_window} needs more than {temporal_window // 2} frames, got {t}"
         )
@@ -247,13 +252,8 @@ def nl_means_video(
         raise ValueError(
             f"search_window {search_window} and patch_size {patch_size} do not fit {height} x {width}"
         )
-    s = (
-        estimate_sigma(v.reshape(b * t, c, height, width)).reshape(b, t).mean(dim=1)
-        if sigma is None
-        else torch.full((b,), float(sigma), dtype=v.dtype)
-    )
-    hh = default_h(s) if h is None else torch.full((b,), float(h), dtype=v.dtype)
-    y = _windowed(v, s.to(v), hh.to(v), patch_size, search_window, temporal_window, tile_size, patch_weights)
+    s, hh = _resolve(v, sigma, h)
+    y = _windowed(v, s, hh, patch_size, search_window, temporal_window, tile_size, patch_weights)
     return y.reshape(video.shape)
 
 

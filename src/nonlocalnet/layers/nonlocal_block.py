@@ -10,8 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from nonlocalnet.layers.affine import AffineChannel
-from nonlocalnet.ops import MODES, attention_weights, nonlocal_op
-from nonlocalnet.ops.pairwise import _ALGORITHMS
+from nonlocalnet.ops import ALGORITHMS, MODES, attention_weights, nonlocal_op
 
 __all__ = ["BLOCK_PRESETS", "NonLocalBlock"]
 
@@ -107,9 +106,9 @@ class NonLocalBlock(nn.Module):
             raise ValueError(f"unknown norm {norm!r}; expected one of {_NORMS}")
         if init not in _INITS:
             raise ValueError(f"unknown init {init!r}; expected one of {_INITS}")
-        if algorithm not in _ALGORITHMS[mode]:
+        if algorithm not in ALGORITHMS[mode]:
             raise ValueError(
-                f"unknown algorithm {algorithm!r} for mode {mode!r}; expected one of {_ALGORITHMS[mode]}"
+                f"unknown algorithm {algorithm!r} for mode {mode!r}; expected one of {ALGORITHMS[mode]}"
             )
         if temporal_group is not None:
             if dim != 3:

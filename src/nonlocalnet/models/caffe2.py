@@ -58,10 +58,6 @@ _ALLOWED = {
     ("_codecs", "encode"): ("_codecs", "encode"),
 }
 _AUX_BLOBS = re.compile(r"(^|_)(lr|iter|model_iter|lr_x|epoch)$|_momentum$|_grad$")
-_BN_SUFFIX = {"weight": "s", "bias": "b", "running_mean": "rm", "running_var": "riv"}
-_BN_SUFFIX_INV = {v: k for k, v in _BN_SUFFIX.items()}
-_BRANCH = {"1": "a", "2": "b", "3": "c"}
-_BRANCH_INV = {v: k for k, v in _BRANCH.items()}
 
 
 class UnsafePickleError(pickle.UnpicklingError):
@@ -101,61 +97,74 @@ def read_caffe2_pickle(path: str | os.PathLike | bytes) -> dict[str, np.ndarray]
     return blobs
 
 
+def _bimap(ours: str, theirs: str) -> tuple[str, str, dict[str, str], dict[str, str]]:
+    """A name field spelled ``ours[i]`` in our keys and ``theirs[i]`` in Caffe2 blob names."""
+    a, b = ours.split("|"), theirs.split("|")
+    return ours, theirs, dict(zip(a, b, strict=True)), dict(zip(b, a, strict=True))
+
+
+class _Offset(dict):
+    """Our ``layer1..4`` are the released ``res2..5``."""
+
+    def __init__(self, offset: int) -> None:
+        super().__init__()
+        self.offset = offset
+
+    def __missing__(self, key: str) -> str:
+        return str(int(key) + self.offset)
+
+
+# Each field: (our regex, Caffe2 regex, ours -> Caffe2, Caffe2 -> ours).
+_FIELDS = {
+    "stage": (r"\d", r"\d", _Offset(1), _Offset(-1)),
+    "i": (r"\d+", r"\d+", _Offset(0), _Offset(0)),
+    "k": _bimap("1|2|3", "a|b|c"),
+    "bn": _bimap("weight|bias|running_mean|running_var", "s|b|rm|riv"),
+    "wb": _bimap("weight|bias", "w|b"),
+    "op": _bimap("theta|phi|g|out|concat_project", "theta|phi|g|out|concat_project"),
+}
+# One table for both directions: (our key, released blob name).
+_RULES = (
+    ("conv1.weight", "conv1_w"),
+    ("bn1.{bn}", "res_conv1_bn_{bn}"),
+    ("fc.{wb}", "pred_{wb}"),
+    ("layer{stage}.{i}.conv{k}.weight", "res{stage}_{i}_branch2{k}_w"),
+    ("layer{stage}.{i}.bn{k}.{bn}", "res{stage}_{i}_branch2{k}_bn_{bn}"),
+    ("layer{stage}.{i}.downsample.0.weight", "res{stage}_{i}_branch1_w"),
+    ("layer{stage}.{i}.downsample.1.{bn}", "res{stage}_{i}_branch1_bn_{bn}"),
+    ("layer{stage}.{i}.nl.{op}.{wb}", "nonlocal_conv{stage}_{i}_{op}_{wb}"),
+    ("layer{stage}.{i}.nl.norm.{bn}", "nonlocal_conv{stage}_{i}_bn_{bn}"),
+)
+
+
+def _compile(template: str, side: int) -> re.Pattern[str]:
+    parts = re.split(r"\{(\w+)\}", template)
+    return re.compile(
+        "".join(re.escape(p) if j % 2 == 0 else f"(?P<{p}>{_FIELDS[p][side]})" for j, p in enumerate(parts))
+    )
+
+
+_COMPILED = tuple((_compile(ours, 0), _compile(theirs, 1), ours, theirs) for ours, theirs in _RULES)
+
+
+def _translate(name: str, to_caffe2: bool) -> str:
+    for ours_re, theirs_re, ours, theirs in _COMPILED:
+        m = (ours_re if to_caffe2 else theirs_re).fullmatch(name)
+        if m:
+            convert = 2 if to_caffe2 else 3
+            fields = {k: _FIELDS[k][convert][v] for k, v in m.groupdict().items()}
+            return (theirs if to_caffe2 else ours).format(**fields)
+    raise KeyError(name)
+
+
 def torch_to_caffe2_name(key: str) -> str | None:
     """Our state-dict key -> the released blob name (``None`` for ``num_batches_tracked``)."""
-    if key.endswith("num_batches_tracked"):
-        return None
-    if key == "conv1.weight":
-        return "conv1_w"
-    if key in ("fc.weight", "fc.bias"):
-        return "pred_" + key[3]
-    m = re.fullmatch(r"bn1\.(\w+)", key)
-    if m:
-        return f"res_conv1_bn_{_BN_SUFFIX[m[1]]}"
-    m = re.fullmatch(r"layer(\d)\.(\d+)\.(.+)", key)
-    if not m:
-        raise KeyError(key)
-    stage, block, rest = int(m[1]) + 1, m[2], m[3]
-    prefix = f"res{stage}_{block}"
-    if r := re.fullmatch(r"conv(\d)\.weight", rest):
-        return f"{prefix}_branch2{_BRANCH[r[1]]}_w"
-    if r := re.fullmatch(r"bn(\d)\.(\w+)", rest):
-        return f"{prefix}_branch2{_BRANCH[r[1]]}_bn_{_BN_SUFFIX[r[2]]}"
-    if rest == "downsample.0.weight":
-        return f"{prefix}_branch1_w"
-    if r := re.fullmatch(r"downsample\.1\.(\w+)", rest):
-        return f"{prefix}_branch1_bn_{_BN_SUFFIX[r[1]]}"
-    nl = f"nonlocal_conv{stage}_{block}"
-    if r := re.fullmatch(r"nl\.(theta|phi|g|out|concat_project)\.(weight|bias)", rest):
-        return f"{nl}_{r[1]}_{r[2][0]}"
-    if r := re.fullmatch(r"nl\.norm\.(\w+)", rest):
-        return f"{nl}_bn_{_BN_SUFFIX[r[1]]}"
-    raise KeyError(key)
+    return None if key.endswith("num_batches_tracked") else _translate(key, to_caffe2=True)
 
 
 def caffe2_to_torch_name(name: str) -> str | None:
     """The released blob name -> our state-dict key (``None`` for optimiser/solver blobs)."""
-    if _AUX_BLOBS.search(name):
-        return None
-    if name == "conv1_w":
-        return "conv1.weight"
-    if name in ("pred_w", "pred_b"):
-        return "fc." + ("weight" if name[-1] == "w" else "bias")
-    if m := re.fullmatch(r"res_conv1_bn_(s|b|rm|riv)", name):
-        return f"bn1.{_BN_SUFFIX_INV[m[1]]}"
-    if m := re.fullmatch(r"res(\d)_(\d+)_branch2([abc])_w", name):
-        return f"layer{int(m[1]) - 1}.{m[2]}.conv{_BRANCH_INV[m[3]]}.weight"
-    if m := re.fullmatch(r"res(\d)_(\d+)_branch2([abc])_bn_(s|b|rm|riv)", name):
-        return f"layer{int(m[1]) - 1}.{m[2]}.bn{_BRANCH_INV[m[3]]}.{_BN_SUFFIX_INV[m[4]]}"
-    if m := re.fullmatch(r"res(\d)_(\d+)_branch1_w", name):
-        return f"layer{int(m[1]) - 1}.{m[2]}.downsample.0.weight"
-    if m := re.fullmatch(r"res(\d)_(\d+)_branch1_bn_(s|b|rm|riv)", name):
-        return f"layer{int(m[1]) - 1}.{m[2]}.downsample.1.{_BN_SUFFIX_INV[m[3]]}"
-    if m := re.fullmatch(r"nonlocal_conv(\d)_(\d+)_(theta|phi|g|out|concat_project)_([wb])", name):
-        return f"layer{int(m[1]) - 1}.{m[2]}.nl.{m[3]}.{'weight' if m[4] == 'w' else 'bias'}"
-    if m := re.fullmatch(r"nonlocal_conv(\d)_(\d+)_bn_(s|b|rm|riv)", name):
-        return f"layer{int(m[1]) - 1}.{m[2]}.nl.norm.{_BN_SUFFIX_INV[m[3]]}"
-    raise KeyError(name)
+    return None if _AUX_BLOBS.search(name) else _translate(name, to_caffe2=False)
 
 
 @dataclass

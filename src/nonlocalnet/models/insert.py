@@ -24,7 +24,7 @@ def _out_channels_and_dim(module: nn.Module) -> tuple[int, int] | None:
     for m in module.modules():
         for types, attr in ((_DIMS, "out_channels"), (_NORMS, "num_features")):
             for cls, dim in types.items():
-                if type(m) is cls or (isinstance(m, cls) and not isinstance(m, NonLocalBlock)):
+                if isinstance(m, cls):
                     found = (getattr(m, attr), dim)
     return found
 

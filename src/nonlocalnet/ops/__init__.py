@@ -1,6 +1,7 @@
 """Pure tensor functions: the non-local operation and nothing else."""
 
 from nonlocalnet.ops.pairwise import (
+    ALGORITHMS,
     MODES,
     attention_weights,
     concatenation,
@@ -10,6 +11,7 @@ from nonlocalnet.ops.pairwise import (
 )
 
 __all__ = [
+    "ALGORITHMS",
     "MODES",
     "attention_weights",
     "concatenation",

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = [
+    "ALGORITHMS",
     "MODES",
     "attention_weights",
     "concatenation",
@@ -36,12 +37,13 @@ __all__ = [
 MODES = ("gaussian", "embedded_gaussian", "dot_product", "concatenation")
 """The paper's four instantiations of the pairwise function ``f``."""
 
-_ALGORITHMS = {
+ALGORITHMS: dict[str, tuple[str, ...]] = {
     "gaussian": ("auto", "fused", "chunked", "naive"),
     "embedded_gaussian": ("auto", "fused", "chunked", "naive"),
     "dot_product": ("auto", "linear", "quadratic"),
     "concatenation": ("auto", "sorted", "pairwise", "explicit"),
 }
+"""The algorithms each mode accepts; ``"auto"`` is exact and never builds ``N x M``."""
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
@@ -68,9 +70,9 @@ def _check(theta: Tensor, phi: Tensor, g: Tensor) -> None:
 
 
 def _check_algorithm(mode: str, algorithm: str) -> None:
-    if algorithm not in _ALGORITHMS[mode]:
+    if algorithm not in ALGORITHMS[mode]:
         raise ValueError(
-            f"unknown algorithm {algorithm!r} for mode {mode!r}; expected one of {_ALGORITHMS[mode]}"
+            f"unknown algorithm {algorithm!r} for mode {mode!r}; expected one of {ALGORITHMS[mode]}"
         )
 
 
