@@ -54,6 +54,7 @@ class VideoResNetSpec:
     ``stride_on_1x1``: put block 0's spatial stride on the first 1x1 (the original MSRA ResNet)
     instead of the 3x3 (the released code, torchvision); same weights, fewer FLOPs.
     ``nonlocal_options``: keyword arguments of every :class:`NonLocalBlock`.
+    ``stem_width``: conv1's output channels (64 in the paper; smaller for toy models).
     """
 
     stages: tuple[StageSpec, ...]
@@ -64,6 +65,7 @@ class VideoResNetSpec:
     pool2_temporal: int = 3
     stride_on_1x1: bool = False
     nonlocal_options: Mapping[str, Any] = field(default_factory=dict)
+    stem_width: int = 64
 
     @property
     def num_nonlocal(self) -> int:
@@ -183,14 +185,14 @@ class VideoResNet(nn.Module):
         t1 = spec.conv1_temporal
         self.conv1 = _Conv3d(
             3,
-            64,
+            spec.stem_width,
             (t1, 7, 7),
             stride=(spec.conv1_temporal_stride, 2, 2),
             padding=(t1 // 2, 3, 3),
             bias=False,
             temporal_padding=temporal_padding,
         )
-        self.bn1 = _NORMS[norm](64)
+        self.bn1 = _NORMS[norm](spec.stem_width)
         self.relu = nn.ReLU(inplace=True)
         tp1 = spec.pool1_temporal
         self.maxpool = nn.MaxPool3d(
@@ -202,7 +204,7 @@ class VideoResNet(nn.Module):
             if tp2
             else nn.Identity()
         )
-        channels = 64
+        channels = spec.stem_width
         for index, stage in enumerate(spec.stages, start=1):
             blocks = []
             for i in range(stage.depth):
