@@ -60,3 +60,19 @@ def test_denoise_benchmark_case():
     assert {"nonlocalnet gaussian", "skimage fast", "skimage slow", "opencv", "noisy input"} <= methods
     noisy = next(r for r in rows if r["method"] == "noisy input")["psnr"]
     assert all(r["psnr"] > noisy for r in rows if r["method"] != "noisy input")
+
+
+def test_data_benchmark_case(tmp_path):
+    import importlib.util
+
+    # loaded by path: "data" is too common a module name to import by name
+    spec = importlib.util.spec_from_file_location(
+        "bench_data", Path(__file__).parents[1] / "benchmarks" / "data.py"
+    )
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    video = bench.write_test_video(tmp_path / "v.mp4", width=64, height=48, seconds=1.0, gop=10)
+    results = [bench.run_case({**c, "warmup": 0, "repeats": 1}) for c in bench.plan(video, quick=True)]
+    table, rows = bench.summarise(results, video)
+    assert "read_all_frames" in table and rows[-1]["speedup_vs_read_all"] == 1.0
+    assert rows[0]["decoded_frames_per_clip"] < video["frames"] == rows[-1]["decoded_frames_per_clip"]

@@ -1,0 +1,207 @@
+import json
+import logging
+
+import pytest
+import torch
+
+from nonlocalnet.data import (
+    BadDataLog,
+    BadSample,
+    ClipSampling,
+    DataQualityError,
+    TransformConfig,
+    VideoClipDataset,
+    VideoSample,
+    collate_clips,
+    read_class_names,
+    read_video_list,
+    scan_class_folders,
+)
+
+SMALL = TransformConfig(min_short=32, max_short=40, crop=32, test_short=32, test_crop=32, num_crops=3)
+SAMPLING = ClipSampling(clip_length=4, stride=2, num_clips=3)
+
+
+# -- list files -----------------------------------------------------------------------------------
+
+
+def test_read_class_names(tmp_path):
+    f = tmp_path / "classes.txt"
+    f.write_text("abseiling\n\n  air drumming \narchery\n")
+    assert read_class_names(f) == ["abseiling", "air drumming", "archery"]
+    f.write_text("a\nb\n\na\n")
+    with pytest.raises(ValueError, match=r"classes.txt:4: duplicate class name 'a' \(first on line 1\)"):
+        read_class_names(f)
+
+
+def test_read_video_list_space_separated(tmp_path):
+    f = tmp_path / "train.txt"
+    f.write_text("a/x.mp4 0\n\nb/my video.mp4 3\n/abs/z.avi 1\n")
+    samples = read_video_list(f)
+    assert samples == [
+        VideoSample(str(tmp_path / "a/x.mp4"), 0),
+        VideoSample(str(tmp_path / "b/my video.mp4"), 3),
+        VideoSample("/abs/z.avi", 1),
+    ]
+    assert read_video_list(f, root="/data")[0].path == "/data/a/x.mp4"
+
+
+def test_read_video_list_csv_with_header_and_class_names(tmp_path):
+    f = tmp_path / "val.csv"
+    f.write_text('path,label\nx.mp4,archery\n"y,1.mp4",0\n')
+    samples = read_video_list(f, class_names=["abseiling", "archery"])
+    assert samples == [VideoSample(str(tmp_path / "x.mp4"), 1), VideoSample(str(tmp_path / "y,1.mp4"), 0)]
+    f.write_text("x.mp4,1\ny.mp4,0\n")  # no header
+    assert [s.label for s in read_video_list(f)] == [1, 0]
+    f.write_text("label,id,path\n2,a,x.mp4\n")  # more columns, picked by name
+    assert read_video_list(f) == [VideoSample(str(tmp_path / "x.mp4"), 2)]
+
+
+@pytest.mark.parametrize(
+    "text,names,match",
+    [
+        ("a.mp4 0\nb.mp4 zero\n", None, r"list.txt:2: label 'zero' is not an integer"),
+        ("a.mp4 0\n\nb.mp4 5\n", ["x", "y"], r"list.txt:3: label 5 out of range \(expected \[0, 1\]\)"),
+        ("a.mp4 -1\n", None, r"list.txt:1: label -1 out of range"),
+        ("a.mp4 0\nb.mp4\n", None, r"list.txt:2: missing column"),
+        ("a.mp4,0\nb.mp4,\n", None, r"list.txt:2: missing column"),
+        ("a.mp4,0,7\n", None, r"list.txt:1: 3 columns"),
+        ("a.mp4 dog\n", ["cat"], r"list.txt:1: unknown class name 'dog'"),
+    ],
+    ids=["not-int", "out-of-range", "negative", "missing", "missing-csv", "extra-csv", "unknown-name"],
+)
+def test_read_video_list_errors_name_file_and_line(tmp_path, text, names, match):
+    f = tmp_path / "list.txt"
+    f.write_text(text)
+    with pytest.raises(ValueError, match=match):
+        read_video_list(f, class_names=names)
+
+
+def test_scan_class_folders(tmp_path):
+    for rel in ["b/1.mp4", "a/2.MKV", "a/sub/1.avi", "a/notes.txt", "c/.hidden.mp4", ".git/x.mp4"]:
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(b"x")
+    samples, classes = scan_class_folders(tmp_path)
+    assert classes == ["a", "b", "c"]
+    assert samples == [
+        VideoSample(str(tmp_path / "a/2.MKV"), 0),
+        VideoSample(str(tmp_path / "a/sub/1.avi"), 0),
+        VideoSample(str(tmp_path / "b/1.mp4"), 1),
+    ]
+    with pytest.raises(FileNotFoundError):
+        scan_class_folders(tmp_path / "nope")
+
+
+# -- the dataset ----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def videos(make_video, tmp_path):
+    good = [make_video(f"v{i}.mp4", n) for i, n in enumerate((40, 6))]  # the second is short: wraps
+    whole = good[0].read_bytes()
+    (tmp_path / "empty.mp4").write_bytes(b"")
+    (tmp_path / "cut.mp4").write_bytes(whole[: len(whole) // 2])
+    (tmp_path / "noise.mp4").write_bytes(bytes(range(256)) * 20)
+    bad = [tmp_path / "missing.mp4", tmp_path / "empty.mp4", tmp_path / "cut.mp4", tmp_path / "noise.mp4"]
+    return [VideoSample(str(p), i) for i, p in enumerate(good + bad)]
+
+
+def test_train_items_shape_and_determinism(videos):
+    ds = VideoClipDataset(videos[:2], mode="train", sampling=SAMPLING, transform=SMALL, seed=7)
+    assert len(ds) == 2 and ds.item_shape == (3, 4, 32, 32)
+    item = ds[0]
+    assert set(item) == {"video", "label", "index", "clip"}
+    assert item["video"].shape == (3, 4, 32, 32) and item["video"].dtype == torch.float32
+    assert (item["label"], item["index"], item["clip"]) == (0, 0, 0)
+    again = VideoClipDataset(videos[:2], mode="train", sampling=SAMPLING, transform=SMALL, seed=7)
+    assert torch.equal(again[0]["video"], item["video"])  # same (seed, epoch, index)
+    assert torch.equal(ds[(0, 0)]["video"], item["video"])
+    assert not torch.equal(ds[(0, 1)]["video"], item["video"])  # another epoch
+    ds.set_epoch(1)
+    assert torch.equal(ds[0]["video"], ds[(0, 1)]["video"])
+    other = VideoClipDataset(videos[:2], mode="train", sampling=SAMPLING, transform=SMALL, seed=8)
+    assert not torch.equal(other[0]["video"], item["video"])
+    assert ds[1]["video"].shape == (3, 4, 32, 32)  # 6 frames < window of 8: wraps around
+
+
+def test_test_items_are_clips_times_crops(videos):
+    ds = VideoClipDataset(videos[:2], mode="test", sampling=SAMPLING, transform=SMALL)
+    assert len(ds) == 6 and ds.item_shape == (3, 3, 4, 32, 32)
+    items = [ds[i] for i in range(6)]
+    assert [(it["index"], it["clip"], it["label"]) for it in items] == [
+        (0, 0, 0), (0, 1, 0), (0, 2, 0), (1, 0, 1), (1, 1, 1), (1, 2, 1)
+    ]  # fmt: skip
+    assert all(it["video"].shape == (3, 3, 4, 32, 32) for it in items)
+    assert not torch.equal(items[0]["video"], items[2]["video"])  # other times
+    assert torch.equal(items[0]["video"], ds[(0, 5)]["video"])  # no randomness at test time
+    with pytest.raises(IndexError):
+        ds[6]
+
+
+def test_bad_videos_become_bad_samples(videos):
+    ds = VideoClipDataset(videos, mode="train", sampling=SAMPLING, transform=SMALL)
+    bad = [ds[i] for i in range(2, 6)]
+    assert all(isinstance(b, BadSample) for b in bad)
+    assert [b.index for b in bad] == [2, 3, 4, 5]
+    assert [b.path for b in bad] == [videos[i].path for i in range(2, 6)]
+    reasons = [b.reason for b in bad]
+    assert "file not found" in reasons[0] and "empty file" in reasons[1]
+    assert "cannot open" in reasons[2] and "cannot open" in reasons[3]
+    assert bad[0].shape == (3, 4, 32, 32)
+    test_ds = VideoClipDataset(videos, mode="test", sampling=SAMPLING, transform=SMALL)
+    b = test_ds[3 * 3 + 1]
+    assert isinstance(b, BadSample) and b.index == 3 and b.shape == (3, 3, 4, 32, 32)
+
+
+def test_collate_clips(videos):
+    ds = VideoClipDataset(videos, mode="train", sampling=SAMPLING, transform=SMALL)
+    batch = collate_clips([ds[0], ds[2], ds[1], ds[3]])
+    assert batch.video.shape == (2, 3, 4, 32, 32) and len(batch) == 2
+    assert batch.label.tolist() == [0, 1] and batch.label.dtype == torch.int64
+    assert batch.index.tolist() == [0, 1] and batch.clip.tolist() == [0, 0]
+    assert [b.index for b in batch.bad] == [2, 3]
+    empty = collate_clips([ds[4], ds[5]])
+    assert empty.video.shape == (0, 3, 4, 32, 32) and len(empty) == 0 and len(empty.bad) == 2
+    assert collate_clips([BadSample(0, "x", "gone")]).video.numel() == 0
+    moved = batch.to("cpu")
+    assert torch.equal(moved.video, batch.video) and moved.bad == batch.bad
+    with pytest.raises(TypeError, match="BadSample"):
+        collate_clips([{"video": 1}])
+
+
+def test_bad_data_log(caplog):
+    log = BadDataLog()
+    bad = [BadSample(i, f"/data/v{i}.mp4", f"reason {i}") for i in range(7)]
+    with caplog.at_level(logging.WARNING, logger="nonlocalnet.data"):
+        assert log.add(bad[:3]) == 3
+        assert log.add([bad[0], BadSample(0, "/data/v0.mp4", "reason 0")]) == 0  # deduplicated
+    assert log.count == 3 and len(caplog.records) == 3
+    assert "/data/v1.mp4" in caplog.records[1].getMessage()
+    assert log.fraction(300) == 0.01
+    log.check(300)  # exactly at the threshold: fine
+    other = BadDataLog()
+    other.add(bad[2:7])
+    log.merge(json.loads(json.dumps(other.summary()))["bad"])  # e.g. gathered from another rank
+    assert log.count == 7
+    log.merge(other)
+    assert log.count == 7
+    with pytest.raises(DataQualityError) as err:
+        log.check(100, threshold=0.05)
+    msg = str(err.value)
+    assert "7 bad videos out of 100" in msg and "7.00%" in msg and "5.00%" in msg
+    assert "/data/v0.mp4 (reason 0)" in msg and "and 2 more" in msg
+    summary = log.summary()
+    assert json.loads(json.dumps(summary)) == summary and summary["count"] == 7
+    assert summary["bad"][0] == {"index": 0, "path": "/data/v0.mp4", "reason": "reason 0"}
+    assert BadDataLog().fraction(0) == 0.0
+
+
+def test_clip_batch_pin_memory(monkeypatch):
+    batch = collate_clips(
+        [{"video": torch.zeros(2), "label": 1, "index": 0, "clip": 0}, BadSample(1, "x", "gone")]
+    )
+    pinned = []
+    monkeypatch.setattr(torch.Tensor, "pin_memory", lambda self, *a, **k: pinned.append(self) or self.clone())
+    copy = batch.pin_memory()  # what DataLoader(pin_memory=True) calls
+    assert len(pinned) == 4 and copy is not batch and copy.bad == batch.bad and copy.bad is not batch.bad
+    assert torch.equal(copy.video, batch.video) and copy.label.dtype == torch.int64
