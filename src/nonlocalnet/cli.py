@@ -12,6 +12,7 @@ from collections.abc import Sequence
 import torch
 
 from nonlocalnet import __version__
+from nonlocalnet.cli_video import add_video_commands
 from nonlocalnet.layers import NonLocalBlock
 from nonlocalnet.ops import MODES
 
@@ -181,6 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     models = sub.add_parser("models", help="list the registry models")
     models.set_defaults(func=_models)
+    add_video_commands(sub)
     return parser
 
 
@@ -194,6 +196,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, TypeError, OSError, pickle.UnpicklingError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except RuntimeError as err:
+        if type(err).__name__ not in ("DataQualityError", "DistributedError"):
+            raise
+        print(f"error: {type(err).__name__}: {err}", file=sys.stderr)  # too much broken data, a dead peer
+        return 1
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ import io
 import os
 import pickle
 import re
-import tempfile
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -20,6 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+
+from nonlocalnet.atomic import atomic_write
 
 __all__ = [
     "RELEASED_CHECKPOINTS",
@@ -272,14 +273,9 @@ def export_caffe2_blobs(model_or_state: nn.Module | Mapping[str, torch.Tensor]) 
 
 def save_caffe2_pickle(path: str | os.PathLike, blobs: Mapping[str, np.ndarray]) -> None:
     """Write ``{'blobs': blobs}`` as a protocol-2 pickle (as the released files are), atomically."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
             pickle.dump({"blobs": dict(blobs)}, f, protocol=2)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+
+    atomic_write(path, write)

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import os
-import tempfile
-from pathlib import Path
 
 import torch
 from torch import nn
+
+from nonlocalnet.atomic import atomic_write
 
 __all__ = ["load_weights", "save_weights"]
 
@@ -23,18 +23,7 @@ def save_weights(
 
     state = model_or_state.state_dict() if isinstance(model_or_state, nn.Module) else model_or_state
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in state.items()}
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
 
 
 def load_weights(model: nn.Module, path: str | os.PathLike, *, strict: bool = True) -> nn.Module:

@@ -1,0 +1,140 @@
+"""``nonlocalnet train | eval | predict | check-data``: thin layers over the engine and data."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+__all__ = ["add_video_commands"]
+
+
+def _setup_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+
+
+def _train(args: argparse.Namespace) -> int:
+    from nonlocalnet.engine import load_config, train
+
+    _setup_logging()
+    cfg = load_config(args.config, args.overrides)
+    resume = True if args.resume == "latest" else args.resume
+    result = train(cfg, resume=resume)
+    if result.final_eval is not None:
+        e = result.final_eval
+        print(
+            f"final validation: clip top-1 {100 * e['clip_top1']:.2f}% (1 view), video top-1 "
+            f"{100 * e['video_top1']:.2f}% ({e['views_per_video']} views)"
+        )
+    bad = result.bad_data
+    print(f"broken videos skipped: {bad['count']} (listed in {result.output_dir / 'summary.json'})")
+    print(f"wrote {result.output_dir}")
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from nonlocalnet.engine import config_from_dict, load_checkpoint, load_config, run_evaluation
+    from nonlocalnet.engine.config import apply_overrides
+
+    _setup_logging()
+    if args.config:
+        cfg = load_config(args.config, args.overrides)
+    else:
+        if Path(args.checkpoint).suffix == ".safetensors":
+            raise ValueError("--config is required with a .safetensors checkpoint (it holds no config)")
+        saved = load_checkpoint(args.checkpoint)["config"]
+        saved["model"].update(init="none", init_path=None)
+        cfg = config_from_dict(apply_overrides(saved, args.overrides))
+    result = run_evaluation(cfg, args.checkpoint, output_dir=args.output)
+    print(result.summary())
+    print(f"wrote {args.output or Path(cfg.output_dir) / 'eval'}")
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from nonlocalnet.engine import load_trained_model, predict_video
+
+    model, cfg, names = load_trained_model(args.checkpoint)
+    if args.clips:
+        cfg.data.num_clips = args.clips
+    if args.crops:
+        cfg.data.num_crops = args.crops
+    pred = predict_video(model, args.video, cfg, names, topk=args.topk, features=args.features is not None)
+    print(f"{pred.path} ({pred.views} views averaged)")
+    for rank, (name, score) in enumerate(pred.top, start=1):
+        print(f"  {rank}. {name:<30s} {score:.4f}")
+    if args.features is not None:
+        np.save(args.features, pred.features.numpy())
+        print(f"pooled features {tuple(pred.features.shape)} written to {args.features}")
+    if args.json:
+        Path(args.json).write_text(
+            json.dumps({"path": pred.path, "views": pred.views, "top": pred.top}, indent=2)
+        )
+    return 0
+
+
+def _check_data(args: argparse.Namespace) -> int:
+    from nonlocalnet.data import check_dataset, read_class_names, read_video_list, scan_class_folders
+
+    if bool(args.list) == bool(args.folder):
+        raise ValueError("give exactly one of --list FILE and --folder DIR")
+    if args.folder:
+        samples, _ = scan_class_folders(args.folder)
+    else:
+        names = read_class_names(args.class_names) if args.class_names else None
+        samples = read_video_list(args.list, root=args.root, class_names=names)
+    report = check_dataset(
+        samples, decode=args.decode, num_workers=args.workers, progress=not args.no_progress
+    )
+    for bad in report.bad:
+        print(f"BAD {bad.path}: {bad.reason}")
+    print(f"checked {report.total} videos in {report.seconds:.1f} s: {len(report.bad)} bad")
+    if args.json:
+        Path(args.json).write_text(json.dumps(report.to_dict(), indent=2))
+    return 0 if report.ok else 1
+
+
+def add_video_commands(sub: argparse._SubParsersAction) -> None:
+    """Register the video training/evaluation commands on the ``nonlocalnet`` parser."""
+    tr = sub.add_parser("train", help="train a video model from a YAML config (torchrun for many processes)")
+    tr.add_argument("--config", required=True, help="YAML config, e.g. configs/c2d_nl5_r50.yaml")
+    tr.add_argument(
+        "--resume",
+        nargs="?",
+        const="latest",
+        default=None,
+        help="continue from a checkpoint (default: the newest in output_dir/checkpoints)",
+    )
+    tr.add_argument("overrides", nargs="*", help="section.key=value (YAML values), e.g. train.batch_size=4")
+    tr.set_defaults(func=_train)
+
+    ev = sub.add_parser("eval", help="clip and video accuracy, per class, confusion matrix")
+    ev.add_argument("--checkpoint", required=True, help="training checkpoint (.pt) or weights (.safetensors)")
+    ev.add_argument("--config", default=None, help="default: the config saved in the checkpoint")
+    ev.add_argument("--output", default=None, help="default: <output_dir>/eval")
+    ev.add_argument("overrides", nargs="*", help="section.key=value, e.g. data.num_clips=10")
+    ev.set_defaults(func=_eval)
+
+    pr = sub.add_parser("predict", help="top-5 labels (and pooled features) for one video")
+    pr.add_argument("video")
+    pr.add_argument("--checkpoint", required=True, help="training checkpoint (.pt)")
+    pr.add_argument("--topk", type=int, default=5)
+    pr.add_argument("--clips", type=int, default=None, help="clips in time (default: the config's)")
+    pr.add_argument("--crops", type=int, default=None, help="spatial crops (default: the config's)")
+    pr.add_argument("--features", default=None, metavar="OUT.npy", help="write the pooled features")
+    pr.add_argument("--json", default=None, help="also write the prediction as JSON")
+    pr.set_defaults(func=_predict)
+
+    ck = sub.add_parser("check-data", help="scan a dataset and report every unreadable video")
+    ck.add_argument("--list", default=None, help="list file (path label per line, or CSV)")
+    ck.add_argument("--root", default=None, help="base folder of relative paths in the list")
+    ck.add_argument("--class-names", default=None, help="class names file, for name labels")
+    ck.add_argument("--folder", default=None, help="class-per-folder tree instead of a list")
+    ck.add_argument("--decode", action="store_true", help="also decode the first and last frames")
+    ck.add_argument("--workers", type=int, default=0)
+    ck.add_argument("--json", default=None, help="write the report as JSON")
+    ck.add_argument("--no-progress", action="store_true")
+    ck.set_defaults(func=_check_data)

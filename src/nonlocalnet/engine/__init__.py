@@ -1,0 +1,66 @@
+"""Training, evaluation and inference: the paper's recipe as a library (the CLI is a thin layer)."""
+
+from nonlocalnet.engine.checkpoint import CheckpointManager, load_checkpoint, save_checkpoint
+from nonlocalnet.engine.config import (
+    CheckpointConfig,
+    Config,
+    ConfigError,
+    DataConfig,
+    EvalConfig,
+    ModelConfig,
+    OptimConfig,
+    TrainConfig,
+    apply_overrides,
+    config_from_dict,
+    config_to_dict,
+    load_config,
+    save_config,
+)
+from nonlocalnet.engine.distributed import DistContext, DistributedError, init_distributed
+from nonlocalnet.engine.evaluate import evaluate, run_evaluation
+from nonlocalnet.engine.metrics import EvalResult, ViewScores, topk_correct
+from nonlocalnet.engine.optim import build_optimizer, lr_at, scaled_lr
+from nonlocalnet.engine.precise_bn import update_bn_stats
+from nonlocalnet.engine.predict import Prediction, load_trained_model, predict_video
+from nonlocalnet.engine.setup import build_dataset, build_model_from_config, initialise_model, load_samples
+from nonlocalnet.engine.train import TrainResult, train
+
+__all__ = [
+    "CheckpointConfig",
+    "CheckpointManager",
+    "Config",
+    "ConfigError",
+    "DataConfig",
+    "DistContext",
+    "DistributedError",
+    "EvalConfig",
+    "EvalResult",
+    "ModelConfig",
+    "OptimConfig",
+    "Prediction",
+    "TrainConfig",
+    "TrainResult",
+    "ViewScores",
+    "apply_overrides",
+    "build_dataset",
+    "build_model_from_config",
+    "build_optimizer",
+    "config_from_dict",
+    "config_to_dict",
+    "evaluate",
+    "init_distributed",
+    "initialise_model",
+    "load_checkpoint",
+    "load_config",
+    "load_samples",
+    "load_trained_model",
+    "lr_at",
+    "predict_video",
+    "run_evaluation",
+    "save_checkpoint",
+    "save_config",
+    "scaled_lr",
+    "topk_correct",
+    "train",
+    "update_bn_stats",
+]

@@ -1,0 +1,339 @@
+"""Training/evaluation configuration: typed dataclasses, YAML files, ``key=value`` overrides.
+
+A config file is YAML with the sections below; every key is checked (unknown keys and wrong
+types are errors naming the key). ``base: other.yaml`` inherits from another file (relative to
+the file), so one recipe file can serve every model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from nonlocalnet.atomic import atomic_write_bytes
+
+__all__ = [
+    "CheckpointConfig",
+    "Config",
+    "ConfigError",
+    "DataConfig",
+    "EvalConfig",
+    "ModelConfig",
+    "OptimConfig",
+    "TrainConfig",
+    "apply_overrides",
+    "config_from_dict",
+    "config_to_dict",
+    "load_config",
+    "save_config",
+]
+
+
+class ConfigError(ValueError):
+    """A config file or override is wrong; the message names the key."""
+
+
+@dataclass
+class ModelConfig:
+    """Which network to build (``nonlocalnet.models.build_model``) and how to initialise it.
+
+    ``init``: ``none``; ``imagenet`` (a 2D ResNet state dict, torchvision or Caffe2 names,
+    inflated to 3D); ``caffe2`` (the authors' released ``.pkl``); ``weights`` (our safetensors);
+    ``checkpoint`` (a training checkpoint's model). ``overrides``: fields of VideoResNetSpec.
+    """
+
+    name: str = "c2d_nl5_r50"
+    num_classes: int = 400
+    variant: str = "paper"
+    nonlocal_mode: str = "embedded_gaussian"
+    nonlocal_options: dict = field(default_factory=dict)
+    dropout: float = 0.5
+    norm: str = "batchnorm"
+    temporal_padding: str = "zeros"
+    overrides: dict = field(default_factory=dict)
+    init: str = "none"
+    init_path: str | None = None
+
+
+@dataclass
+class DataConfig:
+    """Where the videos are and how clips are sampled and transformed (REFERENCE.md section 4).
+
+    Give ``train_list``/``val_list`` (``path label`` or CSV lines) or ``train_folder``/
+    ``val_folder`` (one folder per class). ``root``: base for relative paths in list files.
+    """
+
+    train_list: str | None = None
+    val_list: str | None = None
+    train_folder: str | None = None
+    val_folder: str | None = None
+    root: str | None = None
+    class_names: str | None = None
+    clip_length: int = 32
+    stride: int = 2
+    num_clips: int = 10
+    min_short: int = 256
+    max_short: int = 320
+    crop: int = 224
+    flip: bool = True
+    test_short: int = 256
+    test_crop: int = 256
+    num_crops: int = 3
+    mean: list = field(default_factory=lambda: [114.75, 114.75, 114.75])
+    std: list = field(default_factory=lambda: [57.375, 57.375, 57.375])
+    num_workers: int = 4
+    bad_data_threshold: float = 0.01
+
+
+@dataclass
+class OptimConfig:
+    """SGD with (Nesterov) momentum; lr scaled linearly with the total batch; step schedule as
+    fractions of the iterations (150k and 300k of 400k in the paper); linear warm-up."""
+
+    base_lr: float = 0.01
+    base_batch_size: int = 64
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 1e-4
+    weight_decay_norm: float = 0.0
+    lr_milestones: list = field(default_factory=lambda: [0.375, 0.75])
+    lr_gamma: float = 0.1
+    warmup_iters: int = 0
+    warmup_factor: float = 0.1
+
+
+@dataclass
+class TrainConfig:
+    """Loop settings. ``batch_size`` is per process; an optimiser step sees
+    ``batch_size * grad_accum * world_size`` clips. Give ``iterations`` (optimiser steps) or
+    ``epochs``. ``amp``: ``none``, ``bf16`` (CPU or CUDA) or ``fp16`` (CUDA)."""
+
+    batch_size: int = 8
+    grad_accum: int = 1
+    iterations: int = 0
+    epochs: int = 0
+    amp: str = "none"
+    precise_bn_batches: int = 0
+    memory_format: str = "contiguous"
+    log_every: int = 20
+    progress: bool = True
+    sync_bn: bool = False
+    deterministic: bool = False
+    dist_timeout_s: float = 300.0
+
+
+@dataclass
+class CheckpointConfig:
+    """Checkpoints every ``every_iters`` steps (0: at the end of each epoch only), the last
+    ``keep_last`` kept, plus ``best.pt`` by validation accuracy."""
+
+    every_iters: int = 0
+    keep_last: int = 3
+    keep_best: bool = True
+
+
+@dataclass
+class EvalConfig:
+    """Validation during training every ``every_epochs`` epochs (0: only at the end), on
+    ``views`` = ``clip`` (1 centre view per video, fast) or ``video`` (all clips x crops)."""
+
+    every_epochs: int = 1
+    views: str = "clip"
+    batch_size: int = 4
+
+
+@dataclass
+class Config:
+    """The whole run. ``output_dir`` holds the resolved config, checkpoints, logs and figures."""
+
+    output_dir: str = "runs/default"
+    seed: int = 0
+    device: str = "auto"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+_CHOICES = {
+    "model.init": ("none", "imagenet", "caffe2", "weights", "checkpoint"),
+    "model.variant": ("paper", "released"),
+    "model.norm": ("batchnorm", "affine"),
+    "model.temporal_padding": ("zeros", "replicate"),
+    "train.amp": ("none", "bf16", "fp16"),
+    "train.memory_format": ("contiguous", "channels_last", "auto"),
+    "eval.views": ("clip", "video"),
+}
+_POSITIVE = {
+    "model.num_classes",
+    "data.clip_length",
+    "data.stride",
+    "data.num_clips",
+    "data.min_short",
+    "data.max_short",
+    "data.crop",
+    "data.test_short",
+    "data.test_crop",
+    "data.num_crops",
+    "optim.base_batch_size",
+    "train.batch_size",
+    "train.grad_accum",
+    "train.log_every",
+    "checkpoint.keep_last",
+    "eval.batch_size",
+}
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(key: str, value: Any, tp: Any) -> Any:
+    """Check ``value`` against annotation ``tp``; ints are accepted for floats, nothing else."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(key, value, arg)
+            except ConfigError:
+                pass
+        raise ConfigError(f"{key}: expected {' or '.join(_type_name(a) for a in args)}, got {value!r}")
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if (tp is int and isinstance(value, bool)) or not isinstance(value, tp):
+        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _fill(obj: Any, data: dict, prefix: str) -> None:
+    hints = typing.get_type_hints(type(obj))
+    names = [f.name for f in dataclasses.fields(obj)]
+    for key, value in data.items():
+        full = f"{prefix}{key}"
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f" (did you mean {prefix}{close[0]}?)" if close else ""
+            raise ConfigError(f"unknown config key {full!r}{hint}; valid keys here: {names}")
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{full}: expected a mapping of settings, got {value!r}")
+            _fill(current, value, f"{full}.")
+            continue
+        value = _coerce(full, value, hints[key])
+        if full in _CHOICES and value not in _CHOICES[full]:
+            raise ConfigError(f"{full}: {value!r} is not one of {_CHOICES[full]}")
+        if full in _POSITIVE and value < 1:
+            raise ConfigError(f"{full}: must be >= 1, got {value!r}")
+        setattr(obj, key, value)
+
+
+def _validate(cfg: Config) -> None:
+    if cfg.train.iterations < 0 or cfg.train.epochs < 0:
+        raise ConfigError("train.iterations and train.epochs must be >= 0")
+    if cfg.data.min_short > cfg.data.max_short:
+        raise ConfigError(f"data.min_short {cfg.data.min_short} > data.max_short {cfg.data.max_short}")
+    for key in ("mean", "std"):
+        values = getattr(cfg.data, key)
+        if len(values) not in (1, 3) or not all(isinstance(v, int | float) for v in values):
+            raise ConfigError(f"data.{key}: expected 1 or 3 numbers, got {values!r}")
+    if any(v <= 0 for v in cfg.data.std):
+        raise ConfigError(f"data.std must be positive, got {cfg.data.std}")
+    if not 0.0 <= cfg.data.bad_data_threshold <= 1.0:
+        raise ConfigError(f"data.bad_data_threshold must be in [0, 1], got {cfg.data.bad_data_threshold}")
+    if any(not isinstance(m, int | float) or not 0 < m < 1 for m in cfg.optim.lr_milestones):
+        raise ConfigError(f"optim.lr_milestones: expected fractions in (0, 1), got {cfg.optim.lr_milestones}")
+    if cfg.model.init != "none" and not cfg.model.init_path:
+        raise ConfigError(f"model.init is {cfg.model.init!r} but model.init_path is not set")
+
+
+def config_from_dict(data: dict) -> Config:
+    """Build and validate a :class:`Config` from nested plain data."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"a config must be a mapping of sections, got {type(data).__name__}")
+    cfg = Config()
+    _fill(cfg, data, "")
+    _validate(cfg)
+    return cfg
+
+
+def config_to_dict(cfg: Config) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def _merge(base: dict, top: dict) -> dict:
+    out = dict(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
+    if path in seen:
+        raise ConfigError(f"config inheritance loop: {' -> '.join(map(str, (*seen, path)))}")
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    with open(path) as f:
+        try:
+            data = yaml.safe_load(f) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    return _merge(_read_yaml((path.parent / base).resolve(), (*seen, path)), data)
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Apply ``section.key=value`` strings (values parsed as YAML) to nested plain data."""
+    out = _merge({}, data)
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} is not of the form section.key=value")
+        try:
+            value = yaml.safe_load(raw) if raw else ""
+        except yaml.YAMLError as err:
+            raise ConfigError(f"override {item!r}: value is not valid YAML: {err}") from None
+        node = out
+        parts = key.split(".")
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {item!r}: {part!r} is not a section")
+            node[part] = child = dict(child)
+            node = child
+        node[parts[-1]] = value
+    return out
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> Config:
+    """Read a YAML config (following ``base:``), apply overrides, validate."""
+    data = _read_yaml(Path(path).resolve()) if path is not None else {}
+    return config_from_dict(apply_overrides(data, overrides or []))
+
+
+def save_config(cfg: Config, path: str | os.PathLike) -> None:
+    """Write the resolved config as YAML (atomically)."""
+    text = yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
+    atomic_write_bytes(Path(path), text.encode())

@@ -1,0 +1,165 @@
+"""Evaluation: fully convolutional testing over clips x crops, clip and video accuracy."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from nonlocalnet.data import BadDataLog, BadSample, ClipBatch, build_loader
+from nonlocalnet.engine.amp import autocast_context
+from nonlocalnet.engine.checkpoint import load_checkpoint
+from nonlocalnet.engine.config import Config, ConfigError
+from nonlocalnet.engine.distributed import DistContext, init_distributed
+from nonlocalnet.engine.metrics import EvalResult, ViewScores
+from nonlocalnet.engine.setup import build_dataset, build_model_from_config, load_samples
+from nonlocalnet.models import VideoResNet
+
+__all__ = ["evaluate", "run_evaluation", "views_per_video"]
+
+log = logging.getLogger("nonlocalnet.eval")
+
+
+def views_per_video(cfg: Config, views: str) -> int:
+    return cfg.data.num_clips * cfg.data.num_crops if views == "video" else 1
+
+
+@torch.no_grad()
+def evaluate(
+    model: VideoResNet,
+    loader: Iterable[ClipBatch],
+    ctx: DistContext,
+    *,
+    num_classes: int,
+    views_per_video: int,
+    amp: str = "none",
+    memory_format: torch.memory_format = torch.contiguous_format,
+    progress: bool = True,
+) -> tuple[EvalResult, list[BadSample]]:
+    """Score every view of every video with ``model.fully_convolutional_scores`` (softmax at
+    each position of the last feature map, averaged) and reduce to clip and video accuracy.
+
+    Batches hold ``(B, num_crops, 3, T, H, W)`` (all crops of one clip) or ``(B, 3, T, H, W)``.
+    Results are gathered over ranks; broken videos are returned, not scored.
+    """
+    was_training = model.training
+    model.eval()
+    scores = ViewScores(num_classes, views_per_video)
+    bad: list[BadSample] = []
+    device = next(model.parameters()).device
+    with torch.random.fork_rng(devices=[]):
+        batches = iter(loader)
+    total = len(loader) if hasattr(loader, "__len__") else None
+    for batch in tqdm(
+        batches, total=total, desc="eval", unit="batch", disable=not (progress and ctx.is_main)
+    ):
+        bad.extend(batch.bad)
+        if len(batch.label) == 0:
+            continue
+        video = batch.video
+        crops = video.shape[1] if video.dim() == 6 else 1
+        flat = video.reshape(-1, *video.shape[-4:]).to(device).contiguous(memory_format=memory_format)
+        with autocast_context(amp, device):
+            probs = model.fully_convolutional_scores(flat).float()
+        probs = probs.reshape(len(batch.label), crops, num_classes).cpu()
+        for row in range(len(batch.label)):
+            for crop in range(crops):
+                view = int(batch.clip[row]) * crops + crop
+                scores.add(int(batch.index[row]), view, probs[row, crop], int(batch.label[row]))
+    model.train(was_training)
+    merged = ViewScores(num_classes, views_per_video)
+    every_bad: list[BadSample] = []
+    for state, part_bad in ctx.gather_objects((scores.state(), bad)):
+        merged.merge(state)
+        every_bad.extend(part_bad)
+    return merged.result(), every_bad
+
+
+def run_evaluation(
+    cfg: Config, checkpoint: str | Path, *, output_dir: str | Path | None = None
+) -> EvalResult:
+    """``nonlocalnet eval``: load ``checkpoint`` (a training checkpoint or model safetensors),
+    evaluate on ``cfg.data`` val with num_clips x num_crops views, and write ``eval.json``,
+    ``per_class.csv``, ``confusion.csv`` and ``confusion.png`` to ``output_dir``."""
+    ctx = init_distributed(cfg.device, cfg.train.dist_timeout_s)
+    # on an error, no destroy_process_group: it would wait for a dead peer
+    result = _evaluate_run(cfg, ctx, checkpoint, output_dir)
+    ctx.shutdown()
+    return result
+
+
+def _evaluate_run(
+    cfg: Config, ctx: DistContext, checkpoint: str | Path, output_dir: str | Path | None
+) -> EvalResult:
+    from nonlocalnet.viz import plot_confusion, write_confusion_csv
+
+    started = time.perf_counter()
+    samples, class_names = load_samples(cfg.data, "val")
+    if cfg.model.num_classes != len(class_names):
+        raise ConfigError(
+            f"model.num_classes is {cfg.model.num_classes} but the data has {len(class_names)} classes"
+        )
+    model = build_model_from_config(cfg.model)
+    load_model_weights(model, checkpoint)
+    model.to(ctx.device)
+    dataset = build_dataset(cfg.data, samples, train=False, seed=cfg.seed, views="video")
+    world = (ctx.rank, ctx.world_size) if ctx.distributed else None
+    loader = build_loader(
+        dataset,
+        batch_size=cfg.eval.batch_size,
+        shuffle=False,
+        seed=cfg.seed,
+        num_workers=cfg.data.num_workers,
+        distributed=world,
+        drop_last=False,
+    )
+    result, bad = evaluate(
+        model,
+        loader,
+        ctx,
+        num_classes=cfg.model.num_classes,
+        views_per_video=views_per_video(cfg, "video"),
+        amp=cfg.train.amp,
+        progress=cfg.train.progress,
+    )
+    bad_log = BadDataLog()
+    bad_log.add(bad)
+    if ctx.is_main:
+        out = Path(output_dir or Path(cfg.output_dir) / "eval")
+        out.mkdir(parents=True, exist_ok=True)
+        report: dict[str, Any] = {
+            "checkpoint": str(checkpoint),
+            **result.to_dict(),
+            "class_names": class_names,
+            "bad_data": bad_log.summary(),
+            "seconds": time.perf_counter() - started,
+        }
+        (out / "eval.json").write_text(json.dumps(report, indent=2))
+        lines = ["class,accuracy,videos"] + [
+            f"{name},{acc:.6f},{int(n)}"
+            for name, acc, n in zip(
+                class_names, result.per_class_accuracy, result.confusion.sum(1), strict=True
+            )
+        ]
+        (out / "per_class.csv").write_text("\n".join(lines) + "\n")
+        write_confusion_csv(result.confusion, class_names, out / "confusion.csv")
+        plot_confusion(result.confusion, class_names, out / "confusion.png")
+    bad_log.check(seen=len(samples), threshold=cfg.data.bad_data_threshold)
+    return result
+
+
+def load_model_weights(model: torch.nn.Module, path: str | Path) -> None:
+    """Weights from a training checkpoint (``.pt``) or a safetensors file."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        from nonlocalnet.models import load_weights
+
+        load_weights(model, path)
+    else:
+        model.load_state_dict(load_checkpoint(path)["model"])

@@ -1,0 +1,140 @@
+"""From a :class:`Config` to objects: the model (with its initial weights) and the datasets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from nonlocalnet.data import (
+    ClipSampling,
+    TransformConfig,
+    VideoClipDataset,
+    VideoSample,
+    read_class_names,
+    read_video_list,
+    scan_class_folders,
+)
+from nonlocalnet.engine.checkpoint import load_checkpoint
+from nonlocalnet.engine.config import ConfigError, DataConfig, ModelConfig
+from nonlocalnet.models import (
+    StageSpec,
+    VideoResNet,
+    build_model,
+    inflate_2d_to_3d,
+    load_caffe2_checkpoint,
+    load_weights,
+    read_caffe2_pickle,
+)
+
+__all__ = ["build_dataset", "build_model_from_config", "initialise_model", "load_samples"]
+
+
+def _spec_overrides(overrides: dict[str, Any]) -> dict[str, Any]:
+    out = dict(overrides)
+    if "stages" in out:
+        stages = []
+        for i, stage in enumerate(out["stages"]):
+            if not isinstance(stage, dict):
+                raise ConfigError(f"model.overrides.stages[{i}]: expected a mapping, got {stage!r}")
+            fields = {k: tuple(v) if isinstance(v, list) else v for k, v in stage.items()}
+            try:
+                stages.append(StageSpec(**fields))
+            except (TypeError, ValueError) as err:
+                raise ConfigError(f"model.overrides.stages[{i}]: {err}") from None
+        out["stages"] = tuple(stages)
+    return out
+
+
+def build_model_from_config(cfg: ModelConfig) -> VideoResNet:
+    """``build_model`` with the config's settings; ``overrides.stages`` may be a list of
+    StageSpec mappings, so a YAML file can describe any network of this family."""
+    try:
+        return build_model(
+            cfg.name,
+            cfg.num_classes,
+            variant=cfg.variant,
+            nonlocal_mode=cfg.nonlocal_mode,
+            nonlocal_options=cfg.nonlocal_options or None,
+            dropout=cfg.dropout,
+            temporal_padding=cfg.temporal_padding,
+            norm=cfg.norm,
+            **_spec_overrides(cfg.overrides),
+        )
+    except (TypeError, ValueError) as err:
+        if isinstance(err, ConfigError):
+            raise
+        raise ConfigError(f"model: {err}") from None
+
+
+def _read_state(path: Path) -> dict[str, Any]:
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    if path.suffix == ".pkl":
+        return read_caffe2_pickle(path)
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    return state.get("state_dict", state.get("model", state)) if isinstance(state, dict) else state
+
+
+def initialise_model(model: VideoResNet, cfg: ModelConfig) -> str:
+    """Load the initial weights named by ``cfg.init``/``cfg.init_path``; returns a one-line report."""
+    if cfg.init == "none":
+        return "random initialisation (MSRA convs, identity non-local blocks)"
+    path = Path(cfg.init_path or "")
+    if not path.is_file():
+        raise ConfigError(f"model.init_path: file not found: {path}")
+    if cfg.init == "imagenet":
+        return f"inflated 2D weights from {path}: {inflate_2d_to_3d(model, _read_state(path)).summary()}"
+    if cfg.init == "caffe2":
+        report = load_caffe2_checkpoint(path, model)
+        return f"released Caffe2 weights from {path}: {report.summary()}"
+    if cfg.init == "weights":
+        load_weights(model, path)
+        return f"weights from {path}"
+    model.load_state_dict(load_checkpoint(path)["model"])
+    return f"model weights of training checkpoint {path}"
+
+
+def load_samples(data: DataConfig, split: str) -> tuple[list[VideoSample], list[str]]:
+    """The samples of ``split`` (``train`` or ``val``) and the class names."""
+    listed, folder = getattr(data, f"{split}_list"), getattr(data, f"{split}_folder")
+    if bool(listed) == bool(folder):
+        raise ConfigError(f"set exactly one of data.{split}_list and data.{split}_folder")
+    names = read_class_names(data.class_names) if data.class_names else None
+    if folder:
+        if not Path(folder).is_dir():
+            raise ConfigError(f"data.{split}_folder: no such folder: {folder}")
+        samples, found = scan_class_folders(folder)
+        return samples, names or found
+    if not Path(listed).is_file():
+        raise ConfigError(f"data.{split}_list: no such file: {listed}")
+    samples = read_video_list(listed, root=data.root, class_names=names)
+    if names is None:
+        names = [str(i) for i in range(max((s.label for s in samples), default=-1) + 1)]
+    return samples, names
+
+
+def build_dataset(
+    data: DataConfig, samples: list[VideoSample], *, train: bool, seed: int, views: str = "video"
+) -> VideoClipDataset:
+    """The training dataset (one random clip per video) or a test dataset: ``views="video"``
+    gives num_clips x num_crops views per video, ``"clip"`` one centre view."""
+    transform = TransformConfig(
+        min_short=data.min_short,
+        max_short=data.max_short,
+        crop=data.crop,
+        flip=data.flip,
+        test_short=data.test_short,
+        test_crop=data.test_crop,
+        num_crops=data.num_crops if views == "video" else 1,
+        mean=tuple(data.mean),
+        std=tuple(data.std),
+    )
+    sampling = ClipSampling(
+        clip_length=data.clip_length, stride=data.stride, num_clips=data.num_clips if views == "video" else 1
+    )
+    mode = "train" if train else "test"
+    return VideoClipDataset(samples, mode=mode, sampling=sampling, transform=transform, seed=seed)

@@ -1,0 +1,46 @@
+"""Confusion matrices as CSV and PNG."""
+
+from __future__ import annotations
+
+import csv
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from matplotlib.figure import Figure
+
+__all__ = ["plot_confusion", "write_confusion_csv"]
+
+
+def write_confusion_csv(confusion: np.ndarray, class_names: Sequence[str], path: str | os.PathLike) -> Path:
+    """Rows: true class, columns: predicted class (counts), with a header of class names."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["true \\ predicted", *class_names])
+        for name, row in zip(class_names, confusion, strict=True):
+            writer.writerow([name, *map(int, row)])
+    return path
+
+
+def plot_confusion(
+    confusion: np.ndarray, class_names: Sequence[str], path: str | os.PathLike, title: str = ""
+) -> Path:
+    """Row-normalised confusion matrix image; class labels drawn when there are at most 40."""
+    k = len(class_names)
+    rates = confusion / np.maximum(confusion.sum(1, keepdims=True), 1)
+    size = min(4 + 0.25 * k, 30)
+    fig = Figure(figsize=(size, size), layout="constrained")
+    ax = fig.subplots()
+    image = ax.imshow(rates, vmin=0, vmax=1, cmap="Blues")
+    fig.colorbar(image, ax=ax, fraction=0.046, label="fraction of the true class")
+    if k <= 40:
+        ax.set_xticks(range(k), class_names, rotation=90, fontsize=7)
+        ax.set_yticks(range(k), class_names, fontsize=7)
+    ax.set(xlabel="predicted", ylabel="true", title=title or "confusion (video level)")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    return path

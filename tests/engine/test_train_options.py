@@ -1,0 +1,91 @@
+"""Training options through the library API: accumulation, bf16, layouts, precise BN, inits."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from tiny_video import tiny_config
+
+from nonlocalnet.engine import config_from_dict, train, update_bn_stats
+from nonlocalnet.engine.config import ConfigError
+
+
+def _run(tiny_data, out, **sections):
+    sections.setdefault("eval", {"every_epochs": 0})
+    cfg = config_from_dict(tiny_config(tiny_data, out, **sections))
+    return train(cfg), load_file(out / "model.safetensors")
+
+
+def test_gradient_accumulation_equals_the_big_batch(tmp_path, tiny_data):
+    common = {"model": {"norm": "affine"}}
+    _, big = _run(tiny_data, tmp_path / "big", train={"epochs": 2, "batch_size": 4}, **common)
+    _, acc = _run(
+        tiny_data, tmp_path / "acc", train={"epochs": 2, "batch_size": 2, "grad_accum": 2}, **common
+    )
+    for key in big:
+        torch.testing.assert_close(acc[key], big[key], rtol=1e-5, atol=1e-6, msg=key)
+
+
+@pytest.mark.parametrize(
+    "options", [{"amp": "bf16"}, {"memory_format": "channels_last"}, {"memory_format": "auto"}]
+)
+def test_bf16_and_memory_formats_train(tmp_path, tiny_data, options):
+    result, weights = _run(tiny_data, tmp_path / "r", train={"epochs": 1, **options})
+    assert result.steps == 2 and all(torch.isfinite(w).all() for w in weights.values())
+
+
+def test_fp16_on_cpu_is_a_clear_error(tmp_path, tiny_data):
+    with pytest.raises(ConfigError, match="fp16 autocast needs a CUDA device; use bf16 on CPU"):
+        _run(tiny_data, tmp_path / "r", train={"epochs": 1, "amp": "fp16"})
+
+
+def test_precise_bn_runs_and_equals_the_mean_of_batch_statistics(tmp_path, tiny_data):
+    result, _ = _run(tiny_data, tmp_path / "r", train={"epochs": 1, "precise_bn_batches": 2})
+    assert result.steps == 2
+
+    model = torch.nn.Sequential(torch.nn.Conv3d(3, 4, 1), torch.nn.BatchNorm3d(4))
+    batches = [torch.randn(2, 3, 2, 4, 4) * (i + 1) + i for i in range(3)]
+
+    class Batch:
+        def __init__(self, video):
+            self.video, self.label = video, torch.zeros(len(video))
+
+    used = update_bn_stats(model, [Batch(b) for b in batches], 3, torch.device("cpu"))
+    assert used == 3
+    with torch.no_grad():
+        feats = [model[0](b) for b in batches]
+    mean = torch.stack([f.mean(dim=(0, 2, 3, 4)) for f in feats]).mean(0)
+    var = torch.stack([f.transpose(0, 1).reshape(4, -1).var(dim=1) for f in feats]).mean(0)
+    torch.testing.assert_close(model[1].running_mean, mean)
+    torch.testing.assert_close(model[1].running_var, var)
+    assert model[1].momentum == 0.1  # restored
+
+
+def test_init_from_weights_and_from_a_checkpoint(tmp_path, tiny_data):
+    first, weights = _run(tiny_data, tmp_path / "a", train={"epochs": 1})
+    for init, path in (
+        ("weights", first.output_dir / "model.safetensors"),
+        ("checkpoint", first.output_dir / "checkpoints" / "iter_00000002.pt"),
+    ):
+        cfg = config_from_dict(
+            tiny_config(
+                tiny_data,
+                tmp_path / init,
+                model={"init": init, "init_path": str(path)},
+                train={"iterations": 1},
+                optim={"base_lr": 0.0},
+            )
+        )
+        train(cfg)
+        again = load_file(tmp_path / init / "model.safetensors")
+        for key in weights:
+            if "running" not in key and "num_batches" not in key:
+                torch.testing.assert_close(again[key], weights[key], msg=key)
+    with pytest.raises(ConfigError, match="model.init_path: file not found"):
+        cfg = config_from_dict(
+            tiny_config(
+                tiny_data, tmp_path / "x", model={"init": "weights", "init_path": str(tmp_path / "no")}
+            )
+        )
+        train(cfg)
