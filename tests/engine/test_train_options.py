@@ -89,3 +89,37 @@ def test_init_from_weights_and_from_a_checkpoint(tmp_path, tiny_data):
             )
         )
         train(cfg)
+
+
+def test_results_do_not_depend_on_the_number_of_loader_workers(tmp_path, tiny_data):
+    _, zero = _run(tiny_data, tmp_path / "w0", train={"epochs": 2})
+    _, two = _run(tiny_data, tmp_path / "w2", train={"epochs": 2}, data={"num_workers": 2})
+    for key in zero:
+        assert torch.equal(zero[key], two[key]), key
+
+
+def test_init_from_2d_imagenet_weights_and_from_released_caffe2_blobs(tmp_path, tiny_data):
+    from nonlocalnet.engine import build_model_from_config
+    from nonlocalnet.models import export_caffe2_blobs, save_caffe2_pickle
+
+    cfg = config_from_dict(tiny_config(tiny_data, tmp_path / "src"))
+    torch.manual_seed(5)
+    source = build_model_from_config(cfg.model)
+    for p in source.parameters():
+        p.data.normal_()
+    state_2d = {
+        k: v[:, :, 0] if v.dim() == 5 else v for k, v in source.state_dict().items() if ".nl." not in k
+    }
+    torch.save(state_2d, tmp_path / "resnet2d.pth")
+    save_caffe2_pickle(tmp_path / "released.pkl", export_caffe2_blobs(source))
+    for init, path in (("imagenet", "resnet2d.pth"), ("caffe2", "released.pkl")):
+        sections = {"model": {"init": init, "init_path": str(tmp_path / path)}, "train": {"iterations": 1}}
+        run = config_from_dict(tiny_config(tiny_data, tmp_path / init, optim={"base_lr": 0.0}, **sections))
+        train(run)
+        loaded = load_file(tmp_path / init / "model.safetensors")
+        for key, value in source.state_dict().items():
+            if ".nl." in key and init == "imagenet":
+                continue  # 2D ImageNet weights have no non-local blocks: those stay at init
+            if "running" in key or "num_batches" in key:
+                continue  # one training step updates the BN statistics
+            torch.testing.assert_close(loaded[key], value, msg=f"{init}: {key}")
