@@ -123,3 +123,8 @@ def test_init_from_2d_imagenet_weights_and_from_released_caffe2_blobs(tmp_path, 
             if "running" in key or "num_batches" in key:
                 continue  # one training step updates the BN statistics
             torch.testing.assert_close(loaded[key], value, msg=f"{init}: {key}")
+
+
+def test_sync_bn_on_cpu_is_a_clear_error(tmp_path, tiny_data):
+    with pytest.raises(ConfigError, match="train.sync_bn needs CUDA"):
+        _run(tiny_data, tmp_path / "r", train={"epochs": 1, "sync_bn": True})

@@ -119,6 +119,8 @@ def _train(cfg: Config, ctx: DistContext, resume: str | Path | bool | None, star
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
     model = build_model_from_config(cfg.model)
     init_report = initialise_model(model, cfg.model)
+    if cfg.train.sync_bn and device.type != "cuda":
+        raise ConfigError("train.sync_bn needs CUDA: PyTorch's SyncBatchNorm runs on GPUs only")
     if cfg.train.sync_bn and ctx.distributed:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(device)
