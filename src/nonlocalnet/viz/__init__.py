@@ -1,6 +1,23 @@
 """Figures: training curves, confusion matrices, attention maps (matplotlib, PNG)."""
 
+from nonlocalnet.viz.attention import (
+    attention_map,
+    key_argmax_pixel,
+    nonlocal_inputs,
+    plot_attention,
+    query_to_grid,
+)
 from nonlocalnet.viz.confusion import plot_confusion, write_confusion_csv
 from nonlocalnet.viz.curves import plot_training_curves, read_jsonl
 
-__all__ = ["plot_confusion", "plot_training_curves", "read_jsonl", "write_confusion_csv"]
+__all__ = [
+    "attention_map",
+    "key_argmax_pixel",
+    "nonlocal_inputs",
+    "plot_attention",
+    "plot_confusion",
+    "plot_training_curves",
+    "query_to_grid",
+    "read_jsonl",
+    "write_confusion_csv",
+]
