@@ -205,3 +205,26 @@ def test_clip_batch_pin_memory(monkeypatch):
     copy = batch.pin_memory()  # what DataLoader(pin_memory=True) calls
     assert len(pinned) == 4 and copy is not batch and copy.bad == batch.bad and copy.bad is not batch.bad
     assert torch.equal(copy.video, batch.video) and copy.label.dtype == torch.int64
+
+
+def test_frame_cache_gives_the_same_clips_and_still_reports_truncated_files(make_video, tmp_path):
+    from nonlocalnet.data import ClipSampling, FrameCache, TransformConfig, VideoClipDataset, VideoSample
+
+    good = make_video("good.mp4", 48)
+    whole = make_video("fast.mp4", 48, faststart=True)
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    samples = [VideoSample(str(good), 0), VideoSample(str(cut), 1)]
+    kw = {"mode": "train", "sampling": ClipSampling(clip_length=8, stride=2), "seed": 3}
+    kw["transform"] = TransformConfig(min_short=48, max_short=56, crop=40)
+    plain = VideoClipDataset(samples, **kw)
+    cache = FrameCache()
+    cached = VideoClipDataset(samples, frame_cache=cache, **kw)
+    for epoch in range(3):
+        a, b = plain[(0, epoch)], cached[(0, epoch)]
+        assert torch.equal(a["video"], b["video"])
+    assert len(cache) == 1 and cache.bytes == 48 * 48 * 64 * 3  # 48 frames of 64 x 48 RGB
+    bad = cached[(1, 0)]
+    assert bad.path == str(cut) and ("truncated: decoded" in bad.reason or "decoding failed" in bad.reason)
+    tiny = VideoClipDataset(samples, frame_cache=FrameCache(max_bytes=1), **kw)
+    assert torch.equal(tiny[(0, 1)]["video"], plain[(0, 1)]["video"])  # over budget: read as usual

@@ -128,3 +128,10 @@ def test_init_from_2d_imagenet_weights_and_from_released_caffe2_blobs(tmp_path, 
 def test_sync_bn_on_cpu_is_a_clear_error(tmp_path, tiny_data):
     with pytest.raises(ConfigError, match="train.sync_bn needs CUDA"):
         _run(tiny_data, tmp_path / "r", train={"epochs": 1, "sync_bn": True})
+
+
+def test_cached_frames_train_exactly_like_decoding_each_time(tmp_path, tiny_data):
+    _, plain = _run(tiny_data, tmp_path / "plain", train={"epochs": 2})
+    _, cached = _run(tiny_data, tmp_path / "cached", train={"epochs": 2}, data={"cache_frames": True})
+    for key in plain:
+        assert torch.equal(plain[key], cached[key]), key

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from nonlocalnet.data.decode import VideoDecodeError, VideoInfo, _Reader
+from nonlocalnet.data.decode import VideoDecodeError, VideoInfo, _Reader, probe_video, read_all_frames
 from nonlocalnet.data.sampling import test_clip_indices, train_clip_indices
 from nonlocalnet.data.transforms import TransformConfig, test_views, train_transform
 
@@ -208,6 +208,36 @@ def _mix(*values: int) -> int:
     return int.from_bytes(digest, "little") & (2**63 - 1)
 
 
+class FrameCache:
+    """Decoded videos kept in memory (uint8 ``(N, H, W, 3)`` by path), up to ``max_bytes``.
+
+    For data sets that fit in RAM and are read for many epochs (small or synthetic ones): each
+    video is then decoded once. Per process: with loader workers, each worker fills its own.
+    Once full, other videos are read as usual (only the clip's frames, each time).
+    """
+
+    def __init__(self, max_bytes: int = 4 << 30) -> None:
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self._frames: dict[str, Tensor] = {}
+
+    def __len__(self) -> int:
+        return len(self._frames)
+
+    def get(self, path: str) -> Tensor | None:
+        return self._frames.get(path)
+
+    @property
+    def full(self) -> bool:
+        return self.bytes >= self.max_bytes
+
+    def put(self, path: str, frames: Tensor) -> None:
+        size = frames.numel() * frames.element_size()
+        if self.bytes + size <= self.max_bytes:
+            self._frames[path] = frames
+            self.bytes += size
+
+
 class VideoClipDataset(Dataset):
     """Clips of labelled videos, transformed for training or testing.
 
@@ -234,6 +264,7 @@ class VideoClipDataset(Dataset):
         transform: TransformConfig | None = None,
         seed: int = 0,
         threads: int = 1,
+        frame_cache: FrameCache | None = None,
     ) -> None:
         if mode not in ("train", "test"):
             raise ValueError(f"mode must be 'train' or 'test', got {mode!r}")
@@ -245,6 +276,7 @@ class VideoClipDataset(Dataset):
         self.transform = transform if transform is not None else TransformConfig()
         self.seed = seed
         self.threads = threads
+        self.frame_cache = frame_cache
         self.epoch = 0
         self._infos: dict[int, VideoInfo] = {}  # per process (worker); headers never change
 
@@ -278,15 +310,11 @@ class VideoClipDataset(Dataset):
         sample = self.samples[video_index]
         gen = self.generator(index, epoch) if self.mode == "train" else None
         try:
-            with _Reader(sample.path, threads=self.threads) as reader:
-                if video_index in self._infos:
-                    reader._info = self._infos[video_index]
-                info = self._infos[video_index] = reader.info(exact=True)
-                if gen is not None:
-                    indices = train_clip_indices(info.num_frames, s.clip_length, s.stride, generator=gen)
-                else:
-                    indices = test_clip_indices(info.num_frames, s.clip_length, s.stride, s.num_clips)[clip]
-                frames = reader.read(indices)
+            cache = self.frame_cache
+            if cache is not None and (cache.get(sample.path) is not None or not cache.full):
+                frames = self._cached(sample.path, gen, clip)
+            else:
+                frames = self._read(sample.path, video_index, gen, clip)
         except VideoDecodeError as e:
             return BadSample(video_index, sample.path, e.reason, self.item_shape)
         if gen is not None:
@@ -294,6 +322,29 @@ class VideoClipDataset(Dataset):
         else:
             video = test_views(frames, self.transform)
         return {"video": video, "label": sample.label, "index": video_index, "clip": clip}
+
+    def _indices(self, num_frames: int, gen: torch.Generator | None, clip: int) -> list[int]:
+        s = self.sampling
+        if gen is not None:
+            return train_clip_indices(num_frames, s.clip_length, s.stride, generator=gen)
+        return test_clip_indices(num_frames, s.clip_length, s.stride, s.num_clips)[clip]
+
+    def _cached(self, path: str, gen: torch.Generator | None, clip: int) -> Tensor:
+        frames = self.frame_cache.get(path)
+        if frames is None:
+            expected = probe_video(path, exact=True).num_frames
+            frames = read_all_frames(path, threads=self.threads)
+            if len(frames) < expected:
+                raise VideoDecodeError(path, f"truncated: decoded {len(frames)} of {expected} frames")
+            self.frame_cache.put(path, frames)
+        return frames[self._indices(len(frames), gen, clip)]
+
+    def _read(self, path: str, video_index: int, gen: torch.Generator | None, clip: int) -> Tensor:
+        with _Reader(path, threads=self.threads) as reader:
+            if video_index in self._infos:
+                reader._info = self._infos[video_index]
+            info = self._infos[video_index] = reader.info(exact=True)
+            return reader.read(self._indices(info.num_frames, gen, clip))
 
 
 # -- batches and bad samples ----------------------------------------------------------------------

@@ -83,6 +83,7 @@ class _Reader:
         if os.path.getsize(self.path) == 0:
             raise VideoDecodeError(self.path, "empty file (0 bytes)")
         self.container = None
+        self._reformatter = None
         self._open()
         self._info: VideoInfo | None = None
 
@@ -187,7 +188,13 @@ class _Reader:
 
     def _rgb(self, frame, size: tuple[int, int]) -> np.ndarray:
         try:
-            return frame.to_ndarray(format="rgb24", width=size[1], height=size[0])
+            # one reformatter per file: it keeps its swscale context (to_ndarray builds one per frame)
+            if self._reformatter is None:
+                from av.video.reformatter import VideoReformatter
+
+                self._reformatter = VideoReformatter()
+            rgb = self._reformatter.reformat(frame, format="rgb24", width=size[1], height=size[0])
+            return rgb.to_ndarray()
         except _errors() as e:
             raise VideoDecodeError(
                 self.path, f"cannot convert a {frame.format.name} frame to RGB ({e})"

@@ -91,6 +91,7 @@ class DataConfig:
     std: list = field(default_factory=lambda: [57.375, 57.375, 57.375])
     num_workers: int = 4
     bad_data_threshold: float = 0.01
+    cache_frames: bool = False
 
 
 @dataclass

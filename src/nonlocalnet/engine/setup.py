@@ -9,6 +9,7 @@ import torch
 
 from nonlocalnet.data import (
     ClipSampling,
+    FrameCache,
     TransformConfig,
     VideoClipDataset,
     VideoSample,
@@ -118,7 +119,13 @@ def load_samples(data: DataConfig, split: str) -> tuple[list[VideoSample], list[
 
 
 def build_dataset(
-    data: DataConfig, samples: list[VideoSample], *, train: bool, seed: int, views: str = "video"
+    data: DataConfig,
+    samples: list[VideoSample],
+    *,
+    train: bool,
+    seed: int,
+    views: str = "video",
+    frame_cache: FrameCache | None = None,
 ) -> VideoClipDataset:
     """The training dataset (one random clip per video) or a test dataset: ``views="video"``
     gives num_clips x num_crops views per video, ``"clip"`` one centre view."""
@@ -137,4 +144,8 @@ def build_dataset(
         clip_length=data.clip_length, stride=data.stride, num_clips=data.num_clips if views == "video" else 1
     )
     mode = "train" if train else "test"
-    return VideoClipDataset(samples, mode=mode, sampling=sampling, transform=transform, seed=seed)
+    if frame_cache is None and data.cache_frames:
+        frame_cache = FrameCache()
+    return VideoClipDataset(
+        samples, mode=mode, sampling=sampling, transform=transform, seed=seed, frame_cache=frame_cache
+    )

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from nonlocalnet.data import BadDataLog, ClipBatch, build_loader
+from nonlocalnet.data import BadDataLog, ClipBatch, FrameCache, build_loader
 from nonlocalnet.engine.amp import autocast_context
 from nonlocalnet.engine.checkpoint import (
     CheckpointManager,
@@ -86,25 +86,32 @@ def _state(model, optimizer, scaler, step, cfg, class_names, bad_log, best) -> d
 
 
 def train(
-    cfg: Config, *, resume: str | Path | bool | None = None, ctx: DistContext | None = None
+    cfg: Config,
+    *,
+    resume: str | Path | bool | None = None,
+    ctx: DistContext | None = None,
+    frame_cache: FrameCache | None = None,
 ) -> TrainResult:
     """Train ``cfg.model`` on ``cfg.data`` and write everything under ``cfg.output_dir``.
 
     ``resume``: ``True`` continues from the newest checkpoint in the output folder, a path from
     that checkpoint. Model, optimiser, scaler, RNG states and the position inside the epoch are
-    restored, so the run continues exactly where the checkpoint was taken.
+    restored, so the run continues exactly where the checkpoint was taken. ``frame_cache``: a
+    decoded-video cache shared with other runs in this process (else ``data.cache_frames``).
     """
     started = time.perf_counter()
     own_ctx = ctx is None
     ctx = ctx or init_distributed(cfg.device, cfg.train.dist_timeout_s)
     # on an error, no shutdown: destroying the group would wait for a dead peer
-    result = _train(cfg, ctx, resume, started)
+    result = _train(cfg, ctx, resume, started, frame_cache)
     if own_ctx:
         ctx.shutdown()
     return result
 
 
-def _train(cfg: Config, ctx: DistContext, resume: str | Path | bool | None, started: float) -> TrainResult:
+def _train(
+    cfg: Config, ctx: DistContext, resume: str | Path | bool | None, started: float, cache: FrameCache | None
+) -> TrainResult:
     out = Path(cfg.output_dir)
     device = ctx.device
     autocast_context(cfg.train.amp, device)  # fp16 without CUDA: an error before any work
@@ -126,7 +133,9 @@ def _train(cfg: Config, ctx: DistContext, resume: str | Path | bool | None, star
     model.to(device)
     fmt = _memory_format(model, cfg, device)
 
-    train_set = build_dataset(cfg.data, train_samples, train=True, seed=cfg.seed)
+    if cache is None and cfg.data.cache_frames:
+        cache = FrameCache()
+    train_set = build_dataset(cfg.data, train_samples, train=True, seed=cfg.seed, frame_cache=cache)
     world = (ctx.rank, ctx.world_size) if ctx.distributed else None
     probe = build_loader(
         train_set,
@@ -249,7 +258,18 @@ def _train(cfg: Config, ctx: DistContext, resume: str | Path | bool | None, star
                 and step != total
             ):
                 best = _validate(
-                    net, model, cfg, ctx, val_samples, fmt, runlog, step, best, manager, checkpoint_state
+                    net,
+                    model,
+                    cfg,
+                    ctx,
+                    val_samples,
+                    fmt,
+                    runlog,
+                    step,
+                    best,
+                    manager,
+                    checkpoint_state,
+                    cache,
                 )
             every = cfg.checkpoint.every_iters
             if (step % every == 0 if every else epoch_end) and step != total:
@@ -269,7 +289,7 @@ def _train(cfg: Config, ctx: DistContext, resume: str | Path | bool | None, star
     final = None
     if val_samples:
         best = _validate(
-            net, model, cfg, ctx, val_samples, fmt, runlog, step, best, manager, checkpoint_state
+            net, model, cfg, ctx, val_samples, fmt, runlog, step, best, manager, checkpoint_state, cache
         )
         final = runlog.last_val
     if ctx.is_main:
@@ -353,9 +373,9 @@ def _window_record(window: dict, ctx: DistContext, step: int, epoch: int, lr: fl
     return record
 
 
-def _validate(net, model, cfg, ctx, samples, fmt, runlog, step, best, manager, checkpoint_state):
+def _validate(net, model, cfg, ctx, samples, fmt, runlog, step, best, manager, checkpoint_state, cache=None):
     views = cfg.eval.views
-    dataset = build_dataset(cfg.data, samples, train=False, seed=cfg.seed, views=views)
+    dataset = build_dataset(cfg.data, samples, train=False, seed=cfg.seed, views=views, frame_cache=cache)
     world = (ctx.rank, ctx.world_size) if ctx.distributed else None
     loader = build_loader(
         dataset,
