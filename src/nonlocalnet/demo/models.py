@@ -1,0 +1,68 @@
+"""The demo's networks: one small C2D, the same with a non-local block for each of the four
+instantiations, and a small I3D with and without the block; all described as config data."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from nonlocalnet.demo.recipe import DemoRecipe
+
+__all__ = ["DEMO_MODELS", "QUICK_MODELS", "DemoModel", "model_section"]
+
+
+@dataclass(frozen=True)
+class DemoModel:
+    """A row of the demo's table: ``arch`` ``c2d`` or ``i3d``; ``mode`` the non-local
+    instantiation, or ``None`` for the baseline without a block."""
+
+    key: str
+    label: str
+    arch: str
+    mode: str | None
+
+    @property
+    def num_nonlocal(self) -> int:
+        return 0 if self.mode is None else 1
+
+
+DEMO_MODELS = (
+    DemoModel("c2d", "C2D baseline", "c2d", None),
+    DemoModel("c2d_nl_gaussian", "C2D + NL, Gaussian", "c2d", "gaussian"),
+    DemoModel("c2d_nl_embedded", "C2D + NL, embedded Gaussian", "c2d", "embedded_gaussian"),
+    DemoModel("c2d_nl_dot", "C2D + NL, dot product", "c2d", "dot_product"),
+    DemoModel("c2d_nl_concat", "C2D + NL, concatenation", "c2d", "concatenation"),
+    DemoModel("i3d", "I3D baseline", "i3d", None),
+    DemoModel("i3d_nl", "I3D + NL, embedded Gaussian", "i3d", "embedded_gaussian"),
+)
+QUICK_MODELS = (DEMO_MODELS[0], DEMO_MODELS[2])
+
+
+def model_section(model: DemoModel, num_classes: int, recipe: DemoRecipe) -> dict[str, Any]:
+    """The ``model`` section of a training config: a bottleneck ResNet with one block per stage
+    (inner widths ``recipe.widths``), a narrow 7x7 stem and light temporal pooling. The
+    non-local block sits after res3 (the paper's position family); the I3D variant inflates
+    conv1 to ``recipe.i3d_conv1`` frames and the first 1x1 of every block to 3."""
+    t = 3 if model.arch == "i3d" else 1
+    stages = [
+        {"depth": 1, "width": w, "stride": 1 if i == 0 else 2, "temporal_a": [t], "temporal_b": [1]}
+        for i, w in enumerate(recipe.widths)
+    ]
+    if model.mode is not None:
+        stages[1]["nonlocal_after"] = [0]
+    return {
+        "name": "c2d_r50",  # the family; every structural field is overridden below
+        "num_classes": num_classes,
+        "nonlocal_mode": model.mode or "embedded_gaussian",
+        "nonlocal_options": {"sub_sample": recipe.sub_sample},
+        "dropout": 0.0,
+        "overrides": {
+            "stem_width": recipe.stem_width,
+            "conv1_temporal": recipe.i3d_conv1 if model.arch == "i3d" else 1,
+            "conv1_temporal_stride": 1,
+            "pool1_temporal": recipe.pool1_temporal,
+            "pool1_temporal_stride": recipe.pool1_temporal,
+            "pool2_temporal": recipe.pool2_temporal,
+            "stages": stages,
+        },
+    }

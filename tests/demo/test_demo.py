@@ -1,0 +1,61 @@
+"""``nonlocalnet demo --quick`` end to end, through the CLI, as CI runs it."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from nonlocalnet.cli import main
+from nonlocalnet.data.synthetic import load_synthetic_dataset
+from nonlocalnet.demo import DEMO_MODELS, QUICK_MODELS, full_recipe, model_section, quick_recipe
+
+
+@pytest.fixture(scope="module")
+def quick_demo(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
+    code = main(["demo", "--quick", "--output", str(out), "--no-progress"])
+    return code, out
+
+
+def test_quick_demo_writes_every_output(quick_demo, capsys):
+    code, out = quick_demo
+    assert code == 0
+    for name in ("results.md", "results.json", "runs.json", "curves.png", "attention.png"):
+        assert (out / name).is_file(), name
+    results = json.loads((out / "results.json").read_text())
+    keys = [row["key"] for row in results["rows"]]
+    assert keys == [m.key for m in QUICK_MODELS]
+    for row in results["rows"]:
+        assert 0.0 <= row["accuracy_mean"] <= 1.0 and row["params"] > 0 and row["gflops"] > 0
+        run = out / "runs" / row["key"] / "seed0"
+        assert (run / "model.safetensors").is_file() and (run / "curves.png").is_file()
+    table = (out / "results.md").read_text()
+    assert "| C2D baseline | 0 |" in table and "held-out video top-1" in table
+    data = load_synthetic_dataset(out / "data")
+    assert len(data.metadata("val")) == quick_recipe().task.num_val
+
+
+def test_the_quick_models_attention_finds_the_planted_early_object(quick_demo):
+    _, out = quick_demo
+    attention = json.loads((out / "results.json").read_text())["attention"]
+    assert attention["videos"] >= 50
+    assert attention["hit_rate"] > 2 * attention["chance"], attention
+
+
+def test_the_quick_non_local_model_beats_the_baseline(quick_demo):
+    _, out = quick_demo
+    rows = {r["key"]: r for r in json.loads((out / "results.json").read_text())["rows"]}
+    assert rows["c2d_nl_embedded"]["accuracy_mean"] > rows["c2d"]["accuracy_mean"] + 0.05
+
+
+def test_demo_models_differ_only_by_the_block_and_the_temporal_kernels():
+    recipe = full_recipe()
+    sections = {m.key: model_section(m, 2, recipe) for m in DEMO_MODELS}
+    c2d = sections["c2d"]["overrides"]
+    for key in ("c2d_nl_gaussian", "c2d_nl_embedded", "c2d_nl_dot", "c2d_nl_concat"):
+        stages = sections[key]["overrides"]["stages"]
+        assert [s.get("nonlocal_after", []) for s in stages] == [[], [0]] + [[]] * (len(stages) - 2)
+        assert [{k: v for k, v in s.items() if k != "nonlocal_after"} for s in stages] == c2d["stages"]
+    assert sections["i3d"]["overrides"]["conv1_temporal"] > 1
+    assert {s["temporal_a"][0] for s in sections["i3d"]["overrides"]["stages"]} == {3}
