@@ -7,49 +7,51 @@ import torch
 from nonlocalnet.denoise import estimate_sigma, nl_means, nl_means_video, psnr
 
 
-def brute_force(frames, sigma, h, p, sw, tw=1, weights="gaussian"):
-    """Float64 loops over every pixel i and every j of its window: the formula, literally."""
+def brute_force(frames, sigma, h, p, sw, tw=1, weights="gaussian", centre="max"):
+    """Float64 loops over every pixel i and every j != i of its window inside the image (and the
+    clip): the formula, literally, with w_ii = max_j w_ij (1 if all are 0) or 1."""
     x = frames.double().numpy()  # (T, C, H, W)
     r = np.arange(p) - p // 2
     kern = np.exp(-(r[:, None] ** 2 + r[None, :] ** 2) / (2 * ((p - 1) / 4) ** 2))
     kern = kern / kern.sum() if weights == "gaussian" else np.full((p, p), 1 / p**2)
     t, c, height, width = x.shape
     rp, rs, rt = p // 2, sw // 2, tw // 2
-    pad = rp + rs
-    xp = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)), mode="reflect")
-    tidx = lambda k: abs(k) if k < t else 2 * (t - 1) - k  # noqa: E731
+    xp = np.pad(x, ((0, 0), (0, 0), (rp, rp), (rp, rp)), mode="reflect")
     out = np.zeros_like(x)
     for ti in range(t):
         for yi in range(height):
             for xi in range(width):
-                ref = xp[ti, :, yi + rs : yi + rs + p, xi + rs : xi + rs + p]
-                num, den = np.zeros(c), 0.0
-                for dt in range(-rt, rt + 1):
-                    tj = tidx(ti + dt)
-                    for dy in range(-rs, rs + 1):
-                        for dx in range(-rs, rs + 1):
-                            y0, x0 = yi + rs + dy, xi + rs + dx
-                            other = xp[tj, :, y0 : y0 + p, x0 : x0 + p]
+                ref = xp[ti, :, yi : yi + p, xi : xi + p]
+                num, den, top = np.zeros(c), 0.0, 0.0
+                for tj in range(max(0, ti - rt), min(t, ti + rt + 1)):
+                    for yj in range(max(0, yi - rs), min(height, yi + rs + 1)):
+                        for xj in range(max(0, xi - rs), min(width, xi + rs + 1)):
+                            if (tj, yj, xj) == (ti, yi, xi):
+                                continue
+                            other = xp[tj, :, yj : yj + p, xj : xj + p]
                             d2 = np.sum(np.mean((other - ref) ** 2, axis=0) * kern)
                             w = math.exp(-max(d2 - 2 * sigma**2, 0) / h**2)
-                            num += w * xp[tj, :, y0 + rp, x0 + rp]
+                            num += w * x[tj, :, yj, xj]
                             den += w
-                out[ti, :, yi, xi] = num / den
+                            top = max(top, w)
+                self_w = (top if top > 0 else 1.0) if centre == "max" else 1.0
+                out[ti, :, yi, xi] = (num + self_w * x[ti, :, yi, xi]) / (den + self_w)
     return torch.from_numpy(out)
 
 
 @pytest.mark.parametrize("channels", [1, 3])
 @pytest.mark.parametrize("tile", [256, 3])
-@pytest.mark.parametrize("weights", ["gaussian", "uniform"])
-def test_matches_brute_force(channels, tile, weights):
+@pytest.mark.parametrize(
+    ("weights", "centre"), [("gaussian", "max"), ("uniform", "max"), ("gaussian", "one")]
+)
+def test_matches_brute_force(channels, tile, weights, centre):
     gen = torch.Generator().manual_seed(0)
     img = torch.rand(channels, 9, 11, generator=gen, dtype=torch.float64)
-    out = nl_means(
-        img, sigma=0.1, h=0.15, patch_size=5, search_window=5, tile_size=tile, patch_weights=weights
-    )
-    ref = brute_force(img[None], 0.1, 0.15, 5, 5, weights=weights)[0]
+    kw = {"patch_weights": weights, "centre_weight": centre}
+    out = nl_means(img, sigma=0.1, h=0.15, patch_size=5, search_window=5, tile_size=tile, **kw)
+    ref = brute_force(img[None], 0.1, 0.15, 5, 5, weights=weights, centre=centre)[0]
     torch.testing.assert_close(out, ref, atol=1e-10, rtol=1e-10)
-    f32 = nl_means(img.float(), sigma=0.1, h=0.15, patch_size=5, search_window=5, patch_weights=weights)
+    f32 = nl_means(img.float(), sigma=0.1, h=0.15, patch_size=5, search_window=5, **kw)
     assert f32.dtype == torch.float32
     torch.testing.assert_close(f32.double(), ref, atol=1e-5, rtol=1e-5)
 
@@ -57,8 +59,12 @@ def test_matches_brute_force(channels, tile, weights):
 def test_video_matches_brute_force():
     gen = torch.Generator().manual_seed(1)
     video = torch.rand(4, 2, 8, 9, generator=gen, dtype=torch.float64)
-    out = nl_means_video(video, sigma=0.05, h=0.2, patch_size=3, search_window=3, temporal_window=3)
-    torch.testing.assert_close(out, brute_force(video, 0.05, 0.2, 3, 3, tw=3), atol=1e-10, rtol=1e-10)
+    for tw, tile in ((3, 256), (5, 2)):
+        out = nl_means_video(
+            video, sigma=0.05, h=0.2, patch_size=3, search_window=3, temporal_window=tw, tile_size=tile
+        )
+        ref = brute_force(video, 0.05, 0.2, 3, 3, tw=tw)
+        torch.testing.assert_close(out, ref, atol=1e-10, rtol=1e-10)
 
 
 def test_shapes_batches_and_identity_limits():
@@ -125,5 +131,7 @@ def test_errors():
         nl_means(img, patch_size=4)
     with pytest.raises(ValueError, match="h must be > 0"):
         nl_means(img, sigma=0.1, h=0.0)
+    with pytest.raises(ValueError, match="centre_weight must be 'max' or 'one'"):
+        nl_means(img, centre_weight="zero")
     with pytest.raises(ValueError, match="video must be"):
         nl_means_video(img)

@@ -4,9 +4,13 @@ operation ``y_i = 1/C(x) sum_j f(x_i, x_j) x_j`` with ``f`` a Gaussian of patch 
 Weights: ``w_ij = exp(-max(d2_ij - 2 sigma^2, 0) / h^2)`` where ``d2_ij`` is the squared
 difference of the ``p x p`` patches around ``i`` and ``j``, averaged over the channels and over
 the patch with Gaussian weights (std ``(p - 1) / 4``, as Buades et al. and scikit-image's slow
-mode; ``patch_weights="uniform"`` gives its fast mode's plain mean), and ``j`` ranges over a
-``search_window x search_window`` window around
-``i`` (frames ``t - tw//2 .. t + tw//2`` too, for videos). Borders are reflected.
+mode; ``patch_weights="uniform"`` gives its fast mode's plain mean), and ``j != i`` ranges over
+the pixels of the ``search_window x search_window`` window around ``i`` that lie inside the image
+(and frames ``t - tw//2 .. t + tw//2`` inside the clip, for videos; no mirrored duplicates).
+Patches that cross the border are reflected. The pixel itself weighs ``w_ii = max_j w_ij``
+(``centre_weight="max"``, Buades, Coll, Morel, IPOL 2011: with ``w_ii = 1`` it would dominate
+its own average), or 1 if every other weight underflows; ``centre_weight="one"`` keeps the
+plain ``w_ii = exp(0) = 1``.
 """
 
 from __future__ import annotations
@@ -66,9 +70,11 @@ def _as_batch(image: Tensor, name: str) -> tuple[Tensor, tuple[int, ...]]:
     return image, shape
 
 
-def _check_patch_weights(kind: str) -> None:
+def _check_patch_weights(kind: str, centre: str) -> None:
     if kind not in ("gaussian", "uniform"):
         raise ValueError(f"patch_weights must be 'gaussian' or 'uniform', got {kind!r}")
+    if centre not in ("max", "one"):
+        raise ValueError(f"centre_weight must be 'max' or 'one', got {centre!r}")
 
 
 def _check_odd(value: int, name: str) -> None:
@@ -117,47 +123,76 @@ def _resolve(frames: Tensor, sigma: float | Tensor | None, h: float | None) -> t
 
 
 def _windowed(
-    frames: Tensor, sigma: Tensor, h: Tensor, p: int, sw: int, tw: int, tile: int, patch_weights: str
+    frames: Tensor,
+    sigma: Tensor,
+    h: Tensor,
+    p: int,
+    sw: int,
+    tw: int,
+    tile: int,
+    patch_weights: str,
+    centre_weight: str,
 ) -> Tensor:
-    """Exact windowed NL-means on ``(B, T, C, H, W)``; temporal window ``tw`` (1 for images)."""
+    """Exact windowed NL-means on ``(B, T, C, H, W)``; temporal window ``tw`` (1 for images).
+
+    Patch distances are symmetric, so each unordered pair ``{i, j}`` is computed once (shift
+    ``s`` from ``i`` to ``j``, never ``-s`` too) and its weight added to both ``i`` and ``j``;
+    per vertical shift, every horizontal shift of a row band is processed at once.
+    """
     b, t, c, height, width = frames.shape
     rp, rs, rt = p // 2, sw // 2, tw // 2
-    pad = rp + rs
-    flat = frames.reshape(b * t, c, height, width)
-    padded = F.pad(flat, (pad, pad, pad, pad), mode="reflect").reshape(
-        b, t, c, height + 2 * pad, width + 2 * pad
-    )
-    if rt:
-        idx = torch.arange(-rt, t + rt).abs()
-        idx = torch.where(idx >= t, 2 * (t - 1) - idx, idx)
-        padded = padded[:, idx]
+    # reflect by the patch radius (patches at the borders), zeros for the horizontal search
+    # reach (candidates outside the image get weight 0)
+    padded = F.pad(frames.reshape(b * t, c, height, width), (rp, rp, rp, rp), mode="reflect")
+    padded = F.pad(padded, (rs, rs)).reshape(b, t, c, height + 2 * rp, width + 2 * rp + 2 * rs)
     kernel = _patch_kernel(p, patch_weights, frames)
-    two_s2 = (2 * sigma**2)[:, None, None, None]
-    inv_h2 = (1 / h**2)[:, None, None, None]
-    out = torch.empty_like(frames)
+    two_s2 = (2 * sigma**2)[None, :, None, None]
+    inv_h2 = (1 / h**2)[None, :, None, None]
+    # accumulators with the horizontal search reach on both sides, so scatters never clip
+    num = torch.zeros(b, t, c, height, width + 2 * rs, dtype=frames.dtype, device=frames.device)
+    den = torch.zeros(b, t, 1, height, width + 2 * rs, dtype=frames.dtype, device=frames.device)
+    wmax = torch.zeros_like(den)
+    cols = torch.arange(width, device=frames.device)
     for t0 in range(t):
-        ref_full = padded[:, t0 + rt]  # (B, C, Hp, Wp)
-        for y0 in range(0, height, tile):
-            y1 = min(height, y0 + tile)
-            rows = slice(y0 + rs, y1 + 2 * rp + rs)  # reference patches for output rows y0..y1
-            ref = ref_full[:, :, rows, rs : rs + width + 2 * rp]
-            num = torch.zeros(b, c, y1 - y0, width, dtype=frames.dtype, device=frames.device)
-            den = torch.zeros(b, 1, y1 - y0, width, dtype=frames.dtype, device=frames.device)
-            for dt in range(-rt, rt + 1):
-                other = padded[:, t0 + rt + dt]
-                for dy in range(-rs, rs + 1):
-                    # every horizontal shift of this row band at once: (S, B, C, rows, W + 2 rp)
-                    band = other[:, :, y0 + rs + dy : y1 + 2 * rp + rs + dy]
-                    shifted = torch.stack(
-                        [band[..., rs + dx : rs + dx + width + 2 * rp] for dx in range(-rs, rs + 1)]
-                    )
-                    d2 = _patch_mean((shifted - ref).square().sum(dim=2), kernel) / c  # (S, B, rows, W)
-                    wgt = torch.exp(-(d2 - two_s2[None, :, 0]).clamp(min=0) * inv_h2[None, :, 0])
-                    centre = shifted[..., rp : rp + y1 - y0, rp : rp + width]
-                    num += (wgt[:, :, None] * centre).sum(dim=0)
-                    den += wgt.sum(dim=0)[:, None]
-            out[:, t0, :, y0:y1] = num / den
-    return out
+        for dt in range(0, min(rt, t - 1 - t0) + 1):
+            t1 = t0 + dt
+            for dy in range(0 if dt == 0 else -rs, rs + 1):
+                dxs = list(range(1 if (dt == 0 and dy == 0) else -rs, rs + 1))
+                if not dxs:
+                    continue
+                shifts = torch.tensor(dxs, device=frames.device)
+                valid = ((cols[None] + shifts[:, None] >= 0) & (cols[None] + shifts[:, None] < width)).to(
+                    frames.dtype
+                )[:, None, None]  # (S, 1, 1, W)
+                lo, hi = max(0, -dy), min(height, height - dy)  # rows i whose i + dy is inside
+                for y0 in range(lo, hi, tile):
+                    y1 = min(hi, y0 + tile)
+                    n = y1 - y0
+                    ref = padded[:, t0, :, y0 : y1 + 2 * rp, rs : rs + width + 2 * rp]
+                    band = padded[:, t1, :, y0 + dy : y1 + dy + 2 * rp]
+                    cand = torch.stack([band[..., rs + dx : rs + dx + width + 2 * rp] for dx in dxs])
+                    d2 = _patch_mean((cand - ref).square().sum(dim=2), kernel) / c  # (S, B, n, W)
+                    w = torch.exp(-(d2 - two_s2).clamp_(min=0) * inv_h2) * valid
+                    # i -> j: the candidates' centres weighted into row band y0..y1 of frame t0
+                    centre = cand[..., rp : rp + n, rp : rp + width]
+                    num[:, t0, :, y0:y1, rs : rs + width] += (w[:, :, None] * centre).sum(dim=0)
+                    den[:, t0, 0, y0:y1, rs : rs + width] += w.sum(dim=0)
+                    top = wmax[:, t0, 0, y0:y1, rs : rs + width]
+                    torch.maximum(top, w.amax(dim=0), out=top)
+                    # j -> i: the same weights scattered to the candidates' positions in frame t1
+                    mine = ref[..., rp : rp + n, rp : rp + width]  # (B, C, n, W)
+                    for k, dx in enumerate(dxs):
+                        region = (slice(y0 + dy, y1 + dy), slice(rs + dx, rs + dx + width))
+                        num[:, t1, :, region[0], region[1]].addcmul_(w[k, :, None], mine)
+                        den[:, t1, 0, region[0], region[1]].add_(w[k])
+                        top = wmax[:, t1, 0, region[0], region[1]]
+                        torch.maximum(top, w[k], out=top)
+    num, den, wmax = (a[..., rs : rs + width] for a in (num, den, wmax))
+    if centre_weight == "max":  # Buades et al.: the pixel itself weighs as its best match
+        self_w = torch.where(wmax > 0, wmax, torch.ones_like(wmax))
+    else:
+        self_w = torch.ones_like(wmax)
+    return (num + self_w * frames) / (den + self_w)
 
 
 def _fully_nonlocal(x: Tensor, sigma: Tensor, h: Tensor, p: int) -> Tensor:
@@ -187,17 +222,20 @@ def nl_means(
     *,
     fully_nonlocal: bool = False,
     patch_weights: str = "gaussian",
+    centre_weight: str = "max",
     tile_size: int = 256,
 ) -> Tensor:
     """Denoise ``(H, W)``, ``(C, H, W)`` or ``(B, C, H, W)`` float images; same shape out.
 
     ``sigma``: noise std (estimated per image by :func:`estimate_sigma` if None); ``h``: filter
-    strength (default :func:`default_h`). The windowed computation is exact: for each of the
-    ``search_window^2`` shifts it forms the squared difference image and box-filters it into
-    patch distances (no patch pairs are unfolded; ``patch_weights`` chooses a Gaussian-weighted
-    or plain patch mean); rows are processed in tiles of ``tile_size``
-    to bound memory. ``fully_nonlocal=True`` searches the whole image through the non-local
-    attention path (memory linear in the number of pixels).
+    strength (default :func:`default_h`); ``centre_weight`` the pixel's own weight (see the
+    module docstring). The windowed computation is exact: for each shift it forms the squared
+    difference image and box-filters it into patch distances (no patch pairs are unfolded;
+    ``patch_weights`` chooses a Gaussian-weighted or plain patch mean). Distances are symmetric,
+    so only half of the ``search_window^2`` shifts are computed, each weight serving both
+    pixels of its pair. Rows are processed in tiles of ``tile_size`` to bound memory.
+    ``fully_nonlocal=True`` searches the whole image through the non-local attention path
+    (memory linear in the number of pixels).
     """
     x, shape = _as_batch(image, "image")
     _check_odd(patch_size, "patch_size")
@@ -208,14 +246,16 @@ def nl_means(
             f"patch_size {patch_size} + search_window {search_window} need an image larger than "
             f"{patch_size // 2 + search_window // 2} pixels per side, got {height} x {width}"
         )
-    _check_patch_weights(patch_weights)
+    _check_patch_weights(patch_weights, centre_weight)
     if not isinstance(tile_size, int) or tile_size < 1:
         raise ValueError(f"tile_size must be a positive int, got {tile_size!r}")
     s, hh = _resolve(x[:, None], sigma, h)
     if fully_nonlocal:
         y = _fully_nonlocal(x, s, hh, patch_size)
     else:
-        y = _windowed(x[:, None], s, hh, patch_size, search_window, 1, tile_size, patch_weights)[:, 0]
+        y = _windowed(
+            x[:, None], s, hh, patch_size, search_window, 1, tile_size, patch_weights, centre_weight
+        )[:, 0]
     return y.reshape(shape)
 
 
@@ -228,10 +268,11 @@ def nl_means_video(
     temporal_window: int = 3,
     *,
     patch_weights: str = "gaussian",
+    centre_weight: str = "max",
     tile_size: int = 256,
 ) -> Tensor:
     """Spatio-temporal NL-means on ``(T, C, H, W)`` or ``(B, T, C, H, W)``: 2D patches, a search
-    window spanning ``temporal_window`` neighbouring frames (reflected at the ends)."""
+    window spanning ``temporal_window`` neighbouring frames (those inside the clip)."""
     if not isinstance(video, Tensor) or video.dim() not in (4, 5):
         shape = tuple(video.shape) if isinstance(video, Tensor) else type(video).__name__
         raise ValueError(f"video must be (T, C, H, W) or (B, T, C, H, W), got {shape}")
@@ -242,7 +283,7 @@ def nl_means_video(
     _check_odd(patch_size, "patch_size")
     _check_odd(search_window, "search_window")
     _check_odd(temporal_window, "temporal_window")
-    _check_patch_weights(patch_weights)
+    _check_patch_weights(patch_weights, centre_weight)
     t, height, width = v.shape[1], v.shape[3], v.shape[4]
     if temporal_window // 2 >= t:
         raise ValueError(
@@ -253,7 +294,9 @@ def nl_means_video(
             f"search_window {search_window} and patch_size {patch_size} do not fit {height} x {width}"
         )
     s, hh = _resolve(v, sigma, h)
-    y = _windowed(v, s, hh, patch_size, search_window, temporal_window, tile_size, patch_weights)
+    y = _windowed(
+        v, s, hh, patch_size, search_window, temporal_window, tile_size, patch_weights, centre_weight
+    )
     return y.reshape(video.shape)
 
 
