@@ -8,6 +8,7 @@ import av
 import numpy as np
 import pytest
 
+from nonlocalnet.data import synthetic
 from nonlocalnet.data.synthetic import (
     CLASS_NAMES,
     PALETTE,
@@ -116,8 +117,10 @@ def test_distractors_share_the_palette_and_span_the_clip(dataset):
             assert 0 <= d["color_index"] < SMALL.num_colors and len(d["boxes"]) == SMALL.num_frames
 
 
-def test_deterministic_from_seed(dataset, tmp_path):
-    again = generate_long_range_dataset(tmp_path / "again", SMALL, progress=False)
+def test_deterministic_from_seed(dataset, tmp_path, monkeypatch):
+    monkeypatch.setattr(synthetic, "_CHUNK", 5)  # several tasks per split for the two processes
+    again = generate_long_range_dataset(tmp_path / "again", SMALL, progress=False, workers=2)
+    assert (again.root / "manifest.json").read_text() == (dataset.root / "manifest.json").read_text()
     assert again.train_list.read_text() == dataset.train_list.read_text()
     assert again.val_list.read_text() == dataset.val_list.read_text()
     assert again.metadata("val") == dataset.metadata("val")
@@ -205,6 +208,8 @@ def test_bad_arguments(tmp_path):
         generate_long_range_dataset(tmp_path, {"seed": 0}, progress=False)
     with pytest.raises(ValueError, match="on_mismatch"):
         generate_long_range_dataset(tmp_path, SMALL, progress=False, on_mismatch="ignore")
+    with pytest.raises(ValueError, match="workers must be a positive int"):
+        generate_long_range_dataset(tmp_path, SMALL, progress=False, workers=0)
 
 
 def test_additive_ceiling():

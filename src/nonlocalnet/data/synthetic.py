@@ -14,10 +14,12 @@ squares of ``object_size`` pixels (default 8), are planted in it:
 The two cues never share a frame: every early-cue frame is at least ``num_frames // 2 + 1``
 frames before every late-cue frame (more than half the clip), and their centres are at least
 ``min_distance * min(height, width)`` pixels apart (default half the frame, Euclidean). The
-colours come from a palette of ``num_colors`` saturated colours (default 4: red, green, blue,
-yellow). The label is binary: **"same"** (1) if ``A == B`` and **"different"** (0) otherwise.
-Each split holds exactly half of each class; ``A`` is uniform, and for "different" ``B`` is
-uniform over the other colours, so each cue's colour alone says nothing about the label.
+colours come from a palette of ``num_colors`` saturated colours (default 3: red, green, yellow,
+which differ in brightness as well as hue; blue comes fourth because it is exactly as bright as
+red, a pair small networks learn to tell apart last). The label is binary: **"same"** (1) if
+``A == B`` and **"different"** (0) otherwise. Each split holds exactly half of each class; ``A``
+is uniform, and for "different" ``B`` is uniform over the other colours, so each cue's colour
+alone says nothing about the label.
 
 **Distractors** (default 1 to 3 per video) are hollow squares (rings) of the same size and the
 same palette, visible in every frame and moving in straight lines at 0.5 to 1.5 pixels per frame,
@@ -63,10 +65,12 @@ from __future__ import annotations
 
 import json
 import math
+import multiprocessing
 import os
 import shutil
-from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -91,18 +95,20 @@ CLASS_NAMES: tuple[str, ...] = ("different", "same")
 PALETTE: tuple[tuple[str, tuple[int, int, int]], ...] = (
     ("red", (230, 40, 40)),
     ("green", (40, 200, 60)),
-    ("blue", (50, 90, 240)),
     ("yellow", (240, 220, 40)),
+    ("blue", (50, 90, 240)),
     ("magenta", (220, 60, 220)),
     ("cyan", (40, 210, 220)),
     ("orange", (250, 140, 30)),
     ("white", (235, 235, 235)),
 )
-"""Object colours (name, RGB); a task uses the first ``num_colors``."""
+"""Object colours (name, RGB); a task uses the first ``num_colors``. Luma (0.299 R + 0.587 G +
+0.114 B): red 96, green 136, yellow 205, blue 95."""
 
 _FORMAT = "nonlocalnet-synthetic-long-range"
-_VERSION = 1
+_VERSION = 2  # 2: yellow before blue in the palette, 3 colours by default
 _SPLITS = {"train": 0, "val": 1}
+_CHUNK = 50  # videos per task of a generation worker
 
 
 @dataclass(frozen=True)
@@ -121,7 +127,7 @@ class LongRangeTaskConfig:
     num_frames: int = 16
     height: int = 32
     width: int = 32
-    num_colors: int = 4
+    num_colors: int = 3
     object_size: int = 8
     cue_frames: int = 4
     min_distance: float = 0.5
@@ -378,16 +384,32 @@ def _write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _split_items(config: LongRangeTaskConfig, split: str) -> Iterator[tuple[str, np.random.Generator, int]]:
-    """(relative path, the video's own generator, label) for each video of ``split``; labels are
-    exactly balanced (the extra one of an odd count is "same") and shuffled."""
-    code = _SPLITS[split]
+def _split_labels(config: LongRangeTaskConfig, split: str) -> list[int]:
+    """The labels of ``split``: exactly balanced (the extra one of an odd count is "same") and
+    shuffled."""
     n = config.num_train if split == "train" else config.num_val
     labels = np.array([0] * (n // 2) + [1] * (n - n // 2))
-    np.random.default_rng(np.random.SeedSequence([config.seed, code])).shuffle(labels)
-    for i in range(n):
-        rng = np.random.default_rng(np.random.SeedSequence([config.seed, code, i]))
-        yield f"videos/{split}_{i:05d}.mp4", rng, int(labels[i])
+    np.random.default_rng(np.random.SeedSequence([config.seed, _SPLITS[split]])).shuffle(labels)
+    return [int(v) for v in labels]
+
+
+def _write_videos(
+    root: Path, config: LongRangeTaskConfig, split: str, items: list[tuple[int, int]]
+) -> list[str]:
+    """Render and encode the videos ``(index, label)`` of ``split``, each from its own generator;
+    returns their metadata lines."""
+    metas = []
+    for i, label in items:
+        rng = np.random.default_rng(np.random.SeedSequence([config.seed, _SPLITS[split], i]))
+        rel = _video_path(split, i)
+        video, meta = _render_labelled(config, rng, label)
+        _encode(root / rel, video, config)
+        metas.append(json.dumps({"path": rel, **meta}) + "\n")
+    return metas
+
+
+def _video_path(split: str, i: int) -> str:
+    return f"videos/{split}_{i:05d}.mp4"
 
 
 def _dataset(root: Path, config: LongRangeTaskConfig) -> SyntheticDataset:
@@ -425,6 +447,7 @@ def generate_long_range_dataset(
     *,
     progress: bool = True,
     on_mismatch: Literal["regenerate", "error"] = "regenerate",
+    workers: int = 1,
 ) -> SyntheticDataset:
     """Write the task's train and val videos under ``root`` (see the module docstring), or reuse
     them.
@@ -434,11 +457,14 @@ def generate_long_range_dataset(
     ``on_mismatch="regenerate"`` (default) deletes the old manifest, list files and videos and
     generates anew; ``"error"`` raises ``ValueError`` and leaves the folder as it is. A generation
     that was interrupted has no manifest and is redone. Everything is a deterministic function of
-    ``config`` (same seed: identical decoded frames, lists and metadata).
+    ``config`` (same seed: identical decoded frames, lists and metadata), whatever the number of
+    ``workers`` (processes rendering and encoding videos side by side).
     """
     config = LongRangeTaskConfig() if config is None else config
     if not isinstance(config, LongRangeTaskConfig):
         raise TypeError(f"config must be a LongRangeTaskConfig, got {type(config).__name__}")
+    if not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"workers must be a positive int, got {workers!r}")
     if on_mismatch not in ("regenerate", "error"):
         raise ValueError(f"on_mismatch must be 'regenerate' or 'error', got {on_mismatch!r}")
     root = Path(root)
@@ -459,19 +485,30 @@ def generate_long_range_dataset(
     (root / "videos").mkdir(parents=True, exist_ok=True)
     files = []
     total = config.num_train + config.num_val
-    with tqdm(total=total, desc="synthetic videos", unit="video", disable=not progress) as bar:
-        for split in _SPLITS:
-            lines, metas = [], []
-            for rel, rng, label in _split_items(config, split):
-                video, meta = _render_labelled(config, rng, label)
-                _encode(root / rel, video, config)
-                lines.append(f"{rel} {label}\n")
-                metas.append(json.dumps({"path": rel, **meta}) + "\n")
-                files.append(rel)
-                bar.update(1)
-            _write_text(root / f"{split}.txt", "".join(lines))
-            _write_text(root / f"{split}_meta.jsonl", "".join(metas))
-            files += [f"{split}.txt", f"{split}_meta.jsonl"]
+    pool = (
+        ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) if workers > 1 else None
+    )
+    try:
+        with tqdm(total=total, desc="synthetic videos", unit="video", disable=not progress) as bar:
+            for split in _SPLITS:
+                labels = _split_labels(config, split)
+                items = list(enumerate(labels))
+                chunks = [items[k : k + _CHUNK] for k in range(0, len(items), _CHUNK)]
+                write = partial(_write_videos, root, config, split)
+                parts = map(write, chunks) if pool is None else pool.map(write, chunks)
+                metas = []
+                for part in parts:
+                    metas += part
+                    bar.update(len(part))
+                paths = [_video_path(split, i) for i in range(len(labels))]
+                _write_text(
+                    root / f"{split}.txt", "".join(f"{p} {y}\n" for p, y in zip(paths, labels, strict=True))
+                )
+                _write_text(root / f"{split}_meta.jsonl", "".join(metas))
+                files += [*paths, f"{split}.txt", f"{split}_meta.jsonl"]
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
     _write_text(root / "classes.txt", "".join(f"{name}\n" for name in CLASS_NAMES))
     files.append("classes.txt")
     manifest = {
