@@ -102,7 +102,12 @@ def _demo(args: argparse.Namespace) -> int:
 
     _setup_logging()
     result = run_demo(
-        args.output, quick=args.quick, seeds=args.seeds, data_dir=args.data_dir, progress=not args.no_progress
+        args.output,
+        quick=args.quick,
+        seeds=args.seeds,
+        data_dir=args.data_dir,
+        progress=not args.no_progress,
+        jobs=args.jobs,
     )
     print(result.table)
     a = result.attention
@@ -153,6 +158,12 @@ def add_video_commands(sub: argparse._SubParsersAction) -> None:
     de.add_argument("--seeds", type=int, default=None, help="default: 3 (1 with --quick)")
     de.add_argument(
         "--data-dir", default=None, help="where the generated videos are cached (default: OUTPUT/data)"
+    )
+    de.add_argument(
+        "--jobs",
+        type=int,
+        default=None,
+        help="training processes side by side (default: CPU cores, at most 4)",
     )
     de.add_argument("--no-progress", action="store_true")
     de.set_defaults(func=_demo)

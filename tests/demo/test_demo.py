@@ -14,7 +14,8 @@ from nonlocalnet.demo import DEMO_MODELS, QUICK_MODELS, full_recipe, model_secti
 @pytest.fixture(scope="module")
 def quick_demo(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo")
-    code = main(["demo", "--quick", "--output", str(out), "--no-progress"])
+    # two training processes side by side (the default on a 2-core machine), whatever this one has
+    code = main(["demo", "--quick", "--output", str(out), "--no-progress", "--jobs", "2"])
     return code, out
 
 
@@ -25,7 +26,9 @@ def test_quick_demo_writes_every_output(quick_demo, capsys):
         assert (out / name).is_file(), name
     results = json.loads((out / "results.json").read_text())
     keys = [row["key"] for row in results["rows"]]
-    assert keys == [m.key for m in QUICK_MODELS]
+    assert keys == [m.key for m in QUICK_MODELS] and results["jobs"] == 2
+    runs = json.loads((out / "runs.json").read_text())
+    assert [(r["key"], r["seed"]) for r in runs] == [(m.key, 0) for m in QUICK_MODELS]
     for row in results["rows"]:
         assert 0.0 <= row["accuracy_mean"] <= 1.0 and row["params"] > 0 and row["gflops"] > 0
         run = out / "runs" / row["key"] / "seed0"

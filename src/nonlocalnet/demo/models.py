@@ -54,7 +54,7 @@ def model_section(model: DemoModel, num_classes: int, recipe: DemoRecipe) -> dic
         "name": "c2d_r50",  # the family; every structural field is overridden below
         "num_classes": num_classes,
         "nonlocal_mode": model.mode or "embedded_gaussian",
-        "nonlocal_options": {"sub_sample": recipe.sub_sample},
+        "nonlocal_options": {"sub_sample": recipe.sub_sample, "scale": recipe.scale},
         "dropout": 0.0,
         "overrides": {
             "stem_width": recipe.stem_width,

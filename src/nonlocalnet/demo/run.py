@@ -6,12 +6,16 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import multiprocessing
+import os
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
 
 from nonlocalnet.data import FrameCache
 from nonlocalnet.data.synthetic import SyntheticDataset, generate_long_range_dataset
@@ -22,7 +26,7 @@ from nonlocalnet.demo.report import summarise, write_curves, write_table
 from nonlocalnet.engine import Config, build_model_from_config, config_from_dict, train
 from nonlocalnet.models import measure_complexity
 
-__all__ = ["DemoResult", "demo_config", "run_demo"]
+__all__ = ["DemoResult", "default_jobs", "demo_config", "run_demo"]
 
 log = logging.getLogger("nonlocalnet.demo")
 
@@ -61,7 +65,7 @@ def demo_config(
                 "min_short": size,
                 "max_short": size,
                 "crop": size,
-                "flip": False,
+                "flip": recipe.flip,
                 "test_short": size,
                 "test_crop": size,
                 "num_crops": 1,
@@ -86,6 +90,81 @@ def demo_config(
     )
 
 
+@dataclass(frozen=True)
+class _Run:
+    """One training run of the demo: a model, a seed, its folder."""
+
+    model: DemoModel
+    seed: int
+    folder: Path
+
+
+def _train_runs(
+    runs: list[_Run],
+    data: SyntheticDataset,
+    recipe: DemoRecipe,
+    progress: bool,
+    position: int,
+    threads: int | None,
+) -> list[dict[str, Any]]:
+    """Train ``runs`` one after another (in a worker process, or in this one) with one frame cache,
+    so every video is decoded once per process; returns one record per run."""
+    if threads is not None:
+        torch.set_num_threads(threads)
+    frames = FrameCache()
+    task = data.config
+    records = []
+    for run in runs:
+        cfg = demo_config(run.model, data, recipe, run.seed, run.folder)
+        cfg.train.progress = progress
+        label = f"{run.model.key} seed {run.seed}"
+        result = train(cfg, frame_cache=frames, progress_desc=label, progress_position=position)
+        with torch.device("meta"):
+            net = build_model_from_config(cfg.model)
+        cost = measure_complexity(net, (1, 3, recipe.clip_length, task.height, task.width))
+        accuracy = result.final_eval["video_top1"]
+        if progress:
+            tqdm.write(f"{label}: held-out video accuracy {100 * accuracy:.1f}% ({result.seconds:.0f} s)")
+        records.append(
+            {
+                "key": run.model.key,
+                "label": run.model.label,
+                "nonlocal": run.model.num_nonlocal,
+                "seed": run.seed,
+                "accuracy": accuracy,
+                "seconds": result.seconds,
+                "params": cost.params,
+                "gflops": cost.gmacs,
+            }
+        )
+    return records
+
+
+def default_jobs() -> int:
+    """Parallel training processes: one per CPU core, at most 4 (the demo's networks are too
+    small to use several cores each efficiently)."""
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+def _train_all(
+    runs: list[_Run], data: SyntheticDataset, recipe: DemoRecipe, progress: bool, jobs: int
+) -> list[dict[str, Any]]:
+    """Train every run: in this process for ``jobs == 1``, else split round-robin over ``jobs``
+    spawned processes with ``threads // jobs`` intra-op threads each."""
+    if jobs == 1 or len(runs) == 1:
+        return _train_runs(runs, data, recipe, progress, 0, None)
+    jobs = min(jobs, len(runs))
+    threads = max(1, torch.get_num_threads() // jobs)
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(jobs, mp_context=context) as pool:
+        futures = [
+            pool.submit(_train_runs, runs[k::jobs], data, recipe, progress, k, threads) for k in range(jobs)
+        ]
+        records = [r for f in futures for r in f.result()]
+    order = {(r.model.key, r.seed): i for i, r in enumerate(runs)}
+    return sorted(records, key=lambda r: order[r["key"], r["seed"]])
+
+
 def run_demo(
     output: str | Path = "runs/demo",
     *,
@@ -94,46 +173,34 @@ def run_demo(
     data_dir: str | Path | None = None,
     progress: bool = True,
     recipe: DemoRecipe | None = None,
+    jobs: int | None = None,
 ) -> DemoResult:
     """Run the whole demo (``quick``: two models, one seed, less data) and write
     ``results.md``/``results.json``, ``curves.png``, ``attention.png`` and one folder per run.
-    ``recipe`` replaces the built-in one (tests use a tiny one)."""
+    ``recipe`` replaces the built-in one (tests use a tiny one). ``jobs`` training processes run
+    side by side (default :func:`default_jobs`); results depend on it only through float
+    rounding (the intra-op thread count changes the order of sums)."""
     started = time.perf_counter()
     recipe = recipe or (quick_recipe() if quick else full_recipe())
     if seeds is not None:
         recipe = replace(recipe, seeds=seeds)
+    jobs = default_jobs() if jobs is None else jobs
+    if jobs < 1:
+        raise ValueError(f"jobs must be >= 1, got {jobs}")
     out = Path(output)
     data = generate_long_range_dataset(
-        Path(data_dir) if data_dir else out / "data", recipe.task, progress=progress
+        Path(data_dir) if data_dir else out / "data", recipe.task, progress=progress, workers=jobs
     )
     models = QUICK_MODELS if quick else DEMO_MODELS
-    runs, run_dirs = [], {}
-    frames = FrameCache()  # every run reads the same small videos: decode each once
-    for seed in range(recipe.seeds):
-        for model in models:
-            folder = out / "runs" / model.key / f"seed{seed}"
-            cfg = demo_config(model, data, recipe, seed, folder)
-            cfg.train.progress = progress
-            result = train(cfg, frame_cache=frames)
-            with torch.device("meta"):
-                net = build_model_from_config(cfg.model)
-            task = data.config
-            cost = measure_complexity(net, (1, 3, recipe.clip_length, task.height, task.width))
-            runs.append(
-                {
-                    "key": model.key,
-                    "label": model.label,
-                    "nonlocal": model.num_nonlocal,
-                    "seed": seed,
-                    "accuracy": result.final_eval["video_top1"],
-                    "seconds": result.seconds,
-                    "params": cost.params,
-                    "gflops": cost.gmacs,
-                }
-            )
-            if seed == 0:
-                run_dirs[model.key] = folder
-            log.info("%s seed %d: held-out accuracy %.3f", model.key, seed, runs[-1]["accuracy"])
+    plan = [
+        _Run(model, seed, out / "runs" / model.key / f"seed{seed}")
+        for seed in range(recipe.seeds)
+        for model in models
+    ]
+    runs = _train_all(plan, data, recipe, progress, jobs)
+    for r in runs:
+        log.info("%s seed %d: held-out accuracy %.3f", r["key"], r["seed"], r["accuracy"])
+    run_dirs = {p.model.key: p.folder for p in plan if p.seed == 0}
     rows = summarise(runs)
     attention = attention_study(run_dirs["c2d_nl_embedded"], data, out / "attention.png")
     header = {
@@ -142,6 +209,7 @@ def run_demo(
         "train_videos": recipe.task.num_train,
         "held_out_videos": recipe.task.num_val,
         "recipe": {k: v for k, v in dataclasses.asdict(recipe).items() if k != "task"},
+        "jobs": jobs,
         "attention": attention,
         "seconds": round(time.perf_counter() - started, 1),
     }

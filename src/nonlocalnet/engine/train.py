@@ -91,6 +91,8 @@ def train(
     resume: str | Path | bool | None = None,
     ctx: DistContext | None = None,
     frame_cache: FrameCache | None = None,
+    progress_desc: str | None = None,
+    progress_position: int | None = None,
 ) -> TrainResult:
     """Train ``cfg.model`` on ``cfg.data`` and write everything under ``cfg.output_dir``.
 
@@ -98,19 +100,26 @@ def train(
     that checkpoint. Model, optimiser, scaler, RNG states and the position inside the epoch are
     restored, so the run continues exactly where the checkpoint was taken. ``frame_cache``: a
     decoded-video cache shared with other runs in this process (else ``data.cache_frames``).
+    ``progress_desc``/``progress_position``: the progress bar's label and line, for several
+    runs side by side.
     """
     started = time.perf_counter()
     own_ctx = ctx is None
     ctx = ctx or init_distributed(cfg.device, cfg.train.dist_timeout_s)
     # on an error, no shutdown: destroying the group would wait for a dead peer
-    result = _train(cfg, ctx, resume, started, frame_cache)
+    result = _train(cfg, ctx, resume, started, frame_cache, (progress_desc, progress_position))
     if own_ctx:
         ctx.shutdown()
     return result
 
 
 def _train(
-    cfg: Config, ctx: DistContext, resume: str | Path | bool | None, started: float, cache: FrameCache | None
+    cfg: Config,
+    ctx: DistContext,
+    resume: str | Path | bool | None,
+    started: float,
+    cache: FrameCache | None,
+    bar_at: tuple[str | None, int | None],
 ) -> TrainResult:
     out = Path(cfg.output_dir)
     device = ctx.device
@@ -197,7 +206,8 @@ def _train(
     bar = tqdm(
         total=total,
         initial=step,
-        desc=f"train {cfg.model.name}",
+        desc=bar_at[0] or f"train {cfg.model.name}",
+        position=bar_at[1],
         unit="step",
         disable=not (cfg.train.progress and ctx.is_main),
         dynamic_ncols=True,
