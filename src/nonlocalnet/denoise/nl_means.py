@@ -70,7 +70,7 @@ def _as_batch(image: Tensor, name: str) -> tuple[Tensor, tuple[int, ...]]:
     return image, shape
 
 
-def _check_patch_weights(kind: str, centre: str) -> None:
+def _check_weights(kind: str, centre: str) -> None:
     if kind not in ("gaussian", "uniform"):
         raise ValueError(f"patch_weights must be 'gaussian' or 'uniform', got {kind!r}")
     if centre not in ("max", "one"):
@@ -152,18 +152,19 @@ def _windowed(
     num = torch.zeros(b, t, c, height, width + 2 * rs, dtype=frames.dtype, device=frames.device)
     den = torch.zeros(b, t, 1, height, width + 2 * rs, dtype=frames.dtype, device=frames.device)
     wmax = torch.zeros_like(den)
-    cols = torch.arange(width, device=frames.device)
+    # 1 where column x + dx lies inside the image, for dx = -rs..rs: (2 rs + 1, 1, 1, W)
+    reach = (
+        torch.arange(width, device=frames.device) + torch.arange(-rs, rs + 1, device=frames.device)[:, None]
+    )
+    inside = ((reach >= 0) & (reach < width)).to(frames.dtype)[:, None, None]
     for t0 in range(t):
         for dt in range(0, min(rt, t - 1 - t0) + 1):
             t1 = t0 + dt
             for dy in range(0 if dt == 0 else -rs, rs + 1):
-                dxs = list(range(1 if (dt == 0 and dy == 0) else -rs, rs + 1))
+                first = rs + 1 if (dt == 0 and dy == 0) else 0  # the pixel's own row: dx > 0 only
+                dxs, valid = range(first - rs, rs + 1), inside[first:]
                 if not dxs:
                     continue
-                shifts = torch.tensor(dxs, device=frames.device)
-                valid = ((cols[None] + shifts[:, None] >= 0) & (cols[None] + shifts[:, None] < width)).to(
-                    frames.dtype
-                )[:, None, None]  # (S, 1, 1, W)
                 lo, hi = max(0, -dy), min(height, height - dy)  # rows i whose i + dy is inside
                 for y0 in range(lo, hi, tile):
                     y1 = min(hi, y0 + tile)
@@ -188,10 +189,8 @@ def _windowed(
                         top = wmax[:, t1, 0, region[0], region[1]]
                         torch.maximum(top, w[k], out=top)
     num, den, wmax = (a[..., rs : rs + width] for a in (num, den, wmax))
-    if centre_weight == "max":  # Buades et al.: the pixel itself weighs as its best match
-        self_w = torch.where(wmax > 0, wmax, torch.ones_like(wmax))
-    else:
-        self_w = torch.ones_like(wmax)
+    # Buades et al.: the pixel itself weighs as its best match (1 if every match underflowed)
+    self_w = torch.where(wmax > 0, wmax, 1.0) if centre_weight == "max" else 1.0
     return (num + self_w * frames) / (den + self_w)
 
 
@@ -246,7 +245,7 @@ def nl_means(
             f"patch_size {patch_size} + search_window {search_window} need an image larger than "
             f"{patch_size // 2 + search_window // 2} pixels per side, got {height} x {width}"
         )
-    _check_patch_weights(patch_weights, centre_weight)
+    _check_weights(patch_weights, centre_weight)
     if not isinstance(tile_size, int) or tile_size < 1:
         raise ValueError(f"tile_size must be a positive int, got {tile_size!r}")
     s, hh = _resolve(x[:, None], sigma, h)
@@ -283,7 +282,7 @@ def nl_means_video(
     _check_odd(patch_size, "patch_size")
     _check_odd(search_window, "search_window")
     _check_odd(temporal_window, "temporal_window")
-    _check_patch_weights(patch_weights, centre_weight)
+    _check_weights(patch_weights, centre_weight)
     t, height, width = v.shape[1], v.shape[3], v.shape[4]
     if temporal_window // 2 >= t:
         raise ValueError(

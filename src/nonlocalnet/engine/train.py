@@ -107,7 +107,8 @@ def train(
     own_ctx = ctx is None
     ctx = ctx or init_distributed(cfg.device, cfg.train.dist_timeout_s)
     # on an error, no shutdown: destroying the group would wait for a dead peer
-    result = _train(cfg, ctx, resume, started, frame_cache, (progress_desc, progress_position))
+    bar = {"desc": progress_desc or f"train {cfg.model.name}", "position": progress_position}
+    result = _train(cfg, ctx, resume, started, frame_cache, bar)
     if own_ctx:
         ctx.shutdown()
     return result
@@ -119,7 +120,7 @@ def _train(
     resume: str | Path | bool | None,
     started: float,
     cache: FrameCache | None,
-    bar_at: tuple[str | None, int | None],
+    bar_options: dict[str, Any],
 ) -> TrainResult:
     out = Path(cfg.output_dir)
     device = ctx.device
@@ -206,8 +207,7 @@ def _train(
     bar = tqdm(
         total=total,
         initial=step,
-        desc=bar_at[0] or f"train {cfg.model.name}",
-        position=bar_at[1],
+        **bar_options,
         unit="step",
         disable=not (cfg.train.progress and ctx.is_main),
         dynamic_ncols=True,
