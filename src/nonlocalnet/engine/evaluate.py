@@ -38,12 +38,14 @@ def evaluate(
     *,
     num_classes: int,
     views_per_video: int,
+    window: int | None = None,
     amp: str = "none",
     memory_format: torch.memory_format = torch.contiguous_format,
     progress: bool = True,
 ) -> tuple[EvalResult, list[BadSample]]:
-    """Score every view of every video with ``model.fully_convolutional_scores`` (softmax at
-    each position of the last feature map, averaged) and reduce to clip and video accuracy.
+    """Score every view of every video with ``model.fully_convolutional_scores`` (time pooled,
+    softmax at each ``window``-sized square of the last feature map, averaged: pass the res5
+    side of a training crop) and reduce to clip and video accuracy.
 
     Batches hold ``(B, num_crops, 3, T, H, W)`` (all crops of one clip) or ``(B, 3, T, H, W)``.
     Results are gathered over ranks; broken videos are returned, not scored.
@@ -66,7 +68,7 @@ def evaluate(
         crops = video.shape[1] if video.dim() == 6 else 1
         flat = video.reshape(-1, *video.shape[-4:]).to(device).contiguous(memory_format=memory_format)
         with autocast_context(amp, device):
-            probs = model.fully_convolutional_scores(flat).float()
+            probs = model.fully_convolutional_scores(flat, window).float()
         probs = probs.reshape(len(batch.label), crops, num_classes).cpu()
         for row in range(len(batch.label)):
             for crop in range(crops):
@@ -125,6 +127,7 @@ def _evaluate_run(
         ctx,
         num_classes=cfg.model.num_classes,
         views_per_video=views_per_video(cfg, "video"),
+        window=model.res5_size(cfg.data.crop),
         amp=cfg.train.amp,
         progress=cfg.train.progress,
     )

@@ -69,11 +69,12 @@ def predict_video(
         std=tuple(d.std),
     )
     device = next(model.parameters()).device
+    window = model.res5_size(d.crop)
     model.eval()
     probs, feats = [], []
     for indices in test_clip_indices(info.num_frames, d.clip_length, d.stride, d.num_clips):
         views = test_views(read_frames(path, indices, info=info), transform).to(device)
-        probs.append(model.fully_convolutional_scores(views).float().cpu())
+        probs.append(model.fully_convolutional_scores(views, window).float().cpu())
         if features:
             feats.append(model.pooled_features(views).float().cpu())
     mean = torch.cat(probs).mean(0)

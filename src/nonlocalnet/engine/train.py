@@ -402,6 +402,7 @@ def _validate(net, model, cfg, ctx, samples, fmt, runlog, step, best, manager, c
         ctx,
         num_classes=cfg.model.num_classes,
         views_per_video=views_per_video(cfg, views),
+        window=model.res5_size(cfg.data.crop),
         amp=cfg.train.amp,
         memory_format=fmt,
         progress=cfg.train.progress,

@@ -154,10 +154,10 @@ class Bottleneck3d(nn.Module):
 class VideoResNet(nn.Module):
     """ResNet video classifier ``(B, 3, T, H, W) -> (B, num_classes)`` built from a spec.
 
-    ``forward`` pools globally, applies dropout and the classifier. ``forward_dense`` applies the
-    classifier at every position of the last feature map (fully convolutional testing on larger
-    frames); ``fully_convolutional_scores`` averages the per-position softmax, as the authors'
-    test protocol does.
+    ``forward`` pools globally, applies dropout and the classifier. ``forward_dense`` pools time
+    and applies the classifier at every training-size window of the last feature map (fully
+    convolutional testing on larger frames); ``fully_convolutional_scores`` averages the
+    per-window softmax, as the authors' test protocol does.
     """
 
     def __init__(
@@ -279,11 +279,31 @@ class VideoResNet(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.fc(self.dropout(self.pooled_features(x)))
 
-    def forward_dense(self, x: Tensor) -> Tensor:
-        """Classifier at every position: ``(B, num_classes, T', H', W')`` logits."""
-        f = self.features(x)
-        return torch.einsum("bcthw,kc->bkthw", f, self.fc.weight) + self.fc.bias[None, :, None, None, None]
+    def res5_size(self, size: int) -> int:
+        """Side of the res5 map for frames of side ``size`` (each stride-2 layer rounds up)."""
+        if size < 1:
+            raise ValueError(f"size must be a positive number of pixels, got {size}")
+        for _ in range(2 + sum(stage.stride == 2 for stage in self.spec.stages)):
+            size = (size + 1) // 2
+        return size
 
-    def fully_convolutional_scores(self, x: Tensor) -> Tensor:
-        """Softmax at every position, averaged: ``(B, num_classes)`` probabilities."""
-        return self.forward_dense(x).softmax(dim=1).mean(dim=(2, 3, 4))
+    def forward_dense(self, x: Tensor, window: int | None = None) -> Tensor:
+        """The classifier at every spatial window of the res5 map: ``(B, num_classes, H'', W'')``
+        logits. Features are first averaged over all of time (the released code's pool5 spans
+        the clip), then over ``window x window`` squares at stride 1 (the res5 side of a training
+        crop, :meth:`res5_size`; 7 for 224 crops), so that each window sees what the classifier
+        was trained on. ``None`` (or a map no larger than the window) pools the whole map."""
+        f = self.features(x).mean(dim=2)
+        h, w = f.shape[-2:]
+        if window is None or (h <= window and w <= window):
+            f = f.mean(dim=(2, 3), keepdim=True)
+        else:
+            if window < 1:
+                raise ValueError(f"window must be a positive number of res5 positions, got {window}")
+            f = F.avg_pool2d(f, (min(window, h), min(window, w)), stride=1)
+        return torch.einsum("bchw,kc->bkhw", f, self.fc.weight) + self.fc.bias[None, :, None, None]
+
+    def fully_convolutional_scores(self, x: Tensor, window: int | None = None) -> Tensor:
+        """Softmax at every window of :meth:`forward_dense`, averaged: ``(B, num_classes)``
+        probabilities (the authors' fully convolutional test)."""
+        return self.forward_dense(x, window).softmax(dim=1).mean(dim=(2, 3))
