@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 
@@ -62,3 +63,12 @@ def test_demo_models_differ_only_by_the_block_and_the_temporal_kernels():
         assert [{k: v for k, v in s.items() if k != "nonlocal_after"} for s in stages] == c2d["stages"]
     assert sections["i3d"]["overrides"]["conv1_temporal"] > 1
     assert {s["temporal_a"][0] for s in sections["i3d"]["overrides"]["stages"]} == {3}
+
+
+def test_only_the_softmax_instantiations_scale_their_logits():
+    recipe = full_recipe()
+    options = {m.mode: model_section(m, 2, recipe)["nonlocal_options"] for m in DEMO_MODELS if m.mode}
+    scaled = {mode for mode, o in options.items() if o["scale"]}
+    assert recipe.scale and scaled == {"gaussian", "embedded_gaussian"}
+    plain = model_section(DEMO_MODELS[2], 2, replace(recipe, scale=False))
+    assert plain["nonlocal_options"]["scale"] is False

@@ -14,9 +14,11 @@ squares of ``object_size`` pixels (default 8), are planted in it:
 The two cues never share a frame: every early-cue frame is at least ``num_frames // 2 + 1``
 frames before every late-cue frame (more than half the clip), and their centres are at least
 ``min_distance * min(height, width)`` pixels apart (default half the frame, Euclidean). The
-colours come from a palette of ``num_colors`` saturated colours (default 3: red, green, yellow,
-which differ in brightness as well as hue; blue comes fourth because it is exactly as bright as
-red, a pair small networks learn to tell apart last). The label is binary: **"same"** (1) if
+colours come from a palette of ``num_colors`` saturated colours (default 2: red and green, which
+differ in brightness as well as hue). With more colours, small networks first learn the additive
+rule below, which splits the palette into two groups, and then separate the colours inside a group
+one pair at a time; a pair not separated by the end of training stays at chance, and runs end at
+discrete levels (83% for 3 colours). The label is binary: **"same"** (1) if
 ``A == B`` and **"different"** (0) otherwise. Each split holds exactly half of each class; ``A``
 is uniform, and for "different" ``B`` is uniform over the other colours, so each cue's colour
 alone says nothing about the label.
@@ -43,9 +45,10 @@ distractors and noise are independent of the label and can only lower it):
   is the XOR ceiling, and no "match" relation with a balanced label goes lower: near-chance
   additive ceilings need relations that are far from every threshold function, which a natural
   same/different question is not;
-* **2/3 for 3 or 4 colours** (0.65 for 6, tending to 5/8), if it cannot (``u == v``, a network
-  invariant to the frame order and to where each cue is): predict "same" iff both colours are in a
-  fixed half of the palette. See :func:`additive_ceiling`.
+* **3/4 for 2 colours, 2/3 for 3 or 4** (0.65 for 6, tending to 5/8), if it cannot (``u == v``,
+  a network invariant to the frame order and to where each cue is): predict "same" iff both
+  colours are in a fixed half of the palette (for 2 colours: iff both cues are red). See
+  :func:`additive_ceiling`.
 
 A non-local block after res3/res4 lets every position read the features of both cues at once
 (the attention can key on "filled square" features); the following convolutions then compare
@@ -106,7 +109,7 @@ PALETTE: tuple[tuple[str, tuple[int, int, int]], ...] = (
 0.114 B): red 96, green 136, yellow 205, blue 95."""
 
 _FORMAT = "nonlocalnet-synthetic-long-range"
-_VERSION = 2  # 2: yellow before blue in the palette, 3 colours by default
+_VERSION = 3  # 2: yellow before blue in the palette, 3 colours by default; 3: 2 colours
 _SPLITS = {"train": 0, "val": 1}
 _CHUNK = 50  # videos per task of a generation worker
 
@@ -127,7 +130,7 @@ class LongRangeTaskConfig:
     num_frames: int = 16
     height: int = 32
     width: int = 32
-    num_colors: int = 3
+    num_colors: int = 2
     object_size: int = 8
     cue_frames: int = 4
     min_distance: float = 0.5
@@ -236,7 +239,7 @@ def additive_ceiling(num_colors: int, *, symmetric: bool = False) -> float:
     ``symmetric=False``: any additive score (``u`` and ``v`` may differ): 3/4 for every
     ``num_colors`` (predict "same" iff ``r(A) >= r(B)``). ``symmetric=True`` (``u == v``):
     ``max_d 1/2 + d/(2K) - d(d-1)/(2K(K-1))``, predicting "same" iff both colours lie in a set of
-    ``d`` colours (2/3 for ``K`` = 3 or 4). Both values agree with an exact mixed-integer program.
+    ``d`` colours (3/4 for ``K`` = 2, 2/3 for 3 or 4). Both values agree with an exact mixed-integer program.
     """
     k = num_colors
     if not isinstance(k, int) or k < 2:

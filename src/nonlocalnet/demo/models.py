@@ -36,6 +36,7 @@ DEMO_MODELS = (
     DemoModel("i3d_nl", "I3D + NL, embedded Gaussian", "i3d", "embedded_gaussian"),
 )
 QUICK_MODELS = (DEMO_MODELS[0], DEMO_MODELS[2])
+_SOFTMAX = ("gaussian", "embedded_gaussian")  # the instantiations whose logits ``scale`` applies to
 
 
 def model_section(model: DemoModel, num_classes: int, recipe: DemoRecipe) -> dict[str, Any]:
@@ -54,7 +55,10 @@ def model_section(model: DemoModel, num_classes: int, recipe: DemoRecipe) -> dic
         "name": "c2d_r50",  # the family; every structural field is overridden below
         "num_classes": num_classes,
         "nonlocal_mode": model.mode or "embedded_gaussian",
-        "nonlocal_options": {"sub_sample": recipe.sub_sample, "scale": recipe.scale},
+        "nonlocal_options": {
+            "sub_sample": recipe.sub_sample,
+            "scale": recipe.scale and model.mode in _SOFTMAX,
+        },
         "dropout": 0.0,
         "overrides": {
             "stem_width": recipe.stem_width,

@@ -76,7 +76,7 @@ def demo_config(
                 "base_batch_size": recipe.batch_size,
                 "weight_decay": recipe.weight_decay,
                 "lr_milestones": list(recipe.milestones),
-                "warmup_iters": recipe.warmup_iters,
+                "warmup_iters": round(recipe.warmup_epochs * task.num_train / recipe.batch_size),
             },
             "train": {
                 "batch_size": recipe.batch_size,
