@@ -50,7 +50,7 @@ def test_the_quick_models_attention_finds_the_planted_early_object(quick_demo):
 def test_the_quick_non_local_model_beats_the_baseline(quick_demo):
     _, out = quick_demo
     rows = {r["key"]: r for r in json.loads((out / "results.json").read_text())["rows"]}
-    assert rows["c2d_nl_embedded"]["accuracy_mean"] > rows["c2d"]["accuracy_mean"] + 0.05
+    assert rows["c2d_nl_embedded"]["accuracy_mean"] > rows["c2d"]["accuracy_mean"] + 0.15  # issue margin
 
 
 def test_demo_models_differ_only_by_the_block_and_the_temporal_kernels():
