@@ -280,11 +280,12 @@ class VideoResNet(nn.Module):
         return self.fc(self.dropout(self.pooled_features(x)))
 
     def res5_size(self, size: int) -> int:
-        """Side of the res5 map for frames of side ``size`` (each stride-2 layer rounds up)."""
+        """Side of the res5 map for frames of side ``size``: conv1, pool1 and each stage's
+        stride ``s`` give ``ceil(size / s)``."""
         if size < 1:
             raise ValueError(f"size must be a positive number of pixels, got {size}")
-        for _ in range(2 + sum(stage.stride == 2 for stage in self.spec.stages)):
-            size = (size + 1) // 2
+        for stride in (2, 2, *(stage.stride for stage in self.spec.stages)):
+            size = -(-size // stride)
         return size
 
     def forward_dense(self, x: Tensor, window: int | None = None) -> Tensor:
