@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from nonlocalnet.demo.recipe import DemoRecipe
+from nonlocalnet.ops import SOFTMAX_MODES
 
 __all__ = ["DEMO_MODELS", "QUICK_MODELS", "DemoModel", "model_section"]
 
@@ -36,7 +37,6 @@ DEMO_MODELS = (
     DemoModel("i3d_nl", "I3D + NL, embedded Gaussian", "i3d", "embedded_gaussian"),
 )
 QUICK_MODELS = (DEMO_MODELS[0], DEMO_MODELS[2])
-_SOFTMAX = ("gaussian", "embedded_gaussian")  # the instantiations whose logits ``scale`` applies to
 
 
 def model_section(model: DemoModel, num_classes: int, recipe: DemoRecipe) -> dict[str, Any]:
@@ -57,7 +57,7 @@ def model_section(model: DemoModel, num_classes: int, recipe: DemoRecipe) -> dic
         "nonlocal_mode": model.mode or "embedded_gaussian",
         "nonlocal_options": {
             "sub_sample": recipe.sub_sample,
-            "scale": recipe.scale and model.mode in _SOFTMAX,
+            "scale": recipe.scale and model.mode in SOFTMAX_MODES,
         },
         "dropout": 0.0,
         "overrides": {

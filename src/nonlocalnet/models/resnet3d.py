@@ -294,14 +294,11 @@ class VideoResNet(nn.Module):
         the clip), then over ``window x window`` squares at stride 1 (the res5 side of a training
         crop, :meth:`res5_size`; 7 for 224 crops), so that each window sees what the classifier
         was trained on. ``None`` (or a map no larger than the window) pools the whole map."""
+        if window is not None and window < 1:
+            raise ValueError(f"window must be a positive number of res5 positions, got {window}")
         f = self.features(x).mean(dim=2)
         h, w = f.shape[-2:]
-        if window is None or (h <= window and w <= window):
-            f = f.mean(dim=(2, 3), keepdim=True)
-        else:
-            if window < 1:
-                raise ValueError(f"window must be a positive number of res5 positions, got {window}")
-            f = F.avg_pool2d(f, (min(window, h), min(window, w)), stride=1)
+        f = F.avg_pool2d(f, (h, w) if window is None else (min(window, h), min(window, w)), stride=1)
         return torch.einsum("bchw,kc->bkhw", f, self.fc.weight) + self.fc.bias[None, :, None, None]
 
     def fully_convolutional_scores(self, x: Tensor, window: int | None = None) -> Tensor:

@@ -3,6 +3,7 @@
 from nonlocalnet.ops.pairwise import (
     ALGORITHMS,
     MODES,
+    SOFTMAX_MODES,
     attention_weights,
     concatenation,
     dot_product,
@@ -13,6 +14,7 @@ from nonlocalnet.ops.pairwise import (
 __all__ = [
     "ALGORITHMS",
     "MODES",
+    "SOFTMAX_MODES",
     "attention_weights",
     "concatenation",
     "dot_product",

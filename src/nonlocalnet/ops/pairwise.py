@@ -27,6 +27,7 @@ from torch import Tensor
 __all__ = [
     "ALGORITHMS",
     "MODES",
+    "SOFTMAX_MODES",
     "attention_weights",
     "concatenation",
     "dot_product",
@@ -35,6 +36,8 @@ __all__ = [
 ]
 
 MODES = ("gaussian", "embedded_gaussian", "dot_product", "concatenation")
+SOFTMAX_MODES = ("gaussian", "embedded_gaussian")
+"""The instantiations normalised by a softmax (``C = sum_j f``)."""
 """The paper's four instantiations of the pairwise function ``f``."""
 
 ALGORITHMS: dict[str, tuple[str, ...]] = {
@@ -306,7 +309,7 @@ def nonlocal_op(
     algorithm: str = "auto",
 ) -> Tensor:
     """Dispatch to the function of ``mode`` (one of :data:`MODES`)."""
-    if mode in ("gaussian", "embedded_gaussian"):
+    if mode in SOFTMAX_MODES:
         return softmax_attention(theta, phi, g, scale=scale, algorithm=algorithm)
     if mode == "dot_product":
         return dot_product(theta, phi, g, scale=scale, algorithm=algorithm)
