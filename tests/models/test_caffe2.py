@@ -187,3 +187,37 @@ def test_affine_models_round_trip_strictly(tmp_path):
     with pytest.raises(ValueError, match="in the file but not in the model: res_conv1_bn_rm"):
         _, bn_blobs = _released_fixture("i3d_r50_8x8", tmp_path / "bn.pkl")
         load_caffe2_checkpoint(bn_blobs, build_model("i3d_r50_8x8", variant="released", norm="affine"))
+
+
+def test_partial_load_keeps_statistics_of_layers_the_file_lacks(tmp_path):
+    """Issue 17 item 11: a file holding only the non-local blobs must not reset the trained
+    backbone's BN statistics; only layers whose scale/shift came from the file get defaults."""
+    _, blobs = _released_fixture("c2d_nl5_r50", tmp_path / "a.pkl", seed=3)
+    nl_only = {k: v for k, v in blobs.items() if k.startswith("nonlocal_") and not k.endswith("_momentum")}
+    assert len(nl_only) == 60
+    model = build_model("c2d_nl5_r50", variant="released")
+    randomise(model, seed=4)  # a "trained" model: statistics away from 0 / 1
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    report = load_caffe2_checkpoint(nl_only, model, strict=False)
+    assert report.defaulted == []
+    assert len(report.loaded) == 60
+    state = model.state_dict()
+    for key, value in before.items():
+        if ".nl." not in key:
+            assert torch.equal(state[key], value), key
+    backbone_stats = [k for k in before if k.endswith(("running_mean", "running_var")) and ".nl." not in k]
+    assert len(backbone_stats) == 106
+    # every backbone key is listed as missing (weights and statistics), nothing is hidden
+    assert "res_conv1_bn_rm" in report.missing and "res2_0_branch2a_w" in report.missing
+    # the non-local statistics came from the file
+    assert torch.equal(
+        model.layer2[1].nl.norm.running_var, torch.from_numpy(blobs["nonlocal_conv3_1_bn_riv"])
+    )
+    # an affine-only non-local block plus nothing else: only that block's statistics are defaulted
+    affine_nl = {k: v for k, v in nl_only.items() if not k.endswith(("_rm", "_riv"))}
+    model = build_model("c2d_nl5_r50", variant="released")
+    randomise(model, seed=4)
+    report = load_caffe2_checkpoint(affine_nl, model, strict=False)
+    assert sorted(report.defaulted) == sorted(k for k in nl_only if k.endswith(("_rm", "_riv")))
+    assert torch.equal(model.bn1.running_var, before["bn1.running_var"])
+    assert torch.equal(model.layer2[1].nl.norm.running_var, torch.ones(512))

@@ -204,6 +204,20 @@ def _fits(array: np.ndarray, target: torch.Tensor) -> bool:
     return array.size == target.numel() and squeeze(array.shape) == squeeze(target.shape)
 
 
+def _affine_only_layer(key: str, loaded: Mapping[str, torch.Tensor], from_file: set[str]) -> bool:
+    """``key`` is a BN statistic of a layer whose scale and shift were loaded from the file and
+    whose statistics are both absent from it (an affine-only layer): it may get defaults."""
+    if not key.endswith(("running_mean", "running_var")):
+        return False
+    layer = key.rsplit(".", 1)[0]
+    return (
+        f"{layer}.weight" in loaded
+        and f"{layer}.bias" in loaded
+        and f"{layer}.running_mean" not in from_file
+        and f"{layer}.running_var" not in from_file
+    )
+
+
 def load_caffe2_checkpoint(
     path: str | os.PathLike | Mapping[str, np.ndarray],
     model: nn.Module,
@@ -214,8 +228,11 @@ def load_caffe2_checkpoint(
 
     Every unmapped, missing and mis-shaped tensor is reported. With ``strict`` (default) any of
     them raises ``ValueError`` and the model is left untouched; ``strict=False`` loads what fits
-    and returns the report. BN statistics absent from affine-only files count as missing under
-    ``strict``; without it they are set to mean 0, variance 1 and listed in ``defaulted``.
+    and returns the report; every model tensor the file lacks keeps its current value. BN
+    statistics absent from affine-only files count as missing under ``strict``; without it a
+    layer whose scale and shift were loaded from the file but whose statistics are absent gets
+    mean 0, variance 1 (listed in ``defaulted``). Statistics of layers the file does not touch
+    are left as they are (listed in ``missing``).
     """
     blobs = path if isinstance(path, Mapping) else read_caffe2_pickle(path)
     state = model.state_dict()
@@ -240,12 +257,12 @@ def load_caffe2_checkpoint(
                 torch.from_numpy(np.ascontiguousarray(array)).reshape(state[key].shape).to(state[key].dtype)
             )
             report.loaded.append(name)
+    from_file = set(new) | seen
     for key in state:
-        if key in new or key in seen or key.endswith("num_batches_tracked"):
+        if key in from_file or key.endswith("num_batches_tracked"):
             continue
         c2 = torch_to_caffe2_name(key)
-        stat = key.endswith(("running_mean", "running_var"))
-        if stat and not strict:
+        if not strict and _affine_only_layer(key, new, from_file):
             new[key] = torch.zeros_like(state[key]) if key.endswith("mean") else torch.ones_like(state[key])
             report.defaulted.append(c2)
         else:
