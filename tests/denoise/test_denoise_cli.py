@@ -74,3 +74,13 @@ def test_cli_errors(tmp_path, capsys):
     write_image(tiny, torch.rand(1, 8, 8))
     assert main(["denoise", str(tiny), "-o", str(tmp_path / "o.png")]) == 2
     assert "need an image larger than" in capsys.readouterr().err
+
+
+def test_cli_returns_a_noise_free_image_unchanged(tmp_path):
+    """Issue 17 item 14 through the CLI: no noise found, no --h given: the image comes back."""
+    img = torch.full((3, 32, 32), 64 / 255)
+    img[:, 8:24, 4:20] = 192 / 255
+    src, dst = tmp_path / "flat.png", tmp_path / "out.png"
+    write_image(src, img)
+    assert main(["denoise", str(src), "-o", str(dst), "--no-progress"]) == 0
+    assert torch.equal(read_image(dst), read_image(src))

@@ -104,7 +104,8 @@ def test_fully_nonlocal_mode():
     clean = _smooth_image(32)
     gen = torch.Generator().manual_seed(4)
     noisy = clean + 0.1 * torch.randn(clean.shape, generator=gen)
-    out = nl_means(noisy, sigma=0.1, h=0.12, patch_size=5, fully_nonlocal=True)
+    kw = {"patch_weights": "uniform", "centre_weight": "one"}
+    out = nl_means(noisy, sigma=0.1, h=0.12, patch_size=5, fully_nonlocal=True, **kw)
     # against the explicit all-pairs weights exp(-d2 / h^2)
     x = noisy[None, None].double()
     patches = torch.nn.functional.unfold(torch.nn.functional.pad(x, (2, 2, 2, 2), mode="reflect"), 5)[0].T
@@ -113,6 +114,78 @@ def test_fully_nonlocal_mode():
     ref = (w @ x.flatten()) / w.sum(1)
     torch.testing.assert_close(out.double().flatten(), ref, atol=1e-4, rtol=1e-4)
     assert psnr(out, clean) > psnr(noisy, clean) + 3
+    assert (
+        psnr(nl_means(noisy, sigma=0.1, h=0.12, patch_size=5, fully_nonlocal=True), clean)
+        > psnr(noisy, clean) + 3
+    )
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+@pytest.mark.parametrize(
+    ("weights", "centre"), [("gaussian", "max"), ("uniform", "max"), ("gaussian", "one"), ("uniform", "one")]
+)
+def test_fully_nonlocal_honours_patch_and_centre_weights(channels, weights, centre):
+    """Issue 17 item 13: the whole image is the search window, with the windowed mode's patch
+    weighting and centre rule; sigma = 0, so the 2 sigma^2 clamp (not applied here) is moot."""
+    gen = torch.Generator().manual_seed(5)
+    img = torch.rand(channels, 7, 8, generator=gen, dtype=torch.float64)
+    kw = {"patch_weights": weights, "centre_weight": centre}
+    out = nl_means(img, sigma=0.0, h=0.2, patch_size=5, search_window=3, fully_nonlocal=True, **kw)
+    ref = brute_force(img[None], 0.0, 0.2, 5, 15, weights=weights, centre=centre)[0]
+    torch.testing.assert_close(out, ref, atol=1e-10, rtol=1e-10)
+    f32 = nl_means(img.float(), sigma=0.0, h=0.2, patch_size=5, search_window=3, fully_nonlocal=True, **kw)
+    assert f32.dtype == torch.float32
+    torch.testing.assert_close(f32.double(), ref, atol=1e-5, rtol=1e-5)
+
+
+def test_fully_nonlocal_needs_no_search_window_fit():
+    img = torch.rand(2, 6, 6, dtype=torch.float64)
+    out = nl_means(img, sigma=0.1, h=0.2, patch_size=3, fully_nonlocal=True)  # search_window 21 unused
+    assert out.shape == img.shape
+    with pytest.raises(ValueError, match="patch_size 13 needs an image larger than 6 pixels"):
+        nl_means(img, sigma=0.1, h=0.2, patch_size=13, fully_nonlocal=True)
+
+
+def _noise_free(size=16):
+    img = torch.full((1, size, size), 0.25)
+    img[:, 4:12, 6:14] = 0.75  # edges on even rows / columns: every diagonal Haar coefficient is 0
+    return img
+
+
+@pytest.mark.parametrize("fully", [False, True])
+def test_noise_free_image_comes_back_unchanged(fully):
+    """Issue 17 item 14: estimated sigma 0 gives the default h 0; such an image is returned as it
+    is (the h -> 0 limit), per image of a batch; an explicit h = 0 stays an error."""
+    clean = _noise_free()
+    assert estimate_sigma(clean).item() == 0
+    kw = {"patch_size": 3, "search_window": 5, "fully_nonlocal": fully}
+    out = nl_means(clean, **kw)
+    assert out is not clean and torch.equal(out, clean)
+    gen = torch.Generator().manual_seed(6)
+    noisy = clean + 0.1 * torch.randn(clean.shape, generator=gen)
+    batch = torch.stack([clean, noisy])
+    out = nl_means(batch, **kw)
+    assert torch.equal(out[0], clean)
+    torch.testing.assert_close(out[1], nl_means(noisy, **kw))
+    assert not torch.allclose(out[1], noisy)
+    assert torch.equal(nl_means(clean, sigma=0.0, **kw), clean)  # sigma 0 given, h not: the same
+    with pytest.raises(ValueError, match="h must be > 0"):
+        nl_means(clean, h=0.0, **kw)
+    with pytest.raises(ValueError, match="h must be > 0"):
+        nl_means(batch, sigma=0.0, h=0.0, **kw)
+
+
+def test_noise_free_video_comes_back_unchanged():
+    clean = _noise_free()[None].expand(4, 1, 16, 16).contiguous()  # (T, C, H, W)
+    kw = {"patch_size": 3, "search_window": 5, "temporal_window": 3}
+    assert torch.equal(nl_means_video(clean, **kw), clean)
+    gen = torch.Generator().manual_seed(7)
+    noisy = clean + 0.1 * torch.randn(clean.shape, generator=gen)
+    out = nl_means_video(torch.stack([noisy, clean]), **kw)
+    assert torch.equal(out[1], clean)
+    torch.testing.assert_close(out[0], nl_means_video(noisy, **kw))
+    with pytest.raises(ValueError, match="h must be > 0"):
+        nl_means_video(clean, h=0.0, **kw)
 
 
 def test_errors():

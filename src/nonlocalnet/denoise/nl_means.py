@@ -10,12 +10,14 @@ the pixels of the ``search_window x search_window`` window around ``i`` that lie
 Patches that cross the border are reflected. The pixel itself weighs ``w_ii = max_j w_ij``
 (``centre_weight="max"``, Buades, Coll, Morel, IPOL 2011: with ``w_ii = 1`` it would dominate
 its own average), or 1 if every other weight underflows; ``centre_weight="one"`` keeps the
-plain ``w_ii = exp(0) = 1``.
+plain ``w_ii = exp(0) = 1``. The fully non-local mode uses the whole image as the window, with
+the same patch weights and centre rule, without the ``2 sigma^2`` clamp.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -109,17 +111,35 @@ def _patch_mean(x: Tensor, kernel: Tensor) -> Tensor:
     return rows
 
 
-def _resolve(frames: Tensor, sigma: float | Tensor | None, h: float | None) -> tuple[Tensor, Tensor]:
-    """Per-item ``(sigma, h)`` for ``(B, T, C, H, W)``: given, or sigma estimated over all frames."""
+def _resolve(frames: Tensor, sigma: float | Tensor | None, h: float | None) -> tuple[Tensor, Tensor, Tensor]:
+    """Per-item ``(sigma, h, unchanged)`` for ``(B, T, C, H, W)``: sigma given or estimated over
+    all frames; h given or :func:`default_h`. ``unchanged`` marks the items whose default h is 0
+    (sigma 0: a noise-free item, returned as it is); a given h must be > 0."""
     b, t = frames.shape[:2]
     if sigma is None:
         s = estimate_sigma(frames.reshape(b * t, *frames.shape[2:])).reshape(b, t).mean(dim=1)
     else:
         s = torch.as_tensor(sigma, dtype=frames.dtype).expand(b)
-    hh = default_h(s) if h is None else torch.as_tensor(h, dtype=frames.dtype).expand(b)
-    if (hh <= 0).any():
+    if h is None:
+        hh = default_h(s)
+        unchanged = hh == 0
+    else:
+        hh = torch.as_tensor(h, dtype=frames.dtype).expand(b)
+        unchanged = torch.zeros(b, dtype=torch.bool)
+    if (hh[~unchanged] <= 0).any():
         raise ValueError(f"h must be > 0, got {hh.tolist()}")
-    return s.to(frames), hh.to(frames)
+    return s.to(frames), hh.to(frames), unchanged.to(frames.device)
+
+
+def _per_item(x: Tensor, unchanged: Tensor, denoise: Callable[[Tensor, Tensor | slice], Tensor]) -> Tensor:
+    """``denoise(items, index)`` on the items of ``x`` not marked ``unchanged``; those are copied."""
+    if not unchanged.any():
+        return denoise(x, slice(None))
+    y = x.clone()
+    todo = (~unchanged).nonzero().flatten()
+    if todo.numel():
+        y[todo] = denoise(x[todo], todo)
+    return y
 
 
 def _windowed(
@@ -194,21 +214,51 @@ def _windowed(
     return (num + self_w * frames) / (den + self_w)
 
 
-def _fully_nonlocal(x: Tensor, sigma: Tensor, h: Tensor, p: int) -> Tensor:
-    """Every pixel attends to every pixel of its image, through the fused/chunked attention:
-    ``exp(-d2 / h^2)`` factorises as ``exp((2 P_i.P_j - |P_j|^2) / (D h^2))`` up to a per-row
-    constant, so no ``N x N`` matrix is formed. (Without the ``-2 sigma^2`` clamp, which does not
-    factorise.)"""
+_CHUNK_ELEMENTS = 1 << 22  # pairwise weights per chunk of the fully non-local "max" loop
+
+
+def _fully_nonlocal(x: Tensor, h: Tensor, p: int, patch_weights: str, centre_weight: str) -> Tensor:
+    """Every pixel ``i`` weighs every pixel ``j`` of its image by ``exp(-d2_ij / h^2)``, ``d2`` the
+    windowed mode's patch distance (without the ``-2 sigma^2`` clamp, which does not factorise).
+
+    The patch weights factorise: each patch entry is scaled by the square root of its kernel
+    weight, so ``d2 = |P_i - P_j|^2 / C``. With ``centre_weight="one"`` (``j = i`` has ``d2 = 0``,
+    weight 1) this is the fused/chunked attention: ``exp(-d2 / h^2)`` is
+    ``exp((2 P_i.P_j - |P_j|^2) / (C h^2))`` up to a per-row constant, so no ``N x N`` matrix is
+    formed. ``"max"`` needs each pixel's best match other than itself, which a normalised
+    attention cannot give; it loops over chunks of rows (memory ``chunk x N``).
+    """
     b, c, height, width = x.shape
     rp = p // 2
-    d = c * p * p
     patches = F.unfold(F.pad(x, (rp, rp, rp, rp), mode="reflect"), p).transpose(1, 2)  # (B, N, D)
-    k = 1 / (d * h**2)[:, None, None]
-    ones = torch.ones_like(patches[..., :1])
-    theta = torch.cat([2 * k * patches, ones], dim=2)
-    phi = torch.cat([patches, -k * patches.square().sum(dim=2, keepdim=True)], dim=2)
+    root = _patch_kernel(p, patch_weights, x)
+    root = torch.outer(root, root).sqrt().flatten().repeat(c)  # unfold's order: channel, row, column
+    patches = patches * root
     values = x.flatten(2).transpose(1, 2)  # (B, N, C)
-    y = softmax_attention(theta, phi, values, scale=1.0, algorithm="chunked")
+    k = 1 / (c * h**2)[:, None, None]
+    if centre_weight == "one":
+        ones = torch.ones_like(patches[..., :1])
+        theta = torch.cat([2 * k * patches, ones], dim=2)
+        phi = torch.cat([patches, -k * patches.square().sum(dim=2, keepdim=True)], dim=2)
+        y = softmax_attention(theta, phi, values, scale=1.0, algorithm="chunked")
+    else:
+        n = patches.shape[1]
+        sq = patches.square().sum(dim=2)  # (B, N)
+        y = torch.empty_like(values)
+        chunk = max(1, _CHUNK_ELEMENTS // (b * n))
+        for s in range(0, n, chunk):
+            e = min(n, s + chunk)
+            d2 = torch.baddbmm(
+                sq[:, s:e, None] + sq[:, None, :], patches[:, s:e], patches.transpose(1, 2), alpha=-2
+            )
+            w = d2.clamp_(min=0).mul_(-k).exp_()  # (B, n, N)
+            rows = torch.arange(e - s, device=x.device)
+            w[:, rows, rows + s] = 0  # j != i
+            top = w.amax(dim=2)
+            self_w = torch.where(top > 0, top, 1.0)[..., None]  # 1 if every match underflowed
+            y[:, s:e] = (torch.bmm(w, values) + self_w * values[:, s:e]) / (
+                w.sum(dim=2, keepdim=True) + self_w
+            )
     return y.transpose(1, 2).reshape(b, c, height, width)
 
 
@@ -233,14 +283,24 @@ def nl_means(
     ``patch_weights`` chooses a Gaussian-weighted or plain patch mean). Distances are symmetric,
     so only half of the ``search_window^2`` shifts are computed, each weight serving both
     pixels of its pair. Rows are processed in tiles of ``tile_size`` to bound memory.
-    ``fully_nonlocal=True`` searches the whole image through the non-local attention path
-    (memory linear in the number of pixels).
+    ``fully_nonlocal=True`` searches the whole image (``search_window`` is not used), with the
+    same patch weights and centre rule but without the ``2 sigma^2`` clamp; memory linear in the
+    number of pixels (see :func:`_fully_nonlocal`).
+
+    An image whose sigma is 0 (estimated: no noise found; or given) and for which no ``h`` was
+    given is returned unchanged (a copy), per image of a batch: that is the limit ``h -> 0``,
+    where only identical patches, hence identical pixels, keep weight. A given ``h`` must be > 0.
     """
     x, shape = _as_batch(image, "image")
     _check_odd(patch_size, "patch_size")
     _check_odd(search_window, "search_window")
     height, width = x.shape[-2:]
-    if patch_size // 2 + search_window // 2 >= min(height, width):
+    if fully_nonlocal and patch_size // 2 >= min(height, width):
+        raise ValueError(
+            f"patch_size {patch_size} needs an image larger than {patch_size // 2} pixels per side, "
+            f"got {height} x {width}"
+        )
+    if not fully_nonlocal and patch_size // 2 + search_window // 2 >= min(height, width):
         raise ValueError(
             f"patch_size {patch_size} + search_window {search_window} need an image larger than "
             f"{patch_size // 2 + search_window // 2} pixels per side, got {height} x {width}"
@@ -248,14 +308,24 @@ def nl_means(
     _check_weights(patch_weights, centre_weight)
     if not isinstance(tile_size, int) or tile_size < 1:
         raise ValueError(f"tile_size must be a positive int, got {tile_size!r}")
-    s, hh = _resolve(x[:, None], sigma, h)
-    if fully_nonlocal:
-        y = _fully_nonlocal(x, s, hh, patch_size)
-    else:
-        y = _windowed(
-            x[:, None], s, hh, patch_size, search_window, 1, tile_size, patch_weights, centre_weight
+    s, hh, unchanged = _resolve(x[:, None], sigma, h)
+
+    def denoise(items: Tensor, idx: Tensor | slice) -> Tensor:
+        if fully_nonlocal:
+            return _fully_nonlocal(items, hh[idx], patch_size, patch_weights, centre_weight)
+        return _windowed(
+            items[:, None],
+            s[idx],
+            hh[idx],
+            patch_size,
+            search_window,
+            1,
+            tile_size,
+            patch_weights,
+            centre_weight,
         )[:, 0]
-    return y.reshape(shape)
+
+    return _per_item(x, unchanged, denoise).reshape(shape)
 
 
 def nl_means_video(
@@ -271,7 +341,8 @@ def nl_means_video(
     tile_size: int = 256,
 ) -> Tensor:
     """Spatio-temporal NL-means on ``(T, C, H, W)`` or ``(B, T, C, H, W)``: 2D patches, a search
-    window spanning ``temporal_window`` neighbouring frames (those inside the clip)."""
+    window spanning ``temporal_window`` neighbouring frames (those inside the clip). A clip with
+    sigma 0 and no ``h`` given is returned unchanged, as in :func:`nl_means`."""
     if not isinstance(video, Tensor) or video.dim() not in (4, 5):
         shape = tuple(video.shape) if isinstance(video, Tensor) else type(video).__name__
         raise ValueError(f"video must be (T, C, H, W) or (B, T, C, H, W), got {shape}")
@@ -292,9 +363,21 @@ def nl_means_video(
         raise ValueError(
             f"search_window {search_window} and patch_size {patch_size} do not fit {height} x {width}"
         )
-    s, hh = _resolve(v, sigma, h)
-    y = _windowed(
-        v, s, hh, patch_size, search_window, temporal_window, tile_size, patch_weights, centre_weight
+    s, hh, unchanged = _resolve(v, sigma, h)
+    y = _per_item(
+        v,
+        unchanged,
+        lambda items, idx: _windowed(
+            items,
+            s[idx],
+            hh[idx],
+            patch_size,
+            search_window,
+            temporal_window,
+            tile_size,
+            patch_weights,
+            centre_weight,
+        ),
     )
     return y.reshape(video.shape)
 
