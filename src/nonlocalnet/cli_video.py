@@ -91,7 +91,14 @@ def _check_data(args: argparse.Namespace) -> int:
     )
     for bad in report.bad:
         print(f"BAD {bad.path}: {bad.reason}")
-    print(f"checked {report.total} videos in {report.seconds:.1f} s: {len(report.bad)} bad")
+    for note in report.corrected:
+        print(f"COUNT {note.path}: {note.detail}")
+    for note in report.slow:
+        print(f"SLOW {note.path}: {note.detail} (every read decodes from the start)")
+    print(
+        f"checked {report.total} videos in {report.seconds:.1f} s: {len(report.bad)} bad, "
+        f"{len(report.corrected)} with a corrected frame count, {len(report.slow)} slow to read"
+    )
     if args.json:
         Path(args.json).write_text(json.dumps(report.to_dict(), indent=2))
     return 0 if report.ok else 1
@@ -168,7 +175,10 @@ def add_video_commands(sub: argparse._SubParsersAction) -> None:
     de.add_argument("--no-progress", action="store_true")
     de.set_defaults(func=_demo)
 
-    ck = sub.add_parser("check-data", help="scan a dataset and report every unreadable video")
+    ck = sub.add_parser(
+        "check-data",
+        help="scan a dataset: unreadable videos, wrong header frame counts, videos slow to read",
+    )
     ck.add_argument("--list", default=None, help="list file (path label per line, or CSV)")
     ck.add_argument("--root", default=None, help="base folder of relative paths in the list")
     ck.add_argument("--class-names", default=None, help="class names file, for name labels")

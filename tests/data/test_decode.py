@@ -22,7 +22,7 @@ FORMATS = {
 def decoded(monkeypatch):
     """Counts the frames the decoder outputs (and the sequential fallbacks)."""
     stats = {"frames": 0, "sequential": 0}
-    frames, sequential = D._Reader._frames, D._Reader._read_sequential
+    frames, sequential = D.VideoReader._frames, D.VideoReader._read_sequential
 
     def counting_frames(self):
         for f in frames(self):
@@ -33,8 +33,8 @@ def decoded(monkeypatch):
         stats["sequential"] += 1
         return sequential(self, *a)
 
-    monkeypatch.setattr(D._Reader, "_frames", counting_frames)
-    monkeypatch.setattr(D._Reader, "_read_sequential", counting_sequential)
+    monkeypatch.setattr(D.VideoReader, "_frames", counting_frames)
+    monkeypatch.setattr(D.VideoReader, "_read_sequential", counting_sequential)
     return stats
 
 
@@ -78,51 +78,63 @@ def test_read_frames_exact_frames_bit_for_bit(make_video, codes):
 
 def test_read_frames_seeks_instead_of_decoding_from_the_start(make_video, decoded):
     path = make_video("long.mp4", 120, gop=8)
-    read_frames(path, list(range(100, 108)))
+    info = probe_video(path, exact=True)  # the index: packets demuxed, the first frames decoded once
+    assert decoded["frames"] <= 12
+    decoded["frames"] = 0
+    read_frames(path, list(range(100, 108)), info=info)
     assert decoded["frames"] <= 8 + 8  # the GOP before the clip at most, not the 100 before it
     decoded["frames"] = 0
-    read_frames(path, [2, 3, 117, 118])  # two runs: two seeks
+    read_frames(path, [2, 3, 117, 118], info=info)  # two runs: two seeks
     assert decoded["frames"] <= 2 * 16
     decoded["frames"] = 0
     read_all_frames(path)
     assert decoded["frames"] == 120
 
 
-def test_variable_frame_rate_falls_back_to_counting(make_video, codes, decoded):
+def test_variable_frame_rate_seeks_by_timestamp_rank(make_video, codes, decoded):
     pts = [i * 40 + (i % 3) * 13 for i in range(N)]  # irregular timestamps
     path = make_video("vfr.mkv", N, pts=pts)
-    assert probe_video(path, exact=True).num_frames == N
+    info = probe_video(path, exact=True)
+    assert info.num_frames == N and info.index.seekable
     everything = read_all_frames(path)
     idx = [30, 31, 32, 5]
-    got = read_frames(path, idx)
+    got = read_frames(path, idx, info=info)
     assert codes(got) == idx and torch.equal(got, everything[idx])
-    assert decoded["sequential"] == 1
+    assert decoded["sequential"] == 0
 
 
 def test_missing_timestamps_fall_back_to_counting(make_video, codes, monkeypatch, decoded):
     path = make_video("v.mp4", N)
+    packets = D.VideoReader._packets
 
-    def no_pts(self, pts):
-        raise D._Fallback
+    def no_pts(self):
+        return [(None, dts, key) for _, dts, key in packets(self)]
 
-    monkeypatch.setattr(D._Reader, "_index", no_pts)
-    assert codes(read_frames(path, [40, 2, 41])) == [40, 2, 41]
+    monkeypatch.setattr(D.VideoReader, "_packets", no_pts)
+    info = probe_video(path, exact=True)
+    assert info.num_frames == N and not info.index.seekable
+    assert "no presentation timestamps" in info.slow_reason
+    assert codes(read_frames(path, [40, 2, 41], info=info)) == [40, 2, 41]
     assert decoded["sequential"] == 1
+    with pytest.raises(VideoDecodeError, match=f"frame {N} does not exist"):
+        read_frames(path, [N], info=info)
 
 
 def test_frames_beyond_the_end_or_truncated_are_errors(make_video, tmp_path):
     path = make_video("v.mp4", N)
-    with pytest.raises(VideoDecodeError, match=r"frame 48 could not be decoded") as err:
+    with pytest.raises(VideoDecodeError, match=r"frame 48 does not exist \(the video has 48 frames") as err:
         read_frames(path, [46, 47, 48])
     assert err.value.path == str(path) and "48" in err.value.reason and str(path) in str(err.value)
     # moov atom first: the header survives the cut, the late frames do not
     whole = make_video("fast.mp4", N, faststart=True)
     cut = tmp_path / "cut.mp4"
     cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
-    assert probe_video(cut).num_frames == N
-    assert read_frames(cut, [0, 1]).shape[0] == 2
-    with pytest.raises(VideoDecodeError, match="could not be decoded|decoding failed"):
-        read_frames(cut, [N - 1])
+    assert probe_video(cut).num_frames == N  # the header alone does not show it
+    for idx in ([0, 1], [N - 1]):  # the index does: packets are missing
+        with pytest.raises(VideoDecodeError, match=f"truncated: the header lists {N} frames, the file holds"):
+            read_frames(cut, idx)
+    with pytest.raises(VideoDecodeError, match="truncated"):
+        probe_video(cut, exact=True)
 
 
 def test_unreadable_files(make_video, tmp_path):

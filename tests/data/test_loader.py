@@ -136,11 +136,13 @@ def test_check_dataset(make_video, tmp_path):
     samples[0] = str(good)  # plain paths work too
     report = check_dataset(samples, progress=False)
     assert report.total == 6 and not report.ok and report.seconds > 0
-    assert [b.index for b in report.bad] == [1, 2, 3, 4]
+    # the index (every packet demuxed) finds the late cut without decoding to the end
+    assert [b.index for b in report.bad] == [1, 2, 3, 4, 5]
     assert ["file not found" in report.bad[0].reason, "empty" in report.bad[1].reason] == [True, True]
+    assert "truncated: the header lists 24 frames" in report.bad[4].reason
     decoded = check_dataset(samples, decode=True, num_workers=2, progress=False)
-    assert [b.index for b in decoded.bad] == [1, 2, 3, 4, 5]
-    assert decoded.bad[:4] == report.bad
+    assert decoded.bad == report.bad
     d = json.loads(json.dumps(decoded.to_dict()))
     assert d["bad_count"] == 5 and d["bad"][4]["path"].endswith("late_cut.mp4") and not d["ok"]
+    assert d["corrected_count"] == 0 and d["slow"] == []  # bad files are only bad
     assert check_dataset(samples[:1], decode=True, progress=False).ok

@@ -1,6 +1,6 @@
 """Video data: decoding (PyAV), clip sampling, transforms, datasets, loaders and data checks."""
 
-from nonlocalnet.data.check import CheckReport, check_dataset
+from nonlocalnet.data.check import CheckReport, VideoNote, check_dataset
 from nonlocalnet.data.datasets import (
     VIDEO_EXTENSIONS,
     BadDataLog,
@@ -18,7 +18,15 @@ from nonlocalnet.data.datasets import (
     read_video_list,
     scan_class_folders,
 )
-from nonlocalnet.data.decode import VideoDecodeError, VideoInfo, probe_video, read_all_frames, read_frames
+from nonlocalnet.data.decode import (
+    FrameIndex,
+    VideoDecodeError,
+    VideoInfo,
+    VideoReader,
+    probe_video,
+    read_all_frames,
+    read_frames,
+)
 from nonlocalnet.data.sampling import test_clip_indices, train_clip_indices
 from nonlocalnet.data.transforms import (
     TransformConfig,
@@ -44,10 +52,13 @@ __all__ = [
     "DataQualityError",
     "EpochSampler",
     "FrameCache",
+    "FrameIndex",
     "TransformConfig",
     "VideoClipDataset",
     "VideoDecodeError",
     "VideoInfo",
+    "VideoNote",
+    "VideoReader",
     "VideoSample",
     "build_loader",
     "center_crop",

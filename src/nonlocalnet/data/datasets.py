@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from nonlocalnet.data.decode import VideoDecodeError, VideoInfo, _Reader, probe_video, read_all_frames
+from nonlocalnet.data.decode import VideoDecodeError, VideoInfo, VideoReader
 from nonlocalnet.data.sampling import test_clip_indices, train_clip_indices
 from nonlocalnet.data.transforms import TransformConfig, test_views, train_transform
 
@@ -332,19 +332,22 @@ class VideoClipDataset(Dataset):
     def _cached(self, path: str, gen: torch.Generator | None, clip: int) -> Tensor:
         frames = self.frame_cache.get(path)
         if frames is None:
-            expected = probe_video(path, exact=True).num_frames
-            frames = read_all_frames(path, threads=self.threads)
+            with VideoReader(path, threads=self.threads) as reader:
+                expected = reader.info(exact=True).num_frames
+                frames = reader.read_all()
             if len(frames) < expected:
                 raise VideoDecodeError(path, f"truncated: decoded {len(frames)} of {expected} frames")
             self.frame_cache.put(path, frames)
         return frames[self._indices(len(frames), gen, clip)]
 
     def _read(self, path: str, video_index: int, gen: torch.Generator | None, clip: int) -> Tensor:
-        with _Reader(path, threads=self.threads) as reader:
-            if video_index in self._infos:
-                reader._info = self._infos[video_index]
-            info = self._infos[video_index] = reader.info(exact=True)
-            return reader.read(self._indices(info.num_frames, gen, clip))
+        # the exact info (frame count and index) is built on first use and kept per process
+        with VideoReader(path, threads=self.threads, info=self._infos.get(video_index)) as reader:
+            info = reader.info(exact=True)
+            try:
+                return reader.read(self._indices(info.num_frames, gen, clip))
+            finally:
+                self._infos[video_index] = reader.info()  # a read may have learnt the index is unusable
 
 
 # -- batches and bad samples ----------------------------------------------------------------------

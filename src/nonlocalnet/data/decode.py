@@ -1,12 +1,33 @@
-"""Video decoding with PyAV: header probing and seeking reads of just the frames a clip needs.
+"""Video decoding with PyAV: header probing, a frame index, and seeking reads of just the frames a
+clip needs.
 
-Frame ``i`` of a video is the ``i``-th frame the decoder outputs in presentation order (what
-:func:`read_all_frames` returns at row ``i``). :func:`read_frames` finds it without decoding from
-the start: the index of a decoded frame is ``round((pts - start_time) * time_base * rate)``, exact
-for the constant-rate streams that datasets hold. When timestamps are missing, or are not regular
-(a variable frame rate, frames the decoder dropped), it falls back to decoding from the start and
-counting, so the two functions always agree. A frame that cannot be produced is an error, never
-replaced by another frame.
+**Frame ``i`` of a video is the ``i``-th frame its decoder outputs when it decodes the whole stream
+from the start** (row ``i`` of :func:`read_all_frames`). :func:`read_frames` returns exactly that
+frame, or raises :class:`VideoDecodeError`; it never returns another frame.
+
+To find frame ``i`` without decoding everything before it, a :class:`FrameIndex` is built once per
+video: the stream's packets are demuxed (not decoded), their presentation timestamps (pts) sorted,
+and frame ``i`` is the frame whose pts has rank ``i``. Nothing is derived from a frame rate or a
+start time, so variable frame rates, streams whose first pts is not the start time, B-frame
+reordering, B-pyramids and open GOPs need no special case. Where this could still drift from the
+sequential decode, it is checked:
+
+- every packet must carry a pts, and no two the same (containers that only carry decode
+  timestamps, duplicated frames);
+- the first frames are decoded once and their pts must be the index's first entries, in order.
+  This catches decoders that drop frames at the start of the stream (leading pictures of an open
+  GOP, a stream cut mid-GOP; those pts are removed from the index), pts that the decoder does not
+  return as the container gave them, and containers whose "pts" are really decode order (H.264
+  with B-frames in AVI);
+- edit lists: packets the demuxer marks as discarded are left out, as the decoder leaves them out;
+- every read checks the pts of every decoded frame: each must be in the index and follow its
+  predecessor without a gap.
+
+A video that fails a check is read by decoding from the start and counting (slow, but exact):
+:attr:`FrameIndex.slow_reason` says why. Frame counts come from the same index (or, for such
+videos, from decoding), so a clip sampler is never promised frames that do not exist;
+:func:`probe_video` without ``exact=True`` only reads headers and says when its count is an
+estimate.
 """
 
 from __future__ import annotations
@@ -14,34 +35,28 @@ from __future__ import annotations
 import operator
 import os
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from fractions import Fraction
 
 import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["VideoDecodeError", "VideoInfo", "probe_video", "read_all_frames", "read_frames"]
+__all__ = [
+    "FrameIndex",
+    "VideoDecodeError",
+    "VideoInfo",
+    "VideoReader",
+    "probe_video",
+    "read_all_frames",
+    "read_frames",
+]
 
-# How far before the first needed frame to seek again when a seek lands after it (the container
-# seeks by decode timestamps, or has no exact index); after these, decode from the start.
-_SEEK_RETRIES = (8, 64)
-
-
-@dataclass(frozen=True)
-class VideoInfo:
-    """What the container and stream headers say about a video's first video stream.
-
-    ``num_frames`` comes from the header's frame count; when the header has none, from
-    duration x fps, or from counting packets (see :func:`probe_video`).
-    """
-
-    path: str
-    num_frames: int
-    fps: float
-    width: int
-    height: int
-    codec: str
+# Frames decoded once when a video is indexed, to check the start of the stream against the index.
+_VERIFY_FRAMES = 12
+# Seeks tried per run of frames (the keyframe before the run, then earlier ones) before decoding
+# from the start.
+_SEEK_ATTEMPTS = 4
 
 
 class VideoDecodeError(RuntimeError):
@@ -56,8 +71,78 @@ class VideoDecodeError(RuntimeError):
         return (type(self), (self.path, self.reason))
 
 
-class _Fallback(Exception):
-    """Timestamps cannot locate frames: decode from the start and count instead."""
+@dataclass(frozen=True, eq=False)
+class FrameIndex:
+    """Where each frame of a video stream is (see the module docstring).
+
+    ``pts`` (int64 ``(num_frames,)``, ascending) is frame ``i``'s presentation timestamp in the
+    stream's time base; ``keyframes`` the frame indices of keyframes and ``seek_ts`` their decode
+    timestamps (their pts where the container has none). When the timestamps cannot locate frames,
+    ``pts`` is ``None``, ``slow_reason`` says why, and every read decodes from the start.
+    ``dropped_at_start`` counts packets at the start of the stream that the decoder never outputs.
+    """
+
+    num_frames: int
+    pts: np.ndarray | None
+    keyframes: np.ndarray
+    seek_ts: np.ndarray
+    slow_reason: str | None = None
+    dropped_at_start: int = 0
+
+    @property
+    def seekable(self) -> bool:
+        return self.pts is not None
+
+    def locate(self, pts: int | None) -> int | None:
+        """The frame index of a decoded frame's ``pts``, ``None`` if it is not in the index."""
+        if pts is None or self.pts is None:
+            return None
+        i = int(np.searchsorted(self.pts, pts))
+        return i if i < len(self.pts) and self.pts[i] == pts else None
+
+    def keyframe_before(self, frame: int) -> int:
+        """Position in ``keyframes`` of the last keyframe at or before ``frame`` (-1: none)."""
+        return int(np.searchsorted(self.keyframes, frame, side="right")) - 1
+
+    @classmethod
+    def counted(cls, num_frames: int, reason: str) -> FrameIndex:
+        empty = np.empty(0, np.int64)
+        return cls(num_frames, None, empty, empty, reason)
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """A video's first video stream: size, rate, codec and frame count.
+
+    ``num_frames`` is exact when ``exact`` is true (counted from the :class:`FrameIndex`, kept in
+    ``index``); otherwise it is the header's count or ``duration x fps``, an estimate that
+    Matroska, WebM, MPEG-TS and variable-rate videos often get wrong. ``header_frames`` is what the
+    header said (``None``: nothing), so ``corrected`` tells when the two differ.
+    """
+
+    path: str
+    num_frames: int
+    fps: float
+    width: int
+    height: int
+    codec: str
+    exact: bool = False
+    header_frames: int | None = None
+    index: FrameIndex | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def corrected(self) -> bool:
+        """The exact count differs from the header's estimate."""
+        return self.exact and self.header_frames is not None and self.header_frames != self.num_frames
+
+    @property
+    def slow_reason(self) -> str | None:
+        """Why this video's timestamps cannot be used for seeking (reads decode from the start)."""
+        return self.index.slow_reason if self.index is not None else None
+
+
+class _Untrusted(Exception):
+    """Decoded frames contradict the index: count from the start instead."""
 
 
 def _av():
@@ -70,10 +155,15 @@ def _errors() -> tuple[type[BaseException], ...]:
     return (_av().FFmpegError, OSError, ValueError, IndexError, UnicodeDecodeError)
 
 
-class _Reader:
-    """One open container: probing and reading share it (``with _Reader(path) as r: ...``)."""
+class VideoReader:
+    """One open video: probing, indexing and reading share it.
 
-    def __init__(self, path: str | os.PathLike, *, threads: int = 1) -> None:
+    ``with VideoReader(path) as r: r.read([0, 5, 9])``. ``info`` (an exact :class:`VideoInfo` from
+    an earlier reader or :func:`probe_video`) skips indexing again. ``threads`` is the decoder's
+    thread count (1 suits DataLoader workers, 0 lets FFmpeg choose).
+    """
+
+    def __init__(self, path: str | os.PathLike, *, threads: int = 1, info: VideoInfo | None = None) -> None:
         self.path = os.fspath(path)
         self.threads = threads
         if not os.path.exists(self.path):
@@ -82,10 +172,12 @@ class _Reader:
             raise VideoDecodeError(self.path, "not a regular file")
         if os.path.getsize(self.path) == 0:
             raise VideoDecodeError(self.path, "empty file (0 bytes)")
+        if info is not None and not isinstance(info, VideoInfo):
+            raise TypeError(f"info must be a VideoInfo, got {type(info).__name__}")
         self.container = None
         self._reformatter = None
         self._open()
-        self._info: VideoInfo | None = None
+        self._info: VideoInfo | None = info
 
     def _open(self) -> None:
         self.close()
@@ -99,12 +191,8 @@ class _Reader:
         self.stream = self.container.streams.video[0]
         self.stream.codec_context.thread_count = self.threads
         self._fresh = True  # positioned at the start, nothing decoded yet
-        tb, rate = self.stream.time_base, self._rate()
-        start = self.stream.start_time
-        self._step = None if not tb or not rate or start is None else Fraction(tb) * Fraction(rate)
-        self._start = start
 
-    def __enter__(self) -> _Reader:
+    def __enter__(self) -> VideoReader:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -115,46 +203,140 @@ class _Reader:
             self.container.close()
             self.container = None
 
-    def _rate(self) -> Fraction | None:
-        s = self.stream
-        for rate in (s.average_rate, s.guessed_rate, s.base_rate):
-            if rate:
-                return Fraction(rate)
-        return None
-
     # -- probing -------------------------------------------------------------------------------
 
     def info(self, *, exact: bool = False) -> VideoInfo:
-        if self._info is not None:
-            return self._info
-        s, cc = self.stream, self.stream.codec_context
-        rate = self._rate()
-        fps = float(rate) if rate else 0.0
-        n = s.frames or 0
-        if n <= 0 and not exact and fps > 0:
-            if s.duration and s.time_base:
-                seconds = float(s.duration * s.time_base)
-            elif self.container.duration:
-                seconds = self.container.duration / 1_000_000  # AV_TIME_BASE
-            else:
-                seconds = 0.0
-            n = round(seconds * fps)
-        if n <= 0:
-            n = self._count_packets()
-        if n <= 0:
-            raise VideoDecodeError(self.path, "the video stream has no frames")
-        if cc.width <= 0 or cc.height <= 0:
-            raise VideoDecodeError(self.path, "the video stream has no frame size in its header")
-        self._info = VideoInfo(self.path, int(n), fps, cc.width, cc.height, cc.name)
+        """The stream's :class:`VideoInfo`; ``exact=True`` indexes the video for a true count."""
+        if self._info is None:
+            self._info = self._header_info()
+        if exact and not self._info.exact:
+            index = self._build_index()
+            self._info = replace(self._info, num_frames=index.num_frames, exact=True, index=index)
         return self._info
 
-    def _count_packets(self) -> int:
-        """Frame count from demuxing (no decoding), in a separate container."""
+    def index(self) -> FrameIndex:
+        """The video's :class:`FrameIndex` (built on first use)."""
+        index = self.info(exact=True).index
+        if index is None:  # an exact info made without an index (by hand): index it now
+            index = self._build_index()
+            self._info = replace(self._info, num_frames=index.num_frames, index=index)
+        return index
+
+    def _header_info(self) -> VideoInfo:
+        s, cc = self.stream, self.stream.codec_context
+        rate = next((Fraction(r) for r in (s.average_rate, s.guessed_rate, s.base_rate) if r), None)
+        fps = float(rate) if rate else 0.0
+        estimate = s.frames or None
+        if estimate is None and fps > 0:
+            if s.duration and s.time_base:
+                estimate = round(float(s.duration * s.time_base) * fps) or None
+            elif self.container.duration:
+                estimate = round(self.container.duration / 1_000_000 * fps) or None  # AV_TIME_BASE
+        if cc.width <= 0 or cc.height <= 0:
+            raise VideoDecodeError(self.path, "the video stream has no frame size in its header")
+        info = VideoInfo(self.path, estimate or 0, fps, cc.width, cc.height, cc.name, header_frames=estimate)
+        if estimate is None:  # nothing to estimate from: count
+            index = self._build_index()
+            info = replace(info, num_frames=index.num_frames, exact=True, index=index)
+        return info
+
+    def _packets(self) -> list[tuple[int | None, int | None, bool]]:
+        """``(pts, dts, keyframe)`` of every video packet in decode order (demuxed, not decoded),
+        without the empty ones (AVI's dropped frames) and those the demuxer marks as discarded (edit
+        lists). Raises when the container's header lists more packets than the file holds."""
         try:
             with _av().open(self.path, metadata_errors="ignore") as c:
-                return sum(1 for p in c.demux(c.streams.video[0]) if p.size)
+                s = c.streams.video[0]
+                listed, total, out = s.frames, 0, []
+                for p in c.demux(s):
+                    if p.size or p.dts is not None or p.pts is not None:  # not the final flush packet
+                        total += 1
+                        if p.size and not p.is_discard:
+                            out.append((p.pts, p.dts, p.is_keyframe))
+                # the header lists more frames than there are packets, and its duration ends more
+                # than two frames after the last one (AVI's "frame count" of a variable-rate video
+                # is its duration in ticks: there the two agree)
+                if listed and total < listed:
+                    pts = sorted(p[0] for p in out if p[0] is not None)
+                    end = (s.start_time or 0) + (s.duration or 0)
+                    step = (pts[-1] - pts[0]) / (len(pts) - 1) if len(pts) > 1 else 0
+                    if not s.duration or not pts or pts[-1] + 2 * step < end:
+                        raise VideoDecodeError(
+                            self.path, f"truncated: the header lists {listed} frames, the file holds {total}"
+                        )
         except _errors() as e:
             raise VideoDecodeError(self.path, f"cannot read packets ({e})") from e
+        return out
+
+    def _build_index(self) -> FrameIndex:
+        packets = self._packets()
+        if not packets:
+            raise VideoDecodeError(self.path, "the video stream has no frames")
+        if any(p[0] is None for p in packets):
+            return self._counted("its packets carry no presentation timestamps (decode order only)")
+        pts = np.array([p[0] for p in packets], np.int64)
+        order = np.argsort(pts, kind="stable")
+        sorted_pts = pts[order]
+        if len(sorted_pts) > 1 and (np.diff(sorted_pts) == 0).any():
+            return self._counted("two packets share a presentation timestamp")
+        rank = np.empty(len(pts), np.int64)
+        rank[order] = np.arange(len(pts))
+        keys = [(rank[j], p[1] if p[1] is not None else p[0]) for j, p in enumerate(packets) if p[2]]
+        keys.sort()
+        keyframes = np.array([k for k, _ in keys], np.int64)
+        seek_ts = np.array([t for _, t in keys], np.int64)
+        index = FrameIndex(len(sorted_pts), sorted_pts, keyframes, seek_ts)
+        return self._verify_start(index)
+
+    def _verify_start(self, index: FrameIndex) -> FrameIndex:
+        """Decode the first frames; their pts must be the index's first ones, in order. Frames the
+        decoder never outputs at the start are removed from the index."""
+        self._rewind()
+        want = min(index.num_frames, _VERIFY_FRAMES)
+        seen: list[int] = []
+        try:
+            for frame in self._frames():
+                i = index.locate(frame.pts)
+                if i is None:
+                    return self._counted(f"a decoded frame's timestamp ({frame.pts}) is not a packet's")
+                if seen and i != seen[-1] + 1:
+                    return self._counted(
+                        f"decoded frames are not in timestamp order (frame {seen[-1]}, then {i}): "
+                        "the container's timestamps do not give the presentation order"
+                    )
+                seen.append(i)
+                if len(seen) >= want:
+                    break
+        except VideoDecodeError:
+            if not seen:
+                raise
+            # damaged data after the first frames: the start is checked; reading the frames
+            # past the damage reports it
+        if not seen:
+            raise VideoDecodeError(self.path, "no frame could be decoded")
+        drop = seen[0]
+        if drop == 0:
+            return index
+        kept = index.keyframes >= drop
+        return FrameIndex(
+            index.num_frames - drop,
+            index.pts[drop:],
+            index.keyframes[kept] - drop,
+            index.seek_ts[kept],
+            dropped_at_start=drop,
+        )
+
+    def _counted(self, reason: str) -> FrameIndex:
+        """Count frames by decoding everything (no colour conversion)."""
+        self._rewind()
+        count = sum(1 for _ in self._frames())
+        if count == 0:
+            raise VideoDecodeError(self.path, "no frame could be decoded")
+        return FrameIndex.counted(count, reason)
+
+    def _distrust(self, reason: str) -> None:
+        index = self._counted(reason)
+        self._info = replace(self.info(), num_frames=index.num_frames, exact=True, index=index)
 
     # -- reading -------------------------------------------------------------------------------
 
@@ -168,23 +350,16 @@ class _Reader:
         except _errors() as e:
             raise VideoDecodeError(self.path, f"decoding failed ({e})") from e
 
-    def _index(self, pts: int | None) -> int:
-        if pts is None or self._step is None:
-            raise _Fallback
-        return round((pts - self._start) * self._step)
-
-    def _seek(self, index: int) -> None:
-        if index <= 0 and self._fresh:
-            return
-        if index <= 0:
+    def _rewind(self) -> None:
+        if not self._fresh:
             self._open()  # the most reliable way back to the first frame
-            return
-        target = self._start + int(index / self._step)
+
+    def _seek(self, ts: int, frame: int) -> None:
         self._fresh = False
         try:
-            self.container.seek(target, backward=True, any_frame=False, stream=self.stream)
+            self.container.seek(int(ts), backward=True, any_frame=False, stream=self.stream)
         except _errors() as e:
-            raise VideoDecodeError(self.path, f"seek to frame {index} failed ({e})") from e
+            raise VideoDecodeError(self.path, f"seek to frame {frame} failed ({e})") from e
 
     def _rgb(self, frame, size: tuple[int, int]) -> np.ndarray:
         try:
@@ -200,44 +375,57 @@ class _Reader:
                 self.path, f"cannot convert a {frame.format.name} frame to RGB ({e})"
             ) from e
 
-    def _read_run(self, run: list[int], size: tuple[int, int]) -> dict[int, np.ndarray]:
-        """Frames ``run`` (sorted, unique): seek to the keyframe at or before ``run[0]``, decode forward."""
+    def _read_run(self, index: FrameIndex, run: list[int], size: tuple[int, int]) -> dict[int, np.ndarray]:
+        """Frames ``run`` (sorted, unique): seek to the keyframe at or before ``run[0]``, decode
+        forward; if the seek lands after ``run[0]``, seek to an earlier keyframe, finally start over."""
         first, last, wanted = run[0], run[-1], set(run)
-        for back in (0, *_SEEK_RETRIES, None):
-            start = 0 if back is None else max(first - back, 0)
-            self._seek(start)
+        # a container seeks by pts (Matroska) or by dts (MP4, AVI): try the keyframe's pts, then its
+        # dts, then earlier keyframes', then the start
+        targets: list[int | None] = []
+        for j in range(index.keyframe_before(first), -1, -1):
+            if index.keyframes[j] == 0 or len(targets) >= _SEEK_ATTEMPTS:
+                break
+            key_pts, key_dts = int(index.pts[index.keyframes[j]]), int(index.seek_ts[j])
+            targets += [key_pts] if key_dts == key_pts else [key_pts, key_dts]
+        for target in (*targets, None):
+            if target is None:
+                self._rewind()
+            else:
+                self._seek(target, first)
             got: dict[int, np.ndarray] = {}
             prev = None
             for frame in self._frames():
-                idx = self._index(frame.pts)
-                if idx < 0 or (prev is None and start == 0 and idx != 0):
-                    raise _Fallback  # timestamps before start_time, or the first frame is not at it
-                if prev is None and idx > first:
-                    break  # landed after the first needed frame
-                if prev is not None and idx != prev + 1:
-                    raise _Fallback  # irregular timestamps
-                prev = idx
-                if idx in wanted:
-                    got[idx] = self._rgb(frame, size)
-                if idx >= last:
+                i = index.locate(frame.pts)
+                if i is None:
+                    raise _Untrusted(f"a decoded frame's timestamp ({frame.pts}) is not in the index")
+                if prev is None and i > first:
+                    if target is None:
+                        raise _Untrusted(f"decoding from the start began at frame {i}")
+                    break  # landed after the first needed frame: seek further back
+                if prev is not None and i != prev + 1:
+                    raise _Untrusted(f"the decoder output frame {i} after frame {prev}")
+                prev = i
+                if i in wanted:
+                    got[i] = self._rgb(frame, size)
+                if i >= last:
                     break
-            if prev is None and start > 0:
-                continue  # overshot (or nothing after the seek point): seek further back
             if prev is None:
+                if target is not None:
+                    continue  # nothing usable after this seek point: try an earlier one
                 raise VideoDecodeError(self.path, "no frame could be decoded")
             missing = sorted(wanted - got.keys())
             if missing:
                 raise VideoDecodeError(
                     self.path,
-                    f"frame {missing[0]} could not be decoded (the stream ends at frame {prev}; "
-                    "beyond the end, or a truncated file?)",
+                    f"frame {missing[0]} could not be decoded (the stream ends at frame {prev} of "
+                    f"{index.num_frames}: a truncated or corrupt file?)",
                 )
             return got
         raise AssertionError("unreachable")
 
     def _read_sequential(self, wanted: set[int], size: tuple[int, int]) -> dict[int, np.ndarray]:
         """Decode from the start, counting frames, until the last wanted one."""
-        self._open()
+        self._rewind()
         last, got, count = max(wanted), {}, 0
         for count, frame in enumerate(self._frames(), 1):
             if count - 1 in wanted:
@@ -249,29 +437,54 @@ class _Reader:
             raise VideoDecodeError(
                 self.path,
                 f"frame {missing[0]} could not be decoded (the stream has {count} frames; "
-                "beyond the end, or a truncated file?)",
+                "a truncated or corrupt file?)",
             )
         return got
 
     def read(self, indices: Sequence[int], *, max_gap: int = 32) -> Tensor:
-        size = (self.info().height, self.info().width)
+        """Frames ``indices`` as uint8 RGB ``(len(indices), H, W, 3)``, in that order (see
+        :func:`read_frames`)."""
+        info = self.info()
+        size = (info.height, info.width)
         idx = _check_indices(indices)
         if not idx:
             return torch.empty((0, *size, 3), dtype=torch.uint8)
+        index = self.index()
+        beyond = max(idx)
+        if beyond >= index.num_frames:
+            raise VideoDecodeError(
+                self.path,
+                f"frame {beyond} does not exist (the video has {index.num_frames} frames, 0 to "
+                f"{index.num_frames - 1})",
+            )
         needed = sorted(set(idx))
-        runs = [[needed[0]]]
-        for i in needed[1:]:
-            if i - runs[-1][-1] > max_gap:
-                runs.append([i])
-            else:
-                runs[-1].append(i)
-        try:
-            got: dict[int, np.ndarray] = {}
-            for run in runs:
-                got.update(self._read_run(run, size))
-        except _Fallback:
+        got: dict[int, np.ndarray] = {}
+        if index.seekable:
+            runs = [[needed[0]]]
+            for i in needed[1:]:
+                if i - runs[-1][-1] > max_gap:
+                    runs.append([i])
+                else:
+                    runs[-1].append(i)
+            try:
+                for run in runs:
+                    got.update(self._read_run(index, run, size))
+            except _Untrusted as e:
+                self._distrust(str(e))  # remembered in info(): later reads count directly
+                got = {}
+        if not got:
             got = self._read_sequential(set(needed), size)
         return torch.from_numpy(np.stack([got[i] for i in idx]))
+
+    def read_all(self) -> Tensor:
+        """Every frame, decoded from the start: uint8 RGB ``(N, H, W, 3)``."""
+        info = self.info()
+        size = (info.height, info.width)
+        self._rewind()
+        frames = [self._rgb(f, size) for f in self._frames()]
+        if not frames:
+            raise VideoDecodeError(self.path, "no frame could be decoded")
+        return torch.from_numpy(np.stack(frames))
 
 
 def _check_indices(indices: Sequence[int]) -> list[int]:
@@ -290,15 +503,17 @@ def _check_indices(indices: Sequence[int]) -> list[int]:
 
 
 def probe_video(path: str | os.PathLike, *, exact: bool = False) -> VideoInfo:
-    """Read a video's headers (nothing is decoded).
+    """A video's :class:`VideoInfo`.
 
-    ``num_frames`` is the stream header's frame count; when it has none (Matroska/WebM, MPEG-TS),
-    ``round(duration * fps)``, or, if the duration is unknown too, the number of video packets
-    (demuxed, not decoded). ``exact=True`` counts packets instead of estimating from the
-    duration. Raises :class:`VideoDecodeError` for a missing, empty or unreadable file or one
-    without a video stream.
+    By default only headers are read (nothing decoded): ``num_frames`` is the stream header's
+    frame count, else ``round(duration * fps)``, an estimate (``info.exact`` is false) that
+    Matroska, WebM, MPEG-TS and variable-rate videos often get wrong. ``exact=True`` builds the
+    video's :class:`FrameIndex` (demuxes every packet and decodes the first few frames; a video
+    whose timestamps cannot be used is decoded whole) and counts exactly; pass that info to
+    :func:`read_frames` to reuse the index. Raises :class:`VideoDecodeError` for a missing, empty
+    or unreadable file or one without a video stream.
     """
-    with _Reader(path) as reader:
+    with VideoReader(path) as reader:
         return reader.info(exact=exact)
 
 
@@ -312,17 +527,17 @@ def read_frames(
 ) -> Tensor:
     """Frames ``indices`` of a video as uint8 RGB ``(len(indices), H, W, 3)``, in that order.
 
+    Frame ``i`` is the ``i``-th frame of a decode from the start, always (module docstring).
     Duplicates are allowed. Only what the clip needs is decoded: the sorted unique indices are
     split into runs (a new run where consecutive needed frames are more than ``max_gap`` apart);
-    for each run the container seeks to the keyframe at or before its first frame and decodes
-    forward to its last frame. ``info`` (from :func:`probe_video`) sets the output's frame size;
-    frames of another size are rescaled to it. ``threads`` is the decoder's thread count (1 suits
-    DataLoader workers). Raises :class:`VideoDecodeError` when the file cannot be read or a
+    for each run the reader seeks to the keyframe at or before its first frame and decodes forward
+    to its last. ``info`` from ``probe_video(path, exact=True)`` (or a reader's ``info()``) reuses
+    that video's index instead of building it again, and sets the output's frame size (frames of
+    another size are rescaled to it). ``threads`` is the decoder's thread count. Raises
+    :class:`VideoDecodeError`, naming the file and the frame, when the file cannot be read or a
     requested frame does not exist (beyond the end, truncated file).
     """
-    with _Reader(path, threads=threads) as reader:
-        if info is not None:
-            reader._info = info
+    with VideoReader(path, threads=threads, info=info) as reader:
         return reader.read(indices, max_gap=max_gap)
 
 
@@ -333,9 +548,5 @@ def read_all_frames(path: str | os.PathLike, *, threads: int = 1) -> Tensor:
     (:func:`read_frames` reports the missing ones instead). ``threads`` is the decoder's thread
     count (0: FFmpeg chooses).
     """
-    with _Reader(path, threads=threads) as reader:
-        size = (reader.info().height, reader.info().width)
-        frames = [reader._rgb(f, size) for f in reader._frames()]
-    if not frames:
-        raise VideoDecodeError(path, "no frame could be decoded")
-    return torch.from_numpy(np.stack(frames))
+    with VideoReader(path, threads=threads) as reader:
+        return reader.read_all()

@@ -60,7 +60,7 @@ def predict_video(
     from nonlocalnet.data.transforms import TransformConfig
 
     d = cfg.data
-    info = probe_video(path)
+    info = probe_video(path, exact=True)  # a true frame count (headers can over-count)
     transform = TransformConfig(
         test_short=d.test_short,
         test_crop=d.test_crop,
