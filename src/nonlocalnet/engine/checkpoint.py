@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import random
 import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +16,11 @@ import torch
 from nonlocalnet.atomic import atomic_write
 
 __all__ = [
+    "RESUME_FREE_SETTINGS",
     "CheckpointManager",
     "capture_rng_state",
+    "changed_settings",
+    "checkpoint_step",
     "load_checkpoint",
     "restore_rng_state",
     "save_checkpoint",
@@ -66,9 +70,101 @@ def restore_rng_state(state: dict[str, Any]) -> None:
     np.random.set_state((np_state[0], np_state[1].numpy().astype(np.uint32), *np_state[2:]))
 
 
+# Settings a resumed run may change without changing the weights it trains: where things go,
+# logging, checkpointing, evaluation, data loading, and the initial weights (which the
+# checkpoint's replace). ``section.*`` covers a whole section.
+RESUME_FREE_SETTINGS = (
+    "output_dir",
+    "device",
+    "model.init",
+    "model.init_path",
+    "data.root",
+    "data.val_list",
+    "data.val_folder",
+    "data.test_short",
+    "data.test_crop",
+    "data.num_clips",
+    "data.num_crops",
+    "data.num_workers",
+    "data.bad_data_threshold",
+    "data.cache_frames",
+    "train.log_every",
+    "train.progress",
+    "train.dist_timeout_s",
+    "train.deterministic",
+    "train.memory_format",
+    "checkpoint.*",
+    "eval.*",
+)
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{name}."))  # an empty mapping adds no key
+        else:
+            out[name] = value
+    return out
+
+
+def changed_settings(
+    saved: dict[str, Any], current: dict[str, Any], *, free: tuple[str, ...] = RESUME_FREE_SETTINGS
+) -> list[tuple[str, Any, Any]]:
+    """``(key, saved value, current value)`` for every setting of two config dicts
+    (``config_to_dict``) that differs, except those matched by ``free`` (``key`` or
+    ``section.*``). A schema field missing from one side (a config written by another version)
+    is not compared; inside free-form mappings (``model.overrides``) a missing key is a change
+    (``None`` on that side)."""
+
+    def is_free(key: str) -> bool:
+        return any(key == f or (f.endswith(".*") and key.startswith(f[:-1])) for f in free)
+
+    def schema_field(key: str) -> str:
+        return ".".join(key.split(".")[:2])
+
+    def schema_fields(tree: dict[str, Any]) -> set[str]:  # "seed", "train.batch_size", ...
+        return {
+            f"{top}.{key}" if isinstance(value, dict) else top
+            for top, value in tree.items()
+            for key in (value if isinstance(value, dict) else [None])
+        }
+
+    a, b = _flatten(saved), _flatten(current)
+    fields_a, fields_b = schema_fields(saved), schema_fields(current)
+    changes = []
+    for key in sorted(a.keys() | b.keys()):
+        if is_free(key):
+            continue
+        field = schema_field(key)
+        if field not in fields_a or field not in fields_b:
+            continue
+        old, new = a.get(key), b.get(key)
+        if old != new:
+            changes.append((key, old, new))
+    return changes
+
+
+def checkpoint_step(path: str | os.PathLike) -> int:
+    """The step a checkpoint was taken at: from an ``iter_XXXXXXXX.pt`` name, else (``best.pt``)
+    from its ``step`` entry (memory-mapped, nothing else read)."""
+    path = Path(path)
+    match = _NAME.match(path.name)
+    if match:
+        return int(match.group(1))
+    state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    return int(state["step"])
+
+
 class CheckpointManager:
     """``iter_XXXXXXXX.pt`` files in ``folder``: keeps the newest ``keep_last``; ``best.pt`` is
-    replaced whenever the tracked metric improves."""
+    replaced whenever the tracked metric improves.
+
+    Rotation removes only checkpoints older than the one just written, so it never deletes
+    a run's own new files in favour of higher-numbered ones. Files of another run or of a
+    discarded future are moved out of the way by :meth:`set_aside` before a run starts.
+    """
 
     def __init__(self, folder: str | os.PathLike, keep_last: int = 3) -> None:
         if keep_last < 1:
@@ -92,10 +188,40 @@ class CheckpointManager:
         return self.folder / "best.pt"
 
     def save(self, state: dict[str, Any], step: int) -> Path:
+        """Write ``iter_<step>.pt``, then delete all but the newest ``keep_last`` checkpoints up
+        to ``step`` (later-numbered files are not this run's and are left alone)."""
         path = save_checkpoint(self.folder / f"iter_{step:08d}.pt", state)
-        for old in self.checkpoints()[: -self.keep_last]:
+        older = [p for p in self.checkpoints() if checkpoint_step(p) <= step]
+        for old in older[: -self.keep_last]:
             old.unlink(missing_ok=True)
         return path
+
+    def set_aside(self, after: int | None = None) -> tuple[Path | None, list[Path]]:
+        """Move the checkpoints taken after step ``after`` (all of them when ``None``), ``best.pt``
+        included, into a new subfolder ``superseded-<UTC time>``, where nothing reads or deletes
+        them. Returns the subfolder (``None`` when nothing moved) and the moved files' new paths.
+
+        A run started in a used folder calls it with ``None``; a run resumed at step ``S`` with
+        ``S``, so the checkpoints of the future it discards are neither resumed from nor left as
+        the newest.
+        """
+        found = self.checkpoints()
+        if self.best_path.is_file():
+            found.append(self.best_path)
+        moving = [p for p in found if after is None or checkpoint_step(p) > after]
+        if not moving:
+            return None, []
+        stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+        target = self.folder / f"superseded-{stamp}"
+        n = 1
+        while target.exists():
+            n += 1
+            target = self.folder / f"superseded-{stamp}-{n}"
+        target.mkdir(parents=True)
+        moved = []
+        for p in moving:
+            moved.append(p.rename(target / p.name))
+        return target, moved
 
     def save_best(self, state: dict[str, Any]) -> Path:
         return save_checkpoint(self.best_path, state)

@@ -13,11 +13,56 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistContext", "DistributedError", "init_distributed", "resolve_device"]
+__all__ = [
+    "DistContext",
+    "DistributedError",
+    "init_distributed",
+    "is_collective_failure",
+    "is_out_of_memory",
+    "resolve_device",
+]
 
 
 class DistributedError(RuntimeError):
     """A collective failed: another process died or stopped responding."""
+
+
+# what gloo, nccl and the process group say when a peer is gone or a collective times out
+_COLLECTIVE_MARKERS = (
+    "gloo",
+    "nccl",
+    "connection closed",
+    "connection reset",
+    "connection refused",
+    "broken pipe",
+    "timed out",
+    "timeout",
+    "collective",
+    "process group",
+    "processgroup",
+    "peer",
+    "socket",
+    "watchdog",
+)
+
+
+def is_out_of_memory(err: BaseException) -> bool:
+    """Whether ``err`` says an allocation failed (CUDA, CPU or another backend)."""
+    text = str(err).lower()
+    oom = "out of memory" in text or "can't allocate memory" in text
+    return isinstance(err, torch.OutOfMemoryError) or oom
+
+
+def is_collective_failure(err: BaseException) -> bool:
+    """Whether ``err`` comes from a collective (a dead or hung peer, a timeout), not from this
+    process's own work: ``torch.distributed``'s errors and the backends' connection/timeout
+    messages; never an out-of-memory error."""
+    if is_out_of_memory(err):
+        return False
+    if isinstance(err, dist.DistError):
+        return True
+    text = str(err).lower()
+    return isinstance(err, RuntimeError) and any(marker in text for marker in _COLLECTIVE_MARKERS)
 
 
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
@@ -54,7 +99,9 @@ class DistContext:
     def _guard(self, what: str) -> Iterator[None]:
         try:
             yield
-        except (RuntimeError, dist.DistBackendError) as err:
+        except RuntimeError as err:
+            if not (self.distributed and is_collective_failure(err)):
+                raise  # this process's own error (e.g. out of memory) keeps its type and message
             raise DistributedError(
                 f"rank {self.rank}/{self.world_size}: {what} failed, another training process has "
                 f"probably died or hung ({type(err).__name__}: {err})"
@@ -83,7 +130,8 @@ class DistContext:
 
     def guard(self, what: str):
         """Turn collective failures inside the block (e.g. DDP's gradient all-reduce) into
-        :class:`DistributedError`."""
+        :class:`DistributedError` in a multi-process run (:func:`is_collective_failure`); any
+        other error, and every error of a single process, passes through unchanged."""
         return self._guard(what)
 
     def shutdown(self) -> None:

@@ -1,0 +1,62 @@
+"""Running the CLI in subprocesses for the engine tests: one process, torchrun, kill on a file."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+PYTHON = sys.executable
+
+
+def env(**extra: str) -> dict[str, str]:
+    base = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
+    return {**base, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **extra}
+
+
+def command(config: Path, *args: str, procs: int = 1) -> list[str]:
+    """``nonlocalnet train --config config *args``, under torchrun when ``procs > 1``."""
+    launcher = [PYTHON, "-m"]
+    if procs > 1:
+        launcher += ["torch.distributed.run", "--standalone", "--nproc-per-node", str(procs), "-m"]
+    return [*launcher, "nonlocalnet.cli", "train", "--config", str(config), *args]
+
+
+def train(config: Path, *args: str, procs: int = 1, check: bool = True) -> subprocess.CompletedProcess:
+    done = subprocess.run(command(config, *args, procs=procs), env=env(), capture_output=True, timeout=300)
+    if check:
+        assert done.returncode == 0, done.stderr.decode()[-4000:]
+    return done
+
+
+def train_killed_at(config: Path, checkpoint: Path, *args: str, timeout: float = 120.0) -> None:
+    """Start a one-process run and SIGKILL it as soon as ``checkpoint`` exists."""
+    proc = subprocess.Popen(command(config, *args), env=env(), stderr=subprocess.PIPE)
+    deadline = time.monotonic() + timeout
+    while not checkpoint.exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError(f"run ended or timed out before {checkpoint} appeared: {proc.communicate()}")
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+
+
+def weights(run: Path) -> dict[str, torch.Tensor]:
+    return load_file(run / "model.safetensors")
+
+
+def metrics(run: Path) -> list[dict]:
+    """The metrics log without its timing field."""
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    for r in records:
+        r.pop("clips_per_s", None)
+    return records

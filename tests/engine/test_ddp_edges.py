@@ -1,0 +1,119 @@
+"""Edges of 2-process DDP training (2 CPU processes over gloo): micro-batches of only broken
+videos, broken-video lists of every rank, exact resume with dropout, and error types."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from launch import metrics, train, weights
+from tiny_video import tiny_config, write_config
+
+from nonlocalnet.engine import config_from_dict, load_checkpoint
+from nonlocalnet.engine import train as train_in_process
+from nonlocalnet.engine.distributed import DistContext, DistributedError
+
+
+def _broken_list(tmp_path: Path, tiny_data) -> dict:
+    lines = [f"{tiny_data['root'] / line}" for line in tiny_data["list"].read_text().splitlines()]
+    lines += [f"{tmp_path / 'missing_a.mp4'} 0", f"{tmp_path / 'missing_b.mp4'} 1"]
+    (tmp_path / "list.txt").write_text("\n".join(lines) + "\n")
+    return {**tiny_data, "list": tmp_path / "list.txt"}
+
+
+def test_a_micro_batch_of_only_broken_videos_on_one_rank_joins_the_all_reduce(tmp_path, tiny_data):
+    # 10 videos, 2 of them missing, batch 1 per process: some steps have a broken video on one
+    # rank only. That rank must take a zero-gradient step in step with the other, so the result
+    # equals one process with batch 2 (whose step then averages the good clip over 2).
+    data = _broken_list(tmp_path, tiny_data)
+
+    def config(name: str, batch: int) -> Path:
+        cfg = tiny_config(
+            data,
+            tmp_path / name,
+            model={"norm": "affine"},
+            data={"bad_data_threshold": 0.5},
+            train={"epochs": 2, "batch_size": batch},
+            eval={"every_epochs": 0},
+        )
+        return write_config(tmp_path / f"{name}.yaml", cfg)
+
+    train(config("one", 2))
+    train(config("two", 1), procs=2)
+    a, b = weights(tmp_path / "one"), weights(tmp_path / "two")
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=1e-5, atol=1e-6, msg=key)
+
+    # every rank's broken videos are listed, in the summary and in the checkpoint (item 2)
+    expected = ["missing_a.mp4", "missing_b.mp4"]
+    for run in ("one", "two"):
+        summary = json.loads((tmp_path / run / "summary.json").read_text())
+        assert sorted(Path(e["path"]).name for e in summary["bad_data"]["bad"]) == expected, run
+        assert summary["bad_data"]["count"] == 2, run
+        final = load_checkpoint(tmp_path / run / "checkpoints" / "iter_00000010.pt")
+        assert sorted(Path(e["path"]).name for e in final["bad_data"]["bad"]) == expected, run
+
+
+def test_a_ddp_resume_with_dropout_is_exact(tmp_path, tiny_data):
+    # Each rank draws its own dropout masks; a checkpoint must hold every rank's RNG state, so
+    # that a resumed run continues each rank's stream (and the ranks' streams stay distinct).
+    def config(name: str) -> Path:
+        cfg = tiny_config(
+            tiny_data,
+            tmp_path / name,
+            model={"norm": "affine", "dropout": 0.5},
+            train={"epochs": 3, "batch_size": 2},
+            checkpoint={"every_iters": 1},
+            eval={"every_epochs": 0},
+        )
+        return write_config(tmp_path / f"{name}.yaml", cfg)
+
+    train(config("whole"), procs=2)  # 2 steps per epoch, 6 in all
+    start = tmp_path / "whole" / "checkpoints" / "iter_00000003.pt"  # mid-epoch
+    assert len(load_checkpoint(start)["rng_per_rank"]) == 2
+    train(config("resumed"), "--resume", str(start), procs=2)
+    a, b = weights(tmp_path / "whole"), weights(tmp_path / "resumed")
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    whole = [r for r in metrics(tmp_path / "whole") if r["step"] > 3]
+    assert metrics(tmp_path / "resumed") == whole
+
+
+def test_only_collective_failures_in_a_multi_process_run_are_distributed_errors():
+    one, two = DistContext(), DistContext(rank=1, world_size=2)
+    for ctx in (one, two):
+        with pytest.raises(RuntimeError, match="bad shape") as info, ctx.guard("the step"):
+            raise RuntimeError("bad shape")
+        assert type(info.value) is RuntimeError
+        with pytest.raises(torch.OutOfMemoryError, match="Tried to allocate"), ctx.guard("the step"):
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        with pytest.raises(RuntimeError) as info, ctx.guard("the step"):
+            raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 8 GB")
+        assert type(info.value) is RuntimeError
+    with pytest.raises(DistributedError, match="rank 1/2: the step failed"), two.guard("the step"):
+        raise dist.DistBackendError("NCCL communicator was aborted")
+    with pytest.raises(DistributedError, match="Connection closed by peer"), two.guard("the step"):
+        raise RuntimeError("[../third_party/gloo/gloo/transport/tcp/pair.cc:534] Connection closed by peer")
+    with pytest.raises(RuntimeError) as info, one.guard("the step"):  # one process: no peer to blame
+        raise dist.DistBackendError("NCCL error: unhandled cuda error")
+    assert not isinstance(info.value, DistributedError)
+
+
+def test_out_of_memory_in_a_step_keeps_its_type_and_suggests_a_smaller_batch(
+    tmp_path, tiny_data, monkeypatch
+):
+    def no_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    monkeypatch.setattr(F, "cross_entropy", no_memory)
+    cfg = config_from_dict(tiny_config(tiny_data, tmp_path / "run", train={"batch_size": 2, "epochs": 1}))
+    with pytest.raises(torch.OutOfMemoryError) as info:
+        train_in_process(cfg)
+    message = str(info.value)
+    assert "Tried to allocate 20.00 GiB" in message
+    assert "train.batch_size" in message and "train.grad_accum" in message
+    assert "another training process" not in message
