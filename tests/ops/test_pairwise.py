@@ -252,3 +252,62 @@ def test_concatenation_channel_chunks_match(monkeypatch):
         results.append([y, *(t.grad for t in leaves)])
     for a, b in zip(*results, strict=True):
         torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-10)
+
+
+class _Op(torch.nn.Module):
+    def __init__(self, mode, algorithm):
+        super().__init__()
+        self.mode, self.algorithm = mode, algorithm
+
+    def forward(self, theta, phi, g, w):
+        return nonlocal_op(self.mode, theta, phi, g, scale=0.7, weight=w, algorithm=self.algorithm)
+
+
+@pytest.mark.parametrize(
+    ("mode", "algorithm", "widths"),
+    [
+        ("gaussian", "auto", (6, 3)),
+        ("gaussian", "auto", (3, 5)),
+        ("embedded_gaussian", "auto", (4, 4)),
+        ("embedded_gaussian", "chunked", (4, 4)),
+        ("gaussian", "fused", (6, 3)),
+        ("dot_product", "auto", (4, 3)),
+        ("concatenation", "auto", (4, 3)),
+    ],
+)
+def test_torch_export_keeps_batch_and_positions_symbolic(mode, algorithm, widths):
+    """Traced with inputs that require grad (as a module's parameters make them), every mode keeps
+    B, N and M symbolic: the exported program runs at other sizes and matches eager."""
+    ck, cv = widths
+    theta, phi, g, w = (t.requires_grad_() for t in _qkv(b=2, n=12, m=6, ck=ck, cv=cv))
+    b, n, m = torch.export.Dim("b"), torch.export.Dim("n"), torch.export.Dim("m")
+    dims = ({0: b, 1: n}, {0: b, 1: m}, {0: b, 1: m}, None)
+    program = torch.export.export(_Op(mode, algorithm), (theta, phi, g, w), dynamic_shapes=dims)
+    for size in ((3, 9, 20), (1, 1, 2), (2, 12, 6)):
+        t2, p2, g2, _ = _qkv(b=size[0], n=size[1], m=size[2], ck=ck, cv=cv, seed=1)
+        got = program.module()(t2, p2, g2, w)
+        ref = nonlocal_op(mode, t2, p2, g2, scale=0.7, weight=w, algorithm=algorithm)
+        torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("widths", [(3, 3), (4, 2)])
+def test_gradcheck_single_block_softmax_float64(widths):
+    """The chunked softmax's one-block form (taken when traced with symbolic sizes)."""
+    theta, phi, g, _ = _qkv(n=7, m=5, ck=widths[0], cv=widths[1], dtype=torch.float64)
+    leaves = tuple(t.requires_grad_() for t in (theta, phi, g))
+    assert torch.autograd.gradcheck(
+        lambda t, p, v: pairwise._ChunkedSoftmaxAttention.apply(t, p, v, 0.8, None), leaves
+    )
+
+
+def test_fused_pads_unequal_widths_instead_of_the_quadratic_fallback():
+    """With Ck != Cv, SDPA alone falls back to its N x M math path; zero-padding keeps it fused."""
+    n = m = 1024
+    theta, phi, g, _ = _qkv(b=1, n=n, m=m, ck=8, cv=4)
+    with _MaxNumel() as probe, torch.no_grad():
+        y = softmax_attention(theta, phi, g, algorithm="fused")
+    assert probe.max_numel < n * m // 16, (probe.op, probe.max_numel)
+    ref = softmax_attention(theta, phi, g, algorithm="naive")
+    torch.testing.assert_close(y, ref, atol=1e-5, rtol=1e-5)
+    y = softmax_attention(g, g, theta, algorithm="fused")  # Ck < Cv: theta and phi padded
+    torch.testing.assert_close(y, softmax_attention(g, g, theta, algorithm="naive"), atol=1e-5, rtol=1e-5)

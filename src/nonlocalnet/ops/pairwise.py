@@ -13,6 +13,11 @@ of the ReLU for concatenation).
 
 No function builds an ``N x M`` matrix unless its ``algorithm`` asks for the quadratic form:
 the Gaussian forms use fused attention, the dot product uses associativity, concatenation sorts.
+
+While the code is traced (``torch.jit.trace``, ``torch.onnx.export``, ``torch.export``,
+``torch.compile``) sizes may be symbolic, so ``"auto"`` picks the route that holds for every size
+(fused attention, the linear dot product) and no loop bound depends on the sizes: an exported
+graph keeps a dynamic batch and clip length.
 """
 
 from __future__ import annotations
@@ -94,6 +99,43 @@ def _fp32(*tensors: Tensor) -> Iterator[tuple[Tensor, ...]]:
 _CHUNK_ELEMENTS = 1 << 22  # logits per chunk of the chunked softmax: 16 MiB in float32
 
 
+def _tracing() -> bool:
+    """True while a tracer or compiler records the code (its sizes may be symbolic): then every
+    choice between algorithms must hold for all sizes, not just the example's."""
+    return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling()
+
+
+def _symbolic_sizes(*tensors: Tensor) -> bool:
+    """True when a size is not a plain int (a ``SymInt`` under ``torch.export``/dynamic
+    ``torch.compile``, a traced value under ``torch.jit.trace``): a loop over chunks of such a
+    size would be unrolled for the example's size only."""
+    return torch.jit.is_tracing() or any(not isinstance(s, int) for t in tensors for s in t.shape)
+
+
+def _softmax_block(theta: Tensor, phi_t: Tensor, g: Tensor, scale: float) -> tuple[Tensor, Tensor]:
+    """``softmax(scale * theta phi^T) g`` and the row log-sum-exp for one block of query rows."""
+    logits = torch.bmm(theta, phi_t).mul_(scale)
+    row_max = logits.amax(dim=2, keepdim=True)
+    p = logits.sub_(row_max).exp_()
+    denom = p.sum(dim=2, keepdim=True)
+    return torch.bmm(p, g).div_(denom), (row_max + denom.log()).squeeze(2)
+
+
+def _fused_attention(theta: Tensor, phi: Tensor, g: Tensor, scale: float) -> Tensor:
+    """``scaled_dot_product_attention`` on one head; unequal widths are zero-padded to the larger
+    (zero key channels add nothing to a logit, zero value channels are cut off), so the flash
+    kernels serve the raw-feature Gaussian too instead of SDPA's quadratic fallback."""
+    ck, cv = theta.shape[2], g.shape[2]
+    if ck < cv:
+        theta, phi = F.pad(theta, (0, cv - ck)), F.pad(phi, (0, cv - ck))
+    elif cv < ck:
+        g = F.pad(g, (0, ck - cv))
+    y = F.scaled_dot_product_attention(
+        theta.unsqueeze(1), phi.unsqueeze(1), g.unsqueeze(1), scale=float(scale)
+    )
+    return y.squeeze(1)[..., :cv]
+
+
 class _ChunkedSoftmaxAttention(torch.autograd.Function):
     """``softmax(scale * theta phi^T) g`` over chunks of query rows, flash-style backward.
 
@@ -104,18 +146,18 @@ class _ChunkedSoftmaxAttention(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, theta: Tensor, phi: Tensor, g: Tensor, scale: float, chunk: int) -> Tensor:
-        b, n = theta.shape[:2]
-        out = g.new_empty(b, n, g.shape[2])
-        lse = theta.new_empty(b, n)
+    def forward(ctx, theta: Tensor, phi: Tensor, g: Tensor, scale: float, chunk: int | None) -> Tensor:
         phi_t = phi.transpose(1, 2)
-        for s in range(0, n, chunk):
-            logits = torch.bmm(theta[:, s : s + chunk], phi_t).mul_(scale)
-            row_max = logits.amax(dim=2, keepdim=True)
-            p = logits.sub_(row_max).exp_()
-            denom = p.sum(dim=2, keepdim=True)
-            out[:, s : s + chunk] = torch.bmm(p, g).div_(denom)
-            lse[:, s : s + chunk] = (row_max + denom.log()).squeeze(2)
+        if chunk is None:  # one block, no size-dependent loop (traced with symbolic sizes)
+            out, lse = _softmax_block(theta, phi_t, g, scale)
+        else:
+            b, n = theta.shape[:2]
+            out = g.new_empty(b, n, g.shape[2])
+            lse = theta.new_empty(b, n)
+            for s in range(0, n, chunk):
+                out[:, s : s + chunk], lse[:, s : s + chunk] = _softmax_block(
+                    theta[:, s : s + chunk], phi_t, g, scale
+                )
         ctx.save_for_backward(theta, phi, g, out, lse)
         ctx.scale, ctx.chunk = scale, chunk
         return out
@@ -126,11 +168,18 @@ class _ChunkedSoftmaxAttention(torch.autograd.Function):
         theta, phi, g, out, lse = ctx.saved_tensors
         scale, chunk = ctx.scale, ctx.chunk
         grad_out = grad_out.contiguous()
+        delta = (grad_out * out).sum(dim=2)  # rowsum(dO * O) = rowsum(P * dP)
+        phi_t, g_t = phi.transpose(1, 2), g.transpose(1, 2)
+        if chunk is None:
+            p = torch.bmm(theta, phi_t).mul_(scale).sub_(lse[:, :, None]).exp_()
+            ds = torch.bmm(grad_out, g_t).sub_(delta[:, :, None]).mul_(p)
+            d_g = torch.bmm(p.transpose(1, 2), grad_out)
+            d_theta = torch.bmm(ds, phi).mul_(scale)
+            d_phi = torch.bmm(ds.transpose(1, 2), theta).mul_(scale)
+            return d_theta, d_phi, d_g, None, None
         d_theta = torch.empty_like(theta)
         d_phi = torch.zeros_like(phi)
         d_g = torch.zeros_like(g)
-        delta = (grad_out * out).sum(dim=2)  # rowsum(dO * O) = rowsum(P * dP)
-        phi_t, g_t = phi.transpose(1, 2), g.transpose(1, 2)
         for s in range(0, theta.shape[1], chunk):
             q, do = theta[:, s : s + chunk], grad_out[:, s : s + chunk]
             p = torch.bmm(q, phi_t).mul_(scale).sub_(lse[:, s : s + chunk, None]).exp_()
@@ -147,19 +196,23 @@ def softmax_attention(
     """Gaussian / embedded Gaussian: ``f = exp(scale * theta_i^T phi_j)``, ``C = sum_j f``.
 
     ``"fused"`` runs ``scaled_dot_product_attention`` (flash kernel on CPU and CUDA: memory
-    linear in N; it needs ``Ck == Cv``); ``"chunked"`` runs the softmax over blocks of query rows
-    with a recomputing backward (any widths, memory ``chunk x M``); ``"auto"`` picks fused when
-    the widths match, except for training on CPU where the chunked backward is faster.
-    ``"naive"`` builds the ``(B, N, M)`` affinity explicitly.
+    linear in N; unequal widths ``Ck != Cv`` are zero-padded to the larger); ``"chunked"`` runs
+    the softmax over blocks of query rows with a recomputing backward (any widths, memory
+    ``chunk x M``; one block when traced with symbolic sizes); ``"auto"`` picks fused when the
+    widths match, except for training on CPU where the chunked backward is faster, and always
+    fused while traced or compiled (a shape-agnostic graph). ``"naive"`` builds the
+    ``(B, N, M)`` affinity explicitly.
     """
     _check(theta, phi, g)
     _check_algorithm("embedded_gaussian", algorithm)
     if algorithm == "auto":
-        # The CPU flash kernel's backward is slower than the chunked one; fused kernels need
-        # Ck == Cv (otherwise SDPA silently computes the quadratic form).
+        # The CPU flash kernel's backward is slower than the chunked one; with Ck != Cv the
+        # fused route pays for padding. Traced code takes it anyway: the chunk size depends on
+        # the sizes, which would fix them in an exported graph.
         grad = torch.is_grad_enabled() and (theta.requires_grad or phi.requires_grad or g.requires_grad)
         same = theta.shape[2] == g.shape[2]
-        algorithm = "fused" if same and not (grad and theta.device.type == "cpu") else "chunked"
+        fused = _tracing() or (same and not (grad and theta.device.type == "cpu"))
+        algorithm = "fused" if fused else "chunked"
     if algorithm != "naive":
         # Row-major copies (O((N + M) C)): the flash kernels silently fall back to the quadratic
         # math path on transposed views, which is what a conv's (B, C, N) output gives.
@@ -168,14 +221,12 @@ def softmax_attention(
         logits = torch.bmm(theta, phi.transpose(1, 2)) * scale
         return torch.bmm(logits.softmax(dim=-1), g)
     if algorithm == "chunked":
-        chunk = max(1, _CHUNK_ELEMENTS // (theta.shape[0] * phi.shape[1]))
+        symbolic = _symbolic_sizes(theta, phi)
+        chunk = None if symbolic else max(1, _CHUNK_ELEMENTS // (theta.shape[0] * phi.shape[1]))
         out_dtype = torch.promote_types(theta.dtype, g.dtype)
         with _fp32(theta, phi, g) as (t, p, v):
             return _ChunkedSoftmaxAttention.apply(t, p, v, float(scale), chunk).to(out_dtype)
-    y = F.scaled_dot_product_attention(
-        theta.unsqueeze(1), phi.unsqueeze(1), g.unsqueeze(1), scale=float(scale)
-    )
-    return y.squeeze(1)
+    return _fused_attention(theta, phi, g, scale)
 
 
 def dot_product(
@@ -184,16 +235,20 @@ def dot_product(
     """Dot product: ``f = scale * theta_i^T phi_j``, ``C = M`` (no softmax).
 
     ``"linear"`` computes ``theta (phi^T g) / M`` in ``O((N + M) Ck Cv)``; ``"quadratic"``
-    computes ``(theta phi^T / M) g``; ``"auto"`` picks the cheaper. Half-precision inputs are
+    computes ``(theta phi^T / M) g``; ``"auto"`` picks the cheaper (linear while traced, which
+    holds for every size). Half-precision inputs are
     computed in float32 (sums over M positions overflow float16) and returned in their dtype.
     """
     _check(theta, phi, g)
     _check_algorithm("dot_product", algorithm)
     n, m, ck, cv = theta.shape[1], phi.shape[1], theta.shape[2], g.shape[2]
     if algorithm == "auto":
-        linear = (n + m) * ck * cv
-        quadratic = n * m * (ck + cv)
-        algorithm = "linear" if linear <= quadratic else "quadratic"
+        if _tracing():
+            algorithm = "linear"  # comparing symbolic costs would fix the sizes
+        else:
+            linear = (n + m) * ck * cv
+            quadratic = n * m * (ck + cv)
+            algorithm = "linear" if linear <= quadratic else "quadratic"
     out_dtype = torch.promote_types(theta.dtype, g.dtype)
     with _fp32(theta, phi, g) as (t, p, v):
         if algorithm == "linear":
@@ -285,7 +340,10 @@ def concatenation(
         # Channel chunks bound the temporaries (sorted g, two prefix tables, two lookups) to
         # about _CHUNK_ELEMENTS each; the output is the only full-size allocation.
         cv = v_cm.shape[1]
-        step = max(1, min(cv, _CHUNK_ELEMENTS // (4 * v_cm.shape[0] * max(m, n))))
+        if _symbolic_sizes(t, p):  # one chunk: a step computed from symbolic sizes fixes them
+            step = cv
+        else:
+            step = max(1, min(cv, _CHUNK_ELEMENTS // (4 * v_cm.shape[0] * max(m, n))))
         y = a.new_empty(v_cm.shape[0], cv, n)
         for s in range(0, cv, step):
             c = min(step, cv - s)
