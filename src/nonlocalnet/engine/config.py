@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import logging
 import os
 import types
 import typing
@@ -35,6 +36,9 @@ __all__ = [
     "load_config",
     "save_config",
 ]
+
+
+log = logging.getLogger("nonlocalnet.config")
 
 
 class ConfigError(ValueError):
@@ -115,7 +119,8 @@ class OptimConfig:
 class TrainConfig:
     """Loop settings. ``batch_size`` is per process; an optimiser step sees
     ``batch_size * grad_accum * world_size`` clips. Give ``iterations`` (optimiser steps) or
-    ``epochs``. ``amp``: ``none``, ``bf16`` (CPU or CUDA) or ``fp16`` (CUDA)."""
+    ``epochs``, not both (an override of one replaces the config file's other). ``amp``:
+    ``none``, ``bf16`` (CPU or CUDA) or ``fp16`` (CUDA)."""
 
     batch_size: int = 8
     grad_accum: int = 1
@@ -247,6 +252,11 @@ def _fill(obj: Any, data: dict, prefix: str) -> None:
 def _validate(cfg: Config) -> None:
     if cfg.train.iterations < 0 or cfg.train.epochs < 0:
         raise ConfigError("train.iterations and train.epochs must be >= 0")
+    if cfg.train.iterations and cfg.train.epochs:
+        raise ConfigError(
+            f"train.iterations ({cfg.train.iterations}) and train.epochs ({cfg.train.epochs}) are both "
+            "set: give only one (an override of one on the command line replaces the file's other)"
+        )
     if cfg.data.min_short > cfg.data.max_short:
         raise ConfigError(f"data.min_short {cfg.data.min_short} > data.max_short {cfg.data.max_short}")
     for key in ("mean", "std"):
@@ -305,9 +315,18 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
     return _merge(_read_yaml((path.parent / base).resolve(), (*seen, path)), data)
 
 
+# settings of which only one may be non-zero: an override of one resets the others of ``data``
+_EXCLUSIVE = (("train", "iterations"), ("train", "epochs"))
+
+
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
-    """Apply ``section.key=value`` strings (values parsed as YAML) to nested plain data."""
+    """Apply ``section.key=value`` strings (values parsed as YAML) to nested plain data.
+
+    The length of a run is given once: a non-zero ``train.epochs`` override resets the
+    ``train.iterations`` of ``data`` to 0, and the other way round (the command line wins over
+    the file); both overridden non-zero is an error when the config is validated."""
     out = _merge({}, data)
+    given: dict[tuple[str, ...], Any] = {}
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key:
@@ -325,6 +344,21 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
             node[part] = child = dict(child)
             node = child
         node[parts[-1]] = value
+        given[tuple(parts)] = value
+    for key in _EXCLUSIVE:
+        if given.get(key, 0) in (0, None, False):
+            continue
+        section = out.get(key[0])
+        for other in _EXCLUSIVE:
+            if other != key and other not in given and isinstance(section, dict) and section.get(other[1]):
+                log.info(
+                    "%s=%r on the command line replaces %s=%r of the config",
+                    ".".join(key),
+                    given[key],
+                    ".".join(other),
+                    section[other[1]],
+                )
+                section[other[1]] = 0
     return out
 
 

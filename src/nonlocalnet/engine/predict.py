@@ -35,7 +35,12 @@ def load_trained_model(
     state = load_checkpoint(checkpoint)
     if "config" not in state:
         raise ValueError(f"{checkpoint} has no config; it is not a nonlocalnet training checkpoint")
-    cfg = config_from_dict(state["config"])
+    saved = dict(state["config"])
+    train = saved.get("train")
+    if isinstance(train, dict) and train.get("iterations") and train.get("epochs"):
+        # written before both were refused; such a run went by iterations
+        saved["train"] = {**train, "epochs": 0}
+    cfg = config_from_dict(saved)
     cfg.model.init = "none"
     cfg.model.init_path = None
     model = build_model_from_config(cfg.model)

@@ -1,0 +1,87 @@
+"""``train.epochs`` and ``train.iterations`` (issue 17, item 7): the command line wins over the
+file (every shipped config sets ``iterations``, so ``train.epochs=N`` must replace it); both in
+the same place is an error."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from tiny_video import tiny_config, write_config
+
+from nonlocalnet.cli import main
+from nonlocalnet.engine.config import ConfigError, apply_overrides, config_from_dict, load_config
+from nonlocalnet.engine.train import _total_steps
+
+CONFIGS = sorted((Path(__file__).parents[2] / "configs").glob("*.yaml"))
+
+
+def test_the_shipped_configs_set_iterations():
+    assert len(CONFIGS) == 43
+    for path in CONFIGS:
+        assert load_config(path).train.iterations == 400000, path.name
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
+def test_epochs_on_the_command_line_replace_the_files_iterations(path):
+    cfg = load_config(path, ["train.epochs=3"])
+    assert (cfg.train.epochs, cfg.train.iterations) == (3, 0)
+    assert _total_steps(cfg, steps_per_epoch=100) == 300
+
+
+def test_iterations_on_the_command_line_replace_the_files_epochs(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  epochs: 5\n")
+    cfg = load_config(path, ["train.iterations=7"])
+    assert (cfg.train.epochs, cfg.train.iterations) == (0, 7)
+    assert _total_steps(cfg, steps_per_epoch=100) == 7
+
+
+def test_a_zero_override_does_not_clear_the_other_setting():
+    cfg = load_config(CONFIGS[0], ["train.epochs=0"])
+    assert (cfg.train.epochs, cfg.train.iterations) == (0, 400000)
+
+
+def test_both_in_one_place_is_an_error_naming_the_keys(tmp_path):
+    with pytest.raises(ConfigError, match=r"train\.iterations.*train\.epochs"):
+        load_config(CONFIGS[0], ["train.epochs=3", "train.iterations=10"])
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  epochs: 5\n  iterations: 10\n")
+    with pytest.raises(ConfigError, match=r"train\.iterations.*train\.epochs"):
+        load_config(path)
+    with pytest.raises(ConfigError, match=r"train\.iterations.*train\.epochs"):
+        config_from_dict({"train": {"epochs": 5, "iterations": 10}})
+
+
+def test_apply_overrides_on_a_saved_config_lets_the_override_win():
+    saved = {"train": {"epochs": 0, "iterations": 400000, "batch_size": 8}}
+    data = apply_overrides(saved, ["train.epochs=2"])
+    assert data["train"] == {"epochs": 2, "iterations": 0, "batch_size": 8}
+    assert saved["train"]["iterations"] == 400000  # the input is not modified
+
+
+def test_train_epochs_on_the_command_line_sets_the_length_of_a_run(tmp_path, tiny_data):
+    cfg = tiny_config(tiny_data, tmp_path / "run", eval={"every_epochs": 0})
+    cfg["train"] = {**cfg["train"], "iterations": 6}  # as the shipped configs (400000), but short
+    del cfg["train"]["epochs"]
+    path = write_config(tmp_path / "c.yaml", cfg)
+    assert main(["train", "--config", str(path), "train.epochs=1"]) == 0
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["steps"] == 2  # 8 videos, batch 4: one epoch, not the file's 6 steps
+
+
+def test_predict_loads_a_checkpoint_written_before_both_were_refused(tmp_path, tiny_data):
+    from nonlocalnet.engine import load_trained_model
+    from nonlocalnet.engine.checkpoint import save_checkpoint
+    from nonlocalnet.engine.config import config_to_dict
+    from nonlocalnet.engine.setup import build_model_from_config
+
+    cfg = config_from_dict(tiny_config(tiny_data, tmp_path / "run"))
+    saved = config_to_dict(cfg)
+    saved["train"].update(iterations=6, epochs=2)  # an old run given train.epochs: it ran 6 steps
+    model = build_model_from_config(cfg.model)
+    path = save_checkpoint(tmp_path / "old.pt", {"model": model.state_dict(), "config": saved})
+    _, loaded, names = load_trained_model(path)
+    assert (loaded.train.iterations, loaded.train.epochs) == (6, 0)
+    assert names == ["0", "1"]
