@@ -39,6 +39,7 @@ __all__ = [
     "VideoClipDataset",
     "VideoSample",
     "build_loader",
+    "class_folder_names",
     "collate_clips",
     "read_class_names",
     "read_video_list",
@@ -143,21 +144,50 @@ def read_video_list(
     return samples
 
 
-def scan_class_folders(
-    root: str | os.PathLike, extensions: Sequence[str] = VIDEO_EXTENSIONS
-) -> tuple[list[VideoSample], list[str]]:
-    """A class-per-folder tree ``root/<class>/**/<video>``: every non-hidden sub-folder of ``root``
-    is a class (sorted by name, which gives the label); videos are the files under it whose suffix
-    is in ``extensions`` (case-insensitive), sorted by path. Returns ``(samples, class_names)``."""
+def class_folder_names(root: str | os.PathLike) -> list[str]:
+    """The class folders of a class-per-folder tree: the non-hidden sub-folders of ``root``,
+    sorted by name (the order :func:`scan_class_folders` labels them in without a class list)."""
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: not a folder")
-    exts = tuple(e.lower() for e in extensions)
     classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not classes:
         raise ValueError(f"{root}: no class folders")
+    return classes
+
+
+def scan_class_folders(
+    root: str | os.PathLike,
+    extensions: Sequence[str] = VIDEO_EXTENSIONS,
+    *,
+    class_names: Sequence[str] | None = None,
+) -> tuple[list[VideoSample], list[str]]:
+    """A class-per-folder tree ``root/<class>/**/<video>``: every non-hidden sub-folder of ``root``
+    is a class; videos are the files under it whose suffix is in ``extensions``
+    (case-insensitive), sorted by path. Returns ``(samples, class_names)``.
+
+    Labels: a folder's index in ``class_names`` when given (the training split's class list, so
+    every split of a data set agrees; a folder not in it is an error, a listed class without a
+    folder is fine), else its index among the tree's folders sorted by name.
+    """
+    root = Path(root)
+    exts = tuple(e.lower() for e in extensions)
+    classes = class_folder_names(root)
+    if class_names is None:
+        labels = {name: i for i, name in enumerate(classes)}
+    else:
+        labels = {name: i for i, name in enumerate(class_names)}
+        if len(labels) != len(class_names):
+            raise ValueError(f"class_names: repeated class names in {list(class_names)!r}")
+        unknown = [name for name in classes if name not in labels]
+        if unknown:
+            raise ValueError(
+                f"{root}: class folder(s) {', '.join(map(repr, unknown))} not in the class list "
+                f"({len(labels)} classes: {_preview(list(labels))})"
+            )
     samples = []
-    for label, name in enumerate(classes):
+    for name in classes:
+        label = labels[name]
         files = sorted(
             p
             for p in (root / name).rglob("*")
@@ -166,7 +196,12 @@ def scan_class_folders(
         samples += [VideoSample(str(p), label) for p in files]
     if not samples:
         raise ValueError(f"{root}: no videos with extensions {list(exts)} in {len(classes)} class folders")
-    return samples, classes
+    return samples, classes if class_names is None else list(class_names)
+
+
+def _preview(names: Sequence[str], limit: int = 10) -> str:
+    shown = ", ".join(map(repr, names[:limit]))
+    return shown + (f", ... and {len(names) - limit} more" if len(names) > limit else "")
 
 
 # -- the clip dataset ----------------------------------------------------------------------------

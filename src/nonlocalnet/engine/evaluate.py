@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
+import math
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -87,8 +89,10 @@ def run_evaluation(
     cfg: Config, checkpoint: str | Path, *, output_dir: str | Path | None = None
 ) -> EvalResult:
     """``nonlocalnet eval``: load ``checkpoint`` (a training checkpoint or model safetensors),
-    evaluate on ``cfg.data`` val with num_clips x num_crops views, and write ``eval.json``,
-    ``per_class.csv``, ``confusion.csv`` and ``confusion.png`` to ``output_dir``."""
+    evaluate on ``cfg.data`` val with num_clips x num_crops views, and write ``eval.json``
+    (strict JSON: ``null`` accuracy for a class without videos), ``per_class.csv``,
+    ``confusion.csv`` and ``confusion.png`` to ``output_dir``. The class names a training
+    checkpoint holds label the validation data (see :func:`load_samples`)."""
     ctx = init_distributed(cfg.device, cfg.train.dist_timeout_s)
     # on an error, no destroy_process_group: it would wait for a dead peer
     result = _evaluate_run(cfg, ctx, checkpoint, output_dir)
@@ -102,13 +106,16 @@ def _evaluate_run(
     from nonlocalnet.viz import plot_confusion, write_confusion_csv
 
     started = time.perf_counter()
-    samples, class_names = load_samples(cfg.data, "val")
+    state, trained_names = _read_model_file(checkpoint)
+    if trained_names is not None and cfg.data.class_names and trained_names == _numbered(len(trained_names)):
+        trained_names = None  # trained on integer labels: the class_names file names them
+    samples, class_names = load_samples(cfg.data, "val", class_names=trained_names)
     if cfg.model.num_classes != len(class_names):
         raise ConfigError(
             f"model.num_classes is {cfg.model.num_classes} but the data has {len(class_names)} classes"
         )
     model = build_model_from_config(cfg.model)
-    load_model_weights(model, checkpoint)
+    model.load_state_dict(state)
     model.to(ctx.device)
     dataset = build_dataset(cfg.data, samples, train=False, seed=cfg.seed, views="video")
     world = (ctx.rank, ctx.world_size) if ctx.distributed else None
@@ -143,26 +150,45 @@ def _evaluate_run(
             "bad_data": bad_log.summary(),
             "seconds": time.perf_counter() - started,
         }
-        (out / "eval.json").write_text(json.dumps(report, indent=2))
-        lines = ["class,accuracy,videos"] + [
-            f"{name},{acc:.6f},{int(n)}"
-            for name, acc, n in zip(
-                class_names, result.per_class_accuracy, result.confusion.sum(1), strict=True
-            )
-        ]
-        (out / "per_class.csv").write_text("\n".join(lines) + "\n")
+        (out / "eval.json").write_text(json.dumps(report, indent=2, allow_nan=False))
+        _write_per_class_csv(result, class_names, out / "per_class.csv")
         write_confusion_csv(result.confusion, class_names, out / "confusion.csv")
         plot_confusion(result.confusion, class_names, out / "confusion.png")
     bad_log.check(seen=len(samples), threshold=cfg.data.bad_data_threshold)
     return result
 
 
-def load_model_weights(model: torch.nn.Module, path: str | Path) -> None:
-    """Weights from a training checkpoint (``.pt``) or a safetensors file."""
+def _write_per_class_csv(result: EvalResult, class_names: list[str], path: str | Path) -> Path:
+    """``class,accuracy,videos`` rows (csv module quoting: names may hold commas or quotes); the
+    accuracy of a class without videos is left empty."""
+    path = Path(path)
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["class", "accuracy", "videos"])
+        for name, acc, n in zip(class_names, result.per_class_accuracy, result.confusion.sum(1), strict=True):
+            writer.writerow([name, "" if math.isnan(acc) else f"{acc:.6f}", int(n)])
+    return path
+
+
+def _numbered(n: int) -> list[str]:
+    return [str(i) for i in range(n)]
+
+
+def _read_model_file(path: str | Path) -> tuple[dict[str, torch.Tensor], list[str] | None]:
+    """The model state of a training checkpoint (``.pt``) or safetensors file, and the class
+    names the checkpoint was trained with (``None`` when it has none)."""
     path = Path(path)
     if path.suffix == ".safetensors":
-        from nonlocalnet.models import load_weights
+        from safetensors.torch import load_file
 
-        load_weights(model, path)
-    else:
-        model.load_state_dict(load_checkpoint(path)["model"])
+        if not path.is_file():
+            raise FileNotFoundError(f"weights file not found: {path}")
+        return load_file(str(path)), None
+    state = load_checkpoint(path)
+    names = state.get("class_names")
+    return state["model"], list(names) if names else None
+
+
+def load_model_weights(model: torch.nn.Module, path: str | Path) -> None:
+    """Weights from a training checkpoint (``.pt``) or a safetensors file."""
+    model.load_state_dict(_read_model_file(path)[0])

@@ -3,6 +3,7 @@ over all views of a video), top-1/top-5, per class, confusion matrix."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,7 +23,8 @@ def topk_correct(scores: Tensor, labels: Tensor, k: int) -> Tensor:
 @dataclass
 class EvalResult:
     """Results of one evaluation. ``clip_*``: every view scored on its own (the paper's "clip"
-    numbers); ``video_*``: softmax scores averaged over the ``views_per_video`` views."""
+    numbers); ``video_*``: softmax scores averaged over the ``views_per_video`` views.
+    ``per_class_accuracy`` is NaN for a class without videos."""
 
     clip_top1: float
     clip_top5: float
@@ -35,6 +37,8 @@ class EvalResult:
     incomplete_videos: list[int] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
+        """Plain, strict-JSON data: a class without videos has accuracy ``None`` (JSON ``null``),
+        not NaN."""
         return {
             "clip_top1": self.clip_top1,
             "clip_top5": self.clip_top5,
@@ -42,7 +46,7 @@ class EvalResult:
             "video_top5": self.video_top5,
             "num_videos": self.num_videos,
             "views_per_video": self.views_per_video,
-            "per_class_accuracy": self.per_class_accuracy,
+            "per_class_accuracy": [None if math.isnan(a) else a for a in self.per_class_accuracy],
             "incomplete_videos": self.incomplete_videos,
         }
 

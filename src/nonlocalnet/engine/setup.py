@@ -17,6 +17,7 @@ from nonlocalnet.data import (
     read_video_list,
     scan_class_folders,
 )
+from nonlocalnet.data.datasets import class_folder_names
 from nonlocalnet.engine.checkpoint import load_checkpoint
 from nonlocalnet.engine.config import ConfigError, DataConfig, ModelConfig
 from nonlocalnet.models import (
@@ -99,23 +100,65 @@ def initialise_model(model: VideoResNet, cfg: ModelConfig) -> str:
     return f"model weights of training checkpoint {path}"
 
 
-def load_samples(data: DataConfig, split: str) -> tuple[list[VideoSample], list[str]]:
-    """The samples of ``split`` (``train`` or ``val``) and the class names."""
+def load_samples(
+    data: DataConfig, split: str, *, class_names: list[str] | None = None
+) -> tuple[list[VideoSample], list[str]]:
+    """The samples of ``split`` (``train`` or ``val``) and the class names.
+
+    One class list labels every split: ``class_names`` (e.g. a trained model's), else the
+    ``data.class_names`` file (both given: they must agree), else, for ``val``, the class folders
+    of ``data.train_folder``; a class folder missing from it is an error. Without any, a folder
+    tree numbers its own sorted folders and a list's labels are integers.
+    """
     listed, folder = getattr(data, f"{split}_list"), getattr(data, f"{split}_folder")
     if bool(listed) == bool(folder):
         raise ConfigError(f"set exactly one of data.{split}_list and data.{split}_folder")
-    names = read_class_names(data.class_names) if data.class_names else None
+    names, source = _class_list(data, split, class_names)
     if folder:
         if not Path(folder).is_dir():
             raise ConfigError(f"data.{split}_folder: no such folder: {folder}")
-        samples, found = scan_class_folders(folder)
-        return samples, names or found
+        if names is None and split != "train" and data.train_list:
+            raise ConfigError(
+                f"data.{split}_folder: its class folders cannot be matched with the integer labels of "
+                "data.train_list; set data.class_names (one class name per line, in label order)"
+            )
+        try:
+            samples, found = scan_class_folders(folder, class_names=names)
+        except ValueError as err:
+            where = f" (the class list: {source})" if source else ""
+            raise ConfigError(f"data.{split}_folder: {err}{where}") from None
+        return samples, found
     if not Path(listed).is_file():
         raise ConfigError(f"data.{split}_list: no such file: {listed}")
     samples = read_video_list(listed, root=data.root, class_names=names)
     if names is None:
         names = [str(i) for i in range(max((s.label for s in samples), default=-1) + 1)]
     return samples, names
+
+
+def _class_list(data: DataConfig, split: str, given: list[str] | None) -> tuple[list[str] | None, str | None]:
+    """The class list that labels ``split`` and where it comes from (for messages)."""
+    from_file = read_class_names(data.class_names) if data.class_names else None
+    if given is not None:
+        if from_file is not None and from_file != list(given):
+            i = next((i for i, (a, b) in enumerate(zip(from_file, given, strict=False)) if a != b), None)
+            diff = f"class {i} is {from_file[i]!r}, the model's {given[i]!r}" if i is not None else "lengths"
+            raise ConfigError(
+                f"data.class_names: {data.class_names} lists {len(from_file)} classes that differ from "
+                f"the model's {len(given)} ({diff})"
+            )
+        return list(given), "the model's classes"
+    if from_file is not None:
+        return from_file, f"data.class_names {data.class_names}"
+    if split != "train" and data.train_folder:
+        if not Path(data.train_folder).is_dir():
+            raise ConfigError(f"data.train_folder: no such folder: {data.train_folder}")
+        try:
+            names = class_folder_names(data.train_folder)
+        except ValueError as err:
+            raise ConfigError(f"data.train_folder: {err}") from None
+        return names, f"the folders of data.train_folder {data.train_folder}"
+    return None, None
 
 
 def build_dataset(
