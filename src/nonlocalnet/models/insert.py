@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copyreg
 from collections.abc import Sequence
 from typing import Any
 
@@ -29,14 +30,44 @@ def _out_channels_and_dim(module: nn.Module) -> tuple[int, int] | None:
     return found
 
 
+_WITH_NONLOCAL: dict[type, type] = {}
+
+
+def _nonlocal_class(cls: type) -> type:
+    """The subclass of ``cls`` whose ``forward`` applies ``self.nl`` to ``cls.forward``'s output
+    (one per class). It pickles as ``cls`` plus a swap back, as pickle cannot find a class made at
+    runtime by name."""
+    if cls not in _WITH_NONLOCAL:
+
+        def forward(self: nn.Module, *args: Any, **kwargs: Any) -> Tensor:
+            return getattr(self, NONLOCAL_ATTR)(cls.forward(self, *args, **kwargs))
+
+        def __reduce_ex__(self: nn.Module, protocol: Any) -> Any:
+            reduced = cls.__reduce_ex__(self, protocol)
+            generic = (copyreg.__newobj__, copyreg._reconstructor)  # object's: (cls, ...) + state
+            if isinstance(reduced, tuple) and reduced[0] in generic and reduced[1][0] is sub:
+                return (_new_with_nonlocal, (cls,), *reduced[2:])
+            return reduced
+
+        sub = type(
+            f"{cls.__name__}WithNonLocal",
+            (cls,),
+            {"forward": forward, "__reduce_ex__": __reduce_ex__},
+        )
+        _WITH_NONLOCAL[cls] = sub
+    return _WITH_NONLOCAL[cls]
+
+
+def _new_with_nonlocal(cls: type) -> nn.Module:
+    """Unpickling: an empty instance of ``cls``'s non-local subclass (pickle then sets its state)."""
+    obj = cls.__new__(cls)
+    obj.__class__ = _nonlocal_class(cls)
+    return obj
+
+
 def _with_nonlocal_forward(module: nn.Module) -> None:
     """Make ``module(x)`` return ``module.nl(original forward(x))`` for this instance only."""
-    cls = type(module)
-
-    def forward(self: nn.Module, *args: Any, **kwargs: Any) -> Tensor:
-        return getattr(self, NONLOCAL_ATTR)(cls.forward(self, *args, **kwargs))
-
-    module.__class__ = type(f"{cls.__name__}WithNonLocal", (cls,), {"forward": forward})
+    module.__class__ = _nonlocal_class(type(module))
 
 
 def add_nonlocal(
@@ -53,7 +84,9 @@ def add_nonlocal(
     Channels and dimensionality are inferred from the module's last conv or BatchNorm unless
     given. The block becomes the submodule ``nl`` of the module it follows, so every existing
     state-dict key keeps its name and pretrained weights still load; the block is the identity at
-    initialisation, so the network's outputs are unchanged until it trains. ``block_options`` go
+    initialisation, so the network's outputs are unchanged until it trains. The block starts in
+    the module's mode (eval after ``model.eval()``) and follows later ``.train()``/``.eval()``
+    calls; the network still pickles and deep-copies. ``block_options`` go
     to :class:`NonLocalBlock` (``mode``, ``inter_channels``, ``sub_sample``, ...).
     """
     if isinstance(after, str):
@@ -79,6 +112,7 @@ def add_nonlocal(
         block = NonLocalBlock(channels, dim=ndim, **block_options)
         if param is not None:
             block = block.to(device=param.device, dtype=param.dtype)
+        block.train(target.training)  # later .train()/.eval() calls reach it through target
         target.add_module(NONLOCAL_ATTR, block)
         # A Sequential runs its new last child itself; a Bottleneck3d applies its ``nl`` already.
         if not isinstance(target, nn.Sequential) and not getattr(target, "applies_nonlocal", False):
