@@ -157,6 +157,14 @@ def checkpoint_step(path: str | os.PathLike) -> int:
     return int(state["step"])
 
 
+def _step_or_none(path: Path) -> int | None:
+    """:func:`checkpoint_step`, or ``None`` for a file it cannot read (not a run's past)."""
+    try:
+        return checkpoint_step(path)
+    except Exception:  # any unreadable or foreign file
+        return None
+
+
 class CheckpointManager:
     """``iter_XXXXXXXX.pt`` files in ``folder``: keeps the newest ``keep_last``; ``best.pt`` is
     replaced whenever the tracked metric improves.
@@ -208,7 +216,11 @@ class CheckpointManager:
         found = self.checkpoints()
         if self.best_path.is_file():
             found.append(self.best_path)
-        moving = [p for p in found if after is None or checkpoint_step(p) > after]
+        if after is None:
+            moving = found
+        else:
+            steps = [_step_or_none(p) for p in found]
+            moving = [p for p, step in zip(found, steps, strict=True) if step is None or step > after]
         if not moving:
             return None, []
         stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
