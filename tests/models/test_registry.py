@@ -26,8 +26,36 @@ def test_stage_shapes_of_every_model(name, variant):
         outs = model.stage_outputs(x)
         logits = model(x)
     for stage, (t, h, w) in EXPECTED_32.items():
+        if variant == "released" and stage in ("pool1", "res2"):
+            h = w = 55  # Caffe2's pool1 has no padding (pads=0)
         assert tuple(outs[stage].shape) == (2, CHANNELS[stage], t, h, w), (stage, outs[stage].shape)
     assert tuple(logits.shape) == (2, 400)
+
+
+def test_released_pool1_has_no_padding_and_it_changes_activations():
+    """The released code's pool1 (Caffe2 ``pads=0``) gives res2 55x55 at 224 and other values; the
+    paper's (and torchvision's) padding 1 gives 56x56."""
+    torch.manual_seed(0)
+    paper = build_model("c2d_r50_8x8", num_classes=5).eval()
+    released = build_model("c2d_r50_8x8", num_classes=5, variant="released").eval()
+    assert (model_spec("c2d_r50").pool1_padding, model_spec("c2d_r50", variant="released").pool1_padding) == (
+        1,
+        0,
+    )
+    released.load_state_dict(paper.state_dict(), strict=False)  # same weights (blocks differ in init only)
+    x = torch.randn(1, 3, 2, 64, 64)
+    with torch.no_grad():
+        a, b = paper.stage_outputs(x), released.stage_outputs(x)
+    assert a["res2"].shape[-2:] == (16, 16) and b["res2"].shape[-2:] == (15, 15)
+    # with padding 0 the window at output (i, j) starts at 2i; with padding 1 at 2i - 1: shifted
+    assert not torch.allclose(a["pool1"][..., 1:, 1:][..., :15, :15], b["pool1"])
+    assert released.res5_size(224) == paper.res5_size(224) == 7
+    assert [released.res5_size(s) for s in (64, 65, 66, 97)] == [
+        b2.shape[-1]
+        for b2 in (released.stage_outputs(torch.randn(1, 3, 2, s, s))["res5"] for s in (64, 65, 66, 97))
+    ]
+    with pytest.raises(ValueError, match="pool1_padding must be 0 or 1"):
+        build_model("c2d_r50", pool1_padding=2)
 
 
 def test_conv_kernels_follow_the_released_rules():

@@ -12,12 +12,20 @@ from nonlocalnet.models.complexity import Complexity, measure_complexity
 from nonlocalnet.models.inflate import InflationReport, inflate_2d_to_3d, inflate_kernel
 from nonlocalnet.models.insert import add_nonlocal
 from nonlocalnet.models.layout import choose_memory_format
-from nonlocalnet.models.registry import ModelInfo, build_model, get_model_info, list_models, model_spec
+from nonlocalnet.models.registry import (
+    VARIANTS,
+    ModelInfo,
+    build_model,
+    get_model_info,
+    list_models,
+    model_spec,
+)
 from nonlocalnet.models.resnet3d import Bottleneck3d, StageSpec, VideoResNet, VideoResNetSpec
 from nonlocalnet.models.weights import load_weights, save_weights
 
 __all__ = [
     "RELEASED_CHECKPOINTS",
+    "VARIANTS",
     "Bottleneck3d",
     "Caffe2LoadReport",
     "Complexity",

@@ -13,13 +13,14 @@ Names are ``{arch}[_nl{1,5,10}]_r{50,101}[_8x8]``:
 
 ``variant="paper"`` (default) uses the paper's pooling (pool1 3x3x3, pool2 3x1x1) and block
 (pool after the phi/g convs, no logit scale, MSRA init); ``variant="released"`` the authors'
-code (pool1 2x3x3, pool2 2x1x1; pool before the convs, logit scale, std 0.01 init), which is what
-their checkpoints were trained with.
+code (pool1 2x3x3 without padding, pool2 2x1x1; pool before the convs, logit scale under the
+softmax, std 0.01 init), which is what their checkpoints were trained with.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,14 +28,40 @@ from nonlocalnet.layers import BLOCK_PRESETS
 from nonlocalnet.models.resnet3d import StageSpec, VideoResNet, VideoResNetSpec
 from nonlocalnet.ops import MODES
 
-__all__ = ["ModelInfo", "build_model", "get_model_info", "list_models", "model_spec"]
+__all__ = ["VARIANTS", "ModelInfo", "build_model", "get_model_info", "list_models", "model_spec"]
 
 _DEPTHS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
 _WIDTHS = (64, 128, 256, 512)
-_ARCHS = ("c2d", "i3d", "i3d3x3x3")
-_NONLOCAL = ("", "nl1", "nl5", "nl10")
-_VARIANTS = ("paper", "released")
-_POOLING = {"paper": (3, 3), "released": (2, 2)}  # (pool1, pool2) temporal kernels, 32-frame
+VARIANTS = ("paper", "released")
+# per variant: pool1 and pool2 temporal kernels (32-frame models) and pool1's spatial padding
+_POOLING = {"paper": (3, 3, 1), "released": (2, 2, 0)}
+
+
+@dataclass(frozen=True)
+class _Entry:
+    """One registry name, parsed."""
+
+    arch: str
+    nonlocal_: str
+    depth: int
+    fast: bool
+
+
+def _table() -> dict[str, _Entry]:
+    """The naming grammar, written once: every valid name and what it stands for."""
+    table = {}
+    for arch in ("c2d", "i3d", "i3d3x3x3"):
+        for nl in ("", "nl1", "nl5", "nl10"):
+            for depth in _DEPTHS:
+                if nl == "nl10" and depth != 50:
+                    continue  # every res3 and res4 block is 10 blocks for ResNet-50 only
+                for fast in (False, True):
+                    name = f"{arch}{'_' + nl if nl else ''}_r{depth}{'_8x8' if fast else ''}"
+                    table[name] = _Entry(arch, nl, depth, fast)
+    return dict(sorted(table.items()))
+
+
+_REGISTRY = _table()
 
 
 def _inflated(stage: int, depth: int, block: int) -> bool:
@@ -85,33 +112,17 @@ _PAPER_RESULTS = {  # Kinetics-400 val, 32 frames, REFERENCE.md section 3
 }
 
 
-def _parse(name: str) -> tuple[str, str, int, bool]:
-    parts = name.split("_")
-    fast = parts[-1] == "8x8"
-    if fast:
-        parts = parts[:-1]
-    if len(parts) not in (2, 3) or parts[0] not in _ARCHS or parts[-1] not in ("r50", "r101"):
-        raise KeyError(name)
-    nl = parts[1] if len(parts) == 3 else ""
-    if nl not in _NONLOCAL or (nl == "" and len(parts) == 3):
-        raise KeyError(name)
-    depth = int(parts[-1][1:])
-    if nl == "nl10" and depth != 50:
-        raise KeyError(name)
-    return parts[0], nl, depth, fast
+def _entry(name: str) -> _Entry:
+    if not isinstance(name, str):
+        raise TypeError(f"a model name must be a str, got {type(name).__name__}")
+    if name not in _REGISTRY:
+        raise _unknown(name)
+    return _REGISTRY[name]
 
 
 def list_models() -> list[str]:
     """Every registry name, sorted."""
-    names = []
-    for arch in _ARCHS:
-        for nl in _NONLOCAL:
-            for depth in _DEPTHS:
-                if nl == "nl10" and depth != 50:
-                    continue
-                for fast in ("", "_8x8"):
-                    names.append(f"{arch}{'_' + nl if nl else ''}_r{depth}{fast}")
-    return sorted(names)
+    return list(_REGISTRY)
 
 
 def _unknown(name: str) -> ValueError:
@@ -123,19 +134,16 @@ def _unknown(name: str) -> ValueError:
 
 
 def get_model_info(name: str) -> ModelInfo:
-    try:
-        arch, nl, depth, fast = _parse(name)
-    except KeyError:
-        raise _unknown(name) from None
-    nblocks = {"": 0, "nl1": 1, "nl5": 5, "nl10": 10}[nl]
+    """What a registry name stands for (block count read from its spec)."""
+    e = _entry(name)
     return ModelInfo(
         name=name,
-        arch=arch,
-        depth=depth,
-        nonlocal_blocks=nblocks,
-        frames=8 if fast else 32,
-        sample_rate=8 if fast else 2,
-        paper_top1_top5=None if fast else _PAPER_RESULTS.get((arch, nl, depth)),
+        arch=e.arch,
+        depth=e.depth,
+        nonlocal_blocks=model_spec(name).num_nonlocal,
+        frames=8 if e.fast else 32,
+        sample_rate=8 if e.fast else 2,
+        paper_top1_top5=None if e.fast else _PAPER_RESULTS.get((e.arch, e.nonlocal_, e.depth)),
     )
 
 
@@ -152,12 +160,10 @@ def model_spec(
     With ``norm="affine"`` (frozen BN, the authors' affine models) the non-local blocks use an
     affine output norm too, and with ``variant="released"`` the res3 blocks attend within groups
     of 4 frames, as the released code does for those models."""
-    try:
-        arch, nl, depth, fast = _parse(name)
-    except KeyError:
-        raise _unknown(name) from None
-    if variant not in _VARIANTS:
-        raise ValueError(f"unknown variant {variant!r}; expected one of {_VARIANTS}")
+    e = _entry(name)
+    arch, nl, depth, fast = e.arch, e.nonlocal_, e.depth, e.fast
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown variant {variant!r}; expected one of {VARIANTS}")
     if nonlocal_mode not in MODES:
         raise ValueError(f"unknown nonlocal_mode {nonlocal_mode!r}; expected one of {MODES}")
     stages = []
@@ -178,7 +184,7 @@ def model_spec(
                 ),
             )
         )
-    pool1, pool2 = _POOLING[variant]
+    pool1, pool2, pool1_padding = _POOLING[variant]
     affine = {"norm": "affine"} if norm == "affine" else {}
     options = {**BLOCK_PRESETS[variant], **affine, "mode": nonlocal_mode, **(nonlocal_options or {})}
     return VideoResNetSpec(
@@ -187,6 +193,7 @@ def model_spec(
         conv1_temporal_stride=1 if fast else 2,
         pool1_temporal=1 if fast else pool1,
         pool1_temporal_stride=1 if fast else 2,
+        pool1_padding=pool1_padding,
         pool2_temporal=pool2,
         nonlocal_options=options,
     )
@@ -212,19 +219,8 @@ def build_model(
     fields = {f.name for f in dataclasses.fields(VideoResNetSpec)}
     bad = sorted(set(spec_overrides) - fields)
     if bad:
-        valid = sorted(
-            fields
-            | {
-                "num_classes",
-                "variant",
-                "nonlocal_mode",
-                "nonlocal_options",
-                "dropout",
-                "temporal_padding",
-                "norm",
-            }
-        )
-        raise ValueError(f"unknown override(s) {bad} for build_model; valid keys: {valid}")
+        own = set(inspect.signature(build_model).parameters) - {"name", "spec_overrides"}
+        raise ValueError(f"unknown override(s) {bad} for build_model; valid keys: {sorted(fields | own)}")
     if spec_overrides:
         spec = dataclasses.replace(spec, **spec_overrides)
     try:

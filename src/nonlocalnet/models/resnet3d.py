@@ -50,6 +50,8 @@ class VideoResNetSpec:
 
     ``conv1_temporal`` and ``conv1_temporal_stride``: conv1 is ``t x 7 x 7`` with stride
     ``(s, 2, 2)``. ``pool1_temporal``/``pool1_temporal_stride``: pool1 is ``t x 3 x 3``.
+    ``pool1_padding``: pool1's spatial padding, 1 (paper, torchvision: res2 is 56x56 at 224) or 0
+    (the released Caffe2 code, ``pads=0``: 55x55).
     ``pool2_temporal``: pool2 after res2 is ``t x 1 x 1`` with temporal stride 2 (0: none).
     ``stride_on_1x1``: put block 0's spatial stride on the first 1x1 (the original MSRA ResNet)
     instead of the 3x3 (the released code, torchvision); same weights, fewer FLOPs.
@@ -62,10 +64,15 @@ class VideoResNetSpec:
     conv1_temporal_stride: int = 2
     pool1_temporal: int = 3
     pool1_temporal_stride: int = 2
+    pool1_padding: int = 1
     pool2_temporal: int = 3
     stride_on_1x1: bool = False
     nonlocal_options: Mapping[str, Any] = field(default_factory=dict)
     stem_width: int = 64
+
+    def __post_init__(self) -> None:
+        if self.pool1_padding not in (0, 1):
+            raise ValueError(f"pool1_padding must be 0 or 1, got {self.pool1_padding!r}")
 
     @property
     def num_nonlocal(self) -> int:
@@ -196,7 +203,9 @@ class VideoResNet(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         tp1 = spec.pool1_temporal
         self.maxpool = nn.MaxPool3d(
-            (tp1, 3, 3), stride=(spec.pool1_temporal_stride, 2, 2), padding=((tp1 - 1) // 2, 1, 1)
+            (tp1, 3, 3),
+            stride=(spec.pool1_temporal_stride, 2, 2),
+            padding=((tp1 - 1) // 2, spec.pool1_padding, spec.pool1_padding),
         )
         tp2 = spec.pool2_temporal
         self.pool2 = (
@@ -280,11 +289,15 @@ class VideoResNet(nn.Module):
         return self.fc(self.dropout(self.pooled_features(x)))
 
     def res5_size(self, size: int) -> int:
-        """Side of the res5 map for frames of side ``size``: conv1, pool1 and each stage's
-        stride ``s`` give ``ceil(size / s)``."""
+        """Side of the res5 map for frames of side ``size``: conv1 and each stage's stride ``s``
+        give ``ceil(size / s)``; pool1 (3x3, stride 2, padding ``p``) ``(size + 2p - 3) // 2 + 1``."""
         if size < 1:
             raise ValueError(f"size must be a positive number of pixels, got {size}")
-        for stride in (2, 2, *(stage.stride for stage in self.spec.stages)):
+        size = -(-size // 2)  # conv1
+        size = (size + 2 * self.spec.pool1_padding - 3) // 2 + 1
+        if size < 1:
+            raise ValueError("the frames are too small for pool1")
+        for stride in (stage.stride for stage in self.spec.stages):
             size = -(-size // stride)
         return size
 
