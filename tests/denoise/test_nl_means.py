@@ -208,3 +208,62 @@ def test_errors():
         nl_means(img, centre_weight="zero")
     with pytest.raises(ValueError, match="video must be"):
         nl_means_video(img)
+
+
+def test_numpy_images_in_and_out_with_the_same_checks():
+    """scikit-image and OpenCV users pass NumPy arrays, colour channels last."""
+    import numpy as np
+
+    gen = torch.Generator().manual_seed(3)
+    chw = (torch.rand(3, 24, 24, generator=gen) * 0.5 + 0.25).double()
+    want = nl_means(chw, sigma=0.1, patch_size=3, search_window=5)
+    hwc = chw.permute(1, 2, 0).numpy()
+    got = nl_means(hwc, sigma=0.1, patch_size=3, search_window=5, channel_axis=-1)
+    assert isinstance(got, np.ndarray) and got.shape == hwc.shape and got.dtype == np.float64
+    np.testing.assert_allclose(got, want.permute(1, 2, 0).numpy(), rtol=0, atol=1e-12)
+    gray = nl_means(hwc[..., 0].astype(np.float32), sigma=0.1, patch_size=3, search_window=5)
+    assert isinstance(gray, np.ndarray) and gray.dtype == np.float32
+    np.testing.assert_allclose(
+        gray, nl_means(chw[0].float(), sigma=0.1, patch_size=3, search_window=5).numpy()
+    )
+    batch = np.stack([hwc, hwc[::-1]])  # (B, H, W, C), a negative-stride view included
+    assert nl_means(batch, sigma=0.1, patch_size=3, search_window=5, channel_axis=-1).shape == batch.shape
+    with pytest.raises(ValueError, match="needs channel_axis"):
+        nl_means(hwc)  # (24, 24, 3) would otherwise be read as 24 channels
+    with pytest.raises(TypeError, match="floating point"):
+        nl_means((hwc * 255).astype(np.uint8), channel_axis=-1)
+    with pytest.raises(ValueError, match="contains NaN"):
+        nl_means(np.full((16, 16), np.nan))
+    with pytest.raises(TypeError, match="torch.Tensor or a NumPy array, got list"):
+        nl_means([[0.5] * 16] * 16)
+    with pytest.raises(ValueError, match="channel_axis 3 is not an axis"):
+        nl_means(hwc, channel_axis=3)
+
+
+def test_numpy_video_and_one_set_of_checks_for_images_and_videos():
+    import numpy as np
+
+    from nonlocalnet.denoise import nl_means_video
+
+    gen = torch.Generator().manual_seed(4)
+    tchw = (torch.rand(4, 1, 20, 20, generator=gen) * 0.5 + 0.25).double()
+    want = nl_means_video(tchw, sigma=0.1, patch_size=3, search_window=5)
+    got = nl_means_video(
+        tchw.permute(0, 2, 3, 1).numpy(), sigma=0.1, patch_size=3, search_window=5, channel_axis=-1
+    )
+    np.testing.assert_allclose(got, want.permute(0, 2, 3, 1).numpy(), rtol=0, atol=1e-12)
+    for fn, x in ((nl_means, tchw[0]), (nl_means_video, tchw)):
+        with pytest.raises(TypeError, match="must be floating point"):
+            fn((x * 255).to(torch.uint8))
+        with pytest.raises(ValueError, match="patch_size must be a positive odd int"):
+            fn(x, patch_size=4)
+        with pytest.raises(ValueError, match="tile_size must be a positive int"):
+            fn(x, tile_size=0)
+        with pytest.raises(
+            ValueError, match=r"patch_size 7 \+ search_window 21 need (an image|frames) larger"
+        ):
+            fn(x[..., :12, :12])
+    with pytest.raises(
+        ValueError, match=r"video must be \(T, C, H, W\) or \(B, T, C, H, W\), got shape \(20, 20\)"
+    ):
+        nl_means_video(tchw[0, 0])

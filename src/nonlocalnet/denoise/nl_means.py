@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -39,7 +40,8 @@ def estimate_sigma(image: Tensor) -> Tensor:
     sigma there, while smooth image content nearly vanishes), divided by 0.6745; channels are
     averaged.
     """
-    x = _as_batch(image, "image")[0]
+    x = _from_user(image, "image", None, (2, 3, 4), "(H, W), (C, H, W) or (B, C, H, W)")[0]
+    x = x.reshape(-1, *x.shape[-3:]) if x.dim() >= 3 else x[None, None]
     h, w = x.shape[-2:]
     if h < 2 or w < 2:
         raise ValueError(f"need at least 2 x 2 pixels to estimate sigma, got {h} x {w}")
@@ -54,22 +56,60 @@ def default_h(sigma: float) -> float:
     return 0.8 * sigma
 
 
-def _as_batch(image: Tensor, name: str) -> tuple[Tensor, tuple[int, ...]]:
-    if not isinstance(image, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(image).__name__}")
-    if not image.is_floating_point():
+def _from_user(
+    x: Tensor | np.ndarray, name: str, channel_axis: int | None, ranks: tuple[int, ...], layouts: str
+) -> tuple[Tensor, Callable[[Tensor], Tensor | np.ndarray]]:
+    """Check a user's image or video (torch or NumPy) and bring its channels to dim -3; returns
+    it and the function that gives a result back in the user's type and layout."""
+    numpy = isinstance(x, np.ndarray)
+    if not numpy and not isinstance(x, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor or a NumPy array, got {type(x).__name__}")
+    dtype = x.dtype
+    if not (np.issubdtype(dtype, np.floating) if numpy else x.is_floating_point()):
         raise TypeError(
-            f"{name} must be floating point (e.g. uint8 / 255 for [0, 1] images), got dtype {image.dtype}: "
+            f"{name} must be floating point (e.g. uint8 / 255 for [0, 1] images), got dtype {dtype}: "
             "integer images are ambiguous about their range"
         )
-    if image.dim() not in (2, 3, 4):
-        raise ValueError(f"{name} must be (H, W), (C, H, W) or (B, C, H, W), got shape {tuple(image.shape)}")
-    if torch.isnan(image).any():
+    t = torch.from_numpy(np.ascontiguousarray(x)) if numpy else x
+    if channel_axis is None and numpy and t.dim() > min(ranks):
+        raise ValueError(
+            f"{name}: a {t.dim()}-D NumPy array needs channel_axis (-1 for channels last, as "
+            f"scikit-image and OpenCV store colour; 0 or 1 for channels first); got shape {tuple(t.shape)}"
+        )
+    if channel_axis is not None:
+        if not isinstance(channel_axis, int) or not -t.dim() <= channel_axis < t.dim():
+            raise ValueError(
+                f"channel_axis {channel_axis!r} is not an axis of {name} with shape {tuple(t.shape)}"
+            )
+        t = t.movedim(channel_axis, -3) if t.dim() >= 3 else t
+    if t.dim() not in ranks:
+        raise ValueError(f"{name} must be {layouts}, got shape {tuple(x.shape)}")
+    if torch.isnan(t).any():
         raise ValueError(f"{name} contains NaN")
-    shape = tuple(image.shape)
-    while image.dim() < 4:
-        image = image.unsqueeze(0)
-    return image, shape
+
+    def back(y: Tensor) -> Tensor | np.ndarray:
+        if channel_axis is not None and y.dim() >= 3:
+            y = y.movedim(-3, channel_axis)
+        return y.numpy() if numpy else y
+
+    return t, back
+
+
+def _check_fit(patch_size: int, search_window: int | None, height: int, width: int, thing: str) -> None:
+    """The patch (and the search window) must fit inside ``thing`` (an image, frames)."""
+    need = patch_size // 2 + (search_window // 2 if search_window is not None else 0)
+    if need >= min(height, width):
+        what = f"patch_size {patch_size}" + (f" + search_window {search_window}" if search_window else "")
+        verb = "need" if search_window else "needs"
+        raise ValueError(f"{what} {verb} {thing} larger than {need} pixels per side, got {height} x {width}")
+
+
+def _check_options(patch_size: int, search_window: int, kind: str, centre: str, tile_size: int) -> None:
+    _check_odd(patch_size, "patch_size")
+    _check_odd(search_window, "search_window")
+    _check_weights(kind, centre)
+    if not isinstance(tile_size, int) or isinstance(tile_size, bool) or tile_size < 1:
+        raise ValueError(f"tile_size must be a positive int, got {tile_size!r}")
 
 
 def _check_weights(kind: str, centre: str) -> None:
@@ -273,8 +313,13 @@ def nl_means(
     patch_weights: str = "gaussian",
     centre_weight: str = "max",
     tile_size: int = 256,
-) -> Tensor:
+    channel_axis: int | None = None,
+) -> Tensor | np.ndarray:
     """Denoise ``(H, W)``, ``(C, H, W)`` or ``(B, C, H, W)`` float images; same shape out.
+
+    Takes a torch tensor or a NumPy array and returns the same kind. ``channel_axis`` says where
+    the channels are when they are not at dim -3: ``-1`` for the ``(H, W, C)`` colour images of
+    scikit-image and OpenCV (a NumPy array with more than two dims must say).
 
     ``sigma``: noise std (estimated per image by :func:`estimate_sigma` if None); ``h``: filter
     strength (default :func:`default_h`); ``centre_weight`` the pixel's own weight (see the
@@ -291,23 +336,11 @@ def nl_means(
     given is returned unchanged (a copy), per image of a batch: that is the limit ``h -> 0``,
     where only identical patches, hence identical pixels, keep weight. A given ``h`` must be > 0.
     """
-    x, shape = _as_batch(image, "image")
-    _check_odd(patch_size, "patch_size")
-    _check_odd(search_window, "search_window")
-    height, width = x.shape[-2:]
-    if fully_nonlocal and patch_size // 2 >= min(height, width):
-        raise ValueError(
-            f"patch_size {patch_size} needs an image larger than {patch_size // 2} pixels per side, "
-            f"got {height} x {width}"
-        )
-    if not fully_nonlocal and patch_size // 2 + search_window // 2 >= min(height, width):
-        raise ValueError(
-            f"patch_size {patch_size} + search_window {search_window} need an image larger than "
-            f"{patch_size // 2 + search_window // 2} pixels per side, got {height} x {width}"
-        )
-    _check_weights(patch_weights, centre_weight)
-    if not isinstance(tile_size, int) or tile_size < 1:
-        raise ValueError(f"tile_size must be a positive int, got {tile_size!r}")
+    x, back = _from_user(image, "image", channel_axis, (2, 3, 4), "(H, W), (C, H, W) or (B, C, H, W)")
+    shape = x.shape
+    x = x.reshape(-1, *shape[-3:]) if x.dim() >= 3 else x[None, None]
+    _check_options(patch_size, search_window, patch_weights, centre_weight, tile_size)
+    _check_fit(patch_size, None if fully_nonlocal else search_window, *x.shape[-2:], "an image")
     s, hh, unchanged = _resolve(x[:, None], sigma, h)
 
     def denoise(items: Tensor, idx: Tensor | slice) -> Tensor:
@@ -325,7 +358,7 @@ def nl_means(
             centre_weight,
         )[:, 0]
 
-    return _per_item(x, unchanged, denoise).reshape(shape)
+    return back(_per_item(x, unchanged, denoise).reshape(shape))
 
 
 def nl_means_video(
@@ -339,30 +372,23 @@ def nl_means_video(
     patch_weights: str = "gaussian",
     centre_weight: str = "max",
     tile_size: int = 256,
-) -> Tensor:
+    channel_axis: int | None = None,
+) -> Tensor | np.ndarray:
     """Spatio-temporal NL-means on ``(T, C, H, W)`` or ``(B, T, C, H, W)``: 2D patches, a search
     window spanning ``temporal_window`` neighbouring frames (those inside the clip). A clip with
-    sigma 0 and no ``h`` given is returned unchanged, as in :func:`nl_means`."""
-    if not isinstance(video, Tensor) or video.dim() not in (4, 5):
-        shape = tuple(video.shape) if isinstance(video, Tensor) else type(video).__name__
-        raise ValueError(f"video must be (T, C, H, W) or (B, T, C, H, W), got {shape}")
-    v = video if video.dim() == 5 else video[None]
-    _as_batch(v[:, 0], "video")  # dtype and NaN checks
-    if torch.isnan(v).any():
-        raise ValueError("video contains NaN")
-    _check_odd(patch_size, "patch_size")
-    _check_odd(search_window, "search_window")
+    sigma 0 and no ``h`` given is returned unchanged, as in :func:`nl_means`. NumPy arrays and
+    ``channel_axis`` (``-1`` for ``(T, H, W, C)``) as in :func:`nl_means`."""
+    v, back = _from_user(video, "video", channel_axis, (4, 5), "(T, C, H, W) or (B, T, C, H, W)")
+    shape = v.shape
+    v = v if v.dim() == 5 else v[None]
+    _check_options(patch_size, search_window, patch_weights, centre_weight, tile_size)
     _check_odd(temporal_window, "temporal_window")
-    _check_weights(patch_weights, centre_weight)
-    t, height, width = v.shape[1], v.shape[3], v.shape[4]
+    t = v.shape[1]
     if temporal_window // 2 >= t:
         raise ValueError(
             f"temporal_window {temporal_window} needs more than {temporal_window // 2} frames, got {t}"
         )
-    if patch_size // 2 + search_window // 2 >= min(height, width):
-        raise ValueError(
-            f"search_window {search_window} and patch_size {patch_size} do not fit {height} x {width}"
-        )
+    _check_fit(patch_size, search_window, *v.shape[-2:], "frames")
     s, hh, unchanged = _resolve(v, sigma, h)
     y = _per_item(
         v,
@@ -379,7 +405,7 @@ def nl_means_video(
             centre_weight,
         ),
     )
-    return y.reshape(video.shape)
+    return back(y.reshape(shape))
 
 
 def psnr(estimate: Tensor, reference: Tensor, data_range: float = 1.0) -> float:
