@@ -15,7 +15,7 @@ from launch import metrics, train, train_killed_at, weights
 from tiny_video import tiny_config, write_config
 
 from nonlocalnet.cli import main
-from nonlocalnet.engine import CheckpointManager, config_from_dict, load_checkpoint
+from nonlocalnet.engine import CheckpointManager, config_from_dict, load_checkpoint, save_checkpoint
 from nonlocalnet.engine import train as train_in_process
 from nonlocalnet.engine.config import ConfigError
 
@@ -204,3 +204,33 @@ def test_another_process_count(tmp_path, tiny_data, reference):
     done = train(config, "--resume", str(start), procs=2)
     assert "split differently" in done.stderr.decode()
     _assert_close_weights(tmp_path / "two", reference["split_free"])
+
+
+def test_a_checkpoint_of_the_previous_format_still_resumes_exactly(
+    tmp_path, tiny_data, reference, one_thread
+):
+    # format v1 had no progress entry and one RNG state (rank 0's); one process resumes as before
+    state = load_checkpoint(reference["exact"] / "checkpoints" / "iter_00000006.pt")
+    for key in ("progress", "rng_per_rank"):
+        del state[key]
+    state["format"] = "nonlocalnet-train-v1"
+    save_checkpoint(tmp_path / "v1.pt", state)
+    cfg = _config(tmp_path, "run", tiny_data, EXACT["model"])
+    train_in_process(config_from_dict(cfg), resume=tmp_path / "v1.pt")
+    _assert_same_weights(tmp_path / "run", reference["exact"])
+    assert metrics(tmp_path / "run") == [r for r in metrics(reference["exact"]) if r["step"] > 6]
+
+
+def test_resuming_another_folders_checkpoint_in_a_used_folder(tmp_path, tiny_data, reference, one_thread):
+    # The folder holds another run (seed 1): its checkpoints and log are not this run's past.
+    old = _config(tmp_path, "run", tiny_data, EXACT["model"], checkpoint={"every_iters": 4})
+    train_in_process(config_from_dict({**old, "seed": 1}))
+    ckpts = tmp_path / "run" / "checkpoints"
+    old_files = sorted(p.name for p in ckpts.iterdir())
+    cfg = _config(tmp_path, "run", tiny_data, EXACT["model"])
+    train_in_process(config_from_dict(cfg), resume=reference["exact"] / "checkpoints" / "iter_00000006.pt")
+    _assert_same_weights(tmp_path / "run", reference["exact"])
+    assert metrics(tmp_path / "run") == [r for r in metrics(reference["exact"]) if r["step"] > 6]
+    (aside,) = ckpts.glob("superseded-*")
+    assert sorted(p.name for p in aside.iterdir()) == old_files
+    assert _steps(tmp_path / "run") == [9, 12]

@@ -335,8 +335,10 @@ def _train(
         restore_rng_state(state["rng_per_rank"][ctx.rank])
     elif resume_path is not None and "progress" not in state and not ctx.distributed:
         restore_rng_state(state["rng"])  # format v1, one process: exact as before
+    # the folder's checkpoints and log are this run's past only when it resumes from one of them
+    own_past = resume_path is not None and resume_path.resolve().parent == manager.folder.resolve()
     if ctx.is_main:
-        _set_aside_other_checkpoints(manager, resume_path, step if resume_path is not None else None)
+        _set_aside_other_checkpoints(manager, step if own_past else None)
     ctx.barrier()
 
     net = model
@@ -344,7 +346,7 @@ def _train(
         net = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None
         )
-    runlog = RunLog(out, enabled=ctx.is_main, truncate_after=step if resume_path else None)
+    runlog = RunLog(out, enabled=ctx.is_main, truncate_after=step if own_past else None)
     if ctx.is_main:
         out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out / "config.yaml")
@@ -486,17 +488,14 @@ def _val_bad(final: dict[str, Any] | None) -> dict[str, Any]:
     return {"count": len(paths), "paths": paths}
 
 
-def _set_aside_other_checkpoints(
-    manager: CheckpointManager, resume_path: Path | None, step: int | None
-) -> None:
+def _set_aside_other_checkpoints(manager: CheckpointManager, resumed_at: int | None) -> None:
     """Before a run writes its first checkpoint: move out of the way the checkpoints in its
-    folder that are not its past. A new run sets all of them aside (a used folder); a run
-    resumed from a checkpoint of this folder at step S those after S (the future it discards);
-    one resumed from elsewhere all of them."""
-    own = resume_path is not None and resume_path.resolve().parent == manager.folder.resolve()
-    target, moved = manager.set_aside(step if own else None)
+    folder that are not its past. A run resumed from a checkpoint of this folder at step S
+    (``resumed_at``) sets aside those after S (the future it discards); a new run, or one
+    resumed from elsewhere (``None``), all of them (a used folder)."""
+    target, moved = manager.set_aside(resumed_at)
     if moved:
-        what = "of a discarded future" if own else "of another run"
+        what = "of a discarded future" if resumed_at is not None else "of another run"
         log.warning(
             "moved %d checkpoints %s (%s) to %s",
             len(moved),
