@@ -31,11 +31,11 @@ def test_a_micro_batch_of_only_broken_videos_on_one_rank_joins_the_all_reduce(tm
     # equals one process with batch 2 (whose step then averages the good clip over 2).
     data = _broken_list(tmp_path, tiny_data)
 
-    def config(name: str, batch: int) -> Path:
+    def config(name: str, batch: int, norm: str = "affine") -> Path:
         cfg = tiny_config(
             data,
             tmp_path / name,
-            model={"norm": "affine"},
+            model={"norm": norm},
             data={"bad_data_threshold": 0.5},
             train={"epochs": 2, "batch_size": batch},
             eval={"every_epochs": 0},
@@ -48,9 +48,12 @@ def test_a_micro_batch_of_only_broken_videos_on_one_rank_joins_the_all_reduce(tm
     for key in a:
         torch.testing.assert_close(b[key], a[key], rtol=1e-5, atol=1e-6, msg=key)
 
+    # with BatchNorm too: the placeholder forward leaves the statistics as they were
+    train(config("two_bn", 1, norm="batchnorm"), procs=2)
+
     # every rank's broken videos are listed, in the summary and in the checkpoint (item 2)
     expected = ["missing_a.mp4", "missing_b.mp4"]
-    for run in ("one", "two"):
+    for run in ("one", "two", "two_bn"):
         summary = json.loads((tmp_path / run / "summary.json").read_text())
         assert sorted(Path(e["path"]).name for e in summary["bad_data"]["bad"]) == expected, run
         assert summary["bad_data"]["count"] == 2, run
@@ -117,3 +120,25 @@ def test_out_of_memory_in_a_step_keeps_its_type_and_suggests_a_smaller_batch(
     assert "Tried to allocate 20.00 GiB" in message
     assert "train.batch_size" in message and "train.grad_accum" in message
     assert "another training process" not in message
+
+
+def test_the_placeholder_step_changes_no_statistics_and_draws_no_random_numbers(tiny_data, tmp_path):
+    from nonlocalnet.engine.setup import build_model_from_config
+    from nonlocalnet.engine.train import _placeholder_backward
+
+    cfg = config_from_dict(tiny_config(tiny_data, tmp_path / "run", model={"dropout": 0.5}))
+    model = build_model_from_config(cfg.model)  # BatchNorm and dropout
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        net = torch.nn.parallel.DistributedDataParallel(model)
+        net.train()
+        buffers = {k: v.clone() for k, v in model.named_buffers()}
+        rng = torch.get_rng_state()
+        _placeholder_backward(net, cfg, torch.device("cpu"), torch.contiguous_format)
+        assert torch.equal(torch.get_rng_state(), rng)
+        for key, value in model.named_buffers():
+            assert torch.equal(value, buffers[key]), key
+        for name, p in model.named_parameters():
+            assert p.grad is not None and not p.grad.any(), name
+    finally:
+        dist.destroy_process_group()

@@ -535,10 +535,10 @@ def _placeholder_backward(net: nn.parallel.DistributedDataParallel, cfg: Config,
     devices = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices), autocast_context(cfg.train.amp, device):
         out = net(clip.contiguous(memory_format=fmt))
-    with torch.no_grad():
+    (out.float().sum() * 0.0).backward()
+    with torch.no_grad():  # after the backward, which may need the buffers as they were
         for buffer, value in zip(module.buffers(), saved, strict=True):
             buffer.copy_(value)
-    (out.float().sum() * 0.0).backward()
 
 
 @contextlib.contextmanager
