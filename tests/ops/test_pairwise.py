@@ -275,14 +275,18 @@ class _Op(torch.nn.Module):
         ("concatenation", "auto", (4, 3)),
     ],
 )
-def test_torch_export_keeps_batch_and_positions_symbolic(mode, algorithm, widths):
+@pytest.mark.parametrize("strict", [False, True])
+def test_torch_export_keeps_batch_and_positions_symbolic(mode, algorithm, widths, strict):
     """Traced with inputs that require grad (as a module's parameters make them), every mode keeps
-    B, N and M symbolic: the exported program runs at other sizes and matches eager."""
+    B, N and M symbolic: the exported program runs at other sizes and matches eager. (Strict
+    export traces with dynamo, where a symbolic size looks like an int.)"""
     ck, cv = widths
     theta, phi, g, w = (t.requires_grad_() for t in _qkv(b=2, n=12, m=6, ck=ck, cv=cv))
     b, n, m = torch.export.Dim("b"), torch.export.Dim("n"), torch.export.Dim("m")
     dims = ({0: b, 1: n}, {0: b, 1: m}, {0: b, 1: m}, None)
-    program = torch.export.export(_Op(mode, algorithm), (theta, phi, g, w), dynamic_shapes=dims)
+    program = torch.export.export(
+        _Op(mode, algorithm), (theta, phi, g, w), dynamic_shapes=dims, strict=strict
+    )
     for size in ((3, 9, 20), (1, 1, 2), (2, 12, 6)):
         t2, p2, g2, _ = _qkv(b=size[0], n=size[1], m=size[2], ck=ck, cv=cv, seed=1)
         got = program.module()(t2, p2, g2, w)

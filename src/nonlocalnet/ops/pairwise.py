@@ -14,10 +14,9 @@ of the ReLU for concatenation).
 No function builds an ``N x M`` matrix unless its ``algorithm`` asks for the quadratic form:
 the Gaussian forms use fused attention, the dot product uses associativity, concatenation sorts.
 
-While the code is traced (``torch.jit.trace``, ``torch.onnx.export``, ``torch.export``,
-``torch.compile``) sizes may be symbolic, so ``"auto"`` picks the route that holds for every size
-(fused attention, the linear dot product) and no loop bound depends on the sizes: an exported
-graph keeps a dynamic batch and clip length.
+While ``torch.jit.trace``, ``torch.onnx.export`` or ``torch.export`` records the code,
+``"auto"`` picks the route that holds for every size (fused attention, the linear dot product)
+and no loop bound depends on a size: an exported graph keeps a dynamic batch and clip length.
 """
 
 from __future__ import annotations
@@ -99,17 +98,18 @@ def _fp32(*tensors: Tensor) -> Iterator[tuple[Tensor, ...]]:
 _CHUNK_ELEMENTS = 1 << 22  # logits per chunk of the chunked softmax: 16 MiB in float32
 
 
-def _tracing() -> bool:
-    """True while a tracer or compiler records the code (its sizes may be symbolic): then every
-    choice between algorithms must hold for all sizes, not just the example's."""
-    return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling()
-
-
-def _symbolic_sizes(*tensors: Tensor) -> bool:
-    """True when a size is not a plain int (a ``SymInt`` under ``torch.export``/dynamic
-    ``torch.compile``, a traced value under ``torch.jit.trace``): a loop over chunks of such a
-    size would be unrolled for the example's size only."""
-    return torch.jit.is_tracing() or any(not isinstance(s, int) for t in tensors for s in t.shape)
+def _shape_agnostic(*tensors: Tensor) -> bool:
+    """True when the code must hold for every size, not just the current one: while
+    ``torch.jit.trace``, ``torch.onnx.export`` or ``torch.export`` records it, or when a size is
+    symbolic. A choice between algorithms or a loop over chunks made from the sizes would fix
+    them in the graph. (``torch.compile`` keeps the eager choices, which are faster on CPU; it
+    recompiles where they depend on a size.)"""
+    return (
+        torch.jit.is_tracing()
+        or torch.onnx.is_in_onnx_export()
+        or torch.compiler.is_exporting()
+        or any(not isinstance(s, int) for t in tensors for s in t.shape)
+    )
 
 
 def _softmax_block(theta: Tensor, phi_t: Tensor, g: Tensor, scale: float) -> tuple[Tensor, Tensor]:
@@ -148,7 +148,7 @@ class _ChunkedSoftmaxAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, theta: Tensor, phi: Tensor, g: Tensor, scale: float, chunk: int | None) -> Tensor:
         phi_t = phi.transpose(1, 2)
-        if chunk is None:  # one block, no size-dependent loop (traced with symbolic sizes)
+        if chunk is None:  # one block, no size-dependent loop (exported)
             out, lse = _softmax_block(theta, phi_t, g, scale)
         else:
             b, n = theta.shape[:2]
@@ -198,20 +198,19 @@ def softmax_attention(
     ``"fused"`` runs ``scaled_dot_product_attention`` (flash kernel on CPU and CUDA: memory
     linear in N; unequal widths ``Ck != Cv`` are zero-padded to the larger); ``"chunked"`` runs
     the softmax over blocks of query rows with a recomputing backward (any widths, memory
-    ``chunk x M``; one block when traced with symbolic sizes); ``"auto"`` picks fused when the
-    widths match, except for training on CPU where the chunked backward is faster, and always
-    fused while traced or compiled (a shape-agnostic graph). ``"naive"`` builds the
-    ``(B, N, M)`` affinity explicitly.
+    ``chunk x M``; one block while exported); ``"auto"`` picks fused when the widths match,
+    except for training on CPU where the chunked backward is faster, and always fused while
+    exported (a shape-agnostic graph). ``"naive"`` builds the ``(B, N, M)`` affinity explicitly.
     """
     _check(theta, phi, g)
     _check_algorithm("embedded_gaussian", algorithm)
     if algorithm == "auto":
         # The CPU flash kernel's backward is slower than the chunked one; with Ck != Cv the
-        # fused route pays for padding. Traced code takes it anyway: the chunk size depends on
-        # the sizes, which would fix them in an exported graph.
+        # fused route pays for padding. Exports take it anyway: the chunk size depends on the
+        # sizes, which would fix them in the graph.
         grad = torch.is_grad_enabled() and (theta.requires_grad or phi.requires_grad or g.requires_grad)
         same = theta.shape[2] == g.shape[2]
-        fused = _tracing() or (same and not (grad and theta.device.type == "cpu"))
+        fused = _shape_agnostic(theta, phi, g) or (same and not (grad and theta.device.type == "cpu"))
         algorithm = "fused" if fused else "chunked"
     if algorithm != "naive":
         # Row-major copies (O((N + M) C)): the flash kernels silently fall back to the quadratic
@@ -221,8 +220,11 @@ def softmax_attention(
         logits = torch.bmm(theta, phi.transpose(1, 2)) * scale
         return torch.bmm(logits.softmax(dim=-1), g)
     if algorithm == "chunked":
-        symbolic = _symbolic_sizes(theta, phi)
-        chunk = None if symbolic else max(1, _CHUNK_ELEMENTS // (theta.shape[0] * phi.shape[1]))
+        chunk = (
+            None
+            if _shape_agnostic(theta, phi)
+            else max(1, _CHUNK_ELEMENTS // (theta.shape[0] * phi.shape[1]))
+        )
         out_dtype = torch.promote_types(theta.dtype, g.dtype)
         with _fp32(theta, phi, g) as (t, p, v):
             return _ChunkedSoftmaxAttention.apply(t, p, v, float(scale), chunk).to(out_dtype)
@@ -235,15 +237,15 @@ def dot_product(
     """Dot product: ``f = scale * theta_i^T phi_j``, ``C = M`` (no softmax).
 
     ``"linear"`` computes ``theta (phi^T g) / M`` in ``O((N + M) Ck Cv)``; ``"quadratic"``
-    computes ``(theta phi^T / M) g``; ``"auto"`` picks the cheaper (linear while traced, which
-    holds for every size). Half-precision inputs are
-    computed in float32 (sums over M positions overflow float16) and returned in their dtype.
+    computes ``(theta phi^T / M) g``; ``"auto"`` picks the cheaper (linear while exported: it
+    holds for every size). Half-precision inputs are computed in float32 (sums over M positions
+    overflow float16) and returned in their dtype.
     """
     _check(theta, phi, g)
     _check_algorithm("dot_product", algorithm)
     n, m, ck, cv = theta.shape[1], phi.shape[1], theta.shape[2], g.shape[2]
     if algorithm == "auto":
-        if _tracing():
+        if _shape_agnostic(theta, phi, g):
             algorithm = "linear"  # comparing symbolic costs would fix the sizes
         else:
             linear = (n + m) * ck * cv
@@ -340,7 +342,7 @@ def concatenation(
         # Channel chunks bound the temporaries (sorted g, two prefix tables, two lookups) to
         # about _CHUNK_ELEMENTS each; the output is the only full-size allocation.
         cv = v_cm.shape[1]
-        if _symbolic_sizes(t, p):  # one chunk: a step computed from symbolic sizes fixes them
+        if _shape_agnostic(t, p):  # one chunk: a step computed from symbolic sizes fixes them
             step = cv
         else:
             step = max(1, min(cv, _CHUNK_ELEMENTS // (4 * v_cm.shape[0] * max(m, n))))
