@@ -1,23 +1,10 @@
-"""Video data: decoding (PyAV), clip sampling, transforms, datasets, loaders and data checks."""
+"""Video data: decoding (PyAV), lists, clip sampling, transforms, the clip dataset, batches, bad-data
+bookkeeping, the deterministic loader and data checks."""
 
+from nonlocalnet.data.bad_data import BadDataLog, BadSample, DataQualityError
+from nonlocalnet.data.batch import ClipBatch, collate_clips
 from nonlocalnet.data.check import CheckReport, VideoNote, check_dataset
-from nonlocalnet.data.datasets import (
-    VIDEO_EXTENSIONS,
-    BadDataLog,
-    BadSample,
-    ClipBatch,
-    ClipSampling,
-    DataQualityError,
-    EpochSampler,
-    FrameCache,
-    VideoClipDataset,
-    VideoSample,
-    build_loader,
-    collate_clips,
-    read_class_names,
-    read_video_list,
-    scan_class_folders,
-)
+from nonlocalnet.data.dataset import VideoClipDataset
 from nonlocalnet.data.decode import (
     FrameIndex,
     VideoDecodeError,
@@ -27,7 +14,16 @@ from nonlocalnet.data.decode import (
     read_all_frames,
     read_frames,
 )
-from nonlocalnet.data.sampling import test_clip_indices, train_clip_indices
+from nonlocalnet.data.frame_cache import FrameCache
+from nonlocalnet.data.lists import (
+    VIDEO_EXTENSIONS,
+    VideoSample,
+    read_class_names,
+    read_video_list,
+    scan_class_folders,
+)
+from nonlocalnet.data.loader import EpochSampler, build_loader
+from nonlocalnet.data.sampling import ClipSampling, test_clip_indices, train_clip_indices
 from nonlocalnet.data.transforms import (
     TransformConfig,
     center_crop,

@@ -10,8 +10,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from nonlocalnet.data.datasets import BadSample, VideoSample
+from nonlocalnet.data.bad_data import BadSample
 from nonlocalnet.data.decode import VideoDecodeError, VideoInfo, VideoReader
+from nonlocalnet.data.lists import VideoSample
 
 __all__ = ["CheckReport", "VideoNote", "check_dataset"]
 

@@ -1,4 +1,5 @@
 """Which frames make a clip: random clips for training, evenly spaced clips for testing.
+And the seeds every random choice of the data pipeline derives from (:func:`mix_seeds`).
 
 A clip of ``clip_length`` frames at ``stride`` covers a window of ``clip_length * stride``
 consecutive frames and takes every ``stride``-th one (the paper: 64 consecutive frames with every
@@ -8,9 +9,34 @@ than the window is looped: indices wrap around modulo ``num_frames``.
 
 from __future__ import annotations
 
+import hashlib
+from dataclasses import dataclass
+
 import torch
 
-__all__ = ["test_clip_indices", "train_clip_indices"]
+__all__ = ["ClipSampling", "mix_seeds", "test_clip_indices", "train_clip_indices"]
+
+
+@dataclass(frozen=True)
+class ClipSampling:
+    """Clips of ``clip_length`` frames every ``stride`` frames; ``num_clips`` evenly spaced clips
+    per video at test time (each with ``TransformConfig.num_crops`` crops)."""
+
+    clip_length: int = 32
+    stride: int = 2
+    num_clips: int = 10
+
+    def __post_init__(self) -> None:
+        for name in ("clip_length", "stride", "num_clips"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"ClipSampling.{name} must be a positive integer, got {value!r}")
+
+
+def mix_seeds(*values: int) -> int:
+    """A 63-bit seed from integers (stable across processes and Python versions)."""
+    digest = hashlib.blake2b(",".join(map(str, values)).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & (2**63 - 1)
 
 
 def _check(num_frames: int, clip_length: int, stride: int) -> None:

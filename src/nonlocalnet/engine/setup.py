@@ -17,7 +17,7 @@ from nonlocalnet.data import (
     read_video_list,
     scan_class_folders,
 )
-from nonlocalnet.data.datasets import class_folder_names
+from nonlocalnet.data.lists import class_folder_names
 from nonlocalnet.engine.checkpoint import load_checkpoint
 from nonlocalnet.engine.config import ConfigError, DataConfig, ModelConfig
 from nonlocalnet.models import (
