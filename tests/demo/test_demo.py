@@ -8,8 +8,8 @@ from dataclasses import replace
 import pytest
 
 from nonlocalnet.cli import main
-from nonlocalnet.data.synthetic import load_synthetic_dataset
 from nonlocalnet.demo import DEMO_MODELS, QUICK_MODELS, full_recipe, model_section, quick_recipe
+from nonlocalnet.demo.synthetic import load_synthetic_dataset
 
 
 @pytest.fixture(scope="module")

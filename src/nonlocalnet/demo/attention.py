@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from nonlocalnet.data import normalize, read_all_frames, test_clip_indices, to_float_cthw
-from nonlocalnet.data.synthetic import SyntheticDataset
+from nonlocalnet.demo.synthetic import SyntheticDataset
 from nonlocalnet.engine import build_model_from_config, load_config
 from nonlocalnet.models import load_weights
 from nonlocalnet.viz import attention_map, key_argmax_pixel, nonlocal_inputs, plot_attention, query_to_grid

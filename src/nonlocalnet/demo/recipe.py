@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from nonlocalnet.data.synthetic import LongRangeTaskConfig
+from nonlocalnet.demo.synthetic import LongRangeTaskConfig
 
 __all__ = ["DemoRecipe", "full_recipe", "quick_recipe"]
 

@@ -18,11 +18,11 @@ import torch
 from tqdm.auto import tqdm
 
 from nonlocalnet.data import FrameCache
-from nonlocalnet.data.synthetic import SyntheticDataset, generate_long_range_dataset
 from nonlocalnet.demo.attention import attention_study
 from nonlocalnet.demo.models import DEMO_MODELS, QUICK_MODELS, DemoModel, model_section
 from nonlocalnet.demo.recipe import DemoRecipe, full_recipe, quick_recipe
 from nonlocalnet.demo.report import summarise, write_curves, write_table
+from nonlocalnet.demo.synthetic import SyntheticDataset, generate_long_range_dataset
 from nonlocalnet.engine import Config, build_model_from_config, config_from_dict, train
 from nonlocalnet.models import measure_complexity
 

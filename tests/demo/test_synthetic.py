@@ -8,8 +8,8 @@ import av
 import numpy as np
 import pytest
 
-from nonlocalnet.data import synthetic
-from nonlocalnet.data.synthetic import (
+from nonlocalnet.demo import synthetic
+from nonlocalnet.demo.synthetic import (
     CLASS_NAMES,
     PALETTE,
     LongRangeTaskConfig,
