@@ -30,3 +30,22 @@ def test_version(capsys):
         main(["--version"])
     assert exit_info.value.code == 0
     assert __version__ in capsys.readouterr().out
+
+
+def test_resume_does_not_swallow_an_override(tmp_path, monkeypatch):
+    """``train --config X --resume data.root=/d``: the override stays an override."""
+    from nonlocalnet.cli import build_parser
+    from nonlocalnet.cli_video import _resume_and_overrides
+
+    def parsed(*argv):
+        args = build_parser().parse_args(["train", "--config", "x.yaml", *argv])
+        return _resume_and_overrides(args.resume, args.overrides)
+
+    assert parsed("--resume", "data.root=/d", "train.epochs=2") == (True, ["data.root=/d", "train.epochs=2"])
+    assert parsed("data.root=/d", "--resume") == (True, ["data.root=/d"])
+    assert parsed("--resume", "run/ckpt.pt", "data.root=/d") == ("run/ckpt.pt", ["data.root=/d"])
+    assert parsed("data.root=/d") == (None, ["data.root=/d"])
+    monkeypatch.chdir(tmp_path)
+    assert parsed("--resume", "ckpt.lr=0.1") == (True, ["ckpt.lr=0.1"])
+    (tmp_path / "ckpt.lr=0.1").write_bytes(b"")  # a checkpoint whose name looks like an override
+    assert parsed("--resume", "ckpt.lr=0.1") == ("ckpt.lr=0.1", [])

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import re
 from pathlib import Path
 
 __all__ = ["add_video_commands"]
@@ -14,13 +16,27 @@ def _setup_logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
 
 
+_OVERRIDE = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)+=")
+
+
+def _resume_and_overrides(resume: str | None, overrides: list[str]) -> tuple[str | bool | None, list[str]]:
+    """``--resume`` takes an optional checkpoint, so argparse gives it the next word even when that
+    word is an override (``--resume data.root=/d``): an override-shaped word that is not an
+    existing file is an override, and ``--resume`` means the newest checkpoint."""
+    if resume is not None and resume != "latest" and _OVERRIDE.match(resume) and not Path(resume).exists():
+        return True, [resume, *overrides]
+    return (True if resume == "latest" else resume), overrides
+
+
 def _train(args: argparse.Namespace) -> int:
     from nonlocalnet.engine import load_config, train
 
     _setup_logging()
-    cfg = load_config(args.config, args.overrides)
-    resume = True if args.resume == "latest" else args.resume
+    resume, overrides = _resume_and_overrides(args.resume, args.overrides)
+    cfg = load_config(args.config, overrides)
     result = train(cfg, resume=resume)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0  # under torchrun only rank 0 writes, so only rank 0 reports
     if result.final_eval is not None:
         e = result.final_eval
         print(
@@ -135,7 +151,8 @@ def add_video_commands(sub: argparse._SubParsersAction) -> None:
         nargs="?",
         const="latest",
         default=None,
-        help="continue from a checkpoint (default: the newest in output_dir/checkpoints)",
+        help="continue from a checkpoint (default: the newest in output_dir/checkpoints); "
+        "may stand before or after the overrides",
     )
     tr.add_argument("overrides", nargs="*", help="section.key=value (YAML values), e.g. train.batch_size=4")
     tr.set_defaults(func=_train)

@@ -209,6 +209,8 @@ def test_two_process_ddp_equals_one_process_with_the_doubled_batch(tmp_path, tin
         timeout=300,
     )
     assert two.returncode == 0, two.stderr.decode()[-3000:]
+    out = two.stdout.decode()
+    assert out.count("wrote ") == 1 and out.count("final validation") == 1, out  # rank 0 alone speaks
     a = load_file(tmp_path / "one" / "model.safetensors")
     b = load_file(tmp_path / "two" / "model.safetensors")
     for key in a:
