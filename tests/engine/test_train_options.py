@@ -73,7 +73,7 @@ def test_init_from_weights_and_from_a_checkpoint(tmp_path, tiny_data):
                 tiny_data,
                 tmp_path / init,
                 model={"init": init, "init_path": str(path)},
-                train={"iterations": 1},
+                train={"iterations": 1, "epochs": 0},
                 optim={"base_lr": 0.0},
             )
         )
@@ -113,7 +113,10 @@ def test_init_from_2d_imagenet_weights_and_from_released_caffe2_blobs(tmp_path, 
     torch.save(state_2d, tmp_path / "resnet2d.pth")
     save_caffe2_pickle(tmp_path / "released.pkl", export_caffe2_blobs(source))
     for init, path in (("imagenet", "resnet2d.pth"), ("caffe2", "released.pkl")):
-        sections = {"model": {"init": init, "init_path": str(tmp_path / path)}, "train": {"iterations": 1}}
+        sections = {
+            "model": {"init": init, "init_path": str(tmp_path / path)},
+            "train": {"iterations": 1, "epochs": 0},
+        }
         run = config_from_dict(tiny_config(tiny_data, tmp_path / init, optim={"base_lr": 0.0}, **sections))
         train(run)
         loaded = load_file(tmp_path / init / "model.safetensors")
