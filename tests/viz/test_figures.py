@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 import torch
 
+from nonlocalnet.engine import read_jsonl
 from nonlocalnet.layers import NonLocalBlock
 from nonlocalnet.viz import (
     attention_map,
@@ -11,7 +12,6 @@ from nonlocalnet.viz import (
     plot_confusion,
     plot_training_curves,
     query_to_grid,
-    read_jsonl,
     write_confusion_csv,
 )
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
-from nonlocalnet.viz import read_jsonl
+from nonlocalnet.engine import read_jsonl
 
 __all__ = ["summarise", "write_curves", "write_table"]
 

@@ -18,10 +18,12 @@ from nonlocalnet.engine.config import (
 )
 from nonlocalnet.engine.distributed import DistContext, DistributedError, init_distributed
 from nonlocalnet.engine.evaluate import evaluate, run_evaluation
+from nonlocalnet.engine.layout import choose_memory_format
 from nonlocalnet.engine.metrics import EvalResult, ViewScores, topk_correct
 from nonlocalnet.engine.optim import build_optimizer, lr_at, scaled_lr
 from nonlocalnet.engine.precise_bn import update_bn_stats
 from nonlocalnet.engine.predict import Prediction, load_trained_model, predict_video
+from nonlocalnet.engine.runlog import RunLog, read_jsonl
 from nonlocalnet.engine.setup import build_dataset, build_model_from_config, initialise_model, load_samples
 from nonlocalnet.engine.train import TrainResult, train
 
@@ -38,6 +40,7 @@ __all__ = [
     "ModelConfig",
     "OptimConfig",
     "Prediction",
+    "RunLog",
     "TrainConfig",
     "TrainResult",
     "ViewScores",
@@ -45,6 +48,7 @@ __all__ = [
     "build_dataset",
     "build_model_from_config",
     "build_optimizer",
+    "choose_memory_format",
     "config_from_dict",
     "config_to_dict",
     "evaluate",
@@ -56,6 +60,7 @@ __all__ = [
     "load_trained_model",
     "lr_at",
     "predict_video",
+    "read_jsonl",
     "run_evaluation",
     "save_checkpoint",
     "save_config",

@@ -4,14 +4,29 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
-from nonlocalnet.viz import plot_training_curves, read_jsonl
-
-__all__ = ["RunLog"]
+__all__ = ["RunLog", "read_jsonl"]
 
 log = logging.getLogger("nonlocalnet.train")
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """The records of a JSON-lines file; a torn last line (killed writer) is ignored."""
+    records = []
+    lines = Path(path).read_text().splitlines()
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if number == len(lines):
+                break
+            raise ValueError(f"{path}:{number}: not a JSON record: {line[:80]!r}") from None
+    return records
 
 
 class RunLog:
@@ -61,6 +76,8 @@ class RunLog:
         """Write ``curves.png`` from the whole log."""
         if not self.enabled:
             return None
+        from nonlocalnet.viz import plot_training_curves  # matplotlib only when a figure is drawn
+
         return plot_training_curves(read_jsonl(self.path), self.path.parent / "curves.png", title=title)
 
     def close(self) -> None:

@@ -30,11 +30,12 @@ from nonlocalnet.engine.checkpoint import (
 from nonlocalnet.engine.config import Config, ConfigError, config_to_dict, save_config
 from nonlocalnet.engine.distributed import DistContext, init_distributed, is_out_of_memory
 from nonlocalnet.engine.evaluate import evaluate, views_per_video
+from nonlocalnet.engine.layout import choose_memory_format
 from nonlocalnet.engine.optim import build_optimizer, lr_at, scaled_lr
 from nonlocalnet.engine.precise_bn import update_bn_stats
 from nonlocalnet.engine.runlog import RunLog
 from nonlocalnet.engine.setup import build_dataset, build_model_from_config, initialise_model, load_samples
-from nonlocalnet.models import choose_memory_format, save_weights
+from nonlocalnet.models import save_weights
 
 __all__ = ["TrainResult", "train"]
 

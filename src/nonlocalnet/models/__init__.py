@@ -11,7 +11,6 @@ from nonlocalnet.models.caffe2 import (
 from nonlocalnet.models.complexity import Complexity, measure_complexity
 from nonlocalnet.models.inflate import InflationReport, inflate_2d_to_3d, inflate_kernel
 from nonlocalnet.models.insert import add_nonlocal
-from nonlocalnet.models.layout import choose_memory_format
 from nonlocalnet.models.registry import (
     VARIANTS,
     ModelInfo,
@@ -36,7 +35,6 @@ __all__ = [
     "VideoResNetSpec",
     "add_nonlocal",
     "build_model",
-    "choose_memory_format",
     "export_caffe2_blobs",
     "get_model_info",
     "inflate_2d_to_3d",
@@ -50,3 +48,18 @@ __all__ = [
     "save_caffe2_pickle",
     "save_weights",
 ]
+
+
+def __getattr__(name: str):
+    if name == "choose_memory_format":  # moved: timing a model on its device is an engine concern
+        import importlib
+        import warnings
+
+        warnings.warn(
+            "nonlocalnet.models.choose_memory_format is deprecated: "
+            "use nonlocalnet.engine.choose_memory_format",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return importlib.import_module("nonlocalnet.engine.layout").choose_memory_format
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import json
+import importlib
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -13,19 +14,13 @@ __all__ = ["plot_training_curves", "read_jsonl"]
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """The records of a JSON-lines file; a torn last line (killed writer) is ignored."""
-    records = []
-    lines = Path(path).read_text().splitlines()
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            if number == len(lines):
-                break
-            raise ValueError(f"{path}:{number}: not a JSON record: {line[:80]!r}") from None
-    return records
+    """Deprecated alias of :func:`nonlocalnet.engine.read_jsonl` (a log reader, not a figure)."""
+    warnings.warn(
+        "nonlocalnet.viz.read_jsonl is deprecated: use nonlocalnet.engine.read_jsonl",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    return importlib.import_module("nonlocalnet.engine.runlog").read_jsonl(path)
 
 
 def plot_training_curves(records: list[dict[str, Any]], path: str | os.PathLike, title: str = "") -> Path:
