@@ -23,6 +23,65 @@ PAPER = {
 }
 
 
+def _get(rows: list[dict], model: str, variant: str = "paper", stride_on_1x1: bool = False) -> dict:
+    key = (model, variant, stride_on_1x1)
+    return next(r for r in rows if (r["model"], r["variant"], r["stride_on_1x1"]) == key)
+
+
+def paper_comparison(rows: list[dict]) -> list[dict]:
+    """Table 2e's models beside the paper: C2D R101 absolute, the others relative to it."""
+    checks = []
+    for variant in ("paper", "released"):
+        for s1 in (False, True):
+            base = _get(rows, "c2d_r101", variant, s1)
+            for name, (p_ref, f_ref) in PAPER.items():
+                r = _get(rows, name, variant, s1)
+                absolute = name == "c2d_r101"
+                checks.append(
+                    {
+                        "model": name,
+                        "variant": variant,
+                        "stride_on_1x1": s1,
+                        "params": r["params_m"] if absolute else r["params_m"] / base["params_m"],
+                        "paper_params": p_ref,
+                        "gflops": r["gflops"] if absolute else r["gflops"] / base["gflops"],
+                        "paper_gflops": f_ref,
+                    }
+                )
+    return checks
+
+
+def summarise(rows: list[dict], checks: list[dict]) -> str:
+    """Markdown: every model's size (paper and released variant), then the paper comparison."""
+    lines = [
+        "| model | frames | params (M) | GFLOPs (paper variant) | GFLOPs (released variant) |",
+        "|---|---|---|---|---|",
+    ]
+    for name in dict.fromkeys(r["model"] for r in rows):
+        p, r = _get(rows, name), _get(rows, name, "released")
+        lines.append(
+            f"| {name} | {p['frames']} | {p['params_m']:.2f} | {p['gflops']:.2f} | {r['gflops']:.2f} |"
+        )
+    lines += [
+        "",
+        "Against the paper (Table 2e, R101, 32x224x224; ratios relative to C2D R101 of the same setting):",
+        "",
+        "| model | setting | params | paper | diff | GFLOPs | paper | diff |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for c in checks:
+        absolute = c["model"] == "c2d_r101"
+        unit = "" if absolute else "x"
+        params, flops, p_ref, f_ref = c["params"], c["gflops"], c["paper_params"], c["paper_gflops"]
+        dp, df = params / p_ref - 1, flops / f_ref - 1
+        setting = f"{c['variant']}, stride on {'1x1' if c['stride_on_1x1'] else '3x3'}"
+        lines.append(
+            f"| {c['model']} | {setting} | {params:.3g}{unit} | {p_ref}{unit} | {100 * dp:+.1f}% "
+            f"| {flops:.3g}{unit} | {f_ref}{unit} | {100 * df:+.1f}% |"
+        )
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -47,46 +106,8 @@ def main() -> None:
                         "gflops": c.gmacs,
                     }
                 )
-    get = lambda m, v="paper", s=False: next(  # noqa: E731
-        r for r in rows if r["model"] == m and r["variant"] == v and r["stride_on_1x1"] == s
-    )
-    print("| model | frames | params (M) | GFLOPs (paper variant) | GFLOPs (released variant) |")
-    print("|---|---|---|---|---|")
-    for name in list_models():
-        p, r = get(name), get(name, "released")
-        print(f"| {name} | {p['frames']} | {p['params_m']:.2f} | {p['gflops']:.2f} | {r['gflops']:.2f} |")
-    print(
-        "\nAgainst the paper (Table 2e, R101, 32x224x224; ratios relative to C2D R101 of the same setting):\n"
-    )
-    print("| model | setting | params | paper | diff | GFLOPs | paper | diff |")
-    print("|---|---|---|---|---|---|---|---|")
-    checks = []
-    for variant in ("paper", "released"):
-        for s1 in (False, True):
-            base = get("c2d_r101", variant, s1)
-            for name, (p_ref, f_ref) in PAPER.items():
-                r = get(name, variant, s1)
-                absolute = name == "c2d_r101"
-                params = r["params_m"] if absolute else r["params_m"] / base["params_m"]
-                flops = r["gflops"] if absolute else r["gflops"] / base["gflops"]
-                dp, df = params / p_ref - 1, flops / f_ref - 1
-                setting = f"{variant}, stride on {'1x1' if s1 else '3x3'}"
-                unit = "" if absolute else "x"
-                checks.append(
-                    {
-                        "model": name,
-                        "variant": variant,
-                        "stride_on_1x1": s1,
-                        "params": params,
-                        "paper_params": p_ref,
-                        "gflops": flops,
-                        "paper_gflops": f_ref,
-                    }
-                )
-                print(
-                    f"| {name} | {setting} | {params:.3g}{unit} | {p_ref}{unit} | {100 * dp:+.1f}% "
-                    f"| {flops:.3g}{unit} | {f_ref}{unit} | {100 * df:+.1f}% |"
-                )
+    checks = paper_comparison(rows)
+    print(summarise(rows, checks))
     write_json(args.out, {"models": rows, "paper_comparison": checks})
 
 
