@@ -2,9 +2,12 @@
 
 from nonlocalnet.ops.pairwise import (
     ALGORITHMS,
+    LOW_PRECISION,
     MODES,
     SOFTMAX_MODES,
     attention_weights,
+    check_algorithm,
+    check_mode,
     concatenation,
     dot_product,
     nonlocal_op,
@@ -13,9 +16,12 @@ from nonlocalnet.ops.pairwise import (
 
 __all__ = [
     "ALGORITHMS",
+    "LOW_PRECISION",
     "MODES",
     "SOFTMAX_MODES",
     "attention_weights",
+    "check_algorithm",
+    "check_mode",
     "concatenation",
     "dot_product",
     "nonlocal_op",

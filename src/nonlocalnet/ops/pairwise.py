@@ -30,9 +30,12 @@ from torch import Tensor
 
 __all__ = [
     "ALGORITHMS",
+    "LOW_PRECISION",
     "MODES",
     "SOFTMAX_MODES",
     "attention_weights",
+    "check_algorithm",
+    "check_mode",
     "concatenation",
     "dot_product",
     "nonlocal_op",
@@ -40,9 +43,10 @@ __all__ = [
 ]
 
 MODES = ("gaussian", "embedded_gaussian", "dot_product", "concatenation")
+"""The paper's four instantiations of the pairwise function ``f``."""
+
 SOFTMAX_MODES = ("gaussian", "embedded_gaussian")
 """The instantiations normalised by a softmax (``C = sum_j f``)."""
-"""The paper's four instantiations of the pairwise function ``f``."""
 
 ALGORITHMS: dict[str, tuple[str, ...]] = {
     "gaussian": ("auto", "fused", "chunked", "naive"),
@@ -51,7 +55,9 @@ ALGORITHMS: dict[str, tuple[str, ...]] = {
     "concatenation": ("auto", "sorted", "pairwise", "explicit"),
 }
 """The algorithms each mode accepts; ``"auto"`` is exact and never builds ``N x M``."""
-_LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+LOW_PRECISION = (torch.float16, torch.bfloat16)
+"""The dtypes computed in float32 (their sums over many positions overflow or lose precision)."""
 
 
 def _check(theta: Tensor, phi: Tensor, g: Tensor) -> None:
@@ -76,7 +82,15 @@ def _check(theta: Tensor, phi: Tensor, g: Tensor) -> None:
         raise ValueError("phi and g need at least one position (M >= 1), got M = 0")
 
 
-def _check_algorithm(mode: str, algorithm: str) -> None:
+def check_mode(mode: str) -> None:
+    """Raise ``ValueError`` unless ``mode`` is one of :data:`MODES`."""
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")
+
+
+def check_algorithm(mode: str, algorithm: str) -> None:
+    """Raise ``ValueError`` unless ``mode`` is known and accepts ``algorithm`` (:data:`ALGORITHMS`)."""
+    check_mode(mode)
     if algorithm not in ALGORITHMS[mode]:
         raise ValueError(
             f"unknown algorithm {algorithm!r} for mode {mode!r}; expected one of {ALGORITHMS[mode]}"
@@ -92,7 +106,7 @@ def _fp32(*tensors: Tensor) -> Iterator[tuple[Tensor, ...]]:
     except RuntimeError:  # a device type autocast does not know
         guard = contextlib.nullcontext()
     with guard:
-        yield tuple(t.float() if t.dtype in _LOW_PRECISION else t for t in tensors)
+        yield tuple(t.float() if t.dtype in LOW_PRECISION else t for t in tensors)
 
 
 _CHUNK_ELEMENTS = 1 << 22  # logits per chunk of the chunked softmax: 16 MiB in float32
@@ -203,7 +217,7 @@ def softmax_attention(
     exported (a shape-agnostic graph). ``"naive"`` builds the ``(B, N, M)`` affinity explicitly.
     """
     _check(theta, phi, g)
-    _check_algorithm("embedded_gaussian", algorithm)
+    check_algorithm("embedded_gaussian", algorithm)
     if algorithm == "auto":
         # The CPU flash kernel's backward is slower than the chunked one; with Ck != Cv the
         # fused route pays for padding. Exports take it anyway: the chunk size depends on the
@@ -242,7 +256,7 @@ def dot_product(
     overflow float16) and returned in their dtype.
     """
     _check(theta, phi, g)
-    _check_algorithm("dot_product", algorithm)
+    check_algorithm("dot_product", algorithm)
     n, m, ck, cv = theta.shape[1], phi.shape[1], theta.shape[2], g.shape[2]
     if algorithm == "auto":
         if _shape_agnostic(theta, phi, g):
@@ -306,7 +320,7 @@ def concatenation(
     ``(B, 2Ck, N, M)`` concatenation as most ports do.
     """
     _check(theta, phi, g)
-    _check_algorithm("concatenation", algorithm)
+    check_algorithm("concatenation", algorithm)
     ck = theta.shape[2]
     if weight.shape != (2 * ck,):
         raise ValueError(
@@ -369,15 +383,14 @@ def nonlocal_op(
     algorithm: str = "auto",
 ) -> Tensor:
     """Dispatch to the function of ``mode`` (one of :data:`MODES`)."""
+    check_mode(mode)
     if mode in SOFTMAX_MODES:
         return softmax_attention(theta, phi, g, scale=scale, algorithm=algorithm)
     if mode == "dot_product":
         return dot_product(theta, phi, g, scale=scale, algorithm=algorithm)
-    if mode == "concatenation":
-        if weight is None:
-            raise ValueError("mode 'concatenation' needs the projection weight w (2 * Ck,)")
-        return concatenation(theta, phi, g, weight, scale=scale, algorithm=algorithm)
-    raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")
+    if weight is None:
+        raise ValueError("mode 'concatenation' needs the projection weight w (2 * Ck,)")
+    return concatenation(theta, phi, g, weight, scale=scale, algorithm=algorithm)
 
 
 def attention_weights(
@@ -388,15 +401,14 @@ def attention_weights(
     ``theta`` holds only the queries of interest, ``(B, Q, Ck)``; returns ``(B, Q, M)``. Memory
     is ``Q x M``, never ``N x M``. The rows sum to 1 for the Gaussian forms only.
     """
-    if mode not in MODES:
-        raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")
+    check_mode(mode)
     _check(theta, phi, phi)
     m = phi.shape[1]
     with _fp32(theta, phi) as (t, p):
         if mode == "concatenation":
             if weight is None:
                 raise ValueError("mode 'concatenation' needs the projection weight w (2 * Ck,)")
-            w = weight.float() if weight.dtype in _LOW_PRECISION else weight
+            w = weight.float() if weight.dtype in LOW_PRECISION else weight
             a, b = _project(t, p, w, scale)
             return torch.relu(a[:, :, None] + b[:, None, :]) / m
         logits = torch.bmm(t, p.transpose(1, 2)) * scale
