@@ -68,7 +68,7 @@ def test_demo_models_differ_only_by_the_block_and_the_temporal_kernels():
 def test_only_the_softmax_instantiations_scale_their_logits():
     recipe = full_recipe()
     options = {m.mode: model_section(m, 2, recipe)["nonlocal_options"] for m in DEMO_MODELS if m.mode}
-    scaled = {mode for mode, o in options.items() if o["scale"]}
+    scaled = {mode for mode, o in options.items() if o["use_scale"]}
     assert recipe.scale and scaled == {"gaussian", "embedded_gaussian"}
     plain = model_section(DEMO_MODELS[2], 2, replace(recipe, scale=False))
-    assert plain["nonlocal_options"]["scale"] is False
+    assert plain["nonlocal_options"]["use_scale"] is False

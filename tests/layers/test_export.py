@@ -35,7 +35,7 @@ def test_onnx_export_matches_onnxruntime(mode, tmp_path):
     the graph runs at other batch sizes and clip lengths and matches the block."""
     ort = pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
-    block = _block(mode, pool_before_conv=mode == "dot_product", scale=True).eval()
+    block = _block(mode, pool_before_conv=mode == "dot_product", use_scale=True).eval()
     x = torch.randn(2, 8, 4, 6, 6)
     path = tmp_path / f"{mode}.onnx"
     dims = {0: torch.export.Dim("batch"), 2: torch.export.Dim("time")}

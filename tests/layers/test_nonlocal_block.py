@@ -25,7 +25,7 @@ def _block(mode, dim, **kw):
     list(itertools.product(MODES, (1, 2, 3), (True, False), (False, True), (False, True))),
 )
 def test_block_matches_float64_reference(mode, dim, sub_sample, pool_before_conv, scale):
-    block = _block(mode, dim, sub_sample=sub_sample, pool_before_conv=pool_before_conv, scale=scale)
+    block = _block(mode, dim, sub_sample=sub_sample, pool_before_conv=pool_before_conv, use_scale=scale)
     x = _input(dim)
     with torch.no_grad():
         out = block(x)
@@ -194,25 +194,25 @@ def test_attention_weights_match_reference_rows(mode, group):
     ref = reference_weights(block, x)  # (B, N, M)
     queries = torch.tensor([0, 17, 40, 95])
     with torch.no_grad():
-        w = block.attention_weights(x, queries)
+        w = block.attention_map(x, queries)
     assert w.shape == (2, 4, 4, 2, 3)
     torch.testing.assert_close(w.reshape(2, 4, -1).double(), ref[:, queries], atol=1e-6, rtol=1e-5)
     coords = [(0, 0, 0), (0, 2, 5), (1, 2, 4), (3, 3, 5)]
     with torch.no_grad():
-        torch.testing.assert_close(block.attention_weights(x, coords), w)
+        torch.testing.assert_close(block.attention_map(x, coords), w)
 
 
 def test_attention_weights_bad_queries():
     block = _block("embedded_gaussian", 3)
     x = _input(3)
     with pytest.raises(ValueError, match="outside the input"):
-        block.attention_weights(x, [(4, 0, 0)])
+        block.attention_map(x, [(4, 0, 0)])
     with pytest.raises(ValueError, match=r"must lie in \[0, 64\)"):
-        block.attention_weights(x, torch.tensor([64]))
+        block.attention_map(x, torch.tensor([64]))
     with pytest.raises(TypeError, match="integer tensor"):
-        block.attention_weights(x, torch.tensor([0.5]))
+        block.attention_map(x, torch.tensor([0.5]))
     with pytest.raises(ValueError, match="3 coordinates"):
-        block.attention_weights(x, [(0, 0)])
+        block.attention_map(x, [(0, 0)])
 
 
 @pytest.mark.parametrize("mode", MODES)

@@ -52,7 +52,7 @@ def test_onnx_export_of_a_tiny_video_resnet_keeps_batch_and_time_dynamic(mode, t
         pool1_temporal_stride=1,
         pool2_temporal=0,
         stem_width=8,
-        nonlocal_options={"mode": mode, "scale": True},
+        nonlocal_options={"mode": mode, "use_scale": True},
     )
     model = VideoResNet(spec, num_classes=5, dropout=0.0).eval()
     for m in model.modules():  # make the non-local blocks do something (they start as identity)

@@ -115,7 +115,8 @@ def test_nonlocal_options_reach_the_blocks():
         )
     blocks = [m for m in model.modules() if isinstance(m, NonLocalBlock)]
     assert all(b.mode == "dot_product" and b.inter_channels == 64 for b in blocks)
-    assert all(b.pool_before_conv and b.use_scale and b.init == "normal" for b in blocks)
+    # the released code scales under its softmax only: its dot product is unscaled (issue 14)
+    assert all(b.pool_before_conv and not b.use_scale and b.init == "normal" for b in blocks)
     with torch.device("meta"):
         paper = build_model("c2d_nl1_r50")
     (block,) = [m for m in paper.modules() if isinstance(m, NonLocalBlock)]

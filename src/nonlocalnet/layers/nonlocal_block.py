@@ -4,30 +4,40 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 
-from nonlocalnet.layers.affine import AffineChannel
-from nonlocalnet.ops import ALGORITHMS, MODES, attention_weights, nonlocal_op
+from nonlocalnet.deprecation import warn_deprecated
+from nonlocalnet.layers.norm import check_norm, create_norm
+from nonlocalnet.ops import LOW_PRECISION, SOFTMAX_MODES, attention_weights, check_algorithm, nonlocal_op
 
 __all__ = ["BLOCK_PRESETS", "NonLocalBlock"]
 
 _CONV = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
 _POOL = {1: nn.MaxPool1d, 2: nn.MaxPool2d, 3: nn.MaxPool3d}
-_BN = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}
 _DEFAULT_POOL = {1: (2,), 2: (2, 2), 3: (1, 2, 2)}
 _LAYOUT = {1: "(B, C, L)", 2: "(B, C, H, W)", 3: "(B, C, T, H, W)"}
-_NORMS = ("batchnorm", "affine", "none")
 _INITS = ("msra", "normal")
 
 BLOCK_PRESETS: dict[str, dict[str, Any]] = {
-    "paper": {"pool_before_conv": False, "scale": False, "init": "msra"},
-    "released": {"pool_before_conv": True, "scale": True, "init": "normal", "init_std": 0.01},
+    "paper": {"pool_before_conv": False, "use_scale": False, "init": "msra"},
+    "released": {"pool_before_conv": True, "use_scale": "softmax", "init": "normal", "init_std": 0.01},
 }
 """Where the paper and the authors' released Caffe2 code differ: pass ``**BLOCK_PRESETS[name]``
-or use :meth:`NonLocalBlock.from_preset`. Load released weights with ``"released"``."""
+or use :meth:`NonLocalBlock.from_preset`. Load released weights with ``"released"`` (it scales
+the logits of the softmax modes only, as the released code does)."""
+
+
+def _resolve_scale(use_scale: bool | str, scale: bool | None) -> bool | str:
+    """``use_scale``, or the deprecated ``scale`` given instead of it."""
+    if scale is None:
+        return use_scale
+    warn_deprecated("NonLocalBlock(scale=...)", "use_scale=...", stacklevel=4)
+    if use_scale is not False:
+        raise TypeError("NonLocalBlock got both scale= and use_scale=; pass use_scale= only")
+    return scale
 
 
 def _as_tuple(value: int | Sequence[int], dim: int, name: str) -> tuple[int, ...]:
@@ -50,12 +60,15 @@ class NonLocalBlock(nn.Module):
         pool_kernel: default ``(1, 2, 2)`` in 3D, ``(2, 2)`` in 2D, ``2`` in 1D.
         pool_before_conv: pool ``x`` once before the phi/g convs (released code) instead of
             pooling their outputs (the paper and most ports). Different outputs, same weights.
-        scale: multiply the pairwise logits by ``Ck ** -0.5``, ``Ck`` being the width of the
-            dot product (``inter_channels``; ``in_channels`` for ``"gaussian"``), as the released
-            code does for embedded Gaussian.
+        use_scale: multiply the pairwise logits by ``Ck ** -0.5``, ``Ck`` being the width of the
+            dot product (``inter_channels``; ``in_channels`` for ``"gaussian"``). ``True`` scales
+            in every mode; ``"softmax"`` only in the softmax modes (Gaussian, embedded Gaussian),
+            as the released code does (``BLOCK_PRESETS["released"]``). The attribute
+            ``use_scale`` holds the resolved bool. (``scale=`` is its deprecated old name.)
         norm: ``"batchnorm"`` after ``W_z`` with gamma initialised to 0, ``"affine"`` (frozen-BN
             scale and shift, the released affine models) with scale 0, or ``"none"`` with ``W_z``
-            initialised to 0. Either way the block is the identity at initialisation.
+            initialised to 0. Either way the block is the identity at initialisation. The name
+            is kept as ``norm_kind``; the layer is the submodule ``norm``.
         init: ``"msra"`` (paper, He-normal, fan-out) or ``"normal"`` (released code, std
             ``init_std``) for the 1x1 convs; biases start at 0.
         temporal_group: in 3D, attend only within groups of this many consecutive frames
@@ -79,7 +92,7 @@ class NonLocalBlock(nn.Module):
         sub_sample: bool = True,
         pool_kernel: int | Sequence[int] | None = None,
         pool_before_conv: bool = False,
-        scale: bool = False,
+        use_scale: bool | Literal["softmax"] = False,
         norm: str = "batchnorm",
         init: str = "msra",
         init_std: float = 0.01,
@@ -88,8 +101,10 @@ class NonLocalBlock(nn.Module):
         bn_eps: float = 1e-5,
         bn_momentum: float = 0.1,
         algorithm: str = "auto",
+        scale: bool | None = None,
     ) -> None:
         super().__init__()
+        use_scale = _resolve_scale(use_scale, scale)
         if isinstance(in_channels, bool) or not isinstance(in_channels, int) or in_channels < 1:
             raise ValueError(f"in_channels must be a positive int, got {in_channels!r}")
         if inter_channels is None:
@@ -98,18 +113,14 @@ class NonLocalBlock(nn.Module):
             raise TypeError(f"inter_channels must be an int, got {type(inter_channels).__name__}")
         if inter_channels < 1:
             raise ValueError(f"inter_channels must be >= 1, got {inter_channels}")
-        if mode not in MODES:
-            raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")
+        check_algorithm(mode, algorithm)
         if dim not in _CONV:
             raise ValueError(f"dim must be 1, 2 or 3, got {dim!r}")
-        if norm not in _NORMS:
-            raise ValueError(f"unknown norm {norm!r}; expected one of {_NORMS}")
+        check_norm(norm)
         if init not in _INITS:
             raise ValueError(f"unknown init {init!r}; expected one of {_INITS}")
-        if algorithm not in ALGORITHMS[mode]:
-            raise ValueError(
-                f"unknown algorithm {algorithm!r} for mode {mode!r}; expected one of {ALGORITHMS[mode]}"
-            )
+        if not (isinstance(use_scale, bool) or use_scale == "softmax"):
+            raise ValueError(f"use_scale must be True, False or 'softmax', got {use_scale!r}")
         if temporal_group is not None:
             if dim != 3:
                 raise ValueError(f"temporal_group needs dim=3 (B, C, T, H, W), got dim={dim}")
@@ -126,8 +137,8 @@ class NonLocalBlock(nn.Module):
             else None
         )
         self.pool_before_conv = pool_before_conv
-        self.use_scale = scale
-        self.norm_type = norm
+        self.use_scale = use_scale is True or (use_scale == "softmax" and mode in SOFTMAX_MODES)
+        self.norm_kind = norm
         self.init = init
         self.init_std = init_std
         self.temporal_group = temporal_group
@@ -141,13 +152,7 @@ class NonLocalBlock(nn.Module):
         self.concat_project = conv(2 * inter_channels, 1, 1, bias=False) if mode == "concatenation" else None
         self.pool = _POOL[dim](self.pool_kernel, stride=self.pool_kernel) if sub_sample else None
         self.out = conv(inter_channels, in_channels, 1, bias=bias)
-        self.norm = (
-            _BN[dim](in_channels, eps=bn_eps, momentum=bn_momentum)
-            if norm == "batchnorm"
-            else AffineChannel(in_channels)
-            if norm == "affine"
-            else nn.Identity()
-        )
+        self.norm = create_norm(norm, in_channels, dim, eps=bn_eps, momentum=bn_momentum)
         self.reset_parameters()
 
     @classmethod
@@ -156,7 +161,16 @@ class NonLocalBlock(nn.Module):
         ``kwargs`` override them."""
         if preset not in BLOCK_PRESETS:
             raise ValueError(f"unknown preset {preset!r}; expected one of {tuple(BLOCK_PRESETS)}")
-        return cls(in_channels, **{**BLOCK_PRESETS[preset], **kwargs})
+        options = {**BLOCK_PRESETS[preset], **kwargs}
+        if "scale" in kwargs and "use_scale" not in kwargs:  # the deprecated name overrides the preset's
+            options.pop("use_scale")
+        return cls(in_channels, **options)
+
+    @property
+    def norm_type(self) -> str:
+        """Deprecated name of :attr:`norm_kind`."""
+        warn_deprecated("NonLocalBlock.norm_type", "norm_kind")
+        return self.norm_kind
 
     @property
     def key_channels(self) -> int:
@@ -178,7 +192,7 @@ class NonLocalBlock(nn.Module):
                 nn.init.normal_(m.weight, std=self.init_std)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
-        if isinstance(self.norm, (nn.modules.batchnorm._BatchNorm, AffineChannel)):
+        if self.norm_kind != "none":
             self.norm.reset_parameters()
             nn.init.zeros_(self.norm.weight)
         else:
@@ -303,7 +317,7 @@ class NonLocalBlock(nn.Module):
             raise ValueError(f"query indices must lie in [0, {n}) for size {spatial}")
         return flat
 
-    def attention_weights(self, x: Tensor, queries: Tensor | Sequence[Sequence[int]]) -> Tensor:
+    def attention_map(self, x: Tensor, queries: Tensor | Sequence[Sequence[int]]) -> Tensor:
         """Normalised weights ``f(x_i, x_j) / C(x)`` of the chosen query positions ``i``.
 
         ``queries``: flat indices into ``x``'s positions (1-D integer tensor) or coordinate tuples
@@ -326,17 +340,23 @@ class NonLocalBlock(nn.Module):
         phi_groups = self._to_sequence(phi, groups).reshape(x.shape[0], groups, -1, phi.shape[1])
         per_group = math.prod(spatial) // groups
         out = theta_q.new_zeros(x.shape[0], flat.numel(), groups, phi_groups.shape[2])
-        out = out.float() if out.dtype in (torch.float16, torch.bfloat16) else out
+        out = out.float() if out.dtype in LOW_PRECISION else out
         query_group = flat // per_group
         for grp in query_group.unique().tolist():
             sel = (query_group == grp).nonzero().squeeze(1)
             out[:, sel, grp] = attention_weights(self.mode, theta_q[:, sel], phi_groups[:, grp], **kw)
         return out.reshape(x.shape[0], flat.numel(), *key_shape)
 
+    def attention_weights(self, x: Tensor, queries: Tensor | Sequence[Sequence[int]]) -> Tensor:
+        """Deprecated name of :meth:`attention_map` (the function is
+        :func:`nonlocalnet.ops.attention_weights`)."""
+        warn_deprecated("NonLocalBlock.attention_weights()", "attention_map()")
+        return self.attention_map(x, queries)
+
     def extra_repr(self) -> str:
         return (
             f"mode={self.mode!r}, dim={self.dim}, in_channels={self.in_channels}, "
             f"inter_channels={self.inter_channels}, pool_kernel={self.pool_kernel}, "
-            f"pool_before_conv={self.pool_before_conv}, scale={self.use_scale}, "
-            f"norm={self.norm_type!r}, temporal_group={self.temporal_group}"
+            f"pool_before_conv={self.pool_before_conv}, use_scale={self.use_scale}, "
+            f"norm={self.norm_kind!r}, temporal_group={self.temporal_group}"
         )

@@ -57,7 +57,7 @@ def query_to_grid(
 @torch.no_grad()
 def attention_map(block: NonLocalBlock, x: Tensor, query: tuple[int, int, int]) -> Tensor:
     """The normalised attention ``(T', H', W')`` of one query cell of ``x`` (first clip)."""
-    return block.attention_weights(x[:1], [query])[0, 0].float().cpu()
+    return block.attention_map(x[:1], [query])[0, 0].float().cpu()
 
 
 def key_argmax_pixel(weights: Tensor, video_shape: Sequence[int]) -> tuple[float, float, float]:

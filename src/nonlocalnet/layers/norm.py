@@ -1,0 +1,41 @@
+"""The normalisation layers by name, one definition for the whole package (like timm's
+``create_norm``): the non-local block's output norm and the video backbone's norms."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from nonlocalnet.layers.affine import AffineChannel
+
+__all__ = ["BATCHNORMS", "NORMS", "check_norm", "create_norm"]
+
+NORMS = ("batchnorm", "affine", "none")
+"""``"batchnorm"`` (BatchNorm of the input's dimensionality), ``"affine"`` (:class:`AffineChannel`,
+frozen BN) or ``"none"`` (identity)."""
+
+BATCHNORMS: dict[int, type[nn.modules.batchnorm._BatchNorm]] = {
+    1: nn.BatchNorm1d,
+    2: nn.BatchNorm2d,
+    3: nn.BatchNorm3d,
+}
+"""The BatchNorm class of each dimensionality (1, 2, 3)."""
+
+
+def check_norm(kind: str, allowed: tuple[str, ...] = NORMS, *, name: str = "norm") -> str:
+    """Return ``kind`` if it is one of ``allowed``; else raise ``ValueError`` naming them."""
+    if not isinstance(kind, str) or kind not in allowed:
+        raise ValueError(f"unknown {name} {kind!r}; expected one of {allowed}")
+    return kind
+
+
+def create_norm(
+    kind: str, num_features: int, dim: int, *, eps: float = 1e-5, momentum: float = 0.1
+) -> nn.Module:
+    """The norm layer ``kind`` (one of :data:`NORMS`) over ``num_features`` channels of a
+    ``dim``-D input ``(B, C, *S)``; ``eps`` and ``momentum`` go to BatchNorm."""
+    check_norm(kind)
+    if kind == "batchnorm":
+        if dim not in BATCHNORMS:
+            raise ValueError(f"dim must be 1, 2 or 3, got {dim!r}")
+        return BATCHNORMS[dim](num_features, eps=eps, momentum=momentum)
+    return AffineChannel(num_features) if kind == "affine" else nn.Identity()
