@@ -27,7 +27,7 @@ def _example(args: argparse.Namespace) -> int:
         mode=args.mode,
         dim=len(size),
         pool_before_conv=args.pool_before_conv,
-        scale=args.scale,
+        use_scale=args.scale,
     )
     x = torch.randn(args.batch, args.channels, *size, generator=gen)
     n = math.prod(size)
@@ -59,7 +59,7 @@ def _example(args: argparse.Namespace) -> int:
     query = tuple(s // 2 for s in size)
     block.eval()
     with torch.no_grad():
-        weights = block.attention_weights(x[:1], [query])[0, 0]
+        weights = block.attention_map(x[:1], [query])[0, 0]
     peak = tuple(int(i) for i in torch.unravel_index(weights.argmax(), weights.shape))
     print(
         f"  attention of {query}  over a {tuple(weights.shape)} key grid: "
@@ -93,7 +93,7 @@ def _convert_caffe2(args: argparse.Namespace) -> int:
     from nonlocalnet.models import build_model, load_caffe2_checkpoint, save_weights
 
     model = build_model(args.model, num_classes=args.num_classes, variant="released")
-    report = load_caffe2_checkpoint(args.input, model, strict=not args.allow_partial)
+    report = load_caffe2_checkpoint(model, args.input, strict=not args.allow_partial)
     print(report.summary())
     save_weights(model, args.output, metadata={"model": args.model, "variant": "released"})
     print(f"wrote {args.output}")

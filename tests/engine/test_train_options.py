@@ -111,7 +111,7 @@ def test_init_from_2d_imagenet_weights_and_from_released_caffe2_blobs(tmp_path, 
         k: v[:, :, 0] if v.dim() == 5 else v for k, v in source.state_dict().items() if ".nl." not in k
     }
     torch.save(state_2d, tmp_path / "resnet2d.pth")
-    save_caffe2_pickle(tmp_path / "released.pkl", export_caffe2_blobs(source))
+    save_caffe2_pickle(export_caffe2_blobs(source), tmp_path / "released.pkl")
     for init, path in (("imagenet", "resnet2d.pth"), ("caffe2", "released.pkl")):
         sections = {
             "model": {"init": init, "init_path": str(tmp_path / path)},

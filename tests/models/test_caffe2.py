@@ -29,7 +29,7 @@ def _released_fixture(model_name, path, seed=0):
             blobs[name + "_momentum"] = np.zeros_like(blobs[name])
     blobs["lr"] = np.array([0.01], dtype=np.float32)
     blobs["model_iter"] = np.array([400000], dtype=np.int64)
-    save_caffe2_pickle(path, blobs)
+    save_caffe2_pickle(blobs, path)
     return model, blobs
 
 
@@ -47,7 +47,7 @@ def test_round_trip_of_every_released_model(released, model_name, tmp_path):
     else:
         assert nonlocal_blobs == []
     loaded = build_model(model_name, variant="released")
-    report = load_caffe2_checkpoint(path, loaded)
+    report = load_caffe2_checkpoint(loaded, path)
     assert report.ok and report.missing == [] and report.unexpected == []
     assert "lr" in report.ignored and "model_iter" in report.ignored
     for key, value in src.state_dict().items():
@@ -65,7 +65,7 @@ def test_flat_dict_and_python2_style_pickle(tmp_path):
     with open(flat, "wb") as f:  # bytes keys, as a Python 2 str pickled and read with latin1
         pickle.dump({k.encode("latin1"): v for k, v in blobs.items()}, f, protocol=2)
     fresh = build_model("c2d_r50_8x8", variant="released")
-    load_caffe2_checkpoint(flat, fresh)
+    load_caffe2_checkpoint(fresh, flat)
     assert torch.equal(fresh.conv1.weight, model.conv1.weight)
 
 
@@ -78,27 +78,27 @@ def test_problems_are_reported_and_nothing_is_loaded(tmp_path):
     model = build_model("c2d_nl5_r50", variant="released")
     before = {k: v.clone() for k, v in model.state_dict().items()}
     with pytest.raises(ValueError) as err:
-        load_caffe2_checkpoint(bad, model)
+        load_caffe2_checkpoint(model, bad)
     text = str(err.value)
     assert "nothing was loaded" in text
     assert "missing from the file: res3_2_branch2b_w" in text
     assert "res9_0_branch2a_w" in text and "res2_0_branch2c_bn_s: file (3,) vs model (256,)" in text
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
-    report = load_caffe2_checkpoint(bad, model, strict=False)
+    report = load_caffe2_checkpoint(model, bad, strict=False)
     assert report.missing == ["res3_2_branch2b_w"] and len(report.mismatched) == 1
     # a baseline checkpoint into a non-local model: every non-local blob is listed as missing
     _, base = _released_fixture("c2d_r50", tmp_path / "b.pkl")
     with pytest.raises(ValueError, match=r"60 missing from the file: nonlocal_conv3_1_theta_w"):
-        load_caffe2_checkpoint(base, build_model("c2d_nl5_r50", variant="released"))
+        load_caffe2_checkpoint(build_model("c2d_nl5_r50", variant="released"), base)
 
 
 def test_affine_only_file(tmp_path):
     _, blobs = _released_fixture("i3d_r50_8x8", tmp_path / "a.pkl")
     affine = {k: v for k, v in blobs.items() if not k.endswith(("_rm", "_riv"))}
     with pytest.raises(ValueError, match="res_conv1_bn_rm"):
-        load_caffe2_checkpoint(affine, build_model("i3d_r50_8x8", variant="released"))
+        load_caffe2_checkpoint(build_model("i3d_r50_8x8", variant="released"), affine)
     model = build_model("i3d_r50_8x8", variant="released")
-    report = load_caffe2_checkpoint(affine, model, strict=False)
+    report = load_caffe2_checkpoint(model, affine, strict=False)
     assert "res_conv1_bn_riv" in report.defaulted and torch.equal(model.bn1.running_var, torch.ones(64))
 
 
@@ -118,7 +118,7 @@ def test_malicious_pickle_is_rejected_without_running(tmp_path):
     evil = tmp_path / "evil.pkl"
     evil.write_bytes(data)
     with pytest.raises(pickle.UnpicklingError):
-        load_caffe2_checkpoint(evil, build_model("c2d_r50_8x8", variant="released"))
+        load_caffe2_checkpoint(build_model("c2d_r50_8x8", variant="released"), evil)
     assert not marker.exists()
     # a plain pickle.loads would have run it: the test is meaningful
     pickle.loads(data)
@@ -179,14 +179,14 @@ def test_affine_models_round_trip_strictly(tmp_path):
     assert "res_conv1_bn_s" in blobs and not any(k.endswith(("_rm", "_riv")) for k in blobs)
     assert "nonlocal_conv3_1_bn_s" in blobs
     path = tmp_path / "affine.pkl"
-    save_caffe2_pickle(path, blobs)
+    save_caffe2_pickle(blobs, path)
     fresh = build_model("i3d_nl5_r50_8x8", variant="released", norm="affine")
-    assert load_caffe2_checkpoint(path, fresh).ok
+    assert load_caffe2_checkpoint(fresh, path).ok
     for key, value in model.state_dict().items():
         assert torch.equal(fresh.state_dict()[key], value), key
     with pytest.raises(ValueError, match="in the file but not in the model: res_conv1_bn_rm"):
         _, bn_blobs = _released_fixture("i3d_r50_8x8", tmp_path / "bn.pkl")
-        load_caffe2_checkpoint(bn_blobs, build_model("i3d_r50_8x8", variant="released", norm="affine"))
+        load_caffe2_checkpoint(build_model("i3d_r50_8x8", variant="released", norm="affine"), bn_blobs)
 
 
 def test_partial_load_keeps_statistics_of_layers_the_file_lacks(tmp_path):
@@ -198,7 +198,7 @@ def test_partial_load_keeps_statistics_of_layers_the_file_lacks(tmp_path):
     model = build_model("c2d_nl5_r50", variant="released")
     randomise(model, seed=4)  # a "trained" model: statistics away from 0 / 1
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    report = load_caffe2_checkpoint(nl_only, model, strict=False)
+    report = load_caffe2_checkpoint(model, nl_only, strict=False)
     assert report.defaulted == []
     assert len(report.loaded) == 60
     state = model.state_dict()
@@ -217,7 +217,7 @@ def test_partial_load_keeps_statistics_of_layers_the_file_lacks(tmp_path):
     affine_nl = {k: v for k, v in nl_only.items() if not k.endswith(("_rm", "_riv"))}
     model = build_model("c2d_nl5_r50", variant="released")
     randomise(model, seed=4)
-    report = load_caffe2_checkpoint(affine_nl, model, strict=False)
+    report = load_caffe2_checkpoint(model, affine_nl, strict=False)
     assert sorted(report.defaulted) == sorted(k for k in nl_only if k.endswith(("_rm", "_riv")))
     assert torch.equal(model.bn1.running_var, before["bn1.running_var"])
     assert torch.equal(model.layer2[1].nl.norm.running_var, torch.ones(512))

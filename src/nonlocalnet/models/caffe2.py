@@ -21,6 +21,8 @@ import torch
 from torch import nn
 
 from nonlocalnet.atomic import atomic_write
+from nonlocalnet.deprecation import check_module, warn_deprecated
+from nonlocalnet.models.insert import NONLOCAL_ATTR
 
 __all__ = [
     "RELEASED_CHECKPOINTS",
@@ -133,8 +135,8 @@ _RULES = (
     ("layer{stage}.{i}.bn{k}.{bn}", "res{stage}_{i}_branch2{k}_bn_{bn}"),
     ("layer{stage}.{i}.downsample.0.weight", "res{stage}_{i}_branch1_w"),
     ("layer{stage}.{i}.downsample.1.{bn}", "res{stage}_{i}_branch1_bn_{bn}"),
-    ("layer{stage}.{i}.nl.{op}.{wb}", "nonlocal_conv{stage}_{i}_{op}_{wb}"),
-    ("layer{stage}.{i}.nl.norm.{bn}", "nonlocal_conv{stage}_{i}_bn_{bn}"),
+    ("layer{stage}.{i}." + NONLOCAL_ATTR + ".{op}.{wb}", "nonlocal_conv{stage}_{i}_{op}_{wb}"),
+    ("layer{stage}.{i}." + NONLOCAL_ATTR + ".norm.{bn}", "nonlocal_conv{stage}_{i}_bn_{bn}"),
 )
 
 
@@ -219,12 +221,14 @@ def _affine_only_layer(key: str, loaded: Mapping[str, torch.Tensor], from_file: 
 
 
 def load_caffe2_checkpoint(
-    path: str | os.PathLike | Mapping[str, np.ndarray],
     model: nn.Module,
+    path: str | os.PathLike | Mapping[str, np.ndarray],
     *,
     strict: bool = True,
 ) -> Caffe2LoadReport:
-    """Load released Caffe2 weights into ``model`` (e.g. ``build_model(..., variant="released")``).
+    """Load released Caffe2 weights (a ``.pkl`` path or ``{blob name: array}``) into ``model``
+    (e.g. ``build_model(..., variant="released")``). The old order ``(path, model)`` still works
+    for one release, with a ``DeprecationWarning``.
 
     Every unmapped, missing and mis-shaped tensor is reported. With ``strict`` (default) any of
     them raises ``ValueError`` and the model is left untouched; ``strict=False`` loads what fits
@@ -234,6 +238,10 @@ def load_caffe2_checkpoint(
     mean 0, variance 1 (listed in ``defaulted``). Statistics of layers the file does not touch
     are left as they are (listed in ``missing``).
     """
+    if isinstance(path, nn.Module) and not isinstance(model, nn.Module):
+        warn_deprecated("load_caffe2_checkpoint(path, model)", "load_caffe2_checkpoint(model, path)")
+        model, path = path, model
+    check_module(model, "load_caffe2_checkpoint(model, path)")
     blobs = path if isinstance(path, Mapping) else read_caffe2_pickle(path)
     state = model.state_dict()
     report = Caffe2LoadReport()
@@ -288,8 +296,18 @@ def export_caffe2_blobs(model_or_state: nn.Module | Mapping[str, torch.Tensor]) 
     return blobs
 
 
-def save_caffe2_pickle(path: str | os.PathLike, blobs: Mapping[str, np.ndarray]) -> None:
-    """Write ``{'blobs': blobs}`` as a protocol-2 pickle (as the released files are), atomically."""
+def save_caffe2_pickle(blobs: Mapping[str, np.ndarray], path: str | os.PathLike) -> None:
+    """Write ``{'blobs': blobs}`` to ``path`` as a protocol-2 pickle (as the released files are),
+    atomically. The old order ``(path, blobs)`` still works for one release, with a
+    ``DeprecationWarning``."""
+    if isinstance(path, Mapping) and not isinstance(blobs, Mapping):
+        warn_deprecated("save_caffe2_pickle(path, blobs)", "save_caffe2_pickle(blobs, path)")
+        blobs, path = path, blobs
+    if not isinstance(blobs, Mapping):
+        raise TypeError(
+            f"save_caffe2_pickle(blobs, path): blobs must be a mapping of blob names to arrays, "
+            f"got {type(blobs).__name__}"
+        )
 
     def write(tmp: str) -> None:
         with open(tmp, "wb") as f:

@@ -10,7 +10,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from nonlocalnet.deprecation import check_module
 from nonlocalnet.models.caffe2 import caffe2_to_torch_name
+from nonlocalnet.models.insert import NONLOCAL_ATTR
 
 __all__ = ["InflationReport", "inflate_2d_to_3d", "inflate_kernel"]
 
@@ -118,6 +120,7 @@ def inflate_2d_to_3d(
     does in eval mode; listed in ``folded``. Into a BatchNorm model, an affine-only 2D layer gets
     mean 0 / variance 1 (``defaulted``); a layer with only one of its two statistics is an error.
     """
+    check_module(model, "inflate_2d_to_3d(model, state_dict_2d)")
     if not (isinstance(bn_eps, (int, float)) and not isinstance(bn_eps, bool) and 0 <= bn_eps < float("inf")):
         raise ValueError(f"bn_eps must be a finite float >= 0, got {bn_eps!r}")
     source = _to_torch_names(state_dict_2d)
@@ -126,7 +129,7 @@ def inflate_2d_to_3d(
     new: dict[str, Tensor] = {}
     problems = _fold_statistics(source, target, float(bn_eps), report)
     for key, value in target.items():
-        optional = ".nl." in key or key.startswith("fc.")
+        optional = f".{NONLOCAL_ATTR}." in key or key.startswith("fc.")
         if key not in source:
             layer = key.rsplit(".", 1)[0]
             if (

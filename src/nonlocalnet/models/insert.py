@@ -9,6 +9,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from nonlocalnet.layers import NonLocalBlock
+from nonlocalnet.layers.norm import BATCHNORMS
 
 __all__ = ["NONLOCAL_ATTR", "add_nonlocal"]
 
@@ -16,7 +17,7 @@ NONLOCAL_ATTR = "nl"
 """Name under which the block is attached to the module it follows (``layer3.4.nl.theta...``)."""
 
 _DIMS = {nn.Conv1d: 1, nn.Conv2d: 2, nn.Conv3d: 3}
-_NORMS = {nn.BatchNorm1d: 1, nn.BatchNorm2d: 2, nn.BatchNorm3d: 3}
+_NORMS = {bn: dim for dim, bn in BATCHNORMS.items()}
 
 
 def _out_channels_and_dim(module: nn.Module) -> tuple[int, int] | None:
@@ -82,9 +83,10 @@ def add_nonlocal(
     torchvision ResNet), in place. Returns the new blocks.
 
     Channels and dimensionality are inferred from the module's last conv or BatchNorm unless
-    given. The block becomes the submodule ``nl`` of the module it follows, so every existing
-    state-dict key keeps its name and pretrained weights still load; the block is the identity at
-    initialisation, so the network's outputs are unchanged until it trains. The block starts in
+    given. The block becomes the submodule ``nl`` (:data:`NONLOCAL_ATTR`) of the module it
+    follows, so every existing state-dict key keeps its name and pretrained weights still load;
+    the block is the identity at initialisation, so the network's outputs are unchanged until it
+    trains. The block starts in
     the module's mode (eval after ``model.eval()``) and follows later ``.train()``/``.eval()``
     calls; the network still pickles and deep-copies. ``block_options`` go
     to :class:`NonLocalBlock` (``mode``, ``inter_channels``, ``sub_sample``, ...).

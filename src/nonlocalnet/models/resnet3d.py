@@ -10,12 +10,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from nonlocalnet.layers import AffineChannel, NonLocalBlock
+from nonlocalnet.deprecation import warn_deprecated
+from nonlocalnet.layers import NonLocalBlock
+from nonlocalnet.layers.norm import check_norm, create_norm
+from nonlocalnet.models.insert import NONLOCAL_ATTR
 
-__all__ = ["Bottleneck3d", "StageSpec", "VideoResNet", "VideoResNetSpec"]
+__all__ = ["BACKBONE_NORMS", "Bottleneck3d", "StageSpec", "VideoResNet", "VideoResNetSpec"]
 
 _TEMPORAL_PADDING = ("zeros", "replicate")
-_NORMS = {"batchnorm": nn.BatchNorm3d, "affine": AffineChannel}
+BACKBONE_NORMS = ("batchnorm", "affine")
+"""The norms of the backbone's conv layers (:data:`nonlocalnet.layers.norm.NORMS` but ``"none"``)."""
 
 
 @dataclass(frozen=True)
@@ -124,7 +128,11 @@ class Bottleneck3d(nn.Module):
         out = width * self.expansion
         s1, s3 = (stride, 1) if stride_on_1x1 else (1, stride)
         tp = {"temporal_padding": temporal_padding, "bias": False}
-        norm_layer = _NORMS[norm]
+        check_norm(norm, BACKBONE_NORMS)
+
+        def norm_layer(channels: int) -> nn.Module:
+            return create_norm(norm, channels, dim=3)
+
         self.conv1 = _Conv3d(
             in_channels, width, (temporal_a, 1, 1), stride=(1, s1, s1), padding=(temporal_a // 2, 0, 0), **tp
         )
@@ -148,14 +156,15 @@ class Bottleneck3d(nn.Module):
             if stride != 1 or in_channels != out
             else None
         )
-        self.register_module("nl", nonlocal_block)
+        self.register_module(NONLOCAL_ATTR, nonlocal_block)
 
     def forward(self, x: Tensor) -> Tensor:
         identity = x if self.downsample is None else self.downsample(x)
         y = self.relu(self.bn1(self.conv1(x)))
         y = self.relu(self.bn2(self.conv2(y)))
         y = self.relu(self.bn3(self.conv3(y)) + identity)
-        return y if self.nl is None else self.nl(y)
+        nl = getattr(self, NONLOCAL_ATTR)
+        return y if nl is None else nl(y)
 
 
 class VideoResNet(nn.Module):
@@ -177,8 +186,7 @@ class VideoResNet(nn.Module):
         norm: str = "batchnorm",
     ) -> None:
         super().__init__()
-        if norm not in _NORMS:
-            raise ValueError(f"unknown norm {norm!r}; expected one of {tuple(_NORMS)}")
+        check_norm(norm, BACKBONE_NORMS)
         if temporal_padding not in _TEMPORAL_PADDING:
             raise ValueError(
                 f"unknown temporal_padding {temporal_padding!r}; expected one of {_TEMPORAL_PADDING}"
@@ -188,7 +196,7 @@ class VideoResNet(nn.Module):
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
         self.spec = spec
-        self.norm = norm
+        self.norm_kind = norm
         t1 = spec.conv1_temporal
         self.conv1 = _Conv3d(
             3,
@@ -199,7 +207,7 @@ class VideoResNet(nn.Module):
             bias=False,
             temporal_padding=temporal_padding,
         )
-        self.bn1 = _NORMS[norm](spec.stem_width)
+        self.bn1 = create_norm(norm, spec.stem_width, dim=3)
         self.relu = nn.ReLU(inplace=True)
         tp1 = spec.pool1_temporal
         self.maxpool = nn.MaxPool3d(
@@ -244,10 +252,18 @@ class VideoResNet(nn.Module):
         self.fc = nn.Linear(channels, num_classes)
         self._init_weights()
 
+    @property
+    def norm(self) -> str:
+        """Deprecated name of :attr:`norm_kind`."""
+        warn_deprecated("VideoResNet.norm", "norm_kind")
+        return self.norm_kind
+
     def _init_weights(self) -> None:
-        for name, m in self.named_modules():
-            if ".nl" in name or name.endswith("nl"):
-                continue  # non-local blocks initialise themselves (identity at init)
+        # non-local blocks initialise themselves (identity at init): skip them and their parts
+        in_blocks = {id(m) for b in self.modules() if isinstance(b, NonLocalBlock) for m in b.modules()}
+        for m in self.modules():
+            if id(m) in in_blocks:
+                continue
             if isinstance(m, nn.Conv3d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
             elif isinstance(m, nn.BatchNorm3d):

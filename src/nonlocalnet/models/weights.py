@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from nonlocalnet.atomic import atomic_write
+from nonlocalnet.deprecation import check_module
 
 __all__ = ["load_weights", "save_weights"]
 
@@ -30,6 +31,7 @@ def load_weights(model: nn.Module, path: str | os.PathLike, *, strict: bool = Tr
     """Load a safetensors state dict into ``model`` (no pickle involved); returns the model."""
     from safetensors.torch import load_file
 
+    check_module(model, "load_weights(model, path)")
     state = load_file(str(path))
     result = model.load_state_dict(state, strict=strict)
     if not strict and (result.missing_keys or result.unexpected_keys):
