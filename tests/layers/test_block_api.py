@@ -1,6 +1,7 @@
 """The block's public names: ``use_scale``, ``norm_kind``, ``attention_map``; the old spellings
 keep working for one release with a ``DeprecationWarning``."""
 
+import pickle
 import warnings
 
 import pytest
@@ -59,3 +60,11 @@ def test_new_names_do_not_warn():
         block = NonLocalBlock.from_preset("released", 8, use_scale=False, norm="none")
         assert block.norm_kind == "none" and not block.use_scale
         block.attention_map(torch.randn(1, 8, 2, 4, 4), [(0, 0, 0)])
+
+
+def test_a_block_pickled_before_the_rename_loads():
+    block = NonLocalBlock(8, norm="affine")
+    block.__dict__["norm_type"] = block.__dict__.pop("norm_kind")  # the old attribute
+    restored = pickle.loads(pickle.dumps(block))
+    assert restored.norm_kind == "affine" and "norm_type" not in restored.__dict__
+    assert "norm='affine'" in repr(restored)

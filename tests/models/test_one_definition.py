@@ -1,6 +1,8 @@
 """One definition per option: the norm names (``layers.norm``), the non-local attribute name
 (``NONLOCAL_ATTR``), the low-precision dtypes and the algorithm check (``ops``)."""
 
+import pickle
+
 import pytest
 import torch
 from reference import randomise
@@ -82,3 +84,10 @@ def test_ops_share_the_algorithm_check_and_dtypes():
     assert str(block_err.value) == str(ops_err.value)
     with pytest.raises(ValueError, match="unknown mode 'softmax'; expected one of"):
         check_algorithm("softmax", "auto")
+
+
+def test_a_network_pickled_before_the_rename_loads():
+    model = build_model("c2d_r50_8x8", num_classes=3, norm="affine")
+    model.__dict__["norm"] = model.__dict__.pop("norm_kind")  # the old string attribute
+    restored = pickle.loads(pickle.dumps(model))
+    assert restored.norm_kind == "affine" and "norm" not in restored.__dict__

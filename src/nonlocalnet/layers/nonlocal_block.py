@@ -166,6 +166,11 @@ class NonLocalBlock(nn.Module):
             options.pop("use_scale")
         return cls(in_channels, **options)
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        if "norm_type" in state:  # a whole block pickled before the rename
+            state["norm_kind"] = state.pop("norm_type")
+        super().__setstate__(state)
+
     @property
     def norm_type(self) -> str:
         """Deprecated name of :attr:`norm_kind`."""

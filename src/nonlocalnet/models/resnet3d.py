@@ -252,6 +252,11 @@ class VideoResNet(nn.Module):
         self.fc = nn.Linear(channels, num_classes)
         self._init_weights()
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        if isinstance(state.get("norm"), str):  # a whole network pickled before the rename
+            state["norm_kind"] = state.pop("norm")
+        super().__setstate__(state)
+
     @property
     def norm(self) -> str:
         """Deprecated name of :attr:`norm_kind`."""
