@@ -222,3 +222,10 @@ def test_relative_links_resolve(page):
             where = f"{page.relative_to(ROOT)}: {link}"
             assert target.suffix == ".md", f"{where}: an anchor into a file that is not Markdown"
             assert anchor in _slugs(target.read_text()), f"{where}: no such heading"
+
+
+def test_the_index_lists_every_page():
+    index = (DOCS / "README.md").read_text()
+    linked = {link.partition("#")[0] for link in re.findall(r"\]\(([^)\s]+)\)", index)}
+    missing = {p.name for p in DOCS.glob("*.md")} - {"README.md"} - linked
+    assert not missing, f"docs/README.md does not list {sorted(missing)}"
