@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from nonlocalnet import MODES, build_model
+from nonlocalnet import MODES, NonLocalBlock, build_model
 from nonlocalnet.models import StageSpec, VideoResNet, VideoResNetSpec
 
 _DYNAMIC = ({0: torch.export.Dim("batch"), 2: torch.export.Dim("time")},)
@@ -26,7 +26,7 @@ def test_onnx_export_of_c2d_nl_matches_onnxruntime(tmp_path):
     pytest.importorskip("onnxscript")
     model = build_model("c2d_nl5_r50", num_classes=10, variant="released").eval()
     for m in model.modules():  # make the non-local blocks do something (they start as identity)
-        if hasattr(m, "norm") and isinstance(m.norm, torch.nn.BatchNorm3d):
+        if isinstance(m, NonLocalBlock) and isinstance(m.norm, torch.nn.BatchNorm3d):
             torch.nn.init.constant_(m.norm.weight, 0.5)
     x = torch.randn(2, 3, 8, 64, 64)
     path = tmp_path / "c2d_nl.onnx"
