@@ -49,15 +49,6 @@ def reference(tmp_path_factory, tiny_data) -> dict[str, Path]:
     return runs
 
 
-@pytest.fixture
-def one_thread():
-    """In-process runs compute like the one-thread subprocesses (bit for bit)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _assert_same_weights(run: Path, ref: Path) -> None:
     a, b = weights(ref), weights(run)
     assert a.keys() == b.keys()

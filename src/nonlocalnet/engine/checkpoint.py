@@ -3,9 +3,11 @@ code execution (``torch.load(weights_only=True)``)."""
 
 from __future__ import annotations
 
+import errno
 import os
 import random
 import re
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,7 @@ from nonlocalnet.atomic import atomic_write
 __all__ = [
     "RESUME_FREE_SETTINGS",
     "CheckpointManager",
+    "CheckpointWriteError",
     "capture_rng_state",
     "changed_settings",
     "checkpoint_step",
@@ -29,9 +32,45 @@ __all__ = [
 _NAME = re.compile(r"^iter_(\d{8})\.pt$")
 
 
-def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
-    """``torch.save`` ``state`` to ``path`` atomically (temporary file, fsync, rename)."""
-    return atomic_write(path, lambda tmp: torch.save(state, tmp))
+class CheckpointWriteError(OSError, RuntimeError):
+    """A checkpoint could not be written (a full disk, a failed write); the message names the
+    file, the cause, and the previous checkpoint, which the atomic write left intact. An
+    ``OSError`` and, as ``torch.save``'s own failures were, a ``RuntimeError``."""
+
+
+def save_checkpoint(path: str | os.PathLike, state: dict[str, Any], *, previous: Path | None = None) -> Path:
+    """``torch.save`` ``state`` to ``path`` atomically (temporary file, fsync, rename). A failed
+    write (e.g. a full disk, which ``torch.save`` reports as ``unexpected pos ...``) leaves
+    ``path`` as it was and raises :class:`CheckpointWriteError`; ``previous``: the checkpoint
+    the message names as the one to resume from."""
+    try:
+        return atomic_write(path, lambda tmp: torch.save(state, tmp))
+    except (OSError, RuntimeError) as err:
+        raise CheckpointWriteError(_write_failure(Path(path), err, previous)) from err
+
+
+def _write_failure(path: Path, err: BaseException, previous: Path | None) -> str:
+    """Why writing ``path`` failed, in words, and what is still on disk."""
+    try:
+        free = shutil.disk_usage(path.parent).free
+    except OSError:
+        free = None
+    no_space = any(getattr(e, "errno", None) in (errno.ENOSPC, errno.EDQUOT) for e in _chain(err))
+    if no_space or (free is not None and free < 1 << 20):
+        cause = f"the disk is full ({free} bytes free)" if free is not None else "the disk is full"
+    else:
+        cause = "the write failed"
+    if previous is not None and previous.is_file():
+        kept = f"the previous checkpoint {previous} is intact: free space and resume from it (--resume)"
+    else:
+        kept = "no earlier checkpoint of this run exists; nothing was overwritten"
+    return f"could not write checkpoint {path}: {cause} ({type(err).__name__}: {err}); {kept}"
+
+
+def _chain(err: BaseException | None):
+    while err is not None:
+        yield err
+        err = err.__cause__ or err.__context__
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -198,7 +237,7 @@ class CheckpointManager:
     def save(self, state: dict[str, Any], step: int) -> Path:
         """Write ``iter_<step>.pt``, then delete all but the newest ``keep_last`` checkpoints up
         to ``step`` (later-numbered files are not this run's and are left alone)."""
-        path = save_checkpoint(self.folder / f"iter_{step:08d}.pt", state)
+        path = save_checkpoint(self.folder / f"iter_{step:08d}.pt", state, previous=self.latest())
         older = [p for p in self.checkpoints() if checkpoint_step(p) <= step]
         for old in older[: -self.keep_last]:
             old.unlink(missing_ok=True)
@@ -236,4 +275,5 @@ class CheckpointManager:
         return target, moved
 
     def save_best(self, state: dict[str, Any]) -> Path:
-        return save_checkpoint(self.best_path, state)
+        previous = self.best_path if self.best_path.is_file() else None
+        return save_checkpoint(self.best_path, state, previous=previous)
