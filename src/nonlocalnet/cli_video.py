@@ -50,16 +50,17 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from nonlocalnet.engine import config_from_dict, load_checkpoint, load_config, run_evaluation
+    from nonlocalnet.engine import config_from_dict, load_config, read_model_file, run_evaluation
     from nonlocalnet.engine.config import apply_overrides
 
     _setup_logging()
     if args.config:
         cfg = load_config(args.config, args.overrides)
     else:
-        if Path(args.checkpoint).suffix == ".safetensors":
-            raise ValueError("--config is required with a .safetensors checkpoint (it holds no config)")
-        saved = load_checkpoint(args.checkpoint)["config"]
+        weights = read_model_file(args.checkpoint)
+        if weights.config is None:
+            raise ValueError(f"--config is required with a {weights.kind} file (it holds no config)")
+        saved = weights.config
         saved["model"].update(init="none", init_path=None)
         cfg = config_from_dict(apply_overrides(saved, args.overrides))
     result = run_evaluation(cfg, args.checkpoint, output_dir=args.output)

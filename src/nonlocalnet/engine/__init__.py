@@ -20,14 +20,17 @@ from nonlocalnet.engine.distributed import DistContext, DistributedError, init_d
 from nonlocalnet.engine.evaluate import evaluate, run_evaluation
 from nonlocalnet.engine.layout import choose_memory_format
 from nonlocalnet.engine.metrics import EvalResult, ViewScores, topk_correct
+from nonlocalnet.engine.model_file import ModelFile, read_model_file
 from nonlocalnet.engine.optim import build_optimizer, lr_at, scaled_lr
 from nonlocalnet.engine.precise_bn import update_bn_stats
 from nonlocalnet.engine.predict import Prediction, load_trained_model, predict_video
 from nonlocalnet.engine.runlog import RunLog, read_jsonl
 from nonlocalnet.engine.setup import build_dataset, build_model_from_config, initialise_model, load_samples
+from nonlocalnet.engine.task import TASKS, Evaluation, StepLoss, Task, build_task, register_task
 from nonlocalnet.engine.train import TrainResult, train
 
 __all__ = [
+    "TASKS",
     "CheckpointConfig",
     "CheckpointManager",
     "Config",
@@ -37,10 +40,14 @@ __all__ = [
     "DistributedError",
     "EvalConfig",
     "EvalResult",
+    "Evaluation",
     "ModelConfig",
+    "ModelFile",
     "OptimConfig",
     "Prediction",
     "RunLog",
+    "StepLoss",
+    "Task",
     "TrainConfig",
     "TrainResult",
     "ViewScores",
@@ -48,6 +55,7 @@ __all__ = [
     "build_dataset",
     "build_model_from_config",
     "build_optimizer",
+    "build_task",
     "choose_memory_format",
     "config_from_dict",
     "config_to_dict",
@@ -61,6 +69,8 @@ __all__ = [
     "lr_at",
     "predict_video",
     "read_jsonl",
+    "read_model_file",
+    "register_task",
     "run_evaluation",
     "save_checkpoint",
     "save_config",

@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 from nonlocalnet.atomic import atomic_write_bytes
+from nonlocalnet.models import StageSpec, VideoResNetSpec
 
 __all__ = [
     "CheckpointConfig",
@@ -35,6 +36,7 @@ __all__ = [
     "config_to_dict",
     "load_config",
     "save_config",
+    "video_resnet_spec",
 ]
 
 
@@ -52,9 +54,16 @@ class ModelConfig:
     ``init``: ``none``; ``imagenet`` (a 2D ResNet state dict, torchvision or Caffe2 names,
     inflated to 3D); ``caffe2`` (the authors' released ``.pkl``); ``weights`` (our safetensors);
     ``checkpoint`` (a training checkpoint's model). ``overrides``: fields of VideoResNetSpec.
+
+    ``spec``: the whole network as a :class:`~nonlocalnet.models.VideoResNetSpec` mapping
+    (``stages`` a list of :class:`~nonlocalnet.models.StageSpec` mappings) instead of a registry
+    ``name``; ``name`` must then be unset (``null``), and ``variant``, ``nonlocal_mode``,
+    ``nonlocal_options`` and ``overrides``, which describe registry models, keep their defaults
+    (the block's options go in ``spec.nonlocal_options``). ``num_classes``, ``dropout``, ``norm``
+    and ``temporal_padding`` apply to both.
     """
 
-    name: str = "c2d_nl5_r50"
+    name: str | None = "c2d_nl5_r50"
     num_classes: int = 400
     variant: str = "paper"
     nonlocal_mode: str = "embedded_gaussian"
@@ -63,6 +72,7 @@ class ModelConfig:
     norm: str = "batchnorm"
     temporal_padding: str = "zeros"
     overrides: dict = field(default_factory=dict)
+    spec: dict = field(default_factory=dict)
     init: str = "none"
     init_path: str | None = None
 
@@ -158,8 +168,10 @@ class EvalConfig:
 
 @dataclass
 class Config:
-    """The whole run. ``output_dir`` holds the resolved config, checkpoints, logs and figures."""
+    """The whole run. ``output_dir`` holds the resolved config, checkpoints, logs and figures.
+    ``task`` chooses what is trained (:data:`nonlocalnet.engine.task.TASKS`)."""
 
+    task: str = "video_classification"
     output_dir: str = "runs/default"
     seed: int = 0
     device: str = "auto"
@@ -271,6 +283,75 @@ def _validate(cfg: Config) -> None:
         raise ConfigError(f"optim.lr_milestones: expected fractions in (0, 1), got {cfg.optim.lr_milestones}")
     if cfg.model.init != "none" and not cfg.model.init_path:
         raise ConfigError(f"model.init is {cfg.model.init!r} but model.init_path is not set")
+    _validate_model_choice(cfg.model)
+    from nonlocalnet.engine.task import TASKS  # the task table imports this module
+
+    if cfg.task not in TASKS:
+        raise ConfigError(f"task: {cfg.task!r} is not one of {sorted(TASKS)}")
+
+
+def _validate_model_choice(model: ModelConfig) -> None:
+    """A registry ``name`` or a whole ``spec``, not both; a spec is checked here."""
+    if not model.spec:
+        if model.name is None:
+            raise ConfigError("model: set model.name (a registry name) or model.spec (the whole network)")
+        return
+    if model.name is not None:
+        raise ConfigError(
+            f"model.name ({model.name!r}) and model.spec are both set: give one (model.name: null "
+            "to describe the network by model.spec alone)"
+        )
+    registry_only = {
+        key: getattr(model, key)
+        for key, default in (("variant", "paper"), ("nonlocal_mode", "embedded_gaussian"))
+        if getattr(model, key) != default
+    }
+    registry_only |= {k: getattr(model, k) for k in ("nonlocal_options", "overrides") if getattr(model, k)}
+    if registry_only:
+        raise ConfigError(
+            f"model.spec gives the whole network, so {', '.join(f'model.{k}' for k in registry_only)} "
+            "(registry-model settings) must stay unset; put the block's options in "
+            "model.spec.nonlocal_options"
+        )
+    video_resnet_spec(model.spec, "model.spec")
+
+
+def _stage_spec(stage: Any, where: str) -> StageSpec:
+    if not isinstance(stage, dict):
+        raise ConfigError(f"{where}: expected a mapping of StageSpec fields, got {stage!r}")
+    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in stage.items()}
+    try:
+        return StageSpec(**fields)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"{where}: {err}") from None
+
+
+def stage_specs(stages: Any, where: str) -> tuple[StageSpec, ...]:
+    """A list of :class:`StageSpec` mappings (YAML lists become tuples) as StageSpecs."""
+    if not isinstance(stages, list | tuple):
+        raise ConfigError(f"{where}: expected a list of stage mappings, got {stages!r}")
+    return tuple(_stage_spec(stage, f"{where}[{i}]") for i, stage in enumerate(stages))
+
+
+def video_resnet_spec(data: dict, where: str = "model.spec") -> VideoResNetSpec:
+    """A :class:`VideoResNetSpec` from plain data (``model.spec``); errors name the field."""
+    names = [f.name for f in dataclasses.fields(VideoResNetSpec)]
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        raise ConfigError(f"{where}: unknown field(s) {unknown}; VideoResNetSpec fields: {names}")
+    if "stages" not in data:
+        raise ConfigError(f"{where}.stages: required (a list of StageSpec mappings)")
+    fields = dict(data, stages=stage_specs(data["stages"], f"{where}.stages"))
+    hints = typing.get_type_hints(VideoResNetSpec)
+    for key, value in fields.items():
+        if key == "nonlocal_options" and not isinstance(value, dict):
+            raise ConfigError(f"{where}.nonlocal_options: expected a mapping, got {value!r}")
+        if key not in ("stages", "nonlocal_options"):
+            _coerce(f"{where}.{key}", value, hints[key])
+    try:
+        return VideoResNetSpec(**fields)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"{where}: {err}") from None
 
 
 def config_from_dict(data: dict) -> Config:
@@ -279,6 +360,9 @@ def config_from_dict(data: dict) -> Config:
         raise ConfigError(f"a config must be a mapping of sections, got {type(data).__name__}")
     cfg = Config()
     _fill(cfg, data, "")
+    model = data.get("model")
+    if cfg.model.spec and not (isinstance(model, dict) and "name" in model):
+        cfg.model.name = None  # a spec without a name: the default name does not apply
     _validate(cfg)
     return cfg
 

@@ -14,16 +14,16 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from nonlocalnet.data import BadDataLog, BadSample, ClipBatch, build_loader
+from nonlocalnet.data import BadDataLog, BadSample, ClipBatch, FrameCache, VideoSample, build_loader
 from nonlocalnet.engine.amp import autocast_context
-from nonlocalnet.engine.checkpoint import load_checkpoint
 from nonlocalnet.engine.config import Config, ConfigError
 from nonlocalnet.engine.distributed import DistContext, init_distributed
 from nonlocalnet.engine.metrics import EvalResult, ViewScores
+from nonlocalnet.engine.model_file import read_model_file
 from nonlocalnet.engine.setup import build_dataset, build_model_from_config, load_samples
 from nonlocalnet.models import VideoResNet
 
-__all__ = ["evaluate", "run_evaluation", "views_per_video"]
+__all__ = ["evaluate", "evaluate_samples", "run_evaluation", "views_per_video"]
 
 log = logging.getLogger("nonlocalnet.eval")
 
@@ -85,6 +85,43 @@ def evaluate(
     return merged.result(), every_bad
 
 
+def evaluate_samples(
+    model: VideoResNet,
+    cfg: Config,
+    ctx: DistContext,
+    samples: list[VideoSample],
+    *,
+    views: str,
+    memory_format: torch.memory_format = torch.contiguous_format,
+    frame_cache: FrameCache | None = None,
+) -> tuple[EvalResult, list[BadSample]]:
+    """:func:`evaluate` on ``samples`` with the test protocol of ``cfg`` (``views``: ``"video"``,
+    num_clips x num_crops views, or ``"clip"``, one centre view), split over the ranks."""
+    dataset = build_dataset(
+        cfg.data, samples, train=False, seed=cfg.seed, views=views, frame_cache=frame_cache
+    )
+    loader = build_loader(
+        dataset,
+        batch_size=cfg.eval.batch_size,
+        shuffle=False,
+        seed=cfg.seed,
+        num_workers=cfg.data.num_workers,
+        distributed=(ctx.rank, ctx.world_size) if ctx.distributed else None,
+        drop_last=False,
+    )
+    return evaluate(
+        model,
+        loader,
+        ctx,
+        num_classes=cfg.model.num_classes,
+        views_per_video=views_per_video(cfg, views),
+        window=model.res5_size(cfg.data.crop),
+        amp=cfg.train.amp,
+        memory_format=memory_format,
+        progress=cfg.train.progress,
+    )
+
+
 def run_evaluation(
     cfg: Config, checkpoint: str | Path, *, output_dir: str | Path | None = None
 ) -> EvalResult:
@@ -103,10 +140,9 @@ def run_evaluation(
 def _evaluate_run(
     cfg: Config, ctx: DistContext, checkpoint: str | Path, output_dir: str | Path | None
 ) -> EvalResult:
-    from nonlocalnet.viz import plot_confusion, write_confusion_csv
-
     started = time.perf_counter()
-    state, trained_names = _read_model_file(checkpoint)
+    weights = read_model_file(checkpoint, kinds=("checkpoint", "safetensors", "state_dict"))
+    trained_names = weights.class_names
     if trained_names is not None and cfg.data.class_names and trained_names == _numbered(len(trained_names)):
         trained_names = None  # trained on integer labels: the class_names file names them
     samples, class_names = load_samples(cfg.data, "val", class_names=trained_names)
@@ -115,47 +151,29 @@ def _evaluate_run(
             f"model.num_classes is {cfg.model.num_classes} but the data has {len(class_names)} classes"
         )
     model = build_model_from_config(cfg.model)
-    model.load_state_dict(state)
+    model.load_state_dict(weights.state)
     model.to(ctx.device)
-    dataset = build_dataset(cfg.data, samples, train=False, seed=cfg.seed, views="video")
-    world = (ctx.rank, ctx.world_size) if ctx.distributed else None
-    loader = build_loader(
-        dataset,
-        batch_size=cfg.eval.batch_size,
-        shuffle=False,
-        seed=cfg.seed,
-        num_workers=cfg.data.num_workers,
-        distributed=world,
-        drop_last=False,
-    )
-    result, bad = evaluate(
-        model,
-        loader,
-        ctx,
-        num_classes=cfg.model.num_classes,
-        views_per_video=views_per_video(cfg, "video"),
-        window=model.res5_size(cfg.data.crop),
-        amp=cfg.train.amp,
-        progress=cfg.train.progress,
-    )
+    result, bad = evaluate_samples(model, cfg, ctx, samples, views="video")
     bad_log = BadDataLog()
     bad_log.add(bad)
     if ctx.is_main:
         out = Path(output_dir or Path(cfg.output_dir) / "eval")
-        out.mkdir(parents=True, exist_ok=True)
-        report: dict[str, Any] = {
-            "checkpoint": str(checkpoint),
-            **result.to_dict(),
-            "class_names": class_names,
-            "bad_data": bad_log.summary(),
-            "seconds": time.perf_counter() - started,
-        }
-        (out / "eval.json").write_text(json.dumps(report, indent=2, allow_nan=False))
-        _write_per_class_csv(result, class_names, out / "per_class.csv")
-        write_confusion_csv(result.confusion, class_names, out / "confusion.csv")
-        plot_confusion(result.confusion, class_names, out / "confusion.png")
+        report = {"checkpoint": str(checkpoint), **result.to_dict(), "class_names": class_names}
+        report |= {"bad_data": bad_log.summary(), "seconds": time.perf_counter() - started}
+        _write_eval_files(result, class_names, report, out)
     bad_log.check(seen=len(samples), threshold=cfg.data.bad_data_threshold)
     return result
+
+
+def _write_eval_files(result: EvalResult, class_names: list[str], report: dict[str, Any], out: Path) -> None:
+    """``eval.json`` (strict JSON), ``per_class.csv``, ``confusion.csv`` and ``confusion.png``."""
+    from nonlocalnet.viz import plot_confusion, write_confusion_csv
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "eval.json").write_text(json.dumps(report, indent=2, allow_nan=False))
+    _write_per_class_csv(result, class_names, out / "per_class.csv")
+    write_confusion_csv(result.confusion, class_names, out / "confusion.csv")
+    plot_confusion(result.confusion, class_names, out / "confusion.png")
 
 
 def _write_per_class_csv(result: EvalResult, class_names: list[str], path: str | Path) -> Path:
@@ -172,23 +190,3 @@ def _write_per_class_csv(result: EvalResult, class_names: list[str], path: str |
 
 def _numbered(n: int) -> list[str]:
     return [str(i) for i in range(n)]
-
-
-def _read_model_file(path: str | Path) -> tuple[dict[str, torch.Tensor], list[str] | None]:
-    """The model state of a training checkpoint (``.pt``) or safetensors file, and the class
-    names the checkpoint was trained with (``None`` when it has none)."""
-    path = Path(path)
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        if not path.is_file():
-            raise FileNotFoundError(f"weights file not found: {path}")
-        return load_file(str(path)), None
-    state = load_checkpoint(path)
-    names = state.get("class_names")
-    return state["model"], list(names) if names else None
-
-
-def load_model_weights(model: torch.nn.Module, path: str | Path) -> None:
-    """Weights from a training checkpoint (``.pt``) or a safetensors file."""
-    model.load_state_dict(_read_model_file(path)[0])

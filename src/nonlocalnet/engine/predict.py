@@ -9,8 +9,8 @@ import torch
 from torch import Tensor
 
 from nonlocalnet.data import probe_video, read_frames, test_clip_indices, test_views
-from nonlocalnet.engine.checkpoint import load_checkpoint
 from nonlocalnet.engine.config import Config, config_from_dict
+from nonlocalnet.engine.model_file import read_model_file
 from nonlocalnet.engine.setup import build_model_from_config
 from nonlocalnet.models import VideoResNet
 
@@ -32,10 +32,12 @@ def load_trained_model(
     checkpoint: str | Path, device: str | torch.device = "cpu"
 ) -> tuple[VideoResNet, Config, list[str]]:
     """Rebuild the model, its config and class names from a training checkpoint."""
-    state = load_checkpoint(checkpoint)
-    if "config" not in state:
-        raise ValueError(f"{checkpoint} has no config; it is not a nonlocalnet training checkpoint")
-    saved = dict(state["config"])
+    weights = read_model_file(checkpoint)
+    if weights.config is None:
+        raise ValueError(
+            f"{checkpoint} has no config; it is not a nonlocalnet training checkpoint ({weights.kind} file)"
+        )
+    saved = dict(weights.config)
     train = saved.get("train")
     if isinstance(train, dict) and train.get("iterations") and train.get("epochs"):
         # written before both were refused; such a run went by iterations
@@ -44,9 +46,9 @@ def load_trained_model(
     cfg.model.init = "none"
     cfg.model.init_path = None
     model = build_model_from_config(cfg.model)
-    model.load_state_dict(state["model"])
+    model.load_state_dict(weights.state)
     model.to(device).eval()
-    names = state.get("class_names") or [str(i) for i in range(cfg.model.num_classes)]
+    names = weights.class_names or [str(i) for i in range(cfg.model.num_classes)]
     return model, cfg, list(names)
 
 

@@ -5,8 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from nonlocalnet.data import (
     ClipSampling,
     FrameCache,
@@ -18,41 +16,32 @@ from nonlocalnet.data import (
     scan_class_folders,
 )
 from nonlocalnet.data.lists import class_folder_names
-from nonlocalnet.engine.checkpoint import load_checkpoint
-from nonlocalnet.engine.config import ConfigError, DataConfig, ModelConfig
-from nonlocalnet.models import (
-    StageSpec,
-    VideoResNet,
-    build_model,
-    inflate_2d_to_3d,
-    load_caffe2_checkpoint,
-    load_weights,
-    read_caffe2_pickle,
-)
+from nonlocalnet.engine.config import ConfigError, DataConfig, ModelConfig, stage_specs, video_resnet_spec
+from nonlocalnet.engine.model_file import read_model_file
+from nonlocalnet.models import VideoResNet, build_model, inflate_2d_to_3d, load_caffe2_checkpoint
 
-__all__ = ["build_dataset", "build_model_from_config", "initialise_model", "load_samples"]
+__all__ = ["build_dataset", "build_model_from_config", "initialise_model", "load_samples", "model_label"]
 
 
 def _spec_overrides(overrides: dict[str, Any]) -> dict[str, Any]:
     out = dict(overrides)
     if "stages" in out:
-        stages = []
-        for i, stage in enumerate(out["stages"]):
-            if not isinstance(stage, dict):
-                raise ConfigError(f"model.overrides.stages[{i}]: expected a mapping, got {stage!r}")
-            fields = {k: tuple(v) if isinstance(v, list) else v for k, v in stage.items()}
-            try:
-                stages.append(StageSpec(**fields))
-            except (TypeError, ValueError) as err:
-                raise ConfigError(f"model.overrides.stages[{i}]: {err}") from None
-        out["stages"] = tuple(stages)
+        out["stages"] = stage_specs(out["stages"], "model.overrides.stages")
     return out
 
 
 def build_model_from_config(cfg: ModelConfig) -> VideoResNet:
-    """``build_model`` with the config's settings; ``overrides.stages`` may be a list of
-    StageSpec mappings, so a YAML file can describe any network of this family."""
+    """The network ``cfg`` describes: a registry ``name`` (``build_model``, ``overrides.stages``
+    may be a list of StageSpec mappings) or a whole ``spec`` (:class:`VideoResNetSpec` as data)."""
     try:
+        if cfg.spec:
+            return VideoResNet(
+                video_resnet_spec(cfg.spec),
+                num_classes=cfg.num_classes,
+                dropout=cfg.dropout,
+                temporal_padding=cfg.temporal_padding,
+                norm=cfg.norm,
+            )
         return build_model(
             cfg.name,
             cfg.num_classes,
@@ -70,15 +59,9 @@ def build_model_from_config(cfg: ModelConfig) -> VideoResNet:
         raise ConfigError(f"model: {err}") from None
 
 
-def _read_state(path: Path) -> dict[str, Any]:
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
-    if path.suffix == ".pkl":
-        return read_caffe2_pickle(path)
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    return state.get("state_dict", state.get("model", state)) if isinstance(state, dict) else state
+def model_label(cfg: ModelConfig) -> str:
+    """The model's name in logs and figures: its registry name, or ``custom spec``."""
+    return cfg.name if cfg.name is not None else "custom spec"
 
 
 def initialise_model(model: VideoResNet, cfg: ModelConfig) -> str:
@@ -89,14 +72,15 @@ def initialise_model(model: VideoResNet, cfg: ModelConfig) -> str:
     if not path.is_file():
         raise ConfigError(f"model.init_path: file not found: {path}")
     if cfg.init == "imagenet":
-        return f"inflated 2D weights from {path}: {inflate_2d_to_3d(model, _read_state(path)).summary()}"
+        state = read_model_file(path).state
+        return f"inflated 2D weights from {path}: {inflate_2d_to_3d(model, state).summary()}"
     if cfg.init == "caffe2":
-        report = load_caffe2_checkpoint(path, model)
+        report = load_caffe2_checkpoint(model, read_model_file(path, kinds=("caffe2",)).state)
         return f"released Caffe2 weights from {path}: {report.summary()}"
     if cfg.init == "weights":
-        load_weights(model, path)
+        model.load_state_dict(read_model_file(path, kinds=("safetensors",)).state)
         return f"weights from {path}"
-    model.load_state_dict(load_checkpoint(path)["model"])
+    model.load_state_dict(read_model_file(path, kinds=("checkpoint",)).state)
     return f"model weights of training checkpoint {path}"
 
 

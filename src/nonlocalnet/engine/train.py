@@ -1,5 +1,14 @@
-"""The training loop: the paper's recipe, resumable at any checkpoint (bit-exact on CPU),
-distributed through torchrun, robust to broken videos."""
+"""The one training loop, for any task (:class:`~nonlocalnet.engine.task.Task`): the paper's
+recipe, resumable at any checkpoint (bit-exact on CPU), distributed through torchrun, robust to
+broken samples.
+
+:func:`train` sets up a :class:`_Run` (the model, optimiser and position), and ``_train`` is
+the loop: ``_resume``, then per step ``_optimisation_step`` and ``_after_step`` (log record,
+end-of-epoch validation, checkpoint), then ``_finish``. Checkpoints, exact resume, DDP, AMP,
+gradient accumulation, logging and bad-data accounting live here; the task supplies the model,
+data, loss and evaluation. The engine imports no task: ``cfg.task`` names one
+(:data:`~nonlocalnet.engine.task.TASKS`).
+"""
 
 from __future__ import annotations
 
@@ -8,16 +17,16 @@ import json
 import logging
 import math
 import time
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from nonlocalnet.data import BadDataLog, ClipBatch, FrameCache, build_loader
+from nonlocalnet.data import BadDataLog, FrameCache
 from nonlocalnet.engine.amp import autocast_context
 from nonlocalnet.engine.checkpoint import (
     RESUME_FREE_SETTINGS,
@@ -29,12 +38,11 @@ from nonlocalnet.engine.checkpoint import (
 )
 from nonlocalnet.engine.config import Config, ConfigError, config_to_dict, save_config
 from nonlocalnet.engine.distributed import DistContext, init_distributed, is_out_of_memory
-from nonlocalnet.engine.evaluate import evaluate, views_per_video
 from nonlocalnet.engine.layout import choose_memory_format
 from nonlocalnet.engine.optim import build_optimizer, lr_at, scaled_lr
 from nonlocalnet.engine.precise_bn import update_bn_stats
 from nonlocalnet.engine.runlog import RunLog
-from nonlocalnet.engine.setup import build_dataset, build_model_from_config, initialise_model, load_samples
+from nonlocalnet.engine.task import Evaluation, Task, build_task
 from nonlocalnet.models import save_weights
 
 __all__ = ["TrainResult", "train"]
@@ -53,16 +61,14 @@ class TrainResult:
     seconds: float
 
 
-def _memory_format(model: nn.Module, cfg: Config, device: torch.device) -> torch.memory_format:
+def _memory_format(model: nn.Module, cfg: Config, task: Task, device: torch.device) -> torch.memory_format:
     choice = cfg.train.memory_format
     if choice == "contiguous":
         return torch.contiguous_format
     if choice == "channels_last":
         model.to(memory_format=torch.channels_last_3d)
         return torch.channels_last_3d
-    size = cfg.data.crop
-    example = torch.randn(1, 3, cfg.data.clip_length, size, size, device=device)
-    return choose_memory_format(model, example)
+    return choose_memory_format(model, torch.randn_like(task.example_input(device, torch.contiguous_format)))
 
 
 def _total_steps(cfg: Config, steps_per_epoch: int) -> int:
@@ -93,35 +99,6 @@ class _Layout:
         return per_process // self.batch_size // self.grad_accum
 
 
-def _state(
-    model, optimizer, scaler, step, cfg, class_names, bad_log, best, rng, layout, spe
-) -> dict[str, Any]:
-    """A checkpoint. ``progress`` is the position as epoch + clips taken in that epoch, with
-    the step layout that produced it, so a resume can check (and map) it. ``rng_per_rank``:
-    every process's RNG states, in rank order (``rng``: rank 0's, as format v1 had)."""
-    epoch, in_epoch = divmod(step, spe)
-    return {
-        "format": "nonlocalnet-train-v2",
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "scaler": scaler.state_dict() if scaler is not None else {},
-        "rng": rng[0],
-        "rng_per_rank": rng,
-        "step": step,
-        "progress": {
-            "epoch": epoch,
-            "samples": in_epoch * layout.clips_per_step,
-            "batch_size": layout.batch_size,
-            "grad_accum": layout.grad_accum,
-            "processes": layout.processes,
-        },
-        "config": config_to_dict(cfg),
-        "class_names": list(class_names),
-        "bad_data": bad_log.summary(),
-        "best_metric": best,
-    }
-
-
 def _split_sensitive(model: nn.Module) -> list[str]:
     """What makes this model's training depend on how a step's clips are split over processes
     and micro-batches (not only on which clips a step holds)."""
@@ -131,6 +108,63 @@ def _split_sensitive(model: nn.Module) -> list[str]:
     if any(isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0 for m in model.modules()):
         reasons.append("each process draws its own dropout masks")
     return reasons
+
+
+def _saved_position(
+    state: dict[str, Any], path: Path, layout: _Layout, num_videos: int
+) -> tuple[_Layout, dict[str, int]]:
+    """The step layout a checkpoint was written with and its position (epoch, clips taken in
+    it); a format-v1 checkpoint recorded neither, so both are rebuilt from its config."""
+    progress = state.get("progress")
+    if progress is not None:
+        return _Layout(progress["batch_size"], progress["grad_accum"], progress["processes"]), progress
+    train_saved = state.get("config", {}).get("train", {})
+    old = _Layout(
+        train_saved.get("batch_size", layout.batch_size),
+        train_saved.get("grad_accum", layout.grad_accum),
+        layout.processes,
+    )
+    log.warning(
+        "%s predates recording the number of processes; assuming it was written by %d", path, layout.processes
+    )
+    epoch, in_epoch = divmod(state["step"], max(old.steps_per_epoch(num_videos), 1))
+    return old, {"epoch": epoch, "samples": in_epoch * old.clips_per_step}
+
+
+def _layout_problems(old: _Layout, new: _Layout, model: nn.Module) -> tuple[list[str], list[str], str]:
+    """The layout changes, those that forbid an exact resume, and why."""
+    changes = [
+        f"{name} {a} -> {b}"
+        for name, a, b in (
+            ("train.batch_size", old.batch_size, new.batch_size),
+            ("train.grad_accum", old.grad_accum, new.grad_accum),
+            ("processes", old.processes, new.processes),
+        )
+        if a != b
+    ]
+    if not changes:
+        return changes, [], ""
+    sensitive = _split_sensitive(model)
+    if old.clips_per_step != new.clips_per_step:
+        return (
+            changes,
+            changes,
+            (
+                f" The clips per optimiser step (train.batch_size x train.grad_accum x processes) "
+                f"change from {old.clips_per_step} to {new.clips_per_step}, so the step count, "
+                "learning rate and data order of the checkpoint no longer apply."
+            ),
+        )
+    if sensitive:
+        return (
+            changes,
+            changes,
+            (
+                f" The {new.clips_per_step} clips per step are the same but split differently, and "
+                f"{' and '.join(sensitive)}."
+            ),
+        )
+    return changes, [], ""
 
 
 def _resume_position(
@@ -154,52 +188,11 @@ def _resume_position(
     equals the uninterrupted one up to floating-point rounding. Otherwise a :class:`ConfigError`
     names each changed setting.
     """
-    saved_cfg = state.get("config", {})
-    progress = state.get("progress")
-    if progress is None:  # format v1: no layout recorded; its processes are unknown
-        train_saved = saved_cfg.get("train", {})
-        old = _Layout(
-            train_saved.get("batch_size", layout.batch_size),
-            train_saved.get("grad_accum", layout.grad_accum),
-            layout.processes,
-        )
-        log.warning(
-            "%s predates recording the number of processes; assuming it was written by %d",
-            path,
-            layout.processes,
-        )
-        epoch, in_epoch = divmod(state["step"], max(old.steps_per_epoch(num_videos), 1))
-        progress = {"epoch": epoch, "samples": in_epoch * old.clips_per_step}
-    else:
-        old = _Layout(progress["batch_size"], progress["grad_accum"], progress["processes"])
+    old, progress = _saved_position(state, path, layout, num_videos)
     free = (*RESUME_FREE_SETTINGS, "train.batch_size", "train.grad_accum")
-    changed = changed_settings(saved_cfg, config_to_dict(cfg), free=free)
-    problems = [f"{key} {a!r} -> {b!r}" for key, a, b in changed]
-    layout_changes = [
-        f"{name} {a} -> {b}"
-        for name, a, b in (
-            ("train.batch_size", old.batch_size, layout.batch_size),
-            ("train.grad_accum", old.grad_accum, layout.grad_accum),
-            ("processes", old.processes, layout.processes),
-        )
-        if a != b
-    ]
-    why = ""
-    if layout_changes:
-        sensitive = _split_sensitive(model)
-        if old.clips_per_step != layout.clips_per_step:
-            problems += layout_changes
-            why = (
-                f" The clips per optimiser step (train.batch_size x train.grad_accum x processes) "
-                f"change from {old.clips_per_step} to {layout.clips_per_step}, so the step count, "
-                "learning rate and data order of the checkpoint no longer apply."
-            )
-        elif sensitive:
-            problems += layout_changes
-            why = (
-                f" The {layout.clips_per_step} clips per step are the same but split differently, and "
-                f"{' and '.join(sensitive)}."
-            )
+    changed = changed_settings(state.get("config", {}), config_to_dict(cfg), free=free)
+    layout_changes, refused, why = _layout_problems(old, layout, model)
+    problems = [f"{key} {a!r} -> {b!r}" for key, a, b in changed] + refused
     if problems:
         raise ConfigError(
             f"cannot resume exactly from {path}: changed since the checkpoint: {', '.join(problems)}."
@@ -222,6 +215,38 @@ def _resume_position(
     return step, old == layout and len(state.get("rng_per_rank", [])) == layout.processes
 
 
+@dataclass
+class _Run:
+    """One run's state, passed from step to step: what the set-up built, and the position
+    (``step``, ``best``, clips ``seen``) that moves as the run goes."""
+
+    cfg: Config
+    ctx: DistContext
+    task: Task
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler | None
+    fmt: torch.memory_format
+    layout: _Layout
+    steps_per_epoch: int
+    total: int
+    peak_lr: float
+    init_report: str
+    manager: CheckpointManager
+    net: nn.Module | None = None  # the model as trained (DDP-wrapped in a multi-process run)
+    runlog: RunLog | None = None
+    bad_log: BadDataLog = field(default_factory=BadDataLog)
+    step: int = 0
+    best: float | None = None
+    seen: int = 0
+    bad_synced: int = 0
+    window: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def device(self) -> torch.device:
+        return self.ctx.device
+
+
 def train(
     cfg: Config,
     *,
@@ -230,8 +255,10 @@ def train(
     frame_cache: FrameCache | None = None,
     progress_desc: str | None = None,
     progress_position: int | None = None,
+    task: Task | None = None,
 ) -> TrainResult:
-    """Train ``cfg.model`` on ``cfg.data`` and write everything under ``cfg.output_dir``.
+    """Train the task ``cfg.task`` names (default: video classification of ``cfg.model`` on
+    ``cfg.data``) and write everything under ``cfg.output_dir``.
 
     ``resume``: ``True`` continues from the newest checkpoint in the output folder, a path from
     that checkpoint. Model, optimiser, scaler, every process's RNG states and the position
@@ -245,248 +272,300 @@ def train(
     neither rotation nor ``resume=True`` confuses them with this run's. ``frame_cache``: a
     decoded-video cache shared with other runs in this process (else ``data.cache_frames``).
     ``progress_desc``/``progress_position``: the progress bar's label and line, for several
-    runs side by side.
+    runs side by side. ``task``: a :class:`~nonlocalnet.engine.task.Task` object to train
+    instead of the one ``cfg.task`` names.
     """
     started = time.perf_counter()
     own_ctx = ctx is None
     ctx = ctx or init_distributed(cfg.device, cfg.train.dist_timeout_s)
     # on an error, no shutdown: destroying the group would wait for a dead peer
-    bar = {"desc": progress_desc or f"train {cfg.model.name}", "position": progress_position}
-    result = _train(cfg, ctx, resume, started, frame_cache, bar)
+    autocast_context(cfg.train.amp, ctx.device)  # fp16 without CUDA: an error before any work
+    if cfg.train.deterministic:
+        torch.use_deterministic_algorithms(True)
+    task = task if task is not None else build_task(cfg, frame_cache=frame_cache)
+    bar = {"desc": progress_desc or f"train {task.label}", "position": progress_position}
+    result = _train(_set_up(cfg, ctx, task), resume, started, bar)
     if own_ctx:
         ctx.shutdown()
     return result
 
 
-def _train(
-    cfg: Config,
-    ctx: DistContext,
-    resume: str | Path | bool | None,
-    started: float,
-    cache: FrameCache | None,
-    bar_options: dict[str, Any],
-) -> TrainResult:
-    out = Path(cfg.output_dir)
-    device = ctx.device
-    autocast_context(cfg.train.amp, device)  # fp16 without CUDA: an error before any work
-    if cfg.train.deterministic:
-        torch.use_deterministic_algorithms(True)
-    train_samples, class_names = load_samples(cfg.data, "train")
-    val_samples = load_samples(cfg.data, "val")[0] if (cfg.data.val_list or cfg.data.val_folder) else []
-    if cfg.model.num_classes != len(class_names):
-        raise ConfigError(
-            f"model.num_classes is {cfg.model.num_classes} but the data has {len(class_names)} classes"
-        )
-    torch.manual_seed(cfg.seed)  # identical initial weights on every rank
-    model = build_model_from_config(cfg.model)
-    init_report = initialise_model(model, cfg.model)
-    if cfg.train.sync_bn and device.type != "cuda":
-        raise ConfigError("train.sync_bn needs CUDA: PyTorch's SyncBatchNorm runs on GPUs only")
-    if cfg.train.sync_bn and ctx.distributed:
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    model.to(device)
-    fmt = _memory_format(model, cfg, device)
+def _train(run: _Run, resume: str | Path | bool | None, started: float, bar_options: dict) -> TrainResult:
+    """The loop: resume, then optimisation steps (each followed by logging, validation and
+    checkpoints as due) until ``run.total``, then the finish."""
+    _resume(run, resume)
+    bar = _progress_bar(run, bar_options)
+    epoch, in_epoch = divmod(run.step, run.steps_per_epoch)
+    loader = _train_loader(run, epoch, in_epoch * run.cfg.train.grad_accum, run.cfg.data.num_workers)
+    while run.step < run.total:
+        epoch, in_epoch = divmod(run.step, run.steps_per_epoch)
+        batches = _start_epoch(run, loader, epoch)
+        for _ in range(in_epoch, run.steps_per_epoch):
+            lr = _optimisation_step(run, batches)
+            _after_step(run, bar, epoch, lr)
+            if run.step >= run.total:
+                break
+    bar.close()
+    return _finish(run, loader, started)
 
-    if cache is None and cfg.data.cache_frames:
-        cache = FrameCache()
-    train_set = build_dataset(cfg.data, train_samples, train=True, seed=cfg.seed, frame_cache=cache)
+
+def _set_up(cfg: Config, ctx: DistContext, task: Task) -> _Run:
+    """The model (seeded alike on every rank), the step layout, the optimiser and scaler."""
+    model, fmt, init_report = _build_model(cfg, ctx, task)
+    layout = _Layout(cfg.train.batch_size, cfg.train.grad_accum, ctx.world_size)
     world = (ctx.rank, ctx.world_size) if ctx.distributed else None
-    probe = build_loader(
-        train_set,
-        batch_size=cfg.train.batch_size,
-        shuffle=True,
-        seed=cfg.seed,
-        num_workers=0,
-        distributed=world,
-        drop_last=True,
-    )
-    steps_per_epoch = len(probe) // cfg.train.grad_accum
+    steps_per_epoch = len(task.train_loader(distributed=world, num_workers=0)) // cfg.train.grad_accum
     if steps_per_epoch < 1:
         raise ConfigError(
-            f"the training set ({len(train_samples)} videos) is smaller than one optimiser step "
+            f"the training set ({len(task.train_set)} videos) is smaller than one optimiser step "
             f"(train.batch_size {cfg.train.batch_size} x grad_accum {cfg.train.grad_accum} x "
             f"{ctx.world_size} processes)"
         )
-    total = _total_steps(cfg, steps_per_epoch)
-    total_batch = cfg.train.batch_size * cfg.train.grad_accum * ctx.world_size
-    peak_lr = scaled_lr(cfg.optim, total_batch)
-    optimizer = build_optimizer(model, cfg.optim, peak_lr)
-    scaler = torch.amp.GradScaler("cuda") if cfg.train.amp == "fp16" else None
+    peak_lr = scaled_lr(cfg.optim, layout.clips_per_step)
+    return _Run(
+        cfg=cfg,
+        ctx=ctx,
+        task=task,
+        model=model,
+        optimizer=build_optimizer(model, cfg.optim, peak_lr),
+        scaler=torch.amp.GradScaler("cuda") if cfg.train.amp == "fp16" else None,
+        fmt=fmt,
+        layout=layout,
+        steps_per_epoch=steps_per_epoch,
+        total=_total_steps(cfg, steps_per_epoch),
+        peak_lr=peak_lr,
+        init_report=init_report,
+        manager=CheckpointManager(Path(cfg.output_dir) / "checkpoints", cfg.checkpoint.keep_last),
+    )
 
-    layout = _Layout(cfg.train.batch_size, cfg.train.grad_accum, ctx.world_size)
-    manager = CheckpointManager(out / "checkpoints", cfg.checkpoint.keep_last)
-    bad_log = BadDataLog()
-    step, best, own_rng = 0, None, False
-    resume_path = manager.latest() if resume is True else (Path(resume) if resume else None)
-    if resume is True and resume_path is None:
+
+def _build_model(cfg: Config, ctx: DistContext, task: Task) -> tuple[nn.Module, torch.memory_format, str]:
+    torch.manual_seed(cfg.seed)  # identical initial weights on every rank
+    model, init_report = task.build_model()
+    if cfg.train.sync_bn and ctx.device.type != "cuda":
+        raise ConfigError("train.sync_bn needs CUDA: PyTorch's SyncBatchNorm runs on GPUs only")
+    if cfg.train.sync_bn and ctx.distributed:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    model.to(ctx.device)
+    return model, _memory_format(model, cfg, task, ctx.device), init_report
+
+
+def _resume(run: _Run, resume: str | Path | bool | None) -> None:
+    """Restore the checkpoint ``resume`` names (if any) and every RNG, set aside the folder's
+    checkpoints that are not this run's past, wrap the model for DDP and open the run folder."""
+    cfg, ctx, manager = run.cfg, run.ctx, run.manager
+    path = manager.latest() if resume is True else (Path(resume) if resume else None)
+    if resume is True and path is None:
         raise FileNotFoundError(f"--resume: no checkpoint in {manager.folder}")
-    if resume_path is not None:
-        state = load_checkpoint(resume_path)
-        step, own_rng = _resume_position(
-            state, resume_path, cfg, layout, steps_per_epoch, len(train_samples), model
+    state, own_rng = {}, False
+    if path is not None:
+        state = load_checkpoint(path)
+        run.step, own_rng = _resume_position(
+            state, path, cfg, run.layout, run.steps_per_epoch, len(run.task.train_set), run.model
         )
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        if scaler is not None and state["scaler"]:
-            scaler.load_state_dict(state["scaler"])
-        best = state["best_metric"]
-        bad_log.merge(state["bad_data"]["bad"])
-    torch.manual_seed(cfg.seed + 1000003 * ctx.rank + step)  # dropout masks differ per rank
+        run.model.load_state_dict(state["model"])
+        run.optimizer.load_state_dict(state["optimizer"])
+        if run.scaler is not None and state["scaler"]:
+            run.scaler.load_state_dict(state["scaler"])
+        run.best = state["best_metric"]
+        run.bad_log.merge(state["bad_data"]["bad"])
+    torch.manual_seed(cfg.seed + 1000003 * ctx.rank + run.step)  # dropout masks differ per rank
     if own_rng:
         restore_rng_state(state["rng_per_rank"][ctx.rank])
-    elif resume_path is not None and "progress" not in state and not ctx.distributed:
+    elif path is not None and "progress" not in state and not ctx.distributed:
         restore_rng_state(state["rng"])  # format v1, one process: exact as before
     # the folder's checkpoints and log are this run's past only when it resumes from one of them
-    own_past = resume_path is not None and resume_path.resolve().parent == manager.folder.resolve()
+    own_past = path is not None and path.resolve().parent == manager.folder.resolve()
     if ctx.is_main:
-        _set_aside_other_checkpoints(manager, step if own_past else None)
+        _set_aside_other_checkpoints(manager, run.step if own_past else None)
     ctx.barrier()
+    _open_run_folder(run, path, own_past)
 
-    net = model
+
+def _open_run_folder(run: _Run, resumed_from: Path | None, own_past: bool) -> None:
+    cfg, ctx, out = run.cfg, run.ctx, Path(run.cfg.output_dir)
+    run.net = run.model
     if ctx.distributed:
-        net = nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None
+        device = ctx.device
+        run.net = nn.parallel.DistributedDataParallel(
+            run.model, device_ids=[device.index] if device.type == "cuda" else None
         )
-    runlog = RunLog(out, enabled=ctx.is_main, truncate_after=step if own_past else None)
+    run.runlog = RunLog(out, enabled=ctx.is_main, truncate_after=run.step if own_past else None)
+    run.seen = run.step * run.layout.clips_per_step
+    run.bad_synced = run.bad_log.count
+    run.window = _empty_window(run.task)
     if ctx.is_main:
         out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out / "config.yaml")
-        (out / "classes.txt").write_text("\n".join(class_names) + "\n")
-        log.info("model %s: %s", cfg.model.name, init_report)
-        if resume_path is not None:
-            log.info("resumed from %s at step %d", resume_path, step)
+        run.task.write_run_files(out)
+        log.info("model %s: %s", run.task.label, run.init_report)
+        if resumed_from is not None:
+            log.info("resumed from %s at step %d", resumed_from, run.step)
 
-    def checkpoint_state() -> dict[str, Any]:
-        """The checkpoint now; a collective (every rank's RNG state): call it on every rank."""
-        rng = ctx.gather_objects(capture_rng_state())
-        return _state(
-            model, optimizer, scaler, step, cfg, class_names, bad_log, best, rng, layout, steps_per_epoch
-        )
 
-    bar = tqdm(
-        total=total,
-        initial=step,
-        **bar_options,
-        unit="step",
-        disable=not (cfg.train.progress and ctx.is_main),
-        dynamic_ncols=True,
+def _progress_bar(run: _Run, options: dict[str, Any]) -> tqdm:
+    show = run.cfg.train.progress and run.ctx.is_main
+    return tqdm(
+        total=run.total, initial=run.step, **options, unit="step", dynamic_ncols=True, disable=not show
     )
-    window = {"loss": 0.0, "correct": 0, "clips": 0, "time": time.perf_counter()}
-    seen = step * layout.clips_per_step
-    bad_synced = [bad_log.count]
-    epoch, in_epoch = divmod(step, steps_per_epoch)
-    loader = build_loader(
-        train_set,
-        batch_size=cfg.train.batch_size,
-        shuffle=True,
-        seed=cfg.seed,
-        num_workers=cfg.data.num_workers,
-        distributed=world,
-        drop_last=True,
-        start_batch=in_epoch * cfg.train.grad_accum,
-        epoch=epoch,
-    )
-    while step < total:
-        epoch, in_epoch = divmod(step, steps_per_epoch)
-        loader.sampler.set_epoch(epoch)
-        net.train()
-        with torch.random.fork_rng(devices=[]):  # worker seeding must not consume our RNG
-            batches = iter(loader)
-        for _ in range(in_epoch, steps_per_epoch):
-            lr = lr_at(step, total, peak_lr, cfg.optim)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            for micro in range(cfg.train.grad_accum):
-                batch: ClipBatch = next(batches)
-                last = micro == cfg.train.grad_accum - 1
-                sync = contextlib.nullcontext() if last or not ctx.distributed else net.no_sync()
-                with sync, ctx.guard("the gradient all-reduce"), _explain_out_of_memory(layout):
-                    loss, correct = _forward_backward(net, batch, cfg, device, fmt, scaler)
-                bad_log.add(batch.bad)
-                window["loss"] += loss
-                window["correct"] += correct
-                window["clips"] += len(batch.label)
-            with _explain_out_of_memory(layout):
-                _optimizer_step(optimizer, scaler)
-            step += 1
-            seen += layout.clips_per_step
-            _sync_bad_data(bad_log, ctx, bad_synced)
-            bad_log.check(seen=max(len(train_samples), seen), threshold=cfg.data.bad_data_threshold)
-            bar.update(1)
-            if step % cfg.train.log_every == 0 or step == total:
-                record = _window_record(window, ctx, step, epoch, lr)
-                runlog.write(record)
-                bar.set_postfix(
-                    loss=f"{record['loss']:.3f}", lr=f"{lr:.2e}", clips_s=f"{record['clips_per_s']:.1f}"
-                )
-            epoch_end = step % steps_per_epoch == 0
-            finished_epoch = step // steps_per_epoch
-            every_eval = cfg.eval.every_epochs
-            if (
-                epoch_end
-                and val_samples
-                and every_eval
-                and finished_epoch % every_eval == 0
-                and step != total
-            ):
-                best = _validate(
-                    net,
-                    model,
-                    cfg,
-                    ctx,
-                    val_samples,
-                    fmt,
-                    runlog,
-                    step,
-                    best,
-                    manager,
-                    checkpoint_state,
-                    cache,
-                )
-            every = cfg.checkpoint.every_iters
-            if (step % every == 0 if every else epoch_end) and step != total:
-                state = checkpoint_state()
-                if ctx.is_main:
-                    manager.save(state, step)
-                ctx.barrier()
-            if step >= total:
-                break
-    bar.close()
 
+
+def _train_loader(run: _Run, epoch: int, start_batch: int, num_workers: int) -> Any:
+    world = (run.ctx.rank, run.ctx.world_size) if run.ctx.distributed else None
+    return run.task.train_loader(
+        distributed=world, num_workers=num_workers, epoch=epoch, start_batch=start_batch
+    )
+
+
+def _start_epoch(run: _Run, loader: Any, epoch: int) -> Iterator:
+    loader.sampler.set_epoch(epoch)
+    run.net.train()
+    with torch.random.fork_rng(devices=[]):  # worker seeding must not consume our RNG
+        return iter(loader)
+
+
+def _optimisation_step(run: _Run, batches: Iterator) -> float:
+    """One optimiser step over ``train.grad_accum`` micro-batches (gradients all-reduced on the
+    last one), with the bad-data accounting; returns the step's learning rate."""
+    cfg, ctx, layout = run.cfg, run.ctx, run.layout
+    lr = lr_at(run.step, run.total, run.peak_lr, cfg.optim)
+    for group in run.optimizer.param_groups:
+        group["lr"] = lr
+    for micro in range(cfg.train.grad_accum):
+        batch = next(batches)
+        last = micro == cfg.train.grad_accum - 1
+        sync = contextlib.nullcontext() if last or not ctx.distributed else run.net.no_sync()
+        with sync, ctx.guard("the gradient all-reduce"), _explain_out_of_memory(layout):
+            loss, sums, count = _forward_backward(run, batch)
+        run.bad_log.add(batch.bad)
+        run.window["loss"] += loss
+        for key, value in sums.items():
+            run.window["sums"][key] += value
+        run.window["count"] += count
+    with _explain_out_of_memory(layout):
+        _optimizer_step(run.optimizer, run.scaler)
+    run.step += 1
+    run.seen += layout.clips_per_step
+    _sync_bad_data(run)
+    run.bad_log.check(seen=max(len(run.task.train_set), run.seen), threshold=cfg.data.bad_data_threshold)
+    return lr
+
+
+def _after_step(run: _Run, bar: tqdm, epoch: int, lr: float) -> None:
+    """What follows a step when due: a log record, the end of an epoch's validation, a checkpoint."""
+    cfg, step, total = run.cfg, run.step, run.total
+    bar.update(1)
+    if step % cfg.train.log_every == 0 or step == total:
+        record = _window_record(run, epoch, lr)
+        run.runlog.write(record)
+        bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{lr:.2e}", clips_s=f"{record['clips_per_s']:.1f}")
+    epoch_end = step % run.steps_per_epoch == 0
+    every_eval = cfg.eval.every_epochs
+    finished_epoch = step // run.steps_per_epoch
+    if (
+        epoch_end
+        and run.task.has_validation
+        and every_eval
+        and finished_epoch % every_eval == 0
+        and step != total
+    ):
+        _validate(run)
+    every = cfg.checkpoint.every_iters
+    if (step % every == 0 if every else epoch_end) and step != total:
+        state = _checkpoint_state(run)
+        if run.ctx.is_main:
+            run.manager.save(state, step)
+        run.ctx.barrier()
+
+
+def _finish(run: _Run, loader: Any, started: float) -> TrainResult:
+    """Precise BN, the final validation, the last checkpoint, the weights and the summary."""
+    cfg, ctx, out = run.cfg, run.ctx, Path(run.cfg.output_dir)
     if cfg.train.precise_bn_batches:
-        loader.sampler.set_epoch(total // steps_per_epoch + 1)  # fresh clips, same workers
-        with torch.random.fork_rng(devices=[]):
-            batches = iter(loader)
-        n = update_bn_stats(model, batches, cfg.train.precise_bn_batches, device, fmt, ctx)
-        log.info("precise BN: statistics re-estimated over %d batches", n)
-    final = None
-    if val_samples:
-        best = _validate(
-            net, model, cfg, ctx, val_samples, fmt, runlog, step, best, manager, checkpoint_state, cache
-        )
-        final = runlog.last_val
-    state = checkpoint_state()
+        _precise_bn(run, loader)
+    final, val_bad = None, []
+    if run.task.has_validation:
+        val_bad = _validate(run).bad
+        final = run.runlog.last_val
+    state = _checkpoint_state(run)
     if ctx.is_main:
-        manager.save(state, step)
-        save_weights(model, out / "model.safetensors", metadata={"model": cfg.model.name})
+        run.manager.save(state, run.step)
+        save_weights(run.model, out / "model.safetensors", metadata={"model": run.task.label})
         summary = {
-            "steps": step,
+            "steps": run.step,
             "seconds": time.perf_counter() - started,
             "final_eval": final,
-            "bad_data": bad_log.summary(),
-            "val_bad_data": _val_bad(final),
-            "init": init_report,
+            "bad_data": run.bad_log.summary(),
+            "val_bad_data": {"count": len(set(val_bad)), "paths": sorted(set(val_bad))},
+            "init": run.init_report,
         }
         (out / "summary.json").write_text(json.dumps(summary, indent=2))
-        runlog.plot(title=cfg.model.name)
+        run.runlog.plot(title=run.task.label)
     ctx.barrier()
-    runlog.close()
-    return TrainResult(out, step, final, bad_log.summary(), time.perf_counter() - started)
+    run.runlog.close()
+    return TrainResult(out, run.step, final, run.bad_log.summary(), time.perf_counter() - started)
 
 
-def _val_bad(final: dict[str, Any] | None) -> dict[str, Any]:
-    paths = sorted(set(final["bad_videos"])) if final else []
-    return {"count": len(paths), "paths": paths}
+def _precise_bn(run: _Run, loader: Any) -> None:
+    loader.sampler.set_epoch(run.total // run.steps_per_epoch + 1)  # fresh clips, same workers
+    with torch.random.fork_rng(devices=[]):
+        batches = iter(loader)
+    n = update_bn_stats(
+        run.model,
+        batches,
+        run.cfg.train.precise_bn_batches,
+        run.device,
+        run.fmt,
+        run.ctx,
+        model_input=lambda batch: run.task.model_input(batch, run.device, run.fmt),
+    )
+    log.info("precise BN: statistics re-estimated over %d batches", n)
+
+
+def _validate(run: _Run) -> Evaluation:
+    """The task's evaluation, logged; a better metric replaces ``best.pt`` (a collective)."""
+    evaluation = run.task.evaluate(run.model, run.ctx, memory_format=run.fmt)
+    run.runlog.write({"kind": "val", "step": run.step, **evaluation.record})
+    metric = evaluation.metric  # gathered: the same on every rank
+    if run.best is None or metric > run.best:
+        run.best = metric
+        if run.cfg.checkpoint.keep_best:
+            state = _checkpoint_state(run)  # a collective
+            if run.ctx.is_main:
+                run.manager.save_best(state | {"best_metric": run.best})
+    if math.isnan(metric):
+        log.warning("validation metric is NaN")
+    return evaluation
+
+
+def _checkpoint_state(run: _Run) -> dict[str, Any]:
+    """The checkpoint now; a collective (every rank's RNG state): call it on every rank.
+    ``progress`` is the position as epoch + clips taken in that epoch, with the step layout that
+    produced it, so a resume can check (and map) it. ``rng_per_rank``: every process's RNG
+    states, in rank order (``rng``: rank 0's, as format v1 had)."""
+    rng = run.ctx.gather_objects(capture_rng_state())
+    epoch, in_epoch = divmod(run.step, run.steps_per_epoch)
+    layout = run.layout
+    return {
+        "format": "nonlocalnet-train-v2",
+        "model": run.model.state_dict(),
+        "optimizer": run.optimizer.state_dict(),
+        "scaler": run.scaler.state_dict() if run.scaler is not None else {},
+        "rng": rng[0],
+        "rng_per_rank": rng,
+        "step": run.step,
+        "progress": {
+            "epoch": epoch,
+            "samples": in_epoch * layout.clips_per_step,
+            "batch_size": layout.batch_size,
+            "grad_accum": layout.grad_accum,
+            "processes": layout.processes,
+        },
+        "config": config_to_dict(run.cfg),
+        **run.task.checkpoint_extras(),
+        "bad_data": run.bad_log.summary(),
+        "best_metric": run.best,
+    }
 
 
 def _set_aside_other_checkpoints(manager: CheckpointManager, resumed_at: int | None) -> None:
@@ -506,36 +585,38 @@ def _set_aside_other_checkpoints(manager: CheckpointManager, resumed_at: int | N
         )
 
 
-def _forward_backward(net, batch, cfg, device, fmt, scaler) -> tuple[float, int]:
-    """One micro-batch: mean loss over the nominal batch, scaled for accumulation. A batch of
-    only broken videos adds a zero gradient; under DDP it still runs the wrapped model (on a
-    placeholder clip) so that this rank joins the gradient all-reduce like the others."""
+def _forward_backward(run: _Run, batch: Any) -> tuple[float, dict[str, float], int]:
+    """One micro-batch: its summed loss over the nominal batch, scaled for accumulation; returns
+    the loss sum, the task's summed statistics and the samples used. A batch of only broken
+    samples adds a zero gradient; under DDP it still runs the wrapped model (on a placeholder
+    input) so that this rank joins the gradient all-reduce like the others."""
+    cfg, device = run.cfg, run.device
     scale = 1.0 / (cfg.train.batch_size * cfg.train.grad_accum)
-    if len(batch.label) == 0:
-        if isinstance(net, nn.parallel.DistributedDataParallel):
-            _placeholder_backward(net, cfg, device, fmt)
+    if len(batch) == 0:
+        if isinstance(run.net, nn.parallel.DistributedDataParallel):
+            example = run.task.example_input(device, run.fmt)
+            _placeholder_backward(run.net, example, cfg.train.amp, device)
         else:
-            loss = sum(p.sum() * 0.0 for p in net.parameters())
+            loss = sum(p.sum() * 0.0 for p in run.net.parameters())
             loss.backward()
-        return 0.0, 0
-    video = batch.video.to(device, non_blocking=True).contiguous(memory_format=fmt)
-    labels = batch.label.to(device, non_blocking=True)
+        return 0.0, {}, 0
     with autocast_context(cfg.train.amp, device):
-        logits = net(video)
-        loss = F.cross_entropy(logits.float(), labels, reduction="sum")
-    (scaler.scale(loss * scale) if scaler is not None else loss * scale).backward()
-    return loss.item(), int((logits.argmax(1) == labels).sum())
+        out = run.task.loss(run.net, batch, device, run.fmt)
+    scaled = out.loss * scale
+    (run.scaler.scale(scaled) if run.scaler is not None else scaled).backward()
+    return out.loss.item(), out.sums, len(batch)
 
 
-def _placeholder_backward(net: nn.parallel.DistributedDataParallel, cfg: Config, device, fmt) -> None:
-    """A zero-gradient backward through DDP: the forward of a zero clip (no RNG drawn, buffers
-    such as BatchNorm statistics restored afterwards), its output times zero."""
+def _placeholder_backward(
+    net: nn.parallel.DistributedDataParallel, example: Any, amp: str, device: torch.device
+) -> None:
+    """A zero-gradient backward through DDP: the forward of ``example`` (a zero input; no RNG
+    drawn, buffers such as BatchNorm statistics restored afterwards), its output times zero."""
     module = net.module
     saved = [b.detach().clone() for b in module.buffers()]
-    clip = torch.zeros(1, 3, cfg.data.clip_length, cfg.data.crop, cfg.data.crop, device=device)
     devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices), autocast_context(cfg.train.amp, device):
-        out = net(clip.contiguous(memory_format=fmt))
+    with torch.random.fork_rng(devices=devices), autocast_context(amp, device):
+        out = net(example)
     (out.float().sum() * 0.0).backward()
     with torch.no_grad():  # after the backward, which may need the buffers as they were
         for buffer, value in zip(module.buffers(), saved, strict=True):
@@ -572,74 +653,42 @@ def _optimizer_step(optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScal
     optimizer.zero_grad(set_to_none=True)
 
 
-def _sync_bad_data(bad_log: BadDataLog, ctx: DistContext, synced: list[int]) -> None:
-    """After each step, give every rank the union of the ranks' broken-video logs whenever some
+def _sync_bad_data(run: _Run) -> None:
+    """After each step, give every rank the union of the ranks' broken-sample logs whenever some
     rank met a new one: the summary, checkpoints and the threshold check (the same on every
-    rank) then count every rank's broken videos, each once. ``synced``: the log's size after
-    the last sync (updated)."""
+    rank) then count every rank's broken samples, each once. ``run.bad_synced``: the log's
+    size after the last sync."""
+    bad_log, ctx = run.bad_log, run.ctx
     if ctx.distributed:
-        new = torch.tensor([float(bad_log.count - synced[0])])
+        new = torch.tensor([float(bad_log.count - run.bad_synced)])
         ctx.all_reduce_sum(new)
         if new.item() > 0:
             for part in ctx.gather_objects(bad_log.summary()["bad"]):
                 bad_log.merge(part)
-    synced[0] = bad_log.count
+    run.bad_synced = bad_log.count
 
 
-def _window_record(window: dict, ctx: DistContext, step: int, epoch: int, lr: float) -> dict[str, Any]:
-    totals = torch.tensor(
-        [window["loss"], float(window["correct"]), float(window["clips"])], dtype=torch.float64
-    )
-    ctx.all_reduce_sum(totals)
-    now = time.perf_counter()
-    clips = max(totals[2].item(), 1.0)
-    record = {
-        "kind": "train",
-        "step": step,
-        "epoch": epoch,
-        "loss": totals[0].item() / clips,
-        "top1": totals[1].item() / clips,
-        "lr": lr,
-        "clips_per_s": totals[2].item() / max(now - window["time"], 1e-9),
+def _empty_window(task: Task) -> dict[str, Any]:
+    """Sums over the steps since the last log record (the task's statistics by name)."""
+    return {
+        "loss": 0.0,
+        "sums": dict.fromkeys(task.train_metrics, 0.0),
+        "count": 0,
+        "time": time.perf_counter(),
     }
-    window.update(loss=0.0, correct=0, clips=0, time=now)
+
+
+def _window_record(run: _Run, epoch: int, lr: float) -> dict[str, Any]:
+    """The log record of the window, summed over ranks (a collective), and a new window."""
+    window, names = run.window, list(run.task.train_metrics)
+    totals = torch.tensor(
+        [window["loss"], *(window["sums"][k] for k in names), float(window["count"])], dtype=torch.float64
+    )
+    run.ctx.all_reduce_sum(totals)
+    now = time.perf_counter()
+    count = max(totals[-1].item(), 1.0)
+    record = {"kind": "train", "step": run.step, "epoch": epoch, "loss": totals[0].item() / count}
+    record |= {k: totals[1 + i].item() / count for i, k in enumerate(names)}
+    record |= {"lr": lr, "clips_per_s": totals[-1].item() / max(now - window["time"], 1e-9)}
+    run.window = _empty_window(run.task) | {"time": now}
     return record
-
-
-def _validate(net, model, cfg, ctx, samples, fmt, runlog, step, best, manager, checkpoint_state, cache=None):
-    views = cfg.eval.views
-    dataset = build_dataset(cfg.data, samples, train=False, seed=cfg.seed, views=views, frame_cache=cache)
-    world = (ctx.rank, ctx.world_size) if ctx.distributed else None
-    loader = build_loader(
-        dataset,
-        batch_size=cfg.eval.batch_size,
-        shuffle=False,
-        seed=cfg.seed,
-        num_workers=cfg.data.num_workers,
-        distributed=world,
-        drop_last=False,
-    )
-    result, bad = evaluate(
-        model,
-        loader,
-        ctx,
-        num_classes=cfg.model.num_classes,
-        views_per_video=views_per_video(cfg, views),
-        window=model.res5_size(cfg.data.crop),
-        amp=cfg.train.amp,
-        memory_format=fmt,
-        progress=cfg.train.progress,
-    )
-    record = {"kind": "val", "step": step, **result.to_dict(), "bad_videos": [b.path for b in bad]}
-    record.pop("per_class_accuracy")
-    runlog.write(record)
-    metric = result.video_top1  # gathered: the same on every rank
-    if best is None or metric > best:
-        best = metric
-        if cfg.checkpoint.keep_best:
-            state = checkpoint_state()  # a collective
-            if ctx.is_main:
-                manager.save_best(state | {"best_metric": best})
-    if math.isnan(metric):
-        log.warning("validation accuracy is NaN")
-    return best

@@ -1,0 +1,171 @@
+"""The training loop is task-agnostic: a config's ``task`` chooses the task (video
+classification by default), and a task that is not video at all trains, logs, checkpoints and
+resumes exactly through the same loop."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+from tiny_video import tiny_config
+from torch import nn
+
+from nonlocalnet.data import build_loader
+from nonlocalnet.engine import (
+    TASKS,
+    ConfigError,
+    Evaluation,
+    StepLoss,
+    Task,
+    build_task,
+    config_from_dict,
+    load_checkpoint,
+    read_jsonl,
+    train,
+)
+from nonlocalnet.tasks import VideoClassification
+
+
+class _Points(torch.utils.data.Dataset):
+    """Two Gaussian blobs in 8-D, as the items :func:`build_loader`'s collate takes."""
+
+    def __init__(self, n: int, seed: int) -> None:
+        gen = torch.Generator().manual_seed(seed)
+        self.labels = torch.arange(n) % 2
+        self.x = torch.randn(n, 8, generator=gen) + 2.0 * self.labels[:, None]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> dict:
+        return {"video": self.x[i], "label": int(self.labels[i]), "index": i, "clip": 0}
+
+
+class _NotATask:
+    label = "half a task"
+
+    def __init__(self, cfg) -> None:
+        self.cfg = cfg
+
+
+class PointTask:
+    """A non-video task: an MLP classifying points."""
+
+    label = "points"
+    has_validation = True
+    train_metrics = ("correct",)
+
+    def __init__(self, cfg, *, fail_at_step: int | None = None) -> None:
+        self.cfg, self.fail_at_step, self.calls = cfg, fail_at_step, 0
+        self.train_set, self.val_set = _Points(16, 0), _Points(8, 1)
+
+    def build_model(self):
+        return nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 2)), "random MLP"
+
+    def train_loader(self, *, distributed, num_workers, epoch=0, start_batch=0):
+        return build_loader(
+            self.train_set,
+            batch_size=self.cfg.train.batch_size,
+            shuffle=True,
+            seed=self.cfg.seed,
+            num_workers=num_workers,
+            distributed=distributed,
+            drop_last=True,
+            start_batch=start_batch,
+            epoch=epoch,
+        )
+
+    def model_input(self, batch, device, memory_format):
+        return batch.video.to(device)
+
+    def example_input(self, device, memory_format):
+        return torch.zeros(1, 8, device=device)
+
+    def loss(self, net, batch, device, memory_format):
+        self.calls += 1
+        if self.calls == self.fail_at_step:
+            raise KeyboardInterrupt("killed")
+        logits = net(self.model_input(batch, device, memory_format))
+        labels = batch.label.to(device)
+        loss = F.cross_entropy(logits.float(), labels, reduction="sum")
+        return StepLoss(loss, {"correct": float((logits.argmax(1) == labels).sum())})
+
+    def evaluate(self, model, ctx, *, memory_format):
+        with torch.no_grad():
+            accuracy = (model(self.val_set.x).argmax(1) == self.val_set.labels).float().mean().item()
+        return Evaluation({"accuracy": accuracy}, accuracy, [])
+
+    def checkpoint_extras(self):
+        return {"points": len(self.train_set)}
+
+    def write_run_files(self, folder: Path) -> None:
+        (folder / "points.txt").write_text("16\n")
+
+
+def _config(out: Path):
+    return config_from_dict(
+        {
+            "output_dir": str(out),
+            "data": {"num_workers": 0},
+            "optim": {"base_lr": 0.1, "base_batch_size": 4},
+            "train": {"batch_size": 4, "epochs": 3, "log_every": 1, "progress": False},
+            "checkpoint": {"every_iters": 2, "keep_last": 10},
+            "eval": {"every_epochs": 1},
+        }
+    )
+
+
+def test_the_default_task_is_video_classification(tmp_path, tiny_data):
+    cfg = config_from_dict(tiny_config(tiny_data, tmp_path))
+    assert cfg.task == "video_classification"
+    task = build_task(cfg)
+    assert isinstance(task, VideoClassification) and isinstance(task, Task)
+    assert task.class_names == ["red", "blue"] and task.train_metrics == ("top1",)
+    assert isinstance(PointTask(cfg), Task)
+
+
+def test_an_unknown_task_is_a_config_error_naming_the_known_ones(tmp_path, tiny_data):
+    with pytest.raises(ConfigError, match=r"task: 'detection' is not one of \['video_classification'\]"):
+        config_from_dict(tiny_config(tiny_data, tmp_path, task="detection"))
+
+
+def test_a_task_named_in_the_table_is_built_from_the_config(tmp_path, monkeypatch):
+    monkeypatch.setitem(TASKS, "points", f"{__name__}:PointTask")
+    cfg = _config(tmp_path)
+    cfg.task = "points"
+    assert isinstance(build_task(cfg), PointTask)
+    monkeypatch.setitem(TASKS, "broken", f"{__name__}:_NotATask")
+    cfg.task = "broken"
+    with pytest.raises(TypeError, match="lacks .*'build_model'"):
+        build_task(cfg)
+
+
+def test_a_non_video_task_trains_logs_checkpoints_and_resumes_exactly(tmp_path, one_thread):
+    ref = _config(tmp_path / "ref")
+    result = train(ref, task=PointTask(ref))
+    assert result.steps == 12 and result.final_eval["accuracy"] > 0.5
+    records = read_jsonl(tmp_path / "ref" / "metrics.jsonl")
+    train_records = [r for r in records if r["kind"] == "train"]
+    assert [r["step"] for r in train_records] == list(range(1, 13))
+    assert all(0.0 <= r["correct"] <= 1.0 and r["loss"] > 0 for r in train_records)
+    assert [r["step"] for r in records if r["kind"] == "val"] == [4, 8, 12]
+    assert (tmp_path / "ref" / "points.txt").read_text() == "16\n"
+    assert load_checkpoint(tmp_path / "ref" / "checkpoints" / "iter_00000006.pt")["points"] == 16
+
+    cfg = _config(tmp_path / "run")
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, task=PointTask(cfg, fail_at_step=7))  # killed in step 7: checkpoint 6 is the last
+    train(cfg, task=PointTask(cfg), resume=True)
+    a, b = (
+        load_file(tmp_path / "ref" / "model.safetensors"),
+        load_file(tmp_path / "run" / "model.safetensors"),
+    )
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+    def timeless(log):
+        return [{k: v for k, v in r.items() if k != "clips_per_s"} for r in log]
+
+    assert timeless(read_jsonl(tmp_path / "run" / "metrics.jsonl")) == timeless(records)
