@@ -56,19 +56,19 @@ def test_the_quick_non_local_model_beats_the_baseline(quick_demo):
 def test_demo_models_differ_only_by_the_block_and_the_temporal_kernels():
     recipe = full_recipe()
     sections = {m.key: model_section(m, 2, recipe) for m in DEMO_MODELS}
-    c2d = sections["c2d"]["overrides"]
+    c2d = sections["c2d"]["spec"]
     for key in ("c2d_nl_gaussian", "c2d_nl_embedded", "c2d_nl_dot", "c2d_nl_concat"):
-        stages = sections[key]["overrides"]["stages"]
+        stages = sections[key]["spec"]["stages"]
         assert [s.get("nonlocal_after", []) for s in stages] == [[], [0]] + [[]] * (len(stages) - 2)
         assert [{k: v for k, v in s.items() if k != "nonlocal_after"} for s in stages] == c2d["stages"]
-    assert sections["i3d"]["overrides"]["conv1_temporal"] > 1
-    assert {s["temporal_a"][0] for s in sections["i3d"]["overrides"]["stages"]} == {3}
+    assert sections["i3d"]["spec"]["conv1_temporal"] > 1
+    assert {s["temporal_a"][0] for s in sections["i3d"]["spec"]["stages"]} == {3}
 
 
 def test_only_the_softmax_instantiations_scale_their_logits():
     recipe = full_recipe()
-    options = {m.mode: model_section(m, 2, recipe)["nonlocal_options"] for m in DEMO_MODELS if m.mode}
+    options = {m.mode: model_section(m, 2, recipe)["spec"]["nonlocal_options"] for m in DEMO_MODELS if m.mode}
     scaled = {mode for mode, o in options.items() if o["use_scale"]}
     assert recipe.scale and scaled == {"gaussian", "embedded_gaussian"}
     plain = model_section(DEMO_MODELS[2], 2, replace(recipe, scale=False))
-    assert plain["nonlocal_options"]["use_scale"] is False
+    assert plain["spec"]["nonlocal_options"]["use_scale"] is False

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from nonlocalnet.demo.recipe import DemoRecipe
+from nonlocalnet.layers import BLOCK_PRESETS
 from nonlocalnet.ops import SOFTMAX_MODES
 
 __all__ = ["DEMO_MODELS", "QUICK_MODELS", "DemoModel", "model_section"]
@@ -40,10 +41,12 @@ QUICK_MODELS = (DEMO_MODELS[0], DEMO_MODELS[2])
 
 
 def model_section(model: DemoModel, num_classes: int, recipe: DemoRecipe) -> dict[str, Any]:
-    """The ``model`` section of a training config: a bottleneck ResNet with one block per stage
-    (inner widths ``recipe.widths``), a narrow 7x7 stem and light temporal pooling. The
-    non-local block sits after res3 (the paper's position family); the I3D variant inflates
-    conv1 to ``recipe.i3d_conv1`` frames and the first 1x1 of every block to 3."""
+    """The ``model`` section of a training config, the network given whole as a ``spec``
+    (:class:`~nonlocalnet.models.VideoResNetSpec` as data): a bottleneck ResNet with one block
+    per stage (inner widths ``recipe.widths``), a narrow 7x7 stem and light temporal pooling.
+    The non-local block sits after res3 (the paper's position family), with the paper's block
+    settings; the I3D variant inflates conv1 to ``recipe.i3d_conv1`` frames and the first 1x1
+    of every block to 3."""
     t = 3 if model.arch == "i3d" else 1
     stages = [
         {"depth": 1, "width": w, "stride": 1 if i == 0 else 2, "temporal_a": [t], "temporal_b": [1]}
@@ -51,22 +54,20 @@ def model_section(model: DemoModel, num_classes: int, recipe: DemoRecipe) -> dic
     ]
     if model.mode is not None:
         stages[1]["nonlocal_after"] = [0]
-    return {
-        "name": "c2d_r50",  # the family; every structural field is overridden below
-        "num_classes": num_classes,
-        "nonlocal_mode": model.mode or "embedded_gaussian",
-        "nonlocal_options": {
-            "sub_sample": recipe.sub_sample,
-            "use_scale": recipe.scale and model.mode in SOFTMAX_MODES,
-        },
-        "dropout": 0.0,
-        "overrides": {
-            "stem_width": recipe.stem_width,
-            "conv1_temporal": recipe.i3d_conv1 if model.arch == "i3d" else 1,
-            "conv1_temporal_stride": 1,
-            "pool1_temporal": recipe.pool1_temporal,
-            "pool1_temporal_stride": recipe.pool1_temporal,
-            "pool2_temporal": recipe.pool2_temporal,
-            "stages": stages,
-        },
+    block = {
+        **BLOCK_PRESETS["paper"],
+        "mode": model.mode or "embedded_gaussian",
+        "sub_sample": recipe.sub_sample,
+        "use_scale": recipe.scale and model.mode in SOFTMAX_MODES,
     }
+    spec = {
+        "stages": stages,
+        "stem_width": recipe.stem_width,
+        "conv1_temporal": recipe.i3d_conv1 if model.arch == "i3d" else 1,
+        "conv1_temporal_stride": 1,
+        "pool1_temporal": recipe.pool1_temporal,
+        "pool1_temporal_stride": recipe.pool1_temporal,
+        "pool2_temporal": recipe.pool2_temporal,
+        "nonlocal_options": block,
+    }
+    return {"name": None, "spec": spec, "num_classes": num_classes, "dropout": 0.0}
