@@ -87,6 +87,8 @@ def write_test_video(
             stream.options = {"crf": "23", "keyint": str(gop), "preset": "medium"}
         else:
             stream.bit_rate = 1_000_000
+            # no scene-cut keyframes: the moving random texture would make every anchor an I-frame
+            stream.options = {"sc_threshold": "1000000000"}
             if bframes:
                 stream.codec_context.max_b_frames = bframes
         pts = 0
@@ -118,6 +120,7 @@ def write_test_video(
         "frames": info.num_frames,
         "header_frames": header.num_frames,
         "seekable": info.index.seekable,
+        "keyframes": len(info.index.keyframes),
         "index_s": index_s,
         "gop": gop,
         "bytes": path.stat().st_size,
@@ -188,7 +191,8 @@ def summarise(results: list[dict], video: dict) -> tuple[str, list[dict]]:
     table = [
         f"Video: {video['codec']} in {video.get('container', 'mp4')}, {video['width']}x{video['height']}, "
         f"{rate}{video['fps']:.3g} fps, {video['frames']} frames (header: {video.get('header_frames')}), "
-        f"keyframe every {video['gop']} frames, {video['bytes'] / 1e6:.2f} MB; index built once in "
+        f"keyframe every {video['gop']} frames ({video.get('keyframes', '?')} keyframes), "
+        f"{video['bytes'] / 1e6:.2f} MB; index built once in "
         f"{1e3 * video.get('index_s', 0):.0f} ms, "
         + ("seeking" if video.get("seekable", True) else "timestamps unusable: reads count from the start"),
         "",
