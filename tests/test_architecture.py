@@ -71,3 +71,18 @@ def test_the_checker_sees_an_upward_import(tmp_path):
     bad = tmp_path / "bad.py"
     bad.write_text("from nonlocalnet.engine import train\nimport nonlocalnet.demo.run\n")
     assert _imports(bad) == {"engine", "demo"}
+
+
+def test_the_library_raises_its_own_error_types():
+    """Errors raised on purpose derive from NonLocalNetError (the CLI prints those; anything else
+    is a bug), so no module raises a bare built-in ValueError/TypeError/RuntimeError/OSError."""
+    import re
+
+    bare = re.compile(r"raise (ValueError|TypeError|RuntimeError|FileNotFoundError|OSError)\(")
+    found = [
+        f"{p.relative_to(SRC)}:{n}"
+        for p in sorted(SRC.rglob("*.py"))
+        for n, line in enumerate(p.read_text().splitlines(), 1)
+        if bare.search(line)
+    ]
+    assert not found, found

@@ -49,3 +49,32 @@ def test_resume_does_not_swallow_an_override(tmp_path, monkeypatch):
     assert parsed("--resume", "ckpt.lr=0.1") == (True, ["ckpt.lr=0.1"])
     (tmp_path / "ckpt.lr=0.1").write_bytes(b"")  # a checkpoint whose name looks like an override
     assert parsed("--resume", "ckpt.lr=0.1") == ("ckpt.lr=0.1", [])
+
+
+def test_library_errors_print_one_line_and_bugs_keep_their_traceback(capsys, monkeypatch):
+    """A NonLocalNetError (or a file the user named) is one line and exit 2; anything else is a
+    bug and propagates with its traceback instead of being dressed as "error: ..."."""
+    import nonlocalnet.cli as cli
+    from nonlocalnet.errors import InvalidTypeError, InvalidValueError, NonLocalNetError
+
+    assert main(["info", "c2d_nl9_r50"]) == 2  # an unknown model: the library's ValueError
+    err = capsys.readouterr().err
+    assert err.startswith("error: unknown model 'c2d_nl9_r50'") and "Traceback" not in err
+    assert issubclass(InvalidValueError, ValueError) and issubclass(InvalidTypeError, TypeError)
+
+    def bug(args):
+        return {}["missing"]  # a KeyError from a mistake in the code
+
+    parser = cli.build_parser()
+    monkeypatch.setattr(cli, "build_parser", lambda: parser)
+    parser._subparsers._group_actions[0].choices["models"].set_defaults(func=bug)
+    with pytest.raises(KeyError):
+        main(["models"])
+
+    def plain_type_error(args):
+        return len(3)  # TypeError raised by Python, not by the library
+
+    parser._subparsers._group_actions[0].choices["models"].set_defaults(func=plain_type_error)
+    with pytest.raises(TypeError) as info:
+        main(["models"])
+    assert not isinstance(info.value, NonLocalNetError)

@@ -1,5 +1,6 @@
 """nonlocalnet: Non-local Neural Networks (Wang, Girshick, Gupta, He, CVPR 2018) in PyTorch."""
 
+from nonlocalnet.errors import NonLocalNetError
 from nonlocalnet.layers import BLOCK_PRESETS, NonLocalBlock
 from nonlocalnet.models import (
     VideoResNet,
@@ -17,6 +18,7 @@ __all__ = [
     "BLOCK_PRESETS",
     "MODES",
     "NonLocalBlock",
+    "NonLocalNetError",
     "VideoResNet",
     "__version__",
     "add_nonlocal",

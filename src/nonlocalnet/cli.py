@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import pickle
 import sys
 import time
 from collections.abc import Sequence
@@ -13,7 +12,11 @@ import torch
 
 from nonlocalnet import __version__
 from nonlocalnet.cli_video import add_video_commands
+from nonlocalnet.data.bad_data import DataQualityError
+from nonlocalnet.engine.distributed import DistributedError
+from nonlocalnet.errors import NonLocalNetError
 from nonlocalnet.layers import NonLocalBlock
+from nonlocalnet.models import VARIANTS
 from nonlocalnet.ops import MODES
 
 
@@ -153,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     info = sub.add_parser("info", help="parameters and GFLOPs of a registry model")
     info.add_argument("model")
-    info.add_argument("--variant", choices=("paper", "released"), default="paper")
+    info.add_argument("--variant", choices=VARIANTS, default="paper")
     info.add_argument("--frames", type=int, default=None, help="default: the model's (32 or 8)")
     info.add_argument("--size", type=int, default=224)
     info.add_argument("--num-classes", type=int, default=400)
@@ -193,14 +196,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return args.func(args)
-    except (ValueError, TypeError, OSError, pickle.UnpicklingError) as err:
+    except (DataQualityError, DistributedError) as err:  # too much broken data, a dead peer
+        print(f"error: {type(err).__name__}: {err}", file=sys.stderr)
+        return 1
+    except (NonLocalNetError, OSError) as err:  # the library's own errors; files the user named
         print(f"error: {err}", file=sys.stderr)
         return 2
-    except RuntimeError as err:
-        if type(err).__name__ not in ("DataQualityError", "DistributedError"):
-            raise
-        print(f"error: {type(err).__name__}: {err}", file=sys.stderr)  # too much broken data, a dead peer
-        return 1
+    # anything else is a bug: its traceback shows
 
 
 if __name__ == "__main__":

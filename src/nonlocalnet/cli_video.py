@@ -9,6 +9,8 @@ import os
 import re
 from pathlib import Path
 
+from nonlocalnet.errors import InvalidValueError
+
 __all__ = ["add_video_commands"]
 
 
@@ -59,7 +61,7 @@ def _eval(args: argparse.Namespace) -> int:
     else:
         weights = read_model_file(args.checkpoint)
         if weights.config is None:
-            raise ValueError(f"--config is required with a {weights.kind} file (it holds no config)")
+            raise InvalidValueError(f"--config is required with a {weights.kind} file (it holds no config)")
         saved = weights.config
         saved["model"].update(init="none", init_path=None)
         cfg = config_from_dict(apply_overrides(saved, args.overrides))
@@ -97,7 +99,7 @@ def _check_data(args: argparse.Namespace) -> int:
     from nonlocalnet.data import check_dataset, read_class_names, read_video_list, scan_class_folders
 
     if bool(args.list) == bool(args.folder):
-        raise ValueError("give exactly one of --list FILE and --folder DIR")
+        raise InvalidValueError("give exactly one of --list FILE and --folder DIR")
     if args.folder:
         samples, _ = scan_class_folders(args.folder)
     else:

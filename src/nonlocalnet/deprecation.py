@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import warnings
 
+from nonlocalnet.errors import InvalidTypeError
+
 __all__ = ["check_module", "warn_deprecated"]
 
 
@@ -23,4 +25,4 @@ def check_module(model: object, call: str) -> None:
     from torch import nn
 
     if not isinstance(model, nn.Module):
-        raise TypeError(f"{call}: model must be an nn.Module, got {type(model).__name__}")
+        raise InvalidTypeError(f"{call}: model must be an nn.Module, got {type(model).__name__}")

@@ -163,7 +163,7 @@ def test_stride_on_1x1_keeps_shapes_and_weights():
 
 
 def test_complexity_of_c2d_r101_matches_the_paper():
-    """Paper Table 2e: R101 C2D 43.2M parameters, 34.2 GFLOPs at 32x224x224 (see README for the
+    """Paper Table 2e: R101 C2D 43.2M parameters, 34.2 GFLOPs at 32x224x224 (see docs/models.md for the
     stride placement that explains the FLOP difference)."""
     with torch.device("meta"):
         c = measure_complexity(build_model("c2d_r101"))

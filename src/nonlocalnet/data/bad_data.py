@@ -9,6 +9,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from nonlocalnet.errors import NonLocalNetError
+
 __all__ = ["BadDataLog", "BadSample", "DataQualityError"]
 
 logger = logging.getLogger("nonlocalnet.data")
@@ -28,7 +30,7 @@ class BadSample:
     shape: tuple[int, ...] | None = field(default=None, compare=False)
 
 
-class DataQualityError(RuntimeError):
+class DataQualityError(NonLocalNetError, RuntimeError):
     """Too many bad samples."""
 
 

@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 
 from nonlocalnet.data.bad_data import BadSample
+from nonlocalnet.errors import InvalidTypeError
 
 __all__ = ["ClipBatch", "collate_clips"]
 
@@ -68,7 +69,7 @@ def collate_clips(items: Sequence[Mapping[str, Any] | BadSample]) -> ClipBatch:
         elif isinstance(item, Mapping) and {"video", "label", "index", "clip"} <= item.keys():
             good.append(item)
         else:
-            raise TypeError(
+            raise InvalidTypeError(
                 "collate_clips expects dataset items {'video', 'label', 'index', 'clip'} or BadSample, "
                 f"got {type(item).__name__}"
             )

@@ -20,6 +20,7 @@ from nonlocalnet.data.frame_cache import FrameCache
 from nonlocalnet.data.lists import VideoSample
 from nonlocalnet.data.sampling import ClipSampling, mix_seeds, test_clip_indices, train_clip_indices
 from nonlocalnet.data.transforms import TransformConfig, test_views, train_transform
+from nonlocalnet.errors import InvalidValueError
 
 __all__ = ["VideoClipDataset"]
 
@@ -53,7 +54,7 @@ class VideoClipDataset(Dataset):
         frame_cache: FrameCache | None = None,
     ) -> None:
         if mode not in ("train", "test"):
-            raise ValueError(f"mode must be 'train' or 'test', got {mode!r}")
+            raise InvalidValueError(f"mode must be 'train' or 'test', got {mode!r}")
         self.samples = [
             s if isinstance(s, VideoSample) else VideoSample(str(s[0]), int(s[1])) for s in samples
         ]

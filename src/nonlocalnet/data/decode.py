@@ -42,6 +42,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from nonlocalnet.errors import InvalidTypeError, InvalidValueError, NonLocalNetError
+
 __all__ = [
     "FrameIndex",
     "VideoDecodeError",
@@ -59,7 +61,7 @@ _VERIFY_FRAMES = 12
 _SEEK_ATTEMPTS = 4
 
 
-class VideoDecodeError(RuntimeError):
+class VideoDecodeError(NonLocalNetError, RuntimeError):
     """A video cannot be opened or decoded, or a requested frame does not exist."""
 
     def __init__(self, path: str | os.PathLike, reason: str) -> None:
@@ -173,7 +175,7 @@ class VideoReader:
         if os.path.getsize(self.path) == 0:
             raise VideoDecodeError(self.path, "empty file (0 bytes)")
         if info is not None and not isinstance(info, VideoInfo):
-            raise TypeError(f"info must be a VideoInfo, got {type(info).__name__}")
+            raise InvalidTypeError(f"info must be a VideoInfo, got {type(info).__name__}")
         self.container = None
         self._reformatter = None
         self._open()
@@ -495,9 +497,11 @@ def _check_indices(indices: Sequence[int]) -> list[int]:
                 raise TypeError
             i = operator.index(i)
         except TypeError:
-            raise TypeError(f"frame indices must be integers, got {type(i).__name__} ({i!r})") from None
+            raise InvalidTypeError(
+                f"frame indices must be integers, got {type(i).__name__} ({i!r})"
+            ) from None
         if i < 0:
-            raise ValueError(f"frame indices must be >= 0, got {i}")
+            raise InvalidValueError(f"frame indices must be >= 0, got {i}")
         out.append(i)
     return out
 

@@ -9,6 +9,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from nonlocalnet.errors import InvalidValueError, MissingFileError
+
 __all__ = [
     "VIDEO_EXTENSIONS",
     "VideoSample",
@@ -39,13 +41,13 @@ def read_class_names(path: str | os.PathLike) -> list[str]:
         if not name:
             continue
         if name in first_line:
-            raise ValueError(
+            raise InvalidValueError(
                 f"{path}:{lineno}: duplicate class name {name!r} (first on line {first_line[name]})"
             )
         first_line[name] = lineno
         names.append(name)
     if not names:
-        raise ValueError(f"{path}: no class names")
+        raise InvalidValueError(f"{path}: no class names")
     return names
 
 
@@ -57,13 +59,15 @@ def _parse_label(text: str, class_names: Sequence[str] | None, lookup: dict[str,
         label = int(text)
     except ValueError:
         if class_names is None:
-            raise ValueError(
+            raise InvalidValueError(
                 f"{where}: label {text!r} is not an integer (pass class_names to use class-name labels)"
             ) from None
-        raise ValueError(f"{where}: unknown class name {text!r} ({len(class_names)} classes)") from None
+        raise InvalidValueError(
+            f"{where}: unknown class name {text!r} ({len(class_names)} classes)"
+        ) from None
     if label < 0 or (class_names is not None and label >= len(class_names)):
         bound = f"[0, {len(class_names) - 1}]" if class_names is not None else ">= 0"
-        raise ValueError(f"{where}: label {label} out of range (expected {bound})")
+        raise InvalidValueError(f"{where}: label {label} out of range (expected {bound})")
     return label
 
 
@@ -102,10 +106,12 @@ def read_video_list(
     for lineno, fields in rows:
         where = f"{path}:{lineno}"
         if not has_header and len(fields) > 2:
-            raise ValueError(f"{where}: {len(fields)} columns without a header line naming 'path,label'")
+            raise InvalidValueError(
+                f"{where}: {len(fields)} columns without a header line naming 'path,label'"
+            )
         if len(fields) <= max(columns) or not fields[columns[0]] or not fields[columns[1]]:
             expected = "'path,label'" if is_csv else "'path label'"
-            raise ValueError(f"{where}: missing column (expected {expected}, got {fields!r})")
+            raise InvalidValueError(f"{where}: missing column (expected {expected}, got {fields!r})")
         label = _parse_label(fields[columns[1]], class_names, lookup, where)
         samples.append(VideoSample(str(base / fields[columns[0]]), label))
     return samples
@@ -116,10 +122,10 @@ def class_folder_names(root: str | os.PathLike) -> list[str]:
     sorted by name (the order :func:`scan_class_folders` labels them in without a class list)."""
     root = Path(root)
     if not root.is_dir():
-        raise FileNotFoundError(f"{root}: not a folder")
+        raise MissingFileError(f"{root}: not a folder")
     classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not classes:
-        raise ValueError(f"{root}: no class folders")
+        raise InvalidValueError(f"{root}: no class folders")
     return classes
 
 
@@ -145,10 +151,10 @@ def scan_class_folders(
     else:
         labels = {name: i for i, name in enumerate(class_names)}
         if len(labels) != len(class_names):
-            raise ValueError(f"class_names: repeated class names in {list(class_names)!r}")
+            raise InvalidValueError(f"class_names: repeated class names in {list(class_names)!r}")
         unknown = [name for name in classes if name not in labels]
         if unknown:
-            raise ValueError(
+            raise InvalidValueError(
                 f"{root}: class folder(s) {', '.join(map(repr, unknown))} not in the class list "
                 f"({len(labels)} classes: {_preview(list(labels))})"
             )
@@ -162,7 +168,9 @@ def scan_class_folders(
         )
         samples += [VideoSample(str(p), label) for p in files]
     if not samples:
-        raise ValueError(f"{root}: no videos with extensions {list(exts)} in {len(classes)} class folders")
+        raise InvalidValueError(
+            f"{root}: no videos with extensions {list(exts)} in {len(classes)} class folders"
+        )
     return samples, classes if class_names is None else list(class_names)
 
 

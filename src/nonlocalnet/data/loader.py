@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from nonlocalnet.data.batch import collate_clips
 from nonlocalnet.data.sampling import mix_seeds
+from nonlocalnet.errors import InvalidValueError
 
 __all__ = ["EpochSampler", "build_loader"]
 
@@ -43,13 +44,13 @@ class EpochSampler(Sampler):
         epoch_keys: bool = False,
     ) -> None:
         if num_items < 0:
-            raise ValueError(f"num_items must be >= 0, got {num_items}")
+            raise InvalidValueError(f"num_items must be >= 0, got {num_items}")
         if world < 1 or not 0 <= rank < world:
-            raise ValueError(f"need 0 <= rank < world, got rank {rank}, world {world}")
+            raise InvalidValueError(f"need 0 <= rank < world, got rank {rank}, world {world}")
         if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+            raise InvalidValueError(f"batch_size must be >= 1, got {batch_size}")
         if start_batch < 0:
-            raise ValueError(f"start_batch must be >= 0, got {start_batch}")
+            raise InvalidValueError(f"start_batch must be >= 0, got {start_batch}")
         self.num_items, self.shuffle, self.seed = num_items, shuffle, seed
         self.rank, self.world, self.drop_last = rank, world, drop_last
         self.batch_size, self.start_batch, self.epoch = batch_size, start_batch, epoch

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import torch
 
+from nonlocalnet.errors import InvalidValueError
+
 __all__ = ["ClipSampling", "mix_seeds", "test_clip_indices", "train_clip_indices"]
 
 
@@ -30,7 +32,7 @@ class ClipSampling:
         for name in ("clip_length", "stride", "num_clips"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"ClipSampling.{name} must be a positive integer, got {value!r}")
+                raise InvalidValueError(f"ClipSampling.{name} must be a positive integer, got {value!r}")
 
 
 def mix_seeds(*values: int) -> int:
@@ -42,7 +44,7 @@ def mix_seeds(*values: int) -> int:
 def _check(num_frames: int, clip_length: int, stride: int) -> None:
     for name, value in (("num_frames", num_frames), ("clip_length", clip_length), ("stride", stride)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+            raise InvalidValueError(f"{name} must be a positive integer, got {value!r}")
 
 
 def _clip(start: int, num_frames: int, clip_length: int, stride: int) -> list[int]:
@@ -74,7 +76,7 @@ def test_clip_indices(num_frames: int, clip_length: int, stride: int, num_clips:
     """
     _check(num_frames, clip_length, stride)
     if isinstance(num_clips, bool) or not isinstance(num_clips, int) or num_clips < 1:
-        raise ValueError(f"num_clips must be a positive integer, got {num_clips!r}")
+        raise InvalidValueError(f"num_clips must be a positive integer, got {num_clips!r}")
     last_start = max(num_frames - clip_length * stride, 0)
     if num_clips == 1:
         starts = [(last_start + 1) // 2]

@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from nonlocalnet.errors import InvalidTypeError, InvalidValueError
+
 __all__ = [
     "TransformConfig",
     "center_crop",
@@ -30,34 +32,34 @@ __all__ = [
 
 def _check_video(video: Tensor, name: str = "video") -> None:
     if not isinstance(video, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor (3, T, H, W), got {type(video).__name__}")
+        raise InvalidTypeError(f"{name} must be a torch.Tensor (3, T, H, W), got {type(video).__name__}")
     if video.ndim != 4 or video.shape[0] != 3:
-        raise ValueError(f"{name} must have shape (3, T, H, W), got {tuple(video.shape)}")
+        raise InvalidValueError(f"{name} must have shape (3, T, H, W), got {tuple(video.shape)}")
     if not video.is_floating_point():
-        raise TypeError(f"{name} must be a floating-point tensor (3, T, H, W), got {video.dtype}")
+        raise InvalidTypeError(f"{name} must be a floating-point tensor (3, T, H, W), got {video.dtype}")
 
 
 def _check_size(size: int, name: str = "size") -> None:
     if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-        raise ValueError(f"{name} must be a positive integer, got {size!r}")
+        raise InvalidValueError(f"{name} must be a positive integer, got {size!r}")
 
 
 def _check_fits(video: Tensor, size: int, what: str) -> None:
     h, w = video.shape[-2:]
     if size > h or size > w:
-        raise ValueError(f"{what}: crop {size}x{size} is larger than the frame {h}x{w} (H x W)")
+        raise InvalidValueError(f"{what}: crop {size}x{size} is larger than the frame {h}x{w} (H x W)")
 
 
 def to_float_cthw(frames: Tensor) -> Tensor:
     """uint8 ``(T, H, W, 3)`` frames -> float32 ``(3, T, H, W)`` with values 0..255."""
     if not isinstance(frames, Tensor):
-        raise TypeError(f"frames must be a torch.Tensor (T, H, W, 3), got {type(frames).__name__}")
+        raise InvalidTypeError(f"frames must be a torch.Tensor (T, H, W, 3), got {type(frames).__name__}")
     if frames.dtype != torch.uint8:
-        raise TypeError(f"frames must be uint8 (T, H, W, 3), got {frames.dtype}")
+        raise InvalidTypeError(f"frames must be uint8 (T, H, W, 3), got {frames.dtype}")
     if frames.ndim != 4 or frames.shape[-1] != 3:
-        raise ValueError(f"frames must have shape (T, H, W, 3), got {tuple(frames.shape)}")
+        raise InvalidValueError(f"frames must have shape (T, H, W, 3), got {tuple(frames.shape)}")
     if frames.shape[0] == 0:
-        raise ValueError("frames must hold at least one frame, got shape (0, H, W, 3)")
+        raise InvalidValueError("frames must hold at least one frame, got shape (0, H, W, 3)")
     return frames.permute(3, 0, 1, 2).to(torch.float32).contiguous()
 
 
@@ -92,7 +94,7 @@ def random_short_side_scale(
     _check_size(min_size, "min_size")
     _check_size(max_size, "max_size")
     if min_size > max_size:
-        raise ValueError(f"min_size ({min_size}) must be <= max_size ({max_size})")
+        raise InvalidValueError(f"min_size ({min_size}) must be <= max_size ({max_size})")
     size = int(torch.randint(min_size, max_size + 1, (1,), generator=generator))
     return resize_short_side(video, size)
 
@@ -146,7 +148,7 @@ def random_horizontal_flip(video: Tensor, p: float = 0.5, *, generator: torch.Ge
     """Mirror left-right (the last axis) with probability ``p``."""
     _check_video(video)
     if not 0.0 <= p <= 1.0:
-        raise ValueError(f"p must be in [0, 1], got {p}")
+        raise InvalidValueError(f"p must be in [0, 1], got {p}")
     if float(torch.rand((), generator=generator)) < p:
         return video.flip(-1)
     return video
@@ -164,12 +166,12 @@ def normalize(
         if v.ndim == 0:
             v = v.expand(3)
         if v.shape != (3,):
-            raise ValueError(f"{name} must be a scalar or 3 per-channel values, got {value!r}")
+            raise InvalidValueError(f"{name} must be a scalar or 3 per-channel values, got {value!r}")
         return v.view(3, 1, 1, 1)
 
     m, s = per_channel(mean, "mean"), per_channel(std, "std")
     if bool((s == 0).any()):
-        raise ValueError(f"std must be non-zero, got {std!r}")
+        raise InvalidValueError(f"std must be non-zero, got {std!r}")
     return (video - m) / s
 
 
@@ -196,15 +198,15 @@ class TransformConfig:
         for name in ("min_short", "max_short", "crop", "test_short", "test_crop", "num_crops"):
             _check_size(getattr(self, name), name)
         if self.min_short > self.max_short:
-            raise ValueError(f"min_short ({self.min_short}) must be <= max_short ({self.max_short})")
+            raise InvalidValueError(f"min_short ({self.min_short}) must be <= max_short ({self.max_short})")
         if self.crop > self.min_short:
-            raise ValueError(f"crop ({self.crop}) must be <= min_short ({self.min_short})")
+            raise InvalidValueError(f"crop ({self.crop}) must be <= min_short ({self.min_short})")
         if self.test_crop > self.test_short:
-            raise ValueError(f"test_crop ({self.test_crop}) must be <= test_short ({self.test_short})")
+            raise InvalidValueError(f"test_crop ({self.test_crop}) must be <= test_short ({self.test_short})")
         for name in ("mean", "std"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) and len(value) not in (1, 3):
-                raise ValueError(f"{name} must be a scalar, 1 or 3 values, got {value!r}")
+                raise InvalidValueError(f"{name} must be a scalar, 1 or 3 values, got {value!r}")
 
 
 def _stats(value: float | Sequence[float]) -> float | Sequence[float]:

@@ -12,6 +12,7 @@ import torch
 from nonlocalnet.data import normalize, read_all_frames, test_clip_indices, to_float_cthw
 from nonlocalnet.demo.synthetic import SyntheticDataset
 from nonlocalnet.engine import build_model_from_config, load_config
+from nonlocalnet.errors import InvalidValueError
 from nonlocalnet.models import load_weights
 from nonlocalnet.viz import attention_map, key_argmax_pixel, nonlocal_inputs, plot_attention, query_to_grid
 
@@ -50,7 +51,9 @@ def _in_clip_frames(cue: dict[str, Any], indices: list[int]) -> dict[str, Any]:
     start, stop = cue["frames"]
     shown = [k for k, i in enumerate(indices) if start <= i < stop]
     if not shown:
-        raise ValueError(f"the clip (frames {indices}) never shows the cue at frames [{start}, {stop})")
+        raise InvalidValueError(
+            f"the clip (frames {indices}) never shows the cue at frames [{start}, {stop})"
+        )
     return {**cue, "frames": [shown[0], shown[-1] + 1]}
 
 

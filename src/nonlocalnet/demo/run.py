@@ -24,6 +24,7 @@ from nonlocalnet.demo.recipe import DemoRecipe, full_recipe, quick_recipe
 from nonlocalnet.demo.report import summarise, write_curves, write_table
 from nonlocalnet.demo.synthetic import SyntheticDataset, generate_long_range_dataset
 from nonlocalnet.engine import Config, build_model_from_config, config_from_dict, train
+from nonlocalnet.errors import InvalidValueError
 from nonlocalnet.models import measure_complexity
 
 __all__ = ["DemoResult", "default_jobs", "demo_config", "run_demo"]
@@ -48,7 +49,7 @@ def demo_config(
     """The training config of one demo run: the same engine and keys a user's YAML file has."""
     task = data.config
     if task.height != task.width:
-        raise ValueError(f"the demo expects square frames, got {task.height}x{task.width}")
+        raise InvalidValueError(f"the demo expects square frames, got {task.height}x{task.width}")
     size = task.height
     return config_from_dict(
         {
@@ -186,7 +187,7 @@ def run_demo(
         recipe = replace(recipe, seeds=seeds)
     jobs = default_jobs() if jobs is None else jobs
     if jobs < 1:
-        raise ValueError(f"jobs must be >= 1, got {jobs}")
+        raise InvalidValueError(f"jobs must be >= 1, got {jobs}")
     out = Path(output)
     data = generate_long_range_dataset(
         Path(data_dir) if data_dir else out / "data", recipe.task, progress=progress, workers=jobs
@@ -204,7 +205,7 @@ def run_demo(
     rows = summarise(runs)
     attention = attention_study(run_dirs["c2d_nl_embedded"], data, out / "attention.png")
     header = {
-        "task": "long-range match (see README: the built-in demo task)",
+        "task": "long-range match (see docs/demo.md: the built-in demo task)",
         "task_config": data.config.to_json(),
         "train_videos": recipe.task.num_train,
         "held_out_videos": recipe.task.num_val,

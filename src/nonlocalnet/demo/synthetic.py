@@ -81,6 +81,8 @@ import av
 import numpy as np
 from tqdm.auto import tqdm
 
+from nonlocalnet.errors import InvalidTypeError, InvalidValueError, MissingFileError
+
 __all__ = [
     "CLASS_NAMES",
     "PALETTE",
@@ -147,51 +149,55 @@ class LongRangeTaskConfig:
 
     def __post_init__(self) -> None:
         if self.num_frames < 4 or self.num_frames % 4:
-            raise ValueError(f"num_frames must be a positive multiple of 4, got {self.num_frames}")
+            raise InvalidValueError(f"num_frames must be a positive multiple of 4, got {self.num_frames}")
         if not 1 <= self.cue_frames <= self.num_frames // 4:
-            raise ValueError(
+            raise InvalidValueError(
                 f"cue_frames must be in [1, num_frames // 4 = {self.num_frames // 4}], got {self.cue_frames}"
             )
         if self.height % 2 or self.width % 2 or self.height < 8 or self.width < 8:
-            raise ValueError(f"height and width must be even and >= 8, got {self.height}x{self.width}")
+            raise InvalidValueError(f"height and width must be even and >= 8, got {self.height}x{self.width}")
         if not 2 <= self.num_colors <= len(PALETTE):
-            raise ValueError(f"num_colors must be in [2, {len(PALETTE)}], got {self.num_colors}")
+            raise InvalidValueError(f"num_colors must be in [2, {len(PALETTE)}], got {self.num_colors}")
         if not 3 <= self.object_size <= min(self.height, self.width) // 2:
-            raise ValueError(
+            raise InvalidValueError(
                 f"object_size must be in [3, {min(self.height, self.width) // 2}] for "
                 f"{self.height}x{self.width} frames, got {self.object_size}"
             )
         if not 0.0 <= self.min_distance:
-            raise ValueError(f"min_distance must be >= 0, got {self.min_distance}")
+            raise InvalidValueError(f"min_distance must be >= 0, got {self.min_distance}")
         reach = math.hypot(self.height - self.object_size, self.width - self.object_size)
         if self.min_distance * min(self.height, self.width) > 0.9 * reach:
-            raise ValueError(
+            raise InvalidValueError(
                 f"min_distance={self.min_distance} leaves almost no room for two {self.object_size}px cues "
                 f"in {self.height}x{self.width} frames"
             )
         lo, hi = self.distractors
         if not 0 <= lo <= hi:
-            raise ValueError(
+            raise InvalidValueError(
                 f"distractors must be a range (min, max) with 0 <= min <= max, got {self.distractors}"
             )
         vlo, vhi = self.distractor_speed
         if not 0.0 <= vlo <= vhi:
-            raise ValueError(f"distractor_speed must be a range (min, max) >= 0, got {self.distractor_speed}")
+            raise InvalidValueError(
+                f"distractor_speed must be a range (min, max) >= 0, got {self.distractor_speed}"
+            )
         if self.noise_std < 0:
-            raise ValueError(f"noise_std must be >= 0, got {self.noise_std}")
+            raise InvalidValueError(f"noise_std must be >= 0, got {self.noise_std}")
         if (
             not 0
             <= self.background - self.background_jitter
             <= self.background + self.background_jitter
             <= 255
         ):
-            raise ValueError("background +- background_jitter must lie in [0, 255]")
+            raise InvalidValueError("background +- background_jitter must lie in [0, 255]")
         if self.num_train < 2 or self.num_val < 2:
-            raise ValueError(f"num_train and num_val must be >= 2, got {self.num_train}, {self.num_val}")
+            raise InvalidValueError(
+                f"num_train and num_val must be >= 2, got {self.num_train}, {self.num_val}"
+            )
         if not 0 <= self.crf <= 51:
-            raise ValueError(f"crf must be in [0, 51], got {self.crf}")
+            raise InvalidValueError(f"crf must be in [0, 51], got {self.crf}")
         if self.fps < 1:
-            raise ValueError(f"fps must be >= 1, got {self.fps}")
+            raise InvalidValueError(f"fps must be >= 1, got {self.fps}")
 
     @property
     def color_names(self) -> tuple[str, ...]:
@@ -228,7 +234,7 @@ class SyntheticDataset:
     def metadata(self, split: str) -> list[dict[str, Any]]:
         """Per-video metadata of ``split`` (``"train"`` or ``"val"``), in list-file order."""
         if split not in _SPLITS:
-            raise ValueError(f"unknown split {split!r}; expected one of {tuple(_SPLITS)}")
+            raise InvalidValueError(f"unknown split {split!r}; expected one of {tuple(_SPLITS)}")
         with open(self.root / f"{split}_meta.jsonl", encoding="utf-8") as f:
             return [json.loads(line) for line in f if line.strip()]
 
@@ -243,7 +249,7 @@ def additive_ceiling(num_colors: int, *, symmetric: bool = False) -> float:
     """
     k = num_colors
     if not isinstance(k, int) or k < 2:
-        raise ValueError(f"num_colors must be an int >= 2, got {num_colors!r}")
+        raise InvalidValueError(f"num_colors must be an int >= 2, got {num_colors!r}")
     if not symmetric:
         return 0.75
     return max(0.5 + d / (2 * k) - d * (d - 1) / (2 * k * (k - 1)) for d in range(k + 1))
@@ -263,7 +269,9 @@ def _place_cues(config: LongRangeTaskConfig, rng: np.random.Generator) -> tuple[
         b2 = [int(rng.integers(0, w - s + 1)), int(rng.integers(0, h - s + 1))]
         if math.hypot(b1[0] - b2[0], b1[1] - b2[1]) >= need:
             return [*b1, b1[0] + s, b1[1] + s], [*b2, b2[0] + s, b2[1] + s]
-    raise RuntimeError(f"could not place two cues {need:.1f}px apart; lower min_distance")  # pragma: no cover
+    raise InvalidValueError(
+        f"could not place two cues {need:.1f}px apart; lower min_distance"
+    )  # pragma: no cover
 
 
 def _distractor_boxes(config: LongRangeTaskConfig, rng: np.random.Generator) -> list[list[int]]:
@@ -436,11 +444,11 @@ def load_synthetic_dataset(root: str | os.PathLike[str]) -> SyntheticDataset:
     root = Path(root)
     manifest = _read_manifest(root)
     if manifest is None or manifest.get("version") != _VERSION:
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"no complete synthetic dataset under {root} (missing or foreign manifest.json)"
         )
     if not _cache_complete(root, manifest):
-        raise FileNotFoundError(f"the synthetic dataset under {root} is missing files; generate it again")
+        raise MissingFileError(f"the synthetic dataset under {root} is missing files; generate it again")
     return _dataset(root, LongRangeTaskConfig.from_json(manifest["config"]))
 
 
@@ -465,11 +473,11 @@ def generate_long_range_dataset(
     """
     config = LongRangeTaskConfig() if config is None else config
     if not isinstance(config, LongRangeTaskConfig):
-        raise TypeError(f"config must be a LongRangeTaskConfig, got {type(config).__name__}")
+        raise InvalidTypeError(f"config must be a LongRangeTaskConfig, got {type(config).__name__}")
     if not isinstance(workers, int) or workers < 1:
-        raise ValueError(f"workers must be a positive int, got {workers!r}")
+        raise InvalidValueError(f"workers must be a positive int, got {workers!r}")
     if on_mismatch not in ("regenerate", "error"):
-        raise ValueError(f"on_mismatch must be 'regenerate' or 'error', got {on_mismatch!r}")
+        raise InvalidValueError(f"on_mismatch must be 'regenerate' or 'error', got {on_mismatch!r}")
     root = Path(root)
     manifest = _read_manifest(root)
     if manifest is not None:
@@ -477,7 +485,7 @@ def generate_long_range_dataset(
         if same and _cache_complete(root, manifest):
             return _dataset(root, config)
         if not same and on_mismatch == "error":
-            raise ValueError(
+            raise InvalidValueError(
                 f"{root} holds a synthetic dataset generated with another config "
                 f"({manifest.get('config')}); pass on_mismatch='regenerate' or another root"
             )

@@ -10,6 +10,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from nonlocalnet.errors import InvalidValueError, MissingFileError
+
 __all__ = ["IMAGE_SUFFIXES", "denoise_file", "read_image", "write_image"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -53,7 +55,7 @@ def _denoise_video(
             for f in container.decode(stream)
         ]
     if not frames:
-        raise ValueError(f"{src} has no decodable video frames")
+        raise InvalidValueError(f"{src} has no decodable video frames")
     video = torch.stack(frames)  # (T, 3, H, W)
     out = torch.empty_like(video)
     bar = tqdm(total=len(frames), desc=f"denoise {src.name}", unit="frame", disable=not progress)
@@ -89,7 +91,7 @@ def denoise_file(
     """Denoise an image or a video file into ``dst``; returns a one-line summary."""
     src, dst = Path(src), Path(dst)
     if not src.exists():
-        raise FileNotFoundError(f"no such file: {src}")
+        raise MissingFileError(f"no such file: {src}")
     if src.suffix.lower() in IMAGE_SUFFIXES:
         image = read_image(src)
         write_image(dst, image_fn(image))

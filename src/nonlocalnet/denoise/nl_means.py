@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from nonlocalnet.errors import InvalidTypeError, InvalidValueError
 from nonlocalnet.ops import softmax_attention
 
 __all__ = ["default_h", "estimate_sigma", "nl_means", "nl_means_video", "psnr"]
@@ -44,7 +45,7 @@ def estimate_sigma(image: Tensor) -> Tensor:
     x = x.reshape(-1, *x.shape[-3:]) if x.dim() >= 3 else x[None, None]
     h, w = x.shape[-2:]
     if h < 2 or w < 2:
-        raise ValueError(f"need at least 2 x 2 pixels to estimate sigma, got {h} x {w}")
+        raise InvalidValueError(f"need at least 2 x 2 pixels to estimate sigma, got {h} x {w}")
     x = x[:, :, : h // 2 * 2, : w // 2 * 2]
     hh = (x[:, :, 0::2, 0::2] - x[:, :, 0::2, 1::2] - x[:, :, 1::2, 0::2] + x[:, :, 1::2, 1::2]) / 2
     sigma = hh.abs().flatten(2).median(dim=2).values / _MAD_TO_STD  # (B, C)
@@ -63,29 +64,29 @@ def _from_user(
     it and the function that gives a result back in the user's type and layout."""
     numpy = isinstance(x, np.ndarray)
     if not numpy and not isinstance(x, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor or a NumPy array, got {type(x).__name__}")
+        raise InvalidTypeError(f"{name} must be a torch.Tensor or a NumPy array, got {type(x).__name__}")
     dtype = x.dtype
     if not (np.issubdtype(dtype, np.floating) if numpy else x.is_floating_point()):
-        raise TypeError(
+        raise InvalidTypeError(
             f"{name} must be floating point (e.g. uint8 / 255 for [0, 1] images), got dtype {dtype}: "
             "integer images are ambiguous about their range"
         )
     t = torch.from_numpy(np.ascontiguousarray(x)) if numpy else x
     if channel_axis is None and numpy and t.dim() > min(ranks):
-        raise ValueError(
+        raise InvalidValueError(
             f"{name}: a {t.dim()}-D NumPy array needs channel_axis (-1 for channels last, as "
             f"scikit-image and OpenCV store colour; 0 or 1 for channels first); got shape {tuple(t.shape)}"
         )
     if channel_axis is not None:
         if not isinstance(channel_axis, int) or not -t.dim() <= channel_axis < t.dim():
-            raise ValueError(
+            raise InvalidValueError(
                 f"channel_axis {channel_axis!r} is not an axis of {name} with shape {tuple(t.shape)}"
             )
         t = t.movedim(channel_axis, -3) if t.dim() >= 3 else t
     if t.dim() not in ranks:
-        raise ValueError(f"{name} must be {layouts}, got shape {tuple(x.shape)}")
+        raise InvalidValueError(f"{name} must be {layouts}, got shape {tuple(x.shape)}")
     if torch.isnan(t).any():
-        raise ValueError(f"{name} contains NaN")
+        raise InvalidValueError(f"{name} contains NaN")
 
     def back(y: Tensor) -> Tensor | np.ndarray:
         if channel_axis is not None and y.dim() >= 3:
@@ -101,7 +102,9 @@ def _check_fit(patch_size: int, search_window: int | None, height: int, width: i
     if need >= min(height, width):
         what = f"patch_size {patch_size}" + (f" + search_window {search_window}" if search_window else "")
         verb = "need" if search_window else "needs"
-        raise ValueError(f"{what} {verb} {thing} larger than {need} pixels per side, got {height} x {width}")
+        raise InvalidValueError(
+            f"{what} {verb} {thing} larger than {need} pixels per side, got {height} x {width}"
+        )
 
 
 def _check_options(patch_size: int, search_window: int, kind: str, centre: str, tile_size: int) -> None:
@@ -109,19 +112,19 @@ def _check_options(patch_size: int, search_window: int, kind: str, centre: str, 
     _check_odd(search_window, "search_window")
     _check_weights(kind, centre)
     if not isinstance(tile_size, int) or isinstance(tile_size, bool) or tile_size < 1:
-        raise ValueError(f"tile_size must be a positive int, got {tile_size!r}")
+        raise InvalidValueError(f"tile_size must be a positive int, got {tile_size!r}")
 
 
 def _check_weights(kind: str, centre: str) -> None:
     if kind not in ("gaussian", "uniform"):
-        raise ValueError(f"patch_weights must be 'gaussian' or 'uniform', got {kind!r}")
+        raise InvalidValueError(f"patch_weights must be 'gaussian' or 'uniform', got {kind!r}")
     if centre not in ("max", "one"):
-        raise ValueError(f"centre_weight must be 'max' or 'one', got {centre!r}")
+        raise InvalidValueError(f"centre_weight must be 'max' or 'one', got {centre!r}")
 
 
 def _check_odd(value: int, name: str) -> None:
     if not isinstance(value, int) or value < 1 or value % 2 == 0:
-        raise ValueError(f"{name} must be a positive odd int, got {value!r}")
+        raise InvalidValueError(f"{name} must be a positive odd int, got {value!r}")
 
 
 def _patch_kernel(p: int, kind: str, like: Tensor) -> Tensor:
@@ -167,7 +170,7 @@ def _resolve(frames: Tensor, sigma: float | Tensor | None, h: float | None) -> t
         hh = torch.as_tensor(h, dtype=frames.dtype).expand(b)
         unchanged = torch.zeros(b, dtype=torch.bool)
     if (hh[~unchanged] <= 0).any():
-        raise ValueError(f"h must be > 0, got {hh.tolist()}")
+        raise InvalidValueError(f"h must be > 0, got {hh.tolist()}")
     return s.to(frames), hh.to(frames), unchanged.to(frames.device)
 
 
@@ -385,7 +388,7 @@ def nl_means_video(
     _check_odd(temporal_window, "temporal_window")
     t = v.shape[1]
     if temporal_window // 2 >= t:
-        raise ValueError(
+        raise InvalidValueError(
             f"temporal_window {temporal_window} needs more than {temporal_window // 2} frames, got {t}"
         )
     _check_fit(patch_size, search_window, *v.shape[-2:], "frames")

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from nonlocalnet.atomic import atomic_write
+from nonlocalnet.errors import InvalidValueError, MissingFileError, NonLocalNetError
 
 __all__ = [
     "RESUME_FREE_SETTINGS",
@@ -32,7 +33,7 @@ __all__ = [
 _NAME = re.compile(r"^iter_(\d{8})\.pt$")
 
 
-class CheckpointWriteError(OSError, RuntimeError):
+class CheckpointWriteError(NonLocalNetError, OSError, RuntimeError):
     """A checkpoint could not be written (a full disk, a failed write); the message names the
     file, the cause, and the previous checkpoint, which the atomic write left intact. An
     ``OSError`` and, as ``torch.save``'s own failures were, a ``RuntimeError``."""
@@ -77,13 +78,13 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     """Load a checkpoint written by :func:`save_checkpoint`; tensors and plain data only."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
+        raise MissingFileError(f"checkpoint not found: {path}")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:
-        raise ValueError(f"{path} is not a readable nonlocalnet checkpoint: {err}") from err
+        raise InvalidValueError(f"{path} is not a readable nonlocalnet checkpoint: {err}") from err
     if not isinstance(state, dict) or "model" not in state:
-        raise ValueError(f"{path} is not a nonlocalnet training checkpoint (no 'model' entry)")
+        raise InvalidValueError(f"{path} is not a nonlocalnet training checkpoint (no 'model' entry)")
     return state
 
 
@@ -215,7 +216,7 @@ class CheckpointManager:
 
     def __init__(self, folder: str | os.PathLike, keep_last: int = 3) -> None:
         if keep_last < 1:
-            raise ValueError(f"keep_last must be >= 1, got {keep_last}")
+            raise InvalidValueError(f"keep_last must be >= 1, got {keep_last}")
         self.folder = Path(folder)
         self.keep_last = keep_last
 

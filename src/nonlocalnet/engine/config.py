@@ -20,7 +20,9 @@ from typing import Any
 import yaml
 
 from nonlocalnet.atomic import atomic_write_bytes
-from nonlocalnet.models import StageSpec, VideoResNetSpec
+from nonlocalnet.errors import InvalidValueError
+from nonlocalnet.models import VARIANTS, StageSpec, VideoResNetSpec
+from nonlocalnet.models.resnet3d import BACKBONE_NORMS, TEMPORAL_PADDINGS
 
 __all__ = [
     "CheckpointConfig",
@@ -43,7 +45,7 @@ __all__ = [
 log = logging.getLogger("nonlocalnet.config")
 
 
-class ConfigError(ValueError):
+class ConfigError(InvalidValueError):
     """A config file or override is wrong; the message names the key."""
 
 
@@ -185,9 +187,9 @@ class Config:
 
 _CHOICES = {
     "model.init": ("none", "imagenet", "caffe2", "weights", "checkpoint"),
-    "model.variant": ("paper", "released"),
-    "model.norm": ("batchnorm", "affine"),
-    "model.temporal_padding": ("zeros", "replicate"),
+    "model.variant": VARIANTS,
+    "model.norm": BACKBONE_NORMS,
+    "model.temporal_padding": TEMPORAL_PADDINGS,
     "train.amp": ("none", "bf16", "fp16"),
     "train.memory_format": ("contiguous", "channels_last", "auto"),
     "eval.views": ("clip", "video"),

@@ -13,6 +13,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from nonlocalnet.errors import InvalidValueError, NonLocalNetError
+
 __all__ = [
     "DistContext",
     "DistributedError",
@@ -23,7 +25,7 @@ __all__ = [
 ]
 
 
-class DistributedError(RuntimeError):
+class DistributedError(NonLocalNetError, RuntimeError):
     """A collective failed: another process died or stopped responding."""
 
 
@@ -72,7 +74,7 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     device = torch.device(name)
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError(f"device {name!r} requested but CUDA is not available")
+            raise InvalidValueError(f"device {name!r} requested but CUDA is not available")
         if device.index is None:
             device = torch.device("cuda", local_rank)
     return device

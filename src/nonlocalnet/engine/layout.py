@@ -7,6 +7,8 @@ import time
 import torch
 from torch import Tensor, nn
 
+from nonlocalnet.errors import InvalidValueError
+
 __all__ = ["choose_memory_format"]
 
 
@@ -32,7 +34,9 @@ def choose_memory_format(model: nn.Module, example: Tensor, repeats: int = 2) ->
     converted with ``x.contiguous(memory_format=...)``. The model's train/eval mode is kept.
     """
     if example.dim() != 5:
-        raise ValueError(f"expected a 5-D example clip (B, C, T, H, W), got shape {tuple(example.shape)}")
+        raise InvalidValueError(
+            f"expected a 5-D example clip (B, C, T, H, W), got shape {tuple(example.shape)}"
+        )
     was_training = model.training
     model.eval()
     timings = {}

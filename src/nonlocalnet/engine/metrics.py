@@ -11,6 +11,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from nonlocalnet.errors import InvalidValueError
+
 __all__ = ["EvalResult", "ViewScores", "topk_correct"]
 
 
@@ -69,7 +71,7 @@ class ViewScores:
 
     def add(self, video: int, view: int, probs: Tensor, label: int) -> None:
         if probs.shape != (self.num_classes,):
-            raise ValueError(
+            raise InvalidValueError(
                 f"expected probabilities of shape ({self.num_classes},), got {tuple(probs.shape)}"
             )
         self.scores.setdefault(video, {})[view] = probs.detach().float().cpu()
@@ -87,7 +89,7 @@ class ViewScores:
     def result(self) -> EvalResult:
         videos = sorted(self.scores)
         if not videos:
-            raise ValueError("no video was evaluated (all failed to decode, or the set is empty)")
+            raise InvalidValueError("no video was evaluated (all failed to decode, or the set is empty)")
         incomplete = [v for v in videos if len(self.scores[v]) != self.views_per_video]
         views = torch.stack([p for v in videos for p in self.scores[v].values()])
         view_labels = torch.tensor([self.labels[v] for v in videos for _ in self.scores[v]])

@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from nonlocalnet.errors import InvalidValueError, MissingFileError
 from nonlocalnet.models import read_caffe2_pickle
 
 __all__ = ["ModelFile", "read_model_file"]
@@ -35,7 +36,7 @@ def read_model_file(path: str | os.PathLike, *, kinds: tuple[str, ...] | None = 
     code). ``kinds``: the kinds the caller accepts; another is a ``ValueError`` naming both."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"weights file not found: {path}")
+        raise MissingFileError(f"weights file not found: {path}")
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
@@ -45,7 +46,7 @@ def read_model_file(path: str | os.PathLike, *, kinds: tuple[str, ...] | None = 
     else:
         found = _read_torch_file(path)
     if kinds is not None and found.kind not in kinds:
-        raise ValueError(f"{path} is a {found.kind} file; expected one of {list(kinds)}")
+        raise InvalidValueError(f"{path} is a {found.kind} file; expected one of {list(kinds)}")
     return found
 
 
@@ -53,7 +54,7 @@ def _read_torch_file(path: Path) -> ModelFile:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        raise ValueError(f"{path} is not a readable nonlocalnet checkpoint: {err}") from err
+        raise InvalidValueError(f"{path} is not a readable nonlocalnet checkpoint: {err}") from err
     if isinstance(state, dict) and isinstance(state.get("model"), dict):
         names = state.get("class_names")
         names = list(names) if names else None
@@ -61,5 +62,5 @@ def _read_torch_file(path: Path) -> ModelFile:
     if isinstance(state, dict):
         state = state.get("state_dict", state.get("model", state))
     if not isinstance(state, dict):
-        raise ValueError(f"{path} holds a {type(state).__name__}, not a state dict")
+        raise InvalidValueError(f"{path} holds a {type(state).__name__}, not a state dict")
     return ModelFile(path, "state_dict", state)

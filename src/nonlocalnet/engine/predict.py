@@ -12,6 +12,7 @@ from nonlocalnet.data import probe_video, read_frames, test_clip_indices, test_v
 from nonlocalnet.engine.config import Config, config_from_dict
 from nonlocalnet.engine.model_file import read_model_file
 from nonlocalnet.engine.setup import build_model_from_config
+from nonlocalnet.errors import InvalidValueError
 from nonlocalnet.models import VideoResNet
 
 __all__ = ["Prediction", "load_trained_model", "predict_video"]
@@ -34,7 +35,7 @@ def load_trained_model(
     """Rebuild the model, its config and class names from a training checkpoint."""
     weights = read_model_file(checkpoint)
     if weights.config is None:
-        raise ValueError(
+        raise InvalidValueError(
             f"{checkpoint} has no config; it is not a nonlocalnet training checkpoint ({weights.kind} file)"
         )
     saved = dict(weights.config)

@@ -8,6 +8,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from nonlocalnet.errors import InvalidValueError
+
 __all__ = ["RunLog", "read_jsonl"]
 
 log = logging.getLogger("nonlocalnet.train")
@@ -25,7 +27,7 @@ def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
         except json.JSONDecodeError:
             if number == len(lines):
                 break
-            raise ValueError(f"{path}:{number}: not a JSON record: {line[:80]!r}") from None
+            raise InvalidValueError(f"{path}:{number}: not a JSON record: {line[:80]!r}") from None
     return records
 
 

@@ -62,6 +62,8 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 import torch
 from torch import Tensor, nn
 
+from nonlocalnet.errors import InvalidTypeError, InvalidValueError
+
 if TYPE_CHECKING:
     from nonlocalnet.engine.config import Config
     from nonlocalnet.engine.distributed import DistContext
@@ -152,7 +154,7 @@ class Task(Protocol):
 def register_task(name: str, target: str) -> None:
     """Make ``task: name`` in a config build ``target`` (``"module:Class"``)."""
     if ":" not in target:
-        raise ValueError(f"task target must be 'module:Class', got {target!r}")
+        raise InvalidValueError(f"task target must be 'module:Class', got {target!r}")
     TASKS[name] = target
 
 
@@ -166,7 +168,7 @@ def build_task(cfg: Config, **options: Any) -> Task:
     task = getattr(importlib.import_module(module), name)(cfg, **options)
     if not isinstance(task, Task):
         missing = [m for m in _MEMBERS if not hasattr(task, m)]
-        raise TypeError(f"task {cfg.task!r} ({TASKS[cfg.task]}) lacks {missing}")
+        raise InvalidTypeError(f"task {cfg.task!r} ({TASKS[cfg.task]}) lacks {missing}")
     return task
 
 

@@ -43,6 +43,7 @@ from nonlocalnet.engine.optim import build_optimizer, lr_at, scaled_lr
 from nonlocalnet.engine.precise_bn import update_bn_stats
 from nonlocalnet.engine.runlog import RunLog
 from nonlocalnet.engine.task import Evaluation, Task, build_task
+from nonlocalnet.errors import MissingFileError
 from nonlocalnet.models import save_weights
 
 __all__ = ["TrainResult", "train"]
@@ -356,7 +357,7 @@ def _resume(run: _Run, resume: str | Path | bool | None) -> None:
     cfg, ctx, manager = run.cfg, run.ctx, run.manager
     path = manager.latest() if resume is True else (Path(resume) if resume else None)
     if resume is True and path is None:
-        raise FileNotFoundError(f"--resume: no checkpoint in {manager.folder}")
+        raise MissingFileError(f"--resume: no checkpoint in {manager.folder}")
     state, own_rng = {}, False
     if path is not None:
         state = load_checkpoint(path)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from nonlocalnet.errors import InvalidValueError
+
 __all__ = ["AffineChannel"]
 
 
@@ -25,7 +27,9 @@ class AffineChannel(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         if x.dim() < 2 or x.shape[1] != self.num_features:
-            raise ValueError(f"expected (B, {self.num_features}, ...) input, got shape {tuple(x.shape)}")
+            raise InvalidValueError(
+                f"expected (B, {self.num_features}, ...) input, got shape {tuple(x.shape)}"
+            )
         shape = (1, -1) + (1,) * (x.dim() - 2)
         return x * self.weight.view(shape) + self.bias.view(shape)
 

@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from nonlocalnet.deprecation import warn_deprecated
+from nonlocalnet.errors import InvalidTypeError, InvalidValueError
 from nonlocalnet.layers.norm import check_norm, create_norm
 from nonlocalnet.ops import LOW_PRECISION, SOFTMAX_MODES, attention_weights, check_algorithm, nonlocal_op
 
@@ -36,14 +37,14 @@ def _resolve_scale(use_scale: bool | str, scale: bool | None) -> bool | str:
         return use_scale
     warn_deprecated("NonLocalBlock(scale=...)", "use_scale=...", stacklevel=4)
     if use_scale is not False:
-        raise TypeError("NonLocalBlock got both scale= and use_scale=; pass use_scale= only")
+        raise InvalidTypeError("NonLocalBlock got both scale= and use_scale=; pass use_scale= only")
     return scale
 
 
 def _as_tuple(value: int | Sequence[int], dim: int, name: str) -> tuple[int, ...]:
     out = (value,) * dim if isinstance(value, int) else tuple(value)
     if len(out) != dim or not all(isinstance(k, int) and k >= 1 for k in out):
-        raise ValueError(f"{name} must be a positive int or {dim} positive ints, got {value!r}")
+        raise InvalidValueError(f"{name} must be a positive int or {dim} positive ints, got {value!r}")
     return out
 
 
@@ -106,26 +107,26 @@ class NonLocalBlock(nn.Module):
         super().__init__()
         use_scale = _resolve_scale(use_scale, scale)
         if isinstance(in_channels, bool) or not isinstance(in_channels, int) or in_channels < 1:
-            raise ValueError(f"in_channels must be a positive int, got {in_channels!r}")
+            raise InvalidValueError(f"in_channels must be a positive int, got {in_channels!r}")
         if inter_channels is None:
             inter_channels = max(in_channels // 2, 1)
         if isinstance(inter_channels, bool) or not isinstance(inter_channels, int):
-            raise TypeError(f"inter_channels must be an int, got {type(inter_channels).__name__}")
+            raise InvalidTypeError(f"inter_channels must be an int, got {type(inter_channels).__name__}")
         if inter_channels < 1:
-            raise ValueError(f"inter_channels must be >= 1, got {inter_channels}")
+            raise InvalidValueError(f"inter_channels must be >= 1, got {inter_channels}")
         check_algorithm(mode, algorithm)
         if dim not in _CONV:
-            raise ValueError(f"dim must be 1, 2 or 3, got {dim!r}")
+            raise InvalidValueError(f"dim must be 1, 2 or 3, got {dim!r}")
         check_norm(norm)
         if init not in _INITS:
-            raise ValueError(f"unknown init {init!r}; expected one of {_INITS}")
+            raise InvalidValueError(f"unknown init {init!r}; expected one of {_INITS}")
         if not (isinstance(use_scale, bool) or use_scale == "softmax"):
-            raise ValueError(f"use_scale must be True, False or 'softmax', got {use_scale!r}")
+            raise InvalidValueError(f"use_scale must be True, False or 'softmax', got {use_scale!r}")
         if temporal_group is not None:
             if dim != 3:
-                raise ValueError(f"temporal_group needs dim=3 (B, C, T, H, W), got dim={dim}")
+                raise InvalidValueError(f"temporal_group needs dim=3 (B, C, T, H, W), got dim={dim}")
             if not isinstance(temporal_group, int) or temporal_group < 1:
-                raise ValueError(f"temporal_group must be a positive int, got {temporal_group!r}")
+                raise InvalidValueError(f"temporal_group must be a positive int, got {temporal_group!r}")
 
         self.in_channels = in_channels
         self.inter_channels = inter_channels
@@ -160,7 +161,7 @@ class NonLocalBlock(nn.Module):
         """Build with the choices of ``BLOCK_PRESETS[preset]`` (``"paper"`` or ``"released"``);
         ``kwargs`` override them."""
         if preset not in BLOCK_PRESETS:
-            raise ValueError(f"unknown preset {preset!r}; expected one of {tuple(BLOCK_PRESETS)}")
+            raise InvalidValueError(f"unknown preset {preset!r}; expected one of {tuple(BLOCK_PRESETS)}")
         options = {**BLOCK_PRESETS[preset], **kwargs}
         if "scale" in kwargs and "use_scale" not in kwargs:  # the deprecated name overrides the preset's
             options.pop("use_scale")
@@ -208,24 +209,24 @@ class NonLocalBlock(nn.Module):
     # ----------------------------------------------------------------- input checks
     def _check_input(self, x: Tensor) -> None:
         if not isinstance(x, Tensor):
-            raise TypeError(f"expected a torch.Tensor {_LAYOUT[self.dim]}, got {type(x).__name__}")
+            raise InvalidTypeError(f"expected a torch.Tensor {_LAYOUT[self.dim]}, got {type(x).__name__}")
         if x.dim() != self.dim + 2:
-            raise ValueError(
+            raise InvalidValueError(
                 f"expected a {self.dim + 2}-D input {_LAYOUT[self.dim]} for dim={self.dim}, "
                 f"got shape {tuple(x.shape)}"
             )
         if x.shape[1] != self.in_channels:
-            raise ValueError(
+            raise InvalidValueError(
                 f"expected {self.in_channels} channels (dim 1 of {_LAYOUT[self.dim]}), "
                 f"got {x.shape[1]} in shape {tuple(x.shape)}"
             )
         if not x.is_floating_point():
-            raise TypeError(f"expected a floating-point input, got dtype {x.dtype}")
+            raise InvalidTypeError(f"expected a floating-point input, got dtype {x.dtype}")
         spatial = tuple(x.shape[2:])
         if self.pool_kernel is not None and any(
             s < k for s, k in zip(spatial, self.pool_kernel, strict=True)
         ):
-            raise ValueError(
+            raise InvalidValueError(
                 f"spatial size {spatial} is smaller than the pool kernel {self.pool_kernel}; "
                 "use a smaller pool_kernel or sub_sample=False"
             )
@@ -233,7 +234,7 @@ class NonLocalBlock(nn.Module):
             t, kt = spatial[0], self.pool_kernel[0] if self.pool_kernel else 1
             g = self.temporal_group
             if t % g or g % kt:
-                raise ValueError(
+                raise InvalidValueError(
                     f"temporal_group={g} must divide the {t} input frames and be a multiple of "
                     f"the temporal pool kernel {kt}"
                 )
@@ -301,7 +302,7 @@ class NonLocalBlock(nn.Module):
         n = math.prod(spatial)
         if isinstance(queries, Tensor):
             if queries.dtype in (torch.bool,) or queries.is_floating_point() or queries.dim() != 1:
-                raise TypeError(
+                raise InvalidTypeError(
                     f"queries must be a 1-D integer tensor of flat positions, got "
                     f"{queries.dtype} of shape {tuple(queries.shape)}"
                 )
@@ -309,17 +310,17 @@ class NonLocalBlock(nn.Module):
         else:
             coords = [tuple(q) for q in queries]
             if any(len(q) != len(spatial) for q in coords):
-                raise ValueError(f"each query must have {len(spatial)} coordinates for size {spatial}")
+                raise InvalidValueError(f"each query must have {len(spatial)} coordinates for size {spatial}")
             for q in coords:
                 if any(not 0 <= c < s for c, s in zip(q, spatial, strict=True)):
-                    raise ValueError(f"query {q} is outside the input of size {spatial}")
+                    raise InvalidValueError(f"query {q} is outside the input of size {spatial}")
             strides = [math.prod(spatial[i + 1 :]) for i in range(len(spatial))]
             flat = torch.tensor(
                 [sum(c * s for c, s in zip(q, strides, strict=True)) for q in coords],
                 dtype=torch.long,
             )
         if flat.numel() and (flat.min() < 0 or flat.max() >= n):
-            raise ValueError(f"query indices must lie in [0, {n}) for size {spatial}")
+            raise InvalidValueError(f"query indices must lie in [0, {n}) for size {spatial}")
         return flat
 
     def attention_map(self, x: Tensor, queries: Tensor | Sequence[Sequence[int]]) -> Tensor:

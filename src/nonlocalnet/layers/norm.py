@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from nonlocalnet.errors import InvalidValueError
 from nonlocalnet.layers.affine import AffineChannel
 
 __all__ = ["BATCHNORMS", "NORMS", "check_norm", "create_norm"]
@@ -24,7 +25,7 @@ BATCHNORMS: dict[int, type[nn.modules.batchnorm._BatchNorm]] = {
 def check_norm(kind: str, allowed: tuple[str, ...] = NORMS, *, name: str = "norm") -> str:
     """Return ``kind`` if it is one of ``allowed``; else raise ``ValueError`` naming them."""
     if not isinstance(kind, str) or kind not in allowed:
-        raise ValueError(f"unknown {name} {kind!r}; expected one of {allowed}")
+        raise InvalidValueError(f"unknown {name} {kind!r}; expected one of {allowed}")
     return kind
 
 
@@ -36,6 +37,6 @@ def create_norm(
     check_norm(kind)
     if kind == "batchnorm":
         if dim not in BATCHNORMS:
-            raise ValueError(f"dim must be 1, 2 or 3, got {dim!r}")
+            raise InvalidValueError(f"dim must be 1, 2 or 3, got {dim!r}")
         return BATCHNORMS[dim](num_features, eps=eps, momentum=momentum)
     return AffineChannel(num_features) if kind == "affine" else nn.Identity()

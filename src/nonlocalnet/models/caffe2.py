@@ -22,6 +22,7 @@ from torch import nn
 
 from nonlocalnet.atomic import atomic_write
 from nonlocalnet.deprecation import check_module, warn_deprecated
+from nonlocalnet.errors import InvalidTypeError, InvalidValueError, NonLocalNetError
 from nonlocalnet.models.insert import NONLOCAL_ATTR
 
 __all__ = [
@@ -63,7 +64,7 @@ _ALLOWED = {
 _AUX_BLOBS = re.compile(r"(^|_)(lr|iter|model_iter|lr_x|epoch)$|_momentum$|_grad$")
 
 
-class UnsafePickleError(pickle.UnpicklingError):
+class UnsafePickleError(NonLocalNetError, pickle.UnpicklingError):
     """The pickle asks for something other than arrays, scalars and containers."""
 
 
@@ -86,13 +87,13 @@ def read_caffe2_pickle(path: str | os.PathLike | bytes) -> dict[str, np.ndarray]
     except UnsafePickleError:
         raise
     except Exception as err:  # truncated or not a pickle at all
-        raise ValueError(
+        raise InvalidValueError(
             f"cannot read Caffe2 checkpoint {path if not isinstance(path, bytes) else '<bytes>'}: {err}"
         ) from err
     if isinstance(obj, Mapping) and "blobs" in obj and isinstance(obj["blobs"], Mapping):
         obj = obj["blobs"]
     if not isinstance(obj, Mapping):
-        raise ValueError(f"expected a dict of blobs (or {{'blobs': dict}}), got {type(obj).__name__}")
+        raise InvalidValueError(f"expected a dict of blobs (or {{'blobs': dict}}), got {type(obj).__name__}")
     blobs = {}
     for k, v in obj.items():
         key = k.decode("latin1") if isinstance(k, bytes) else str(k)
@@ -276,7 +277,7 @@ def load_caffe2_checkpoint(
         else:
             report.missing.append(c2)
     if strict and not report.ok:
-        raise ValueError(
+        raise InvalidValueError(
             "Caffe2 checkpoint does not match the model; nothing was loaded.\n" + report.summary()
         )
     with torch.no_grad():
@@ -304,7 +305,7 @@ def save_caffe2_pickle(blobs: Mapping[str, np.ndarray], path: str | os.PathLike)
         warn_deprecated("save_caffe2_pickle(path, blobs)", "save_caffe2_pickle(blobs, path)")
         blobs, path = path, blobs
     if not isinstance(blobs, Mapping):
-        raise TypeError(
+        raise InvalidTypeError(
             f"save_caffe2_pickle(blobs, path): blobs must be a mapping of blob names to arrays, "
             f"got {type(blobs).__name__}"
         )

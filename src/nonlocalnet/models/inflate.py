@@ -11,6 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from nonlocalnet.deprecation import check_module
+from nonlocalnet.errors import InvalidValueError
 from nonlocalnet.models.caffe2 import caffe2_to_torch_name
 from nonlocalnet.models.insert import NONLOCAL_ATTR
 
@@ -23,7 +24,9 @@ def inflate_kernel(weight_2d: Tensor, frames: int) -> Tensor:
     """``(O, I, kh, kw) -> (O, I, frames, kh, kw)``: repeat over time and divide by ``frames``,
     so a static input gives the 2D response."""
     if weight_2d.dim() != 4:
-        raise ValueError(f"expected a 2D conv kernel (O, I, kh, kw), got shape {tuple(weight_2d.shape)}")
+        raise InvalidValueError(
+            f"expected a 2D conv kernel (O, I, kh, kw), got shape {tuple(weight_2d.shape)}"
+        )
     return weight_2d.unsqueeze(2).repeat(1, 1, frames, 1, 1) / frames
 
 
@@ -122,7 +125,7 @@ def inflate_2d_to_3d(
     """
     check_module(model, "inflate_2d_to_3d(model, state_dict_2d)")
     if not (isinstance(bn_eps, (int, float)) and not isinstance(bn_eps, bool) and 0 <= bn_eps < float("inf")):
-        raise ValueError(f"bn_eps must be a finite float >= 0, got {bn_eps!r}")
+        raise InvalidValueError(f"bn_eps must be a finite float >= 0, got {bn_eps!r}")
     source = _to_torch_names(state_dict_2d)
     target = model.state_dict()
     report = InflationReport()
@@ -160,7 +163,7 @@ def inflate_2d_to_3d(
     unexpected = sorted(set(source) - set(target))
     problems += [f"unexpected {k}" for k in unexpected]
     if problems:
-        raise ValueError(
+        raise InvalidValueError(
             f"2D weights do not fit {type(model).__name__} ({len(problems)} problems; nothing loaded): "
             + "; ".join(problems[:20])
         )

@@ -8,6 +8,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from nonlocalnet.errors import InvalidTypeError, InvalidValueError
 from nonlocalnet.layers import NonLocalBlock
 from nonlocalnet.layers.norm import BATCHNORMS
 
@@ -92,21 +93,25 @@ def add_nonlocal(
     to :class:`NonLocalBlock` (``mode``, ``inter_channels``, ``sub_sample``, ...).
     """
     if isinstance(after, str):
-        raise TypeError(f"after must be a list of module names, got the string {after!r}")
+        raise InvalidTypeError(f"after must be a list of module names, got the string {after!r}")
     modules = dict(model.named_modules())
     blocks = []
     for name in after:
         if name not in modules or name == "":
             names = [n for n in modules if n]
-            raise ValueError(f"no module named {name!r} in {type(model).__name__}; modules: {names[:40]}...")
+            raise InvalidValueError(
+                f"no module named {name!r} in {type(model).__name__}; modules: {names[:40]}..."
+            )
         target = modules[name]
         if getattr(target, NONLOCAL_ATTR, None) is not None:
-            raise ValueError(f"module {name!r} already has a non-local block (attribute {NONLOCAL_ATTR!r})")
+            raise InvalidValueError(
+                f"module {name!r} already has a non-local block (attribute {NONLOCAL_ATTR!r})"
+            )
         inferred = _out_channels_and_dim(target)
         channels = in_channels if in_channels is not None else (inferred[0] if inferred else None)
         ndim = dim if dim is not None else (inferred[1] if inferred else None)
         if channels is None or ndim is None:
-            raise ValueError(
+            raise InvalidValueError(
                 f"cannot infer the output channels of {name!r} ({type(target).__name__}): "
                 "it has no conv or BatchNorm layer; pass in_channels= and dim="
             )

@@ -24,6 +24,7 @@ import inspect
 from dataclasses import dataclass
 from typing import Any
 
+from nonlocalnet.errors import InvalidTypeError, InvalidValueError
 from nonlocalnet.layers import BLOCK_PRESETS
 from nonlocalnet.models.resnet3d import StageSpec, VideoResNet, VideoResNetSpec
 from nonlocalnet.ops import MODES
@@ -114,7 +115,7 @@ _PAPER_RESULTS = {  # Kinetics-400 val, 32 frames, REFERENCE.md section 3
 
 def _entry(name: str) -> _Entry:
     if not isinstance(name, str):
-        raise TypeError(f"a model name must be a str, got {type(name).__name__}")
+        raise InvalidTypeError(f"a model name must be a str, got {type(name).__name__}")
     if name not in _REGISTRY:
         raise _unknown(name)
     return _REGISTRY[name]
@@ -125,12 +126,12 @@ def list_models() -> list[str]:
     return list(_REGISTRY)
 
 
-def _unknown(name: str) -> ValueError:
+def _unknown(name: str) -> InvalidValueError:
     import difflib
 
     close = difflib.get_close_matches(name, list_models(), n=3)
     hint = f"; did you mean {', '.join(close)}?" if close else ""
-    return ValueError(f"unknown model {name!r}{hint} Valid names: {', '.join(list_models())}")
+    return InvalidValueError(f"unknown model {name!r}{hint} Valid names: {', '.join(list_models())}")
 
 
 def get_model_info(name: str) -> ModelInfo:
@@ -163,9 +164,9 @@ def model_spec(
     e = _entry(name)
     arch, nl, depth, fast = e.arch, e.nonlocal_, e.depth, e.fast
     if variant not in VARIANTS:
-        raise ValueError(f"unknown variant {variant!r}; expected one of {VARIANTS}")
+        raise InvalidValueError(f"unknown variant {variant!r}; expected one of {VARIANTS}")
     if nonlocal_mode not in MODES:
-        raise ValueError(f"unknown nonlocal_mode {nonlocal_mode!r}; expected one of {MODES}")
+        raise InvalidValueError(f"unknown nonlocal_mode {nonlocal_mode!r}; expected one of {MODES}")
     stages = []
     for index, (blocks, width) in enumerate(zip(_DEPTHS[depth], _WIDTHS, strict=True)):
         stage = index + 2
@@ -220,7 +221,9 @@ def build_model(
     bad = sorted(set(spec_overrides) - fields)
     if bad:
         own = set(inspect.signature(build_model).parameters) - {"name", "spec_overrides"}
-        raise ValueError(f"unknown override(s) {bad} for build_model; valid keys: {sorted(fields | own)}")
+        raise InvalidValueError(
+            f"unknown override(s) {bad} for build_model; valid keys: {sorted(fields | own)}"
+        )
     if spec_overrides:
         spec = dataclasses.replace(spec, **spec_overrides)
     try:
@@ -228,4 +231,4 @@ def build_model(
             spec, num_classes=num_classes, dropout=dropout, temporal_padding=temporal_padding, norm=norm
         )
     except TypeError as err:  # a bad non-local option
-        raise ValueError(f"bad nonlocal_options {nonlocal_options!r}: {err}") from None
+        raise InvalidValueError(f"bad nonlocal_options {nonlocal_options!r}: {err}") from None

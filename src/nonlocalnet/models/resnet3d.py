@@ -11,13 +11,21 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from nonlocalnet.deprecation import warn_deprecated
+from nonlocalnet.errors import InvalidTypeError, InvalidValueError
 from nonlocalnet.layers import NonLocalBlock
 from nonlocalnet.layers.norm import check_norm, create_norm
 from nonlocalnet.models.insert import NONLOCAL_ATTR
 
-__all__ = ["BACKBONE_NORMS", "Bottleneck3d", "StageSpec", "VideoResNet", "VideoResNetSpec"]
+__all__ = [
+    "BACKBONE_NORMS",
+    "TEMPORAL_PADDINGS",
+    "Bottleneck3d",
+    "StageSpec",
+    "VideoResNet",
+    "VideoResNetSpec",
+]
 
-_TEMPORAL_PADDING = ("zeros", "replicate")
+TEMPORAL_PADDINGS = ("zeros", "replicate")
 BACKBONE_NORMS = ("batchnorm", "affine")
 """The norms of the backbone's conv layers (:data:`nonlocalnet.layers.norm.NORMS` but ``"none"``)."""
 
@@ -42,10 +50,10 @@ class StageSpec:
         for name in ("temporal_a", "temporal_b"):
             kernels = getattr(self, name)
             if len(kernels) != self.depth or any(k < 1 or k % 2 == 0 for k in kernels):
-                raise ValueError(f"{name} must hold {self.depth} odd kernels, got {kernels}")
+                raise InvalidValueError(f"{name} must hold {self.depth} odd kernels, got {kernels}")
         bad = [i for i in self.nonlocal_after if not 0 <= i < self.depth]
         if bad:
-            raise ValueError(f"nonlocal_after {bad} outside the stage's {self.depth} blocks")
+            raise InvalidValueError(f"nonlocal_after {bad} outside the stage's {self.depth} blocks")
 
 
 @dataclass(frozen=True)
@@ -76,7 +84,7 @@ class VideoResNetSpec:
 
     def __post_init__(self) -> None:
         if self.pool1_padding not in (0, 1):
-            raise ValueError(f"pool1_padding must be 0 or 1, got {self.pool1_padding!r}")
+            raise InvalidValueError(f"pool1_padding must be 0 or 1, got {self.pool1_padding!r}")
 
     @property
     def num_nonlocal(self) -> int:
@@ -187,14 +195,14 @@ class VideoResNet(nn.Module):
     ) -> None:
         super().__init__()
         check_norm(norm, BACKBONE_NORMS)
-        if temporal_padding not in _TEMPORAL_PADDING:
-            raise ValueError(
-                f"unknown temporal_padding {temporal_padding!r}; expected one of {_TEMPORAL_PADDING}"
+        if temporal_padding not in TEMPORAL_PADDINGS:
+            raise InvalidValueError(
+                f"unknown temporal_padding {temporal_padding!r}; expected one of {TEMPORAL_PADDINGS}"
             )
         if not isinstance(num_classes, int) or num_classes < 1:
-            raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+            raise InvalidValueError(f"num_classes must be a positive int, got {num_classes!r}")
         if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+            raise InvalidValueError(f"dropout must be in [0, 1), got {dropout!r}")
         self.spec = spec
         self.norm_kind = norm
         t1 = spec.conv1_temporal
@@ -280,9 +288,9 @@ class VideoResNet(nn.Module):
     def _check(self, x: Tensor) -> None:
         if not isinstance(x, Tensor) or x.dim() != 5 or x.shape[1] != 3:
             shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
-            raise ValueError(f"expected a clip of shape (B, 3, T, H, W), got {shape}")
+            raise InvalidValueError(f"expected a clip of shape (B, 3, T, H, W), got {shape}")
         if not x.is_floating_point():
-            raise TypeError(f"expected a floating-point clip (normalised pixels), got dtype {x.dtype}")
+            raise InvalidTypeError(f"expected a floating-point clip (normalised pixels), got dtype {x.dtype}")
 
     def features(self, x: Tensor) -> Tensor:
         """The res5 feature map ``(B, 2048, T', H', W')``."""
@@ -313,11 +321,11 @@ class VideoResNet(nn.Module):
         """Side of the res5 map for frames of side ``size``: conv1 and each stage's stride ``s``
         give ``ceil(size / s)``; pool1 (3x3, stride 2, padding ``p``) ``(size + 2p - 3) // 2 + 1``."""
         if size < 1:
-            raise ValueError(f"size must be a positive number of pixels, got {size}")
+            raise InvalidValueError(f"size must be a positive number of pixels, got {size}")
         size = -(-size // 2)  # conv1
         size = (size + 2 * self.spec.pool1_padding - 3) // 2 + 1
         if size < 1:
-            raise ValueError("the frames are too small for pool1")
+            raise InvalidValueError("the frames are too small for pool1")
         for stride in (stage.stride for stage in self.spec.stages):
             size = -(-size // stride)
         return size
@@ -329,7 +337,7 @@ class VideoResNet(nn.Module):
         crop, :meth:`res5_size`; 7 for 224 crops), so that each window sees what the classifier
         was trained on. ``None`` (or a map no larger than the window) pools the whole map."""
         if window is not None and window < 1:
-            raise ValueError(f"window must be a positive number of res5 positions, got {window}")
+            raise InvalidValueError(f"window must be a positive number of res5 positions, got {window}")
         f = self.features(x).mean(dim=2)
         h, w = f.shape[-2:]
         f = F.avg_pool2d(f, (h, w) if window is None else (min(window, h), min(window, w)), stride=1)

@@ -28,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from nonlocalnet.errors import InvalidTypeError, InvalidValueError
+
 __all__ = [
     "ALGORITHMS",
     "LOW_PRECISION",
@@ -63,36 +65,38 @@ LOW_PRECISION = (torch.float16, torch.bfloat16)
 def _check(theta: Tensor, phi: Tensor, g: Tensor) -> None:
     for name, t in (("theta", theta), ("phi", phi), ("g", g)):
         if not isinstance(t, Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+            raise InvalidTypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
         if t.dim() != 3:
-            raise ValueError(f"{name} must have shape (B, positions, channels), got {tuple(t.shape)}")
+            raise InvalidValueError(f"{name} must have shape (B, positions, channels), got {tuple(t.shape)}")
         if not t.is_floating_point():
-            raise TypeError(f"{name} must be a floating-point tensor, got dtype {t.dtype}")
+            raise InvalidTypeError(f"{name} must be a floating-point tensor, got dtype {t.dtype}")
     if not (theta.shape[0] == phi.shape[0] == g.shape[0]):
-        raise ValueError(f"batch sizes differ: theta {theta.shape[0]}, phi {phi.shape[0]}, g {g.shape[0]}")
+        raise InvalidValueError(
+            f"batch sizes differ: theta {theta.shape[0]}, phi {phi.shape[0]}, g {g.shape[0]}"
+        )
     if theta.shape[2] != phi.shape[2]:
-        raise ValueError(
+        raise InvalidValueError(
             f"theta and phi must have the same channels, got {theta.shape[2]} and {phi.shape[2]}"
         )
     if phi.shape[1] != g.shape[1]:
-        raise ValueError(
+        raise InvalidValueError(
             f"phi and g must have the same number of positions, got {phi.shape[1]} and {g.shape[1]}"
         )
     if phi.shape[1] == 0:
-        raise ValueError("phi and g need at least one position (M >= 1), got M = 0")
+        raise InvalidValueError("phi and g need at least one position (M >= 1), got M = 0")
 
 
 def check_mode(mode: str) -> None:
     """Raise ``ValueError`` unless ``mode`` is one of :data:`MODES`."""
     if mode not in MODES:
-        raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")
+        raise InvalidValueError(f"unknown mode {mode!r}; expected one of {MODES}")
 
 
 def check_algorithm(mode: str, algorithm: str) -> None:
     """Raise ``ValueError`` unless ``mode`` is known and accepts ``algorithm`` (:data:`ALGORITHMS`)."""
     check_mode(mode)
     if algorithm not in ALGORITHMS[mode]:
-        raise ValueError(
+        raise InvalidValueError(
             f"unknown algorithm {algorithm!r} for mode {mode!r}; expected one of {ALGORITHMS[mode]}"
         )
 
@@ -323,7 +327,7 @@ def concatenation(
     check_algorithm("concatenation", algorithm)
     ck = theta.shape[2]
     if weight.shape != (2 * ck,):
-        raise ValueError(
+        raise InvalidValueError(
             f"concatenation weight must have shape (2 * Ck,) = ({2 * ck},), got {tuple(weight.shape)}"
         )
     n, m = theta.shape[1], phi.shape[1]
@@ -389,7 +393,7 @@ def nonlocal_op(
     if mode == "dot_product":
         return dot_product(theta, phi, g, scale=scale, algorithm=algorithm)
     if weight is None:
-        raise ValueError("mode 'concatenation' needs the projection weight w (2 * Ck,)")
+        raise InvalidValueError("mode 'concatenation' needs the projection weight w (2 * Ck,)")
     return concatenation(theta, phi, g, weight, scale=scale, algorithm=algorithm)
 
 
@@ -407,7 +411,7 @@ def attention_weights(
     with _fp32(theta, phi) as (t, p):
         if mode == "concatenation":
             if weight is None:
-                raise ValueError("mode 'concatenation' needs the projection weight w (2 * Ck,)")
+                raise InvalidValueError("mode 'concatenation' needs the projection weight w (2 * Ck,)")
             w = weight.float() if weight.dtype in LOW_PRECISION else weight
             a, b = _project(t, p, w, scale)
             return torch.relu(a[:, :, None] + b[:, None, :]) / m

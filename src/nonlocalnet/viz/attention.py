@@ -13,6 +13,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import ConnectionPatch, Rectangle
 from torch import Tensor, nn
 
+from nonlocalnet.errors import InvalidValueError
 from nonlocalnet.layers import NonLocalBlock
 
 __all__ = ["attention_map", "key_argmax_pixel", "nonlocal_inputs", "plot_attention", "query_to_grid"]
@@ -32,7 +33,7 @@ def nonlocal_inputs(model: nn.Module, clip: Tensor) -> dict[str, tuple[NonLocalB
 
             handles.append(module.register_forward_pre_hook(hook))
     if not handles:
-        raise ValueError("the model has no NonLocalBlock")
+        raise InvalidValueError("the model has no NonLocalBlock")
     was_training = model.training
     model.eval()
     try:

@@ -1,0 +1,29 @@
+"""The library's own exception types.
+
+Every error nonlocalnet raises on purpose derives from :class:`NonLocalNetError`: an invalid
+argument, option or configuration, a file that is missing or unreadable, broken data, a failed
+peer process. Each also derives from the built-in type it always was (``ValueError``,
+``TypeError``, ``FileNotFoundError``, ``RuntimeError``), so existing ``except`` clauses keep
+working. Anything else that escapes the library is a bug: the CLI prints ``NonLocalNetError``\\ s
+as one line and lets every other exception show its traceback.
+"""
+
+from __future__ import annotations
+
+__all__ = ["InvalidTypeError", "InvalidValueError", "MissingFileError", "NonLocalNetError"]
+
+
+class NonLocalNetError(Exception):
+    """Base of the errors the library raises on purpose."""
+
+
+class InvalidValueError(NonLocalNetError, ValueError):
+    """An argument, option or file content has a value the library cannot use."""
+
+
+class InvalidTypeError(NonLocalNetError, TypeError):
+    """An argument has a type the library cannot use."""
+
+
+class MissingFileError(NonLocalNetError, FileNotFoundError):
+    """A file or folder the library was pointed at does not exist."""
