@@ -62,3 +62,40 @@ def test_a_network_with_inserted_blocks_pickles_and_keeps_its_keys():
         twin.layer1[1].nl.norm.weight.data.zero_()  # the twin runs its own block
         with torch.no_grad():
             assert not torch.allclose(twin(x), net(x))
+
+
+def _changed_network():
+    net = TinyResNet2d()
+    randomise(net, seed=3)
+    add_nonlocal(net, after=["layer1.1", "layer2"], mode="embedded_gaussian")
+    for b in (net.layer1[1].nl, net.layer2.nl):
+        randomise(b, seed=5)
+    return net.eval()
+
+
+def test_torch_save_and_load_of_the_whole_changed_network(tmp_path):
+    net = _changed_network()
+    torch.save(net, tmp_path / "net.pt")
+    back = torch.load(tmp_path / "net.pt", weights_only=False)
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(back(x), net(x))
+    assert list(back.state_dict()) == list(net.state_dict())
+
+
+@pytest.mark.slow
+def test_a_changed_torchvision_style_network_compiles_and_exports_to_onnx(tmp_path):
+    net = _changed_network()
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        want = net(x)
+        torch.testing.assert_close(torch.compile(net, fullgraph=True)(x), want, atol=1e-5, rtol=1e-5)
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    path = tmp_path / "net.onnx"
+    torch.onnx.export(net, (x,), str(path), dynamo=True, dynamic_shapes=({0: torch.export.Dim("batch")},))
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for inp in (x, torch.randn(3, 3, 16, 16)):
+        (out,) = session.run(None, {session.get_inputs()[0].name: inp.numpy()})
+        with torch.no_grad():
+            torch.testing.assert_close(torch.from_numpy(out), net(inp), atol=1e-5, rtol=1e-5)
