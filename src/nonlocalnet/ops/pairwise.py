@@ -101,15 +101,18 @@ def check_algorithm(mode: str, algorithm: str) -> None:
         )
 
 
+def _no_autocast(device_type: str) -> contextlib.AbstractContextManager:
+    """Autocast disabled for ``device_type`` (a no-op for a device type autocast does not know)."""
+    try:
+        return torch.autocast(device_type=device_type, enabled=False)
+    except RuntimeError:
+        return contextlib.nullcontext()
+
+
 @contextlib.contextmanager
 def _fp32(*tensors: Tensor) -> Iterator[tuple[Tensor, ...]]:
     """Yield the tensors in float32 (if they are half/bfloat16) with autocast disabled."""
-    device_type = tensors[0].device.type
-    try:
-        guard = torch.autocast(device_type=device_type, enabled=False)
-    except RuntimeError:  # a device type autocast does not know
-        guard = contextlib.nullcontext()
-    with guard:
+    with _no_autocast(tensors[0].device.type):
         yield tuple(t.float() if t.dtype in LOW_PRECISION else t for t in tensors)
 
 
@@ -183,6 +186,13 @@ class _ChunkedSoftmaxAttention(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out: Tensor):
+        # the forward ran in float32 with autocast off; so does the backward, even when
+        # ``backward()`` is called inside an autocast region (a common training-script pattern)
+        with _no_autocast(grad_out.device.type):
+            return _ChunkedSoftmaxAttention._backward(ctx, grad_out.to(ctx.saved_tensors[3].dtype))
+
+    @staticmethod
+    def _backward(ctx, grad_out: Tensor):
         theta, phi, g, out, lse = ctx.saved_tensors
         scale, chunk = ctx.scale, ctx.chunk
         grad_out = grad_out.contiguous()
