@@ -65,6 +65,15 @@ def block_maps(block, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     return theta, phi, g
 
 
+def _coords(flat: int, shape) -> tuple[int, ...]:
+    """The coordinates of flat index ``flat`` in a grid of ``shape`` (row-major)."""
+    out = []
+    for size in reversed(tuple(shape)):
+        out.append(flat % size)
+        flat //= size
+    return tuple(reversed(out))
+
+
 def reference_weights(block, x: Tensor) -> Tensor:
     """f(x_i, x_j) / C(x) for every i, j: (B, N, M) float64 (0 across temporal groups)."""
     theta, phi, _ = block_maps(block, x)
@@ -74,11 +83,19 @@ def reference_weights(block, x: Tensor) -> Tensor:
     w = None if block.concat_project is None else block.concat_project.weight.detach().double().reshape(-1)
     scale = block.logit_scale
     groups = x.shape[2] // block.temporal_group if block.temporal_group else 1
+    attend = getattr(block, "attend", "spacetime")
     out = torch.zeros(b, n, m, dtype=torch.float64)
     for bi in range(b):
         for i in range(n):
-            gi = i * groups // n
-            js = [j for j in range(m) if j * groups // m == gi]
+            if attend == "space":  # the query's own frame (keys not pooled in time)
+                js = [j for j in range(m) if _coords(j, phi.shape[2:])[0] == _coords(i, theta.shape[2:])[0]]
+            elif attend == "time":  # the key cell holding the query's position, every frame
+                _, hi, wi = _coords(i, theta.shape[2:])
+                cell = (hi // (theta.shape[3] // phi.shape[3]), wi // (theta.shape[4] // phi.shape[4]))
+                js = [j for j in range(m) if _coords(j, phi.shape[2:])[1:] == cell]
+            else:
+                gi = i * groups // n
+                js = [j for j in range(m) if j * groups // m == gi]
             f = [pairwise(block.mode, tq[bi, :, i], pk[bi, :, j], scale, w) for j in js]
             c = sum(f) if block.mode in ("gaussian", "embedded_gaussian") else len(js)
             for j, fj in zip(js, f, strict=True):

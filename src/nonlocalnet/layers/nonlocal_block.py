@@ -14,13 +14,15 @@ from nonlocalnet.errors import InvalidTypeError, InvalidValueError
 from nonlocalnet.layers.norm import check_norm, create_norm
 from nonlocalnet.ops import LOW_PRECISION, SOFTMAX_MODES, attention_weights, check_algorithm, nonlocal_op
 
-__all__ = ["BLOCK_PRESETS", "NonLocalBlock"]
+__all__ = ["ATTEND", "BLOCK_PRESETS", "NonLocalBlock"]
 
 _CONV = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
 _POOL = {1: nn.MaxPool1d, 2: nn.MaxPool2d, 3: nn.MaxPool3d}
 _DEFAULT_POOL = {1: (2,), 2: (2, 2), 3: (1, 2, 2)}
 _LAYOUT = {1: "(B, C, L)", 2: "(B, C, H, W)", 3: "(B, C, T, H, W)"}
 _INITS = ("msra", "normal")
+ATTEND = ("spacetime", "space", "time")
+"""Which keys a 3D block's queries see (``attend=``): all, their own frame, their own position."""
 
 BLOCK_PRESETS: dict[str, dict[str, Any]] = {
     "paper": {"pool_before_conv": False, "use_scale": False, "init": "msra"},
@@ -74,6 +76,11 @@ class NonLocalBlock(nn.Module):
             ``init_std``) for the 1x1 convs; biases start at 0.
         temporal_group: in 3D, attend only within groups of this many consecutive frames
             (the released code's memory saver for res3); ``None`` attends over all frames.
+        attend: in 3D, which keys a query sees (the paper's Table 2d): ``"spacetime"`` (all),
+            ``"space"`` (its own frame only; needs no temporal subsampling) or ``"time"`` (its
+            own spatial position in every frame: with spatial subsampling, the key cell that
+            pools it, so H and W must be multiples of the pool kernel). Exact and linear in
+            memory: each is the same operation on regrouped sequences, never a masked ``N x N``.
         bias: bias on the 1x1 convs theta, phi, g and ``W_z``.
         algorithm: forwarded to :mod:`nonlocalnet.ops`; ``"auto"`` is exact and never
             builds the ``N x N`` affinity. The quadratic forms exist for comparison.
@@ -98,6 +105,7 @@ class NonLocalBlock(nn.Module):
         init: str = "msra",
         init_std: float = 0.01,
         temporal_group: int | None = None,
+        attend: str = "spacetime",
         bias: bool = True,
         bn_eps: float = 1e-5,
         bn_momentum: float = 0.1,
@@ -127,6 +135,12 @@ class NonLocalBlock(nn.Module):
                 raise InvalidValueError(f"temporal_group needs dim=3 (B, C, T, H, W), got dim={dim}")
             if not isinstance(temporal_group, int) or temporal_group < 1:
                 raise InvalidValueError(f"temporal_group must be a positive int, got {temporal_group!r}")
+        if attend not in ATTEND:
+            raise InvalidValueError(f"unknown attend {attend!r}; expected one of {ATTEND}")
+        if attend != "spacetime" and dim != 3:
+            raise InvalidValueError(f"attend={attend!r} needs dim=3 (B, C, T, H, W), got dim={dim}")
+        if attend != "spacetime" and temporal_group is not None:
+            raise InvalidValueError(f"attend={attend!r} and temporal_group cannot be combined")
 
         self.in_channels = in_channels
         self.inter_channels = inter_channels
@@ -143,6 +157,7 @@ class NonLocalBlock(nn.Module):
         self.init = init
         self.init_std = init_std
         self.temporal_group = temporal_group
+        self.attend = attend
         self.algorithm = algorithm
 
         conv = _CONV[dim]
@@ -223,6 +238,18 @@ class NonLocalBlock(nn.Module):
         if not x.is_floating_point():
             raise InvalidTypeError(f"expected a floating-point input, got dtype {x.dtype}")
         spatial = tuple(x.shape[2:])
+        if self.attend == "space" and self.pool_kernel is not None and self.pool_kernel[0] != 1:
+            raise InvalidValueError(
+                f"attend='space' keeps each frame's keys apart: the temporal pool kernel must be 1, "
+                f"got pool_kernel {self.pool_kernel}"
+            )
+        if self.attend == "time":
+            cell = self._cell()
+            if spatial[1] % cell[0] or spatial[2] % cell[1]:
+                raise InvalidValueError(
+                    f"attend='time' with spatial subsampling {cell} needs H and W divisible by it, "
+                    f"got {spatial[1]} x {spatial[2]}"
+                )
         if self.pool_kernel is not None and any(
             s < k for s, k in zip(spatial, self.pool_kernel, strict=True)
         ):
@@ -241,7 +268,26 @@ class NonLocalBlock(nn.Module):
 
     # ----------------------------------------------------------------- computation
     def _groups(self, x: Tensor) -> int:
+        if self.attend == "space":
+            return x.shape[2]  # one group per frame
         return x.shape[2] // self.temporal_group if self.temporal_group else 1
+
+    def _cell(self) -> tuple[int, int]:
+        """The spatial size of one key cell (the pool kernel's; 1 x 1 without subsampling)."""
+        return tuple(self.pool_kernel[1:]) if self.pool_kernel is not None else (1, 1)
+
+    def _time_queries(self, t: Tensor) -> Tensor:
+        """``(B, C, T, H, W) -> (B * H' * W', T * ph * pw, C)``: the queries of each key cell."""
+        b, c, tt, h, w = t.shape
+        ph, pw = self._cell()
+        t = t.reshape(b, c, tt, h // ph, ph, w // pw, pw).permute(0, 3, 5, 2, 4, 6, 1)
+        return t.reshape(b * (h // ph) * (w // pw), tt * ph * pw, c)
+
+    @staticmethod
+    def _time_keys(t: Tensor) -> Tensor:
+        """``(B, C, T', H', W') -> (B * H' * W', T', C)``: each key cell's frames."""
+        b, c, tt, h, w = t.shape
+        return t.permute(0, 3, 4, 2, 1).reshape(b * h * w, tt, c)
 
     @staticmethod
     def _to_sequence(t: Tensor, groups: int) -> Tensor:
@@ -272,6 +318,8 @@ class NonLocalBlock(nn.Module):
         return self._response(x)
 
     def _response(self, x: Tensor) -> Tensor:
+        if self.attend == "time":
+            return self._time_response(x)
         groups = self._groups(x)
         theta = x if self.theta is None else self.theta(x)
         phi, g = self._keys_values(x)
@@ -340,6 +388,8 @@ class NonLocalBlock(nn.Module):
         theta_q = theta.flatten(2).transpose(1, 2)[:, flat]  # (B, Q, Ck)
         groups = self._groups(x)
         kw = {"scale": self.logit_scale, "weight": self._concat_weight()}
+        if self.attend == "time":
+            return self._time_attention_map(theta_q, phi, flat, spatial, kw)
         if groups == 1:
             w = attention_weights(self.mode, theta_q, phi.flatten(2).transpose(1, 2), **kw)
             return w.reshape(x.shape[0], flat.numel(), *key_shape)
@@ -353,16 +403,49 @@ class NonLocalBlock(nn.Module):
             out[:, sel, grp] = attention_weights(self.mode, theta_q[:, sel], phi_groups[:, grp], **kw)
         return out.reshape(x.shape[0], flat.numel(), *key_shape)
 
+    def _time_attention_map(
+        self, theta_q: Tensor, phi: Tensor, flat: Tensor, spatial: tuple, kw: dict
+    ) -> Tensor:
+        """Weights of each query over the frames of its own key cell; 0 elsewhere."""
+        b, _, tk, hk, wk = phi.shape
+        ph, pw = self._cell()
+        h, w = (flat // spatial[2]) % spatial[1], flat % spatial[2]
+        cell = (h // ph) * wk + (w // pw)
+        out = theta_q.new_zeros(b, flat.numel(), tk, hk * wk)
+        out = out.float() if out.dtype in LOW_PRECISION else out
+        keys = phi.flatten(3).permute(0, 3, 2, 1)  # (B, cells, T', Ck)
+        for c in cell.unique().tolist():
+            sel = (cell == c).nonzero().squeeze(1)
+            out[:, sel, :, c] = attention_weights(self.mode, theta_q[:, sel], keys[:, c], **kw)
+        return out.reshape(b, flat.numel(), tk, hk, wk)
+
     def attention_weights(self, x: Tensor, queries: Tensor | Sequence[Sequence[int]]) -> Tensor:
         """Deprecated name of :meth:`attention_map` (the function is
         :func:`nonlocalnet.ops.attention_weights`)."""
         warn_deprecated("NonLocalBlock.attention_weights()", "attention_map()")
         return self.attention_map(x, queries)
 
+    def _time_response(self, x: Tensor) -> Tensor:
+        theta = x if self.theta is None else self.theta(x)
+        phi, g = self._keys_values(x)
+        y = nonlocal_op(
+            self.mode,
+            self._time_queries(theta),
+            self._time_keys(phi),
+            self._time_keys(g),
+            scale=self.logit_scale,
+            weight=self._concat_weight(),
+            algorithm=self.algorithm,
+        )  # (B * H' * W', T * ph * pw, Ci)
+        b, _, t, h, w = x.shape
+        ph, pw = self._cell()
+        y = y.reshape(b, h // ph, w // pw, t, ph, pw, self.inter_channels)
+        return y.permute(0, 6, 3, 1, 4, 2, 5).reshape(b, self.inter_channels, t, h, w)
+
     def extra_repr(self) -> str:
         return (
             f"mode={self.mode!r}, dim={self.dim}, in_channels={self.in_channels}, "
             f"inter_channels={self.inter_channels}, pool_kernel={self.pool_kernel}, "
             f"pool_before_conv={self.pool_before_conv}, use_scale={self.use_scale}, "
-            f"norm={self.norm_kind!r}, temporal_group={self.temporal_group}"
+            f"norm={self.norm_kind!r}, temporal_group={self.temporal_group}, attend={self.attend!r}"
         )
