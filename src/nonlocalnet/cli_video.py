@@ -11,7 +11,7 @@ from pathlib import Path
 
 from nonlocalnet.errors import InvalidValueError
 
-__all__ = ["add_video_commands"]
+__all__ = ["add_video_commands", "split_resume"]
 
 
 def _setup_logging() -> None:
@@ -28,6 +28,18 @@ def _resume_and_overrides(resume: str | None, overrides: list[str]) -> tuple[str
     if resume is not None and resume != "latest" and _OVERRIDE.match(resume) and not Path(resume).exists():
         return True, [resume, *overrides]
     return (True if resume == "latest" else resume), overrides
+
+
+def split_resume(argv: list[str]) -> list[str]:
+    """``train ... --resume a.b=1 ...``: give ``--resume`` its default (``--resume=latest``) when the
+    word after it is an override, not an existing file, so that argparse keeps that word, and the
+    overrides on either side of ``--resume``, in their command-line order (a later one wins)."""
+    out = list(argv)
+    for i, word in enumerate(out[:-1]):
+        after = out[i + 1]
+        if word == "--resume" and _OVERRIDE.match(after) and not Path(after).exists():
+            out[i] = "--resume=latest"
+    return out
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -127,20 +139,25 @@ def _demo(args: argparse.Namespace) -> int:
     from nonlocalnet.demo import run_demo
 
     _setup_logging()
+    if args.ablation and args.quick:
+        raise InvalidValueError("--ablation runs the full recipe; it cannot be combined with --quick")
+    output = args.output or ("runs/demo" if not args.ablation else f"runs/demo-{args.ablation}")
     result = run_demo(
-        args.output,
+        output,
         quick=args.quick,
         seeds=args.seeds,
         data_dir=args.data_dir,
         progress=not args.no_progress,
         jobs=args.jobs,
+        ablation=args.ablation,
     )
     print(result.table)
     a = result.attention
-    print(
-        f"attention: the late object's query looks at the early object in {100 * a['hit_rate']:.0f}% of "
-        f"{a['videos']} held-out videos (chance {100 * a['chance']:.0f}%)"
-    )
+    if a is not None:
+        print(
+            f"attention: the late object's query looks at the early object in {100 * a['hit_rate']:.0f}% "
+            f"of {a['videos']} held-out videos (chance {100 * a['chance']:.0f}%)"
+        )
     print(f"wrote {result.output_dir} in {result.seconds:.0f} s")
     return 0
 
@@ -181,7 +198,14 @@ def add_video_commands(sub: argparse._SubParsersAction) -> None:
         "demo", help="the built-in long-range video task: C2D/I3D with and without non-local blocks"
     )
     de.add_argument("--quick", action="store_true", help="two models, one seed, less data (under 3 minutes)")
-    de.add_argument("--output", default="runs/demo")
+    de.add_argument("--output", default=None, help="default: runs/demo (runs/demo-ABLATION)")
+    de.add_argument(
+        "--ablation",
+        choices=("stage", "blocks", "spacetime"),
+        default=None,
+        help="the paper's Table 2b/2c/2d at this scale: one block after res2/res3/res4; 1, 2 or 3 "
+        "blocks; attention over space only, time only or space-time",
+    )
     de.add_argument("--seeds", type=int, default=None, help="default: 3 (1 with --quick)")
     de.add_argument(
         "--data-dir", default=None, help="where the generated videos are cached (default: OUTPUT/data)"

@@ -72,3 +72,56 @@ def test_only_the_softmax_instantiations_scale_their_logits():
     assert recipe.scale and scaled == {"gaussian", "embedded_gaussian"}
     plain = model_section(DEMO_MODELS[2], 2, replace(recipe, scale=False))
     assert plain["spec"]["nonlocal_options"]["use_scale"] is False
+
+
+def test_the_ablations_change_one_setting_of_the_demos_embedded_c2d():
+    from nonlocalnet.demo import ABLATIONS
+
+    recipe = full_recipe()
+    main = model_section(DEMO_MODELS[2], 2, recipe)["spec"]  # C2D + NL, embedded Gaussian
+
+    def nonlocal_stages(spec):
+        return [i for i, s in enumerate(spec["stages"]) if s.get("nonlocal_after")]
+
+    for name, models in ABLATIONS.items():
+        assert models[0] == DEMO_MODELS[0], name  # every ablation has its C2D baseline
+        for m in models[1:]:
+            spec = model_section(m, 2, recipe)["spec"]
+            assert m.mode == "embedded_gaussian" and m.num_nonlocal == len(nonlocal_stages(spec))
+            same = {k: v for k, v in spec.items() if k not in ("stages", "nonlocal_options")}
+            assert same == {k: v for k, v in main.items() if k not in ("stages", "nonlocal_options")}
+            options = dict(spec["nonlocal_options"])
+            assert options.pop("attend", "spacetime") == m.attend
+            assert options == main["nonlocal_options"]
+    assert [nonlocal_stages(model_section(m, 2, recipe)["spec"]) for m in ABLATIONS["stage"][1:]] == [
+        [0],
+        [1],
+        [2],
+    ]
+    assert [m.num_nonlocal for m in ABLATIONS["blocks"][1:]] == [1, 2, 3]
+    assert [m.attend for m in ABLATIONS["spacetime"][1:]] == ["space", "time", "spacetime"]
+
+
+def test_an_ablation_runs_end_to_end_on_a_tiny_recipe(tmp_path, capsys):
+    """Every model of the space-time ablation trains through the engine and lands in the table."""
+    from nonlocalnet.demo import ABLATIONS, run_demo
+    from nonlocalnet.demo.synthetic import LongRangeTaskConfig
+
+    tiny = replace(
+        full_recipe(),
+        task=LongRangeTaskConfig(num_train=16, num_val=8),
+        seeds=1,
+        epochs=1,
+        widths=(4, 8, 8, 8),
+        stem_width=4,
+        batch_size=8,
+    )
+    result = run_demo(tmp_path / "ab", recipe=tiny, progress=False, jobs=1, ablation="spacetime")
+    assert [r["key"] for r in result.rows] == [m.key for m in ABLATIONS["spacetime"]]
+    assert result.attention is None and (tmp_path / "ab" / "results.md").is_file()
+    results = json.loads((tmp_path / "ab" / "results.json").read_text())
+    assert results["ablation"] == "spacetime"
+    with pytest.raises(ValueError, match="unknown ablation 'depth'"):
+        run_demo(tmp_path / "x", recipe=tiny, progress=False, jobs=1, ablation="depth")
+    assert main(["demo", "--ablation", "stage", "--quick"]) == 2
+    assert "cannot be combined with --quick" in capsys.readouterr().err

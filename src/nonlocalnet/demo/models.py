@@ -10,22 +10,34 @@ from nonlocalnet.demo.recipe import DemoRecipe
 from nonlocalnet.layers import BLOCK_PRESETS
 from nonlocalnet.ops import SOFTMAX_MODES
 
-__all__ = ["DEMO_MODELS", "QUICK_MODELS", "DemoModel", "model_section"]
+__all__ = ["ABLATIONS", "DEMO_MODELS", "QUICK_MODELS", "DemoModel", "model_section"]
+
+
+_STAGES = ("res2", "res3", "res4", "res5")
 
 
 @dataclass(frozen=True)
 class DemoModel:
     """A row of the demo's table: ``arch`` ``c2d`` or ``i3d``; ``mode`` the non-local
-    instantiation, or ``None`` for the baseline without a block."""
+    instantiation, or ``None`` for the baseline without a block; ``after`` the stages (0 = res2,
+    1 = res3, ...) whose block is followed by a non-local block; ``attend`` the block's keys
+    (``spacetime``, ``space`` or ``time``)."""
 
     key: str
     label: str
     arch: str
     mode: str | None
+    after: tuple[int, ...] = (1,)
+    attend: str = "spacetime"
 
     @property
     def num_nonlocal(self) -> int:
-        return 0 if self.mode is None else 1
+        return 0 if self.mode is None else len(self.after)
+
+    @property
+    def placement(self) -> str:
+        """Where the blocks are, for tables: ``"res3"``, ``"res3+res4"``, ``"-"``."""
+        return "-" if self.mode is None else "+".join(_STAGES[i] for i in self.after)
 
 
 DEMO_MODELS = (
@@ -38,6 +50,34 @@ DEMO_MODELS = (
     DemoModel("i3d_nl", "I3D + NL, embedded Gaussian", "i3d", "embedded_gaussian"),
 )
 QUICK_MODELS = (DEMO_MODELS[0], DEMO_MODELS[2])
+
+_EMB = "embedded_gaussian"
+ABLATIONS: dict[str, tuple[DemoModel, ...]] = {
+    # the paper's Table 2b: one block after res2, res3 or res4
+    "stage": (
+        DEMO_MODELS[0],
+        DemoModel("nl_res2", "C2D + NL after res2", "c2d", _EMB, after=(0,)),
+        DemoModel("nl_res3", "C2D + NL after res3", "c2d", _EMB, after=(1,)),
+        DemoModel("nl_res4", "C2D + NL after res4", "c2d", _EMB, after=(2,)),
+    ),
+    # Table 2c at this scale (one block per stage): 1, 2 or 3 blocks
+    "blocks": (
+        DEMO_MODELS[0],
+        DemoModel("nl_1", "C2D + 1 NL block (res3)", "c2d", _EMB, after=(1,)),
+        DemoModel("nl_2", "C2D + 2 NL blocks (res3, res4)", "c2d", _EMB, after=(1, 2)),
+        DemoModel("nl_3", "C2D + 3 NL blocks (res2, res3, res4)", "c2d", _EMB, after=(0, 1, 2)),
+    ),
+    # Table 2d: attention within a frame, along time at one position, or over space-time
+    "spacetime": (
+        DEMO_MODELS[0],
+        DemoModel("nl_space", "C2D + NL, space only", "c2d", _EMB, attend="space"),
+        DemoModel("nl_time", "C2D + NL, time only", "c2d", _EMB, attend="time"),
+        DemoModel("nl_spacetime", "C2D + NL, space-time", "c2d", _EMB),
+    ),
+}
+"""``nonlocalnet demo --ablation NAME``: the paper's Table 2b/2c/2d at the demo's scale, each with
+its C2D baseline; every non-local model is the demo's embedded Gaussian C2D but for the ablated
+setting."""
 
 
 def model_section(model: DemoModel, num_classes: int, recipe: DemoRecipe) -> dict[str, Any]:
@@ -53,13 +93,16 @@ def model_section(model: DemoModel, num_classes: int, recipe: DemoRecipe) -> dic
         for i, w in enumerate(recipe.widths)
     ]
     if model.mode is not None:
-        stages[1]["nonlocal_after"] = [0]
+        for i in model.after:
+            stages[i]["nonlocal_after"] = [0]
     block = {
         **BLOCK_PRESETS["paper"],
         "mode": model.mode or "embedded_gaussian",
         "sub_sample": recipe.sub_sample,
         "use_scale": recipe.scale and model.mode in SOFTMAX_MODES,
     }
+    if model.attend != "spacetime":
+        block["attend"] = model.attend
     spec = {
         "stages": stages,
         "stem_width": recipe.stem_width,
