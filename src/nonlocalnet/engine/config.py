@@ -213,6 +213,19 @@ _POSITIVE = {
     "eval.batch_size",
 }
 
+_NON_NEGATIVE = {
+    "data.num_workers",
+    "optim.momentum",
+    "optim.weight_decay",
+    "optim.weight_decay_norm",
+    "optim.warmup_iters",
+    "optim.warmup_factor",
+    "train.precise_bn_batches",
+    "checkpoint.every_iters",
+    "eval.every_epochs",
+}
+_ABOVE_ZERO = {"optim.base_lr", "optim.lr_gamma", "train.dist_timeout_s"}
+
 
 def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
@@ -260,6 +273,10 @@ def _fill(obj: Any, data: dict, prefix: str) -> None:
             raise ConfigError(f"{full}: {value!r} is not one of {_CHOICES[full]}")
         if full in _POSITIVE and value < 1:
             raise ConfigError(f"{full}: must be >= 1, got {value!r}")
+        if full in _NON_NEGATIVE and value < 0:
+            raise ConfigError(f"{full}: must be >= 0, got {value!r}")
+        if full in _ABOVE_ZERO and not value > 0:  # NaN too
+            raise ConfigError(f"{full}: must be > 0, got {value!r}")
         setattr(obj, key, value)
 
 

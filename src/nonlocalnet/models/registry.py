@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -167,6 +168,8 @@ def model_spec(
         raise InvalidValueError(f"unknown variant {variant!r}; expected one of {VARIANTS}")
     if nonlocal_mode not in MODES:
         raise InvalidValueError(f"unknown nonlocal_mode {nonlocal_mode!r}; expected one of {MODES}")
+    if nonlocal_options is not None and not isinstance(nonlocal_options, Mapping):
+        raise InvalidTypeError(f"nonlocal_options must be a mapping, got {type(nonlocal_options).__name__}")
     stages = []
     for index, (blocks, width) in enumerate(zip(_DEPTHS[depth], _WIDTHS, strict=True)):
         stage = index + 2
@@ -224,11 +227,44 @@ def build_model(
         raise InvalidValueError(
             f"unknown override(s) {bad} for build_model; valid keys: {sorted(fields | own)}"
         )
+    for key, value in spec_overrides.items():
+        _check_override(key, value)
     if spec_overrides:
         spec = dataclasses.replace(spec, **spec_overrides)
+    own_options = nonlocal_options or "stages" in spec_overrides
     try:
         return VideoResNet(
             spec, num_classes=num_classes, dropout=dropout, temporal_padding=temporal_padding, norm=norm
         )
     except TypeError as err:  # a bad non-local option
+        if not own_options:
+            raise  # not from the caller's block options: a bug
         raise InvalidValueError(f"bad nonlocal_options {nonlocal_options!r}: {err}") from None
+
+
+def _check_override(key: str, value: Any) -> None:
+    """A ``VideoResNetSpec`` field given to :func:`build_model` has its field's type."""
+    kind = _FIELD_KINDS.get(key)
+    if kind is None:
+        return
+    if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise InvalidTypeError(f"override {key} must be an int, got {type(value).__name__} {value!r}")
+    if kind is bool and not isinstance(value, bool):
+        raise InvalidTypeError(f"override {key} must be a bool, got {type(value).__name__} {value!r}")
+    if kind == "stages" and not (
+        isinstance(value, tuple | list) and all(isinstance(s, StageSpec) for s in value)
+    ):
+        raise InvalidTypeError(f"override stages must be a sequence of StageSpec, got {value!r}")
+
+
+_FIELD_KINDS = {
+    "conv1_temporal": int,
+    "conv1_temporal_stride": int,
+    "pool1_temporal": int,
+    "pool1_temporal_stride": int,
+    "pool1_padding": int,
+    "pool2_temporal": int,
+    "stem_width": int,
+    "stride_on_1x1": bool,
+    "stages": "stages",
+}  # nonlocal_options is build_model's own argument

@@ -1,0 +1,78 @@
+"""Regressions found by a hostile review of issues 14 and 17 (CLI, configs, model overrides)."""
+
+import pytest
+from tiny_video import tiny_config, write_config
+
+from nonlocalnet.cli import main
+from nonlocalnet.engine import ConfigError, config_from_dict
+from nonlocalnet.errors import InvalidTypeError, NonLocalNetError
+from nonlocalnet.models import build_model
+
+
+@pytest.fixture
+def config_file(tiny_data, tmp_path):
+    return str(write_config(tmp_path / "tiny.yaml", tiny_config(tiny_data, tmp_path / "run")))
+
+
+def test_overrides_on_both_sides_of_resume_keep_their_order(config_file, capsys):
+    """``train --config X a=1 --resume b=2 c=3`` was "unrecognized arguments: c=3" although the
+    help says --resume may stand before or after the overrides; and the word after --resume
+    was moved before the earlier overrides, so it lost to them."""
+    argv = ["train", "--config", config_file]
+    assert main([*argv, "train.log_every=2", "--resume", "train.log_every=3", "train.log_every=-7"]) == 2
+    assert "train.log_every: must be >= 1, got -7" in capsys.readouterr().err
+    assert main([*argv, "train.log_every=-5", "--resume", "train.log_every=-6"]) == 2
+    assert "got -6" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:  # an unknown option is still argparse's error
+        main([*argv, "--resume", "train.log_every=3", "--bogus"])
+    assert exit_info.value.code == 2
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value", "match"),
+    [
+        ("optim", "base_lr", -1, "optim.base_lr: must be > 0"),
+        ("optim", "momentum", -0.5, "optim.momentum: must be >= 0"),
+        ("optim", "weight_decay", -1e-4, "optim.weight_decay: must be >= 0"),
+        ("optim", "lr_gamma", 0, "optim.lr_gamma: must be > 0"),
+        ("optim", "warmup_iters", -5, "optim.warmup_iters: must be >= 0"),
+        ("data", "num_workers", -1, "data.num_workers: must be >= 0"),
+        ("train", "precise_bn_batches", -1, "train.precise_bn_batches: must be >= 0"),
+        ("train", "dist_timeout_s", 0, "train.dist_timeout_s: must be > 0"),
+        ("checkpoint", "every_iters", -1, "checkpoint.every_iters: must be >= 0"),
+        ("eval", "every_epochs", -1, "eval.every_epochs: must be >= 0"),
+    ],
+)
+def test_out_of_range_settings_are_config_errors(tiny_data, tmp_path, section, key, value, match):
+    """These were accepted silently (a negative weight decay trained) or failed deep inside
+    torch with a traceback (SGD's "Invalid learning rate", DataLoader's num_workers)."""
+    with pytest.raises(ConfigError, match=match):
+        config_from_dict(tiny_config(tiny_data, tmp_path, **{section: {key: value}}))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "match"),
+    [
+        ({"stem_width": "abc"}, "override stem_width must be an int, got str 'abc'"),
+        ({"stem_width": 8.0}, "override stem_width must be an int"),
+        ({"stride_on_1x1": 1}, "override stride_on_1x1 must be a bool"),
+        ({"stages": [1]}, "override stages must be a sequence of StageSpec"),
+    ],
+)
+def test_wrong_override_types_name_the_field(overrides, match):
+    """``build_model("c2d_r50", stem_width="abc")`` said "bad nonlocal_options None: not all
+    arguments converted during string formatting"."""
+    with pytest.raises(InvalidTypeError, match=match):
+        build_model("c2d_r50", **overrides)
+
+
+def test_nonlocal_options_must_be_a_mapping():
+    with pytest.raises(InvalidTypeError, match="nonlocal_options must be a mapping, got int"):
+        build_model("c2d_nl1_r50", nonlocal_options=3)
+
+
+def test_wrong_override_type_in_a_config_is_one_line(config_file, capsys):
+    assert main(["train", "--config", config_file, "model.overrides.stem_width=abc"]) == 2
+    err = capsys.readouterr().err
+    assert "override stem_width must be an int" in err and "nonlocal_options" not in err
+    assert issubclass(ConfigError, NonLocalNetError)
