@@ -76,3 +76,16 @@ def test_wrong_override_type_in_a_config_is_one_line(config_file, capsys):
     err = capsys.readouterr().err
     assert "override stem_width must be an int" in err and "nonlocal_options" not in err
     assert issubclass(ConfigError, NonLocalNetError)
+
+
+@pytest.mark.parametrize("h", [None, 0.1])
+def test_nl_means_refuses_a_negative_sigma(h):
+    """``nl_means(x, sigma=-1)`` said "h must be > 0, got [-0.8]" (the default h of a sigma the
+    user gave), and with an explicit h a negative sigma was used as it was."""
+    import torch
+
+    from nonlocalnet.denoise import nl_means
+    from nonlocalnet.errors import InvalidValueError
+
+    with pytest.raises(InvalidValueError, match=r"sigma must be >= 0, got \[-1.0\]"):
+        nl_means(torch.rand(8, 8), sigma=-1.0, h=h, patch_size=3, search_window=5)

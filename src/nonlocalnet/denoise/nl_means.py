@@ -163,6 +163,8 @@ def _resolve(frames: Tensor, sigma: float | Tensor | None, h: float | None) -> t
         s = estimate_sigma(frames.reshape(b * t, *frames.shape[2:])).reshape(b, t).mean(dim=1)
     else:
         s = torch.as_tensor(sigma, dtype=frames.dtype).expand(b)
+        if not (s >= 0).all():  # NaN too
+            raise InvalidValueError(f"sigma must be >= 0, got {s.tolist()}")
     if h is None:
         hh = default_h(s)
         unchanged = hh == 0
