@@ -89,3 +89,13 @@ def test_nl_means_refuses_a_negative_sigma(h):
 
     with pytest.raises(InvalidValueError, match=r"sigma must be >= 0, got \[-1.0\]"):
         nl_means(torch.rand(8, 8), sigma=-1.0, h=h, patch_size=3, search_window=5)
+
+
+def test_a_missing_class_names_file_names_the_key(tiny_data, tmp_path):
+    """``eval`` from another folder than training's, with a relative ``data.class_names`` in the
+    saved config, printed only "[Errno 2] No such file or directory: 'data/classes.txt'"."""
+    from nonlocalnet.engine.setup import load_samples
+
+    cfg = config_from_dict(tiny_config(tiny_data, tmp_path, data={"class_names": str(tmp_path / "nope.txt")}))
+    with pytest.raises(ConfigError, match="data.class_names: no such file: .*nope.txt"):
+        load_samples(cfg.data, "val", class_names=["red", "blue"])

@@ -122,6 +122,8 @@ def load_samples(
 
 def _class_list(data: DataConfig, split: str, given: list[str] | None) -> tuple[list[str] | None, str | None]:
     """The class list that labels ``split`` and where it comes from (for messages)."""
+    if data.class_names and not Path(data.class_names).is_file():
+        raise ConfigError(f"data.class_names: no such file: {data.class_names}")
     from_file = read_class_names(data.class_names) if data.class_names else None
     if given is not None:
         if from_file is not None and from_file != list(given):
