@@ -21,7 +21,13 @@ sequential decode, it is checked:
   with B-frames in AVI);
 - edit lists: packets the demuxer marks as discarded are left out, as the decoder leaves them out;
 - every read checks the pts of every decoded frame: each must be in the index and follow its
-  predecessor without a gap.
+  predecessor without a gap;
+- a seek must land where it aimed: the first frame it outputs is the targeted keyframe or one
+  before it, and every packet demuxed after it has the pts and size of a packet seen when the
+  video was indexed (MPEG-PS and MPEG-TS seek by byte position and can resume mid-packet, stamping
+  the next frames with a neighbour's pts); otherwise an earlier keyframe is tried, then the start;
+- a frame the decoder flags as damaged is an error, as are the frames decoded after it from the
+  same keyframe: what a decoder conceals depends on where decoding started.
 
 A video that fails a check is read by decoding from the start and counting (slow, but exact):
 :attr:`FrameIndex.slow_reason` says why. Frame counts come from the same index (or, for such
@@ -82,6 +88,8 @@ class FrameIndex:
     timestamps (their pts where the container has none). When the timestamps cannot locate frames,
     ``pts`` is ``None``, ``slow_reason`` says why, and every read decodes from the start.
     ``dropped_at_start`` counts packets at the start of the stream that the decoder never outputs.
+    ``packet_pts`` and ``packet_size`` (sorted by pts) list every packet the demuxer gave when the
+    video was indexed, so that the packets demuxed after a seek can be checked against them.
     """
 
     num_frames: int
@@ -90,6 +98,8 @@ class FrameIndex:
     seek_ts: np.ndarray
     slow_reason: str | None = None
     dropped_at_start: int = 0
+    packet_pts: np.ndarray | None = None
+    packet_size: np.ndarray | None = None
 
     @property
     def seekable(self) -> bool:
@@ -101,6 +111,16 @@ class FrameIndex:
             return None
         i = int(np.searchsorted(self.pts, pts))
         return i if i < len(self.pts) and self.pts[i] == pts else None
+
+    def known_packet(self, pts: int | None, size: int) -> bool:
+        """Whether the video held a packet with this ``pts`` and ``size`` when it was indexed
+        (true when the index keeps no packet table)."""
+        if self.packet_pts is None:
+            return True
+        if pts is None:
+            return False
+        lo, hi = np.searchsorted(self.packet_pts, [pts, pts + 1])
+        return bool((self.packet_size[lo:hi] == size).any())
 
     def keyframe_before(self, frame: int) -> int:
         """Position in ``keyframes`` of the last keyframe at or before ``frame`` (-1: none)."""
@@ -147,6 +167,11 @@ class _Untrusted(Exception):
     """Decoded frames contradict the index: count from the start instead."""
 
 
+class _BadLanding(Exception):
+    """A seek did not land on the keyframe it aimed at, or the packets demuxed after it are not
+    the ones the video was indexed with (wrong timestamps after a seek: MPEG-PS, MPEG-TS)."""
+
+
 def _av():
     import av
 
@@ -178,6 +203,7 @@ class VideoReader:
             raise InvalidTypeError(f"info must be a VideoInfo, got {type(info).__name__}")
         self.container = None
         self._reformatter = None
+        self._check_packets: FrameIndex | None = None
         self._open()
         self._info: VideoInfo | None = info
 
@@ -245,14 +271,18 @@ class VideoReader:
     def _packets(self) -> list[tuple[int | None, int | None, bool]]:
         """``(pts, dts, keyframe)`` of every video packet in decode order (demuxed, not decoded),
         without the empty ones (AVI's dropped frames) and those the demuxer marks as discarded (edit
-        lists). Raises when the container's header lists more packets than the file holds."""
+        lists); ``(pts, size)`` of every non-empty packet, discarded ones included, is kept in
+        ``self._packet_table``. Raises when the container's header lists more packets than the file
+        holds."""
         try:
             with _av().open(self.path, metadata_errors="ignore") as c:
                 s = c.streams.video[0]
-                listed, total, out = s.frames, 0, []
+                listed, total, out, table = s.frames, 0, [], []
                 for p in c.demux(s):
                     if p.size or p.dts is not None or p.pts is not None:  # not the final flush packet
                         total += 1
+                        if p.size and p.pts is not None:
+                            table.append((p.pts, p.size))
                         if p.size and not p.is_discard:
                             out.append((p.pts, p.dts, p.is_keyframe))
                 # the header lists more frames than there are packets, and its duration ends more
@@ -268,10 +298,13 @@ class VideoReader:
                         )
         except _errors() as e:
             raise VideoDecodeError(self.path, f"cannot read packets ({e})") from e
+        self._packet_table = table
         return out
 
     def _build_index(self) -> FrameIndex:
+        self._packet_table: list[tuple[int, int]] | None = None
         packets = self._packets()
+        table = self._packet_table
         if not packets:
             raise VideoDecodeError(self.path, "the video stream has no frames")
         if any(p[0] is None for p in packets):
@@ -288,6 +321,13 @@ class VideoReader:
         keyframes = np.array([k for k, _ in keys], np.int64)
         seek_ts = np.array([t for _, t in keys], np.int64)
         index = FrameIndex(len(sorted_pts), sorted_pts, keyframes, seek_ts)
+        if table:
+            table.sort()
+            index = replace(
+                index,
+                packet_pts=np.array([t[0] for t in table], np.int64),
+                packet_size=np.array([t[1] for t in table], np.int64),
+            )
         return self._verify_start(index)
 
     def _verify_start(self, index: FrameIndex) -> FrameIndex:
@@ -320,11 +360,12 @@ class VideoReader:
         if drop == 0:
             return index
         kept = index.keyframes >= drop
-        return FrameIndex(
-            index.num_frames - drop,
-            index.pts[drop:],
-            index.keyframes[kept] - drop,
-            index.seek_ts[kept],
+        return replace(
+            index,
+            num_frames=index.num_frames - drop,
+            pts=index.pts[drop:],
+            keyframes=index.keyframes[kept] - drop,
+            seek_ts=index.seek_ts[kept],
             dropped_at_start=drop,
         )
 
@@ -343,10 +384,14 @@ class VideoReader:
     # -- reading -------------------------------------------------------------------------------
 
     def _frames(self) -> Iterator:
+        check = self._check_packets  # an index whose packet table the demuxed packets must match
         try:
-            for frame in self.container.decode(self.stream):
-                self._fresh = False
-                yield frame
+            for packet in self.container.demux(self.stream):
+                if check is not None and packet.size and not check.known_packet(packet.pts, packet.size):
+                    raise _BadLanding(f"a packet (pts {packet.pts}, {packet.size} bytes) is not in the index")
+                for frame in packet.decode():
+                    self._fresh = False
+                    yield frame
         except _av().error.EOFError:
             return  # the data ends early (truncated file): the caller reports the missing frames
         except _errors() as e:
@@ -379,38 +424,55 @@ class VideoReader:
 
     def _read_run(self, index: FrameIndex, run: list[int], size: tuple[int, int]) -> dict[int, np.ndarray]:
         """Frames ``run`` (sorted, unique): seek to the keyframe at or before ``run[0]``, decode
-        forward; if the seek lands after ``run[0]``, seek to an earlier keyframe, finally start over."""
+        forward; if the seek lands elsewhere, seek to an earlier keyframe, finally start over.
+
+        A seek has landed where it aimed when the first frame it outputs is the targeted keyframe or
+        one before it (a decodable leading picture), and every packet demuxed after it is one the
+        video was indexed with (containers that seek by byte position, MPEG-PS and MPEG-TS, can
+        resume mid-packet and give the next frames the wrong timestamps)."""
         first, last, wanted = run[0], run[-1], set(run)
-        # a container seeks by pts (Matroska) or by dts (MP4, AVI): try the keyframe's pts, then its
-        # dts, then earlier keyframes', then the start
-        targets: list[int | None] = []
+        # a container seeks by pts (Matroska) or by dts (MP4, AVI, MPEG-TS): try the keyframe's pts,
+        # then its dts, then earlier keyframes', then the start
+        targets: list[tuple[int, int] | None] = []
         for j in range(index.keyframe_before(first), -1, -1):
             if index.keyframes[j] == 0 or len(targets) >= _SEEK_ATTEMPTS:
                 break
-            key_pts, key_dts = int(index.pts[index.keyframes[j]]), int(index.seek_ts[j])
-            targets += [key_pts] if key_dts == key_pts else [key_pts, key_dts]
+            key = int(index.keyframes[j])
+            key_pts, key_dts = int(index.pts[key]), int(index.seek_ts[j])
+            targets += [(key_pts, key)] if key_dts == key_pts else [(key_pts, key), (key_dts, key)]
         for target in (*targets, None):
             if target is None:
                 self._rewind()
             else:
-                self._seek(target, first)
+                self._seek(target[0], first)
             got: dict[int, np.ndarray] = {}
             prev = None
-            for frame in self._frames():
-                i = index.locate(frame.pts)
-                if i is None:
-                    raise _Untrusted(f"a decoded frame's timestamp ({frame.pts}) is not in the index")
-                if prev is None and i > first:
-                    if target is None:
+            self._check_packets = index if target is not None else None
+            try:
+                for frame in self._frames():
+                    i = index.locate(frame.pts)
+                    if i is None:
+                        why = f"a decoded frame's timestamp ({frame.pts}) is not in the index"
+                        raise _BadLanding(why) if target is not None else _Untrusted(why)
+                    if prev is None and target is not None and i > target[1]:
+                        raise _BadLanding(f"the seek to frame {target[1]} landed at frame {i}")
+                    if prev is None and i > first:
                         raise _Untrusted(f"decoding from the start began at frame {i}")
-                    break  # landed after the first needed frame: seek further back
-                if prev is not None and i != prev + 1:
-                    raise _Untrusted(f"the decoder output frame {i} after frame {prev}")
-                prev = i
-                if i in wanted:
-                    got[i] = self._rgb(frame, size)
-                if i >= last:
-                    break
+                    if prev is not None and i != prev + 1:
+                        raise _Untrusted(f"the decoder output frame {i} after frame {prev}")
+                    prev = i
+                    if frame.is_corrupt and (target is None or i >= target[1]):
+                        self._damaged(i, run)  # (leading pictures before a keyframe do not count)
+                    if i in wanted:
+                        got[i] = self._rgb(frame, size)
+                    if i >= last:
+                        break
+            except _BadLanding:
+                continue  # try an earlier keyframe, finally the start
+            except VideoDecodeError as e:
+                self._decode_failed(e, wanted, got, prev)
+            finally:
+                self._check_packets = None
             if prev is None:
                 if target is not None:
                     continue  # nothing usable after this seek point: try an earlier one
@@ -425,15 +487,40 @@ class VideoReader:
             return got
         raise AssertionError("unreachable")
 
+    def _damaged(self, frame: int, run: list[int]) -> None:
+        """A frame the decoder flags as damaged was decoded on the way to ``run``: what it conceals
+        depends on where decoding started (a seeking read and a decode from the start differ), so
+        neither it nor the frames decoded from it are read."""
+        after = next((i for i in run if i > frame), None)
+        reason = f"frame {frame} is damaged (the decoder reported errors in it)"
+        if frame not in run and after is not None:
+            reason += f"; frame {after} is decoded after it, from the same keyframe"
+        raise VideoDecodeError(self.path, reason)
+
+    def _decode_failed(self, e: VideoDecodeError, wanted, got, prev: int | None) -> None:
+        """Re-raise a decoder error that names no frame with the first frame it cost."""
+        missing = sorted(set(wanted) - got.keys())
+        if not e.reason.startswith("decoding failed") or not missing:
+            raise e
+        where = f"after frame {prev}" if prev is not None else "before any frame"
+        raise VideoDecodeError(
+            self.path, f"frame {missing[0]} could not be decoded: {e.reason} {where}"
+        ) from e
+
     def _read_sequential(self, wanted: set[int], size: tuple[int, int]) -> dict[int, np.ndarray]:
         """Decode from the start, counting frames, until the last wanted one."""
         self._rewind()
         last, got, count = max(wanted), {}, 0
-        for count, frame in enumerate(self._frames(), 1):
-            if count - 1 in wanted:
-                got[count - 1] = self._rgb(frame, size)
-            if count - 1 >= last:
-                break
+        try:
+            for count, frame in enumerate(self._frames(), 1):
+                if frame.is_corrupt:
+                    self._damaged(count - 1, sorted(wanted))
+                if count - 1 in wanted:
+                    got[count - 1] = self._rgb(frame, size)
+                if count - 1 >= last:
+                    break
+        except VideoDecodeError as e:
+            self._decode_failed(e, wanted, got, count - 1 if count else None)
         missing = sorted(wanted - got.keys())
         if missing:
             raise VideoDecodeError(

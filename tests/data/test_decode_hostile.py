@@ -1,0 +1,129 @@
+"""Frame exactness on inputs that broke it in review (issue 13): containers that seek by byte
+position (MPEG-PS, MPEG-TS) and land off the keyframe or give the next frames the wrong timestamps,
+damaged frames whose concealment depends on where decoding started, and decoder errors that must
+name the frame. Every read is compared with the sequential decode by the code drawn in each frame."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+
+import av
+import pytest
+import torch
+from coded_video import frame_code, frame_image
+
+from nonlocalnet.data import VideoDecodeError, VideoReader, probe_video, read_all_frames, read_frames
+
+
+def _encode(path, n, codec, *, fmt=None, options=None, gop=None, bf=None, muxer_options=None):
+    with av.open(str(path), "w", format=fmt, options=muxer_options or {}) as c:
+        s = c.add_stream(codec, rate=25)
+        s.width, s.height, s.pix_fmt = 64, 48, "yuv420p"
+        if gop:
+            s.gop_size = gop
+        if bf is not None:
+            s.codec_context.max_b_frames = bf
+        s.codec_context.time_base = Fraction(1, 25)
+        s.options = dict(options or {})
+        for i in range(n):
+            frame = av.VideoFrame.from_ndarray(frame_image(i), format="rgb24")
+            frame.pts, frame.time_base = i, Fraction(1, 25)
+            for p in s.encode(frame):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+    return path
+
+
+def _assert_exact_or_error(path, reads, *, reference=None, info=None):
+    """Each read equals the sequential decode (or ``reference`` codes), or raises naming a frame."""
+    sequential = read_all_frames(path) if reference is None else None
+    codes = [frame_code(f) for f in sequential] if reference is None else reference
+    info = info or probe_video(path, exact=True)
+    errors = []
+    for idx in reads:
+        try:
+            with VideoReader(path, info=info) as reader:
+                got = reader.read(idx)
+        except VideoDecodeError as e:
+            assert path.name in str(e) and "frame " in e.reason, e
+            errors.append(idx)
+            continue
+        assert [frame_code(f) for f in got] == [codes[i] for i in idx], idx
+        if sequential is not None:
+            assert torch.equal(got, sequential[idx]), idx
+    return errors
+
+
+def test_mpeg_program_stream_seeks_never_return_a_neighbouring_frame(tmp_path):
+    """MPEG-1 in MPEG-PS (VCD-style .mpg) with B-frames: after a seek the demuxer resumes inside a
+    PES packet and stamps the next frames with a neighbour's pts; frame 46 was read as frame 48."""
+    path = _encode(tmp_path / "v.mpg", 80, "mpeg1video", fmt="mpeg", gop=12, bf=2, options={"qscale": "2"})
+    info = probe_video(path, exact=True)
+    assert info.num_frames == 80 and info.index.seekable
+    reads = [[i] for i in range(30, 80)] + [[46, 47, 48], [79, 5, 60]]
+    assert _assert_exact_or_error(path, reads, info=info) == []
+
+
+def test_a_transport_stream_seek_that_lands_past_the_keyframe_is_retried(tmp_path):
+    """H.264 with 16 B-frames in MPEG-TS: seeking to a keyframe's pts lands on a later I-frame and
+    the frames referring back are dropped. That is a bad landing (try the keyframe's dts), not a
+    reason to give up seeking for the whole video."""
+    params = "bframes=16:b-pyramid=strict:b-adapt=0:keyint=50:min-keyint=50"
+    options = {"crf": "16", "scenecut": "0", "preset": "veryfast", "x264-params": params}
+    path = _encode(tmp_path / "v.ts", 100, "libx264", fmt="mpegts", options=options)
+    info = probe_video(path, exact=True)
+    with VideoReader(path, info=info) as reader:
+        for i in (33, 34, 35, 40, 60):
+            assert frame_code(reader.read([i])[0]) == i
+        assert reader.info().index.seekable and reader.info().slow_reason is None
+
+
+def _damage(path, out, frame_packet: int):
+    """Copy ``path`` with 24 bytes flipped inside the packet of decode-order packet ``frame_packet``."""
+    with av.open(str(path)) as c:
+        packets = [(p.pos, p.size) for p in c.demux(video=0) if p.size]
+    pos, size = packets[frame_packet]
+    data = bytearray(path.read_bytes())
+    for k in range(pos + size // 2, pos + size // 2 + 24):
+        data[k] ^= 0x5A
+    out.write_bytes(bytes(data))
+    return out
+
+
+def test_a_damaged_keyframe_is_an_error_not_concealed_differently(tmp_path):
+    """What the decoder conceals in a damaged frame depends on the frames decoded before it: a
+    seeking read and the sequential decode returned different pictures for the same frame. Frames
+    decoded from damage are errors naming it; every other read stays exact."""
+    source = _encode(
+        tmp_path / "v.mkv", 40, "libx264", fmt="matroska", options={"x264-params": "keyint=10:scenecut=0"}
+    )
+    with VideoReader(source) as reader:
+        key = int(reader.index().keyframes[2])
+    with av.open(str(source)) as c:
+        key_packet = [k for k, p in enumerate(q for q in c.demux(video=0) if q.size) if p.is_keyframe][2]
+    path = _damage(source, tmp_path / "damaged.mkv", key_packet)
+    errors = _assert_exact_or_error(path, [[i] for i in range(40)] + [[0, 39], [key + 1, 5]])
+    assert [key] in errors and [0] not in errors
+    with pytest.raises(VideoDecodeError, match=rf"frame {key} is damaged"):
+        read_frames(path, [key])
+
+
+def test_decoder_errors_name_the_frame(tmp_path):
+    """An MP4 whose index comes first (faststart) cut short: the last packets are incomplete, the
+    decoder rejects them; the error names the frame that could not be read."""
+    source = _encode(
+        tmp_path / "v.mp4",
+        60,
+        "libx264",
+        options={"x264-params": "keyint=10:scenecut=0"},
+        muxer_options={"movflags": "faststart"},
+    )
+    data = source.read_bytes()
+    path = tmp_path / "cut.mp4"
+    path.write_bytes(data[: int(len(data) * 0.99)])
+    info = probe_video(path, exact=True)
+    errors = _assert_exact_or_error(
+        path, [[i] for i in range(info.num_frames)], reference=list(range(60)), info=info
+    )
+    assert errors and [0] not in errors  # the source is clean: only the end fails, with a frame named
