@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from nonlocalnet.engine.checkpoint import load_failure
 from nonlocalnet.errors import InvalidValueError, MissingFileError
 from nonlocalnet.models import read_caffe2_pickle
 
@@ -40,7 +41,11 @@ def read_model_file(path: str | os.PathLike, *, kinds: tuple[str, ...] | None = 
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        found = ModelFile(path, "safetensors", load_file(str(path)))
+        try:
+            state = load_file(str(path))
+        except Exception as err:  # safetensors' own error type: a damaged or foreign file
+            raise InvalidValueError(f"{path} is not a readable safetensors file: {err}") from err
+        found = ModelFile(path, "safetensors", state)
     elif path.suffix == ".pkl":
         found = ModelFile(path, "caffe2", read_caffe2_pickle(path))
     else:
@@ -54,7 +59,9 @@ def _read_torch_file(path: Path) -> ModelFile:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        raise InvalidValueError(f"{path} is not a readable nonlocalnet checkpoint: {err}") from err
+        raise InvalidValueError(
+            f"{path} is not a readable nonlocalnet checkpoint: {load_failure(path, err)}"
+        ) from err
     if isinstance(state, dict) and isinstance(state.get("model"), dict):
         names = state.get("class_names")
         names = list(names) if names else None
