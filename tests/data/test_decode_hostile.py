@@ -127,3 +127,19 @@ def test_decoder_errors_name_the_frame(tmp_path):
         path, [[i] for i in range(info.num_frames)], reference=list(range(60)), info=info
     )
     assert errors and [0] not in errors  # the source is clean: only the end fails, with a frame named
+
+
+def test_a_vp9_clip_cut_before_a_keyframe_is_not_broken(tmp_path):
+    """A WebM cut without re-encoding, starting on inter frames: the VP9 decoder rejects those
+    packets. The frames from the first keyframe on are the video; it was reported unreadable."""
+    from video_matrix import remux
+
+    source = _encode(
+        tmp_path / "v.webm", 36, "libvpx-vp9", gop=12, options={"crf": "10", "b:v": "0", "cpu-used": "8"}
+    )
+    cut = remux(source, tmp_path / "cut.webm", skip=5)
+    sequential = read_all_frames(cut)
+    assert [frame_code(f) for f in sequential] == list(range(12, 36))
+    info = probe_video(cut, exact=True)
+    assert info.num_frames == 24 and info.index.seekable
+    assert _assert_exact_or_error(cut, [[i] for i in range(24)] + [[23, 0, 12]], info=info) == []

@@ -385,12 +385,23 @@ class VideoReader:
 
     def _frames(self) -> Iterator:
         check = self._check_packets  # an index whose packet table the demuxed packets must match
+        # a stream cut before a keyframe (VP9, VP8) starts with packets its decoder rejects: read from
+        # the start of the file, those before the first keyframe are skipped (as the H.264, HEVC and
+        # MPEG-2 decoders drop such frames themselves)
+        at_start = self._fresh
         try:
             for packet in self.container.demux(self.stream):
                 if check is not None and packet.size and not check.known_packet(packet.pts, packet.size):
                     raise _BadLanding(f"a packet (pts {packet.pts}, {packet.size} bytes) is not in the index")
-                for frame in packet.decode():
-                    self._fresh = False
+                at_start = at_start and not packet.is_keyframe
+                try:
+                    frames = packet.decode()
+                except _av().error.InvalidDataError:
+                    if at_start and packet.size:
+                        continue
+                    raise
+                for frame in frames:
+                    at_start = self._fresh = False
                     yield frame
         except _av().error.EOFError:
             return  # the data ends early (truncated file): the caller reports the missing frames
