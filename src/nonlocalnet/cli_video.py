@@ -89,9 +89,9 @@ def _predict(args: argparse.Namespace) -> int:
     from nonlocalnet.engine import load_trained_model, predict_video
 
     model, cfg, names = load_trained_model(args.checkpoint)
-    if args.clips:
+    if args.clips is not None:  # 0 too: an error below, not the config's value
         cfg.data.num_clips = args.clips
-    if args.crops:
+    if args.crops is not None:
         cfg.data.num_crops = args.crops
     pred = predict_video(model, args.video, cfg, names, topk=args.topk, features=args.features is not None)
     print(f"{pred.path} ({pred.views} views averaged)")

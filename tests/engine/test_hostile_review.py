@@ -133,3 +133,30 @@ def test_unreadable_weight_files_are_one_line_errors(tmp_path):
             with pytest.raises(InvalidValueError, match=match) as info:
                 load(path)
             assert "\n" not in str(info.value) and "weights_only=False" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("option", "match"),
+    [
+        (["--topk", "-1"], "topk must be a positive int, got -1"),  # was a RuntimeError traceback
+        (["--topk", "0"], "topk must be a positive int, got 0"),  # printed no label at all
+        (["--crops", "0"], "num_crops must be a positive integer, got 0"),  # used the config's 3
+        (["--clips", "0"], "num_clips must be a positive integer, got 0"),  # used the config's 2
+    ],
+)
+def test_predict_refuses_zero_and_negative_counts(tiny_data, tmp_path, capsys, option, match):
+    import torch
+
+    from nonlocalnet.engine import config_to_dict
+    from nonlocalnet.engine.setup import build_model_from_config
+
+    cfg = config_from_dict(tiny_config(tiny_data, tmp_path))
+    model = build_model_from_config(cfg.model)
+    checkpoint = tmp_path / "best.pt"
+    torch.save(
+        {"model": model.state_dict(), "config": config_to_dict(cfg), "class_names": ["red", "blue"]},
+        checkpoint,
+    )
+    video = str(tiny_data["root"] / "videos" / "red_0.mp4")
+    assert main(["predict", video, "--checkpoint", str(checkpoint), *option]) == 2
+    assert match in capsys.readouterr().err

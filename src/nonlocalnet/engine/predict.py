@@ -67,6 +67,8 @@ def predict_video(
     protocol of ``cfg.data``), and average the fully convolutional softmax over all views."""
     from nonlocalnet.data.transforms import TransformConfig
 
+    if isinstance(topk, bool) or not isinstance(topk, int) or topk < 1:
+        raise InvalidValueError(f"topk must be a positive int, got {topk!r}")
     d = cfg.data
     info = probe_video(path, exact=True)  # a true frame count (headers can over-count)
     transform = TransformConfig(
