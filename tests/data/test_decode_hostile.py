@@ -91,22 +91,25 @@ def _damage(path, out, frame_packet: int):
     return out
 
 
-def test_a_damaged_keyframe_is_an_error_not_concealed_differently(tmp_path):
+@pytest.mark.parametrize("name", ["v.mkv", "v.avi"])  # seeking; and read from the start (AVI)
+def test_a_damaged_keyframe_is_an_error_not_concealed_differently(tmp_path, name):
     """What the decoder conceals in a damaged frame depends on the frames decoded before it: a
     seeking read and the sequential decode returned different pictures for the same frame. Frames
-    decoded from damage are errors naming it; every other read stays exact."""
-    source = _encode(
-        tmp_path / "v.mkv", 40, "libx264", fmt="matroska", options={"x264-params": "keyint=10:scenecut=0"}
-    )
-    with VideoReader(source) as reader:
-        key = int(reader.index().keyframes[2])
+    decoded from damage are errors naming it; every other read stays exact, those after the next
+    keyframe too."""
+    source = _encode(tmp_path / name, 40, "libx264", options={"x264-params": "keyint=10:scenecut=0"})
     with av.open(str(source)) as c:
-        key_packet = [k for k, p in enumerate(q for q in c.demux(video=0) if q.size) if p.is_keyframe][2]
-    path = _damage(source, tmp_path / "damaged.mkv", key_packet)
-    errors = _assert_exact_or_error(path, [[i] for i in range(40)] + [[0, 39], [key + 1, 5]])
-    assert [key] in errors and [0] not in errors
-    with pytest.raises(VideoDecodeError, match=rf"frame {key} is damaged"):
-        read_frames(path, [key])
+        key_packets = [k for k, p in enumerate(q for q in c.demux(video=0) if q.size) if p.is_keyframe]
+    path = _damage(source, tmp_path / f"damaged-{name}", key_packets[2])
+    info = probe_video(path, exact=True)
+    assert info.index.seekable == (name == "v.mkv")
+    errors = _assert_exact_or_error(path, [[i] for i in range(40)] + [[0, 39], [21, 5]], info=info)
+    assert [20] in errors and [21, 5] in errors
+    assert [0] not in errors and [19] not in errors and [30] not in errors and [39] not in errors
+    with pytest.raises(VideoDecodeError, match=r"frame 20 is damaged"):
+        read_frames(path, [20])
+    with pytest.raises(VideoDecodeError, match=r"frame 21 is decoded from damaged frame 20"):
+        read_frames(path, [21])
 
 
 def test_decoder_errors_name_the_frame(tmp_path):

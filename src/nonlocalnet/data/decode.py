@@ -26,8 +26,8 @@ sequential decode, it is checked:
   before it, and every packet demuxed after it has the pts and size of a packet seen when the
   video was indexed (MPEG-PS and MPEG-TS seek by byte position and can resume mid-packet, stamping
   the next frames with a neighbour's pts); otherwise an earlier keyframe is tried, then the start;
-- a frame the decoder flags as damaged is an error, as are the frames decoded after it from the
-  same keyframe: what a decoder conceals depends on where decoding started.
+- a frame the decoder flags as damaged is an error, as are the frames output after it up to the
+  next keyframe: what a decoder conceals depends on where decoding started.
 
 A video that fails a check is read by decoding from the start and counting (slow, but exact):
 :attr:`FrameIndex.slow_reason` says why. Frame counts come from the same index (or, for such
@@ -457,7 +457,7 @@ class VideoReader:
             else:
                 self._seek(target[0], first)
             got: dict[int, np.ndarray] = {}
-            prev = None
+            prev = damaged = None
             self._check_packets = index if target is not None else None
             try:
                 for frame in self._frames():
@@ -472,9 +472,10 @@ class VideoReader:
                     if prev is not None and i != prev + 1:
                         raise _Untrusted(f"the decoder output frame {i} after frame {prev}")
                     prev = i
-                    if frame.is_corrupt and (target is None or i >= target[1]):
-                        self._damaged(i, run)  # (leading pictures before a keyframe do not count)
+                    # (damaged leading pictures before the targeted keyframe do not count)
+                    damaged = self._damaged(damaged, frame, i, counts=target is None or i >= target[1])
                     if i in wanted:
+                        self._check_damage(damaged, i)
                         got[i] = self._rgb(frame, size)
                     if i >= last:
                         break
@@ -498,15 +499,27 @@ class VideoReader:
             return got
         raise AssertionError("unreachable")
 
-    def _damaged(self, frame: int, run: list[int]) -> None:
-        """A frame the decoder flags as damaged was decoded on the way to ``run``: what it conceals
-        depends on where decoding started (a seeking read and a decode from the start differ), so
-        neither it nor the frames decoded from it are read."""
-        after = next((i for i in run if i > frame), None)
-        reason = f"frame {frame} is damaged (the decoder reported errors in it)"
-        if frame not in run and after is not None:
-            reason += f"; frame {after} is decoded after it, from the same keyframe"
-        raise VideoDecodeError(self.path, reason)
+    def _damaged(self, damaged: int | None, frame, i: int, *, counts: bool = True) -> int | None:
+        """Track damage while decoding: ``damaged`` is the last frame the decoder flagged as damaged
+        since the last keyframe it output (``None``: none); returns the new state. What a decoder
+        conceals depends on where decoding started (a seeking read and a decode from the start
+        differ), so frames from a damaged one up to the next keyframe are not read."""
+        if frame.is_corrupt and counts:
+            return i
+        if frame.key_frame:
+            return None
+        return damaged
+
+    def _check_damage(self, damaged: int | None, i: int) -> None:
+        if damaged is None:
+            return
+        if damaged == i:
+            raise VideoDecodeError(self.path, f"frame {i} is damaged (the decoder reported errors in it)")
+        raise VideoDecodeError(
+            self.path,
+            f"frame {i} is decoded from damaged frame {damaged} (the decoder reported errors in it; "
+            "no keyframe between them)",
+        )
 
     def _decode_failed(self, e: VideoDecodeError, wanted, got, prev: int | None) -> None:
         """Re-raise a decoder error that names no frame with the first frame it cost."""
@@ -521,12 +534,12 @@ class VideoReader:
     def _read_sequential(self, wanted: set[int], size: tuple[int, int]) -> dict[int, np.ndarray]:
         """Decode from the start, counting frames, until the last wanted one."""
         self._rewind()
-        last, got, count = max(wanted), {}, 0
+        last, got, count, damaged = max(wanted), {}, 0, None
         try:
             for count, frame in enumerate(self._frames(), 1):
-                if frame.is_corrupt:
-                    self._damaged(count - 1, sorted(wanted))
+                damaged = self._damaged(damaged, frame, count - 1)
                 if count - 1 in wanted:
+                    self._check_damage(damaged, count - 1)
                     got[count - 1] = self._rgb(frame, size)
                 if count - 1 >= last:
                     break
