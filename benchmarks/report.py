@@ -95,7 +95,15 @@ def render_data(data: dict) -> str:
     return "\n".join([head, *table])
 
 
+def render_demo(data: dict) -> str:
+    """The table a ``nonlocalnet demo [--ablation NAME]`` run wrote (its ``results.json``)."""
+    from nonlocalnet.demo.report import render_table
+
+    return render_table(data["rows"])
+
+
 RENDERERS: dict[str, Callable[..., str]] = {
+    "demo": render_demo,
     "block": render_block,
     "models": render_models,
     "complexity": render_complexity,

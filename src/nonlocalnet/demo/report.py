@@ -44,6 +44,16 @@ def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def write_table(rows: list[dict[str, Any]], folder: Path, header: dict[str, Any]) -> str:
     """Write ``results.md`` and ``results.json``; returns the Markdown table."""
+    table = render_table(rows)
+    notes = "\n".join(f"- {k}: {v}" for k, v in header.items())
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "results.md").write_text(f"# nonlocalnet demo\n\n{notes}\n\n{table}\n")
+    (folder / "results.json").write_text(json.dumps({**header, "rows": rows}, indent=2))
+    return table
+
+
+def render_table(rows: list[dict[str, Any]]) -> str:
+    """The Markdown table of :func:`summarise`'s rows (the first row is the baseline)."""
     base = rows[0]["accuracy_mean"]
     lines = [
         "| model | NL blocks | params | GFLOPs | held-out video top-1 (%) | vs baseline | seeds "
@@ -57,12 +67,7 @@ def write_table(rows: list[dict[str, Any]], folder: Path, header: dict[str, Any]
             f"{100 * r['accuracy_mean']:.1f}{spread} | {100 * (r['accuracy_mean'] - base):+.1f} | "
             f"{len(r['seeds'])} | {r['train_seconds']:.0f} |"
         )
-    table = "\n".join(lines)
-    notes = "\n".join(f"- {k}: {v}" for k, v in header.items())
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "results.md").write_text(f"# nonlocalnet demo\n\n{notes}\n\n{table}\n")
-    (folder / "results.json").write_text(json.dumps({**header, "rows": rows}, indent=2))
-    return table
+    return "\n".join(lines)
 
 
 def write_curves(run_dirs: dict[str, Path], labels: dict[str, str], path: Path) -> Path:
