@@ -31,10 +31,11 @@ def test_overrides_on_both_sides_of_resume_keep_their_order(config_file, capsys)
 @pytest.mark.parametrize(
     ("section", "key", "value", "match"),
     [
-        ("optim", "base_lr", -1, "optim.base_lr: must be > 0"),
+        ("optim", "base_lr", -1, "optim.base_lr: must be >= 0"),
         ("optim", "momentum", -0.5, "optim.momentum: must be >= 0"),
         ("optim", "weight_decay", -1e-4, "optim.weight_decay: must be >= 0"),
-        ("optim", "lr_gamma", 0, "optim.lr_gamma: must be > 0"),
+        ("optim", "lr_gamma", -0.1, "optim.lr_gamma: must be >= 0"),
+        ("optim", "base_lr", float("nan"), "optim.base_lr: must be >= 0"),
         ("optim", "warmup_iters", -5, "optim.warmup_iters: must be >= 0"),
         ("data", "num_workers", -1, "data.num_workers: must be >= 0"),
         ("train", "precise_bn_batches", -1, "train.precise_bn_batches: must be >= 0"),
@@ -160,3 +161,33 @@ def test_predict_refuses_zero_and_negative_counts(tiny_data, tmp_path, capsys, o
     video = str(tiny_data["root"] / "videos" / "red_0.mp4")
     assert main(["predict", video, "--checkpoint", str(checkpoint), *option]) == 2
     assert match in capsys.readouterr().err
+
+
+def test_api_entry_points_name_a_wrong_argument_type(tmp_path):
+    """``train("configs/x.yaml")`` (a newcomer's first try) was "AttributeError: 'str' object has
+    no attribute 'device'"; ``save_weights(path, model)`` "'str' object has no attribute
+    'items'"; ``add_nonlocal(None, ...)`` "'NoneType' object has no attribute 'named_modules'"."""
+    from torch import nn
+
+    from nonlocalnet import add_nonlocal
+    from nonlocalnet.engine import run_evaluation, train
+    from nonlocalnet.models import save_weights
+
+    for call, match in (
+        (lambda: train("configs/c2d_r50.yaml"), r"train\(cfg\): cfg must be a Config .* got str"),
+        (lambda: train({"model": {}}), r"train\(cfg\): cfg must be a Config .* got dict"),
+        (
+            lambda: run_evaluation("cfg.yaml", "best.pt"),
+            r"run_evaluation\(cfg, checkpoint\): cfg must be a Config",
+        ),
+        (
+            lambda: save_weights(str(tmp_path / "w.safetensors"), nn.Linear(2, 2)),
+            r"save_weights\(model, path\)",
+        ),
+        (
+            lambda: add_nonlocal(None, after=["0"]),
+            r"add_nonlocal\(model, after\): model must be an nn.Module",
+        ),
+    ):
+        with pytest.raises(InvalidTypeError, match=match):
+            call()

@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 
 from nonlocalnet.atomic import atomic_write_bytes
-from nonlocalnet.errors import InvalidValueError
+from nonlocalnet.errors import InvalidTypeError, InvalidValueError
 from nonlocalnet.models import VARIANTS, StageSpec, VideoResNetSpec
 from nonlocalnet.models.resnet3d import BACKBONE_NORMS, TEMPORAL_PADDINGS
 
@@ -34,6 +34,7 @@ __all__ = [
     "OptimConfig",
     "TrainConfig",
     "apply_overrides",
+    "check_config",
     "config_from_dict",
     "config_to_dict",
     "load_config",
@@ -215,6 +216,8 @@ _POSITIVE = {
 
 _NON_NEGATIVE = {
     "data.num_workers",
+    "optim.base_lr",  # 0: a frozen run (tests, BN statistics only)
+    "optim.lr_gamma",
     "optim.momentum",
     "optim.weight_decay",
     "optim.weight_decay_norm",
@@ -224,7 +227,7 @@ _NON_NEGATIVE = {
     "checkpoint.every_iters",
     "eval.every_epochs",
 }
-_ABOVE_ZERO = {"optim.base_lr", "optim.lr_gamma", "train.dist_timeout_s"}
+_ABOVE_ZERO = {"train.dist_timeout_s"}
 
 
 def _type_name(tp: Any) -> str:
@@ -273,7 +276,7 @@ def _fill(obj: Any, data: dict, prefix: str) -> None:
             raise ConfigError(f"{full}: {value!r} is not one of {_CHOICES[full]}")
         if full in _POSITIVE and value < 1:
             raise ConfigError(f"{full}: must be >= 1, got {value!r}")
-        if full in _NON_NEGATIVE and value < 0:
+        if full in _NON_NEGATIVE and not value >= 0:  # NaN too
             raise ConfigError(f"{full}: must be >= 0, got {value!r}")
         if full in _ABOVE_ZERO and not value > 0:  # NaN too
             raise ConfigError(f"{full}: must be > 0, got {value!r}")
@@ -371,6 +374,15 @@ def video_resnet_spec(data: dict, where: str = "model.spec") -> VideoResNetSpec:
         return VideoResNetSpec(**fields)
     except (TypeError, ValueError) as err:
         raise ConfigError(f"{where}: {err}") from None
+
+
+def check_config(cfg: Any, call: str) -> None:
+    """Raise ``TypeError`` unless ``cfg`` is a :class:`Config`; ``call`` shows the signature."""
+    if not isinstance(cfg, Config):
+        raise InvalidTypeError(
+            f"{call}: cfg must be a Config (from load_config(path) or config_from_dict(data)), "
+            f"got {type(cfg).__name__}"
+        )
 
 
 def config_from_dict(data: dict) -> Config:

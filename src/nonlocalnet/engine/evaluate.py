@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from nonlocalnet.data import BadDataLog, BadSample, ClipBatch, FrameCache, VideoSample, build_loader
 from nonlocalnet.engine.amp import autocast_context
-from nonlocalnet.engine.config import Config, ConfigError
+from nonlocalnet.engine.config import Config, ConfigError, check_config
 from nonlocalnet.engine.distributed import DistContext, init_distributed
 from nonlocalnet.engine.metrics import EvalResult, ViewScores
 from nonlocalnet.engine.model_file import read_model_file
@@ -130,6 +130,7 @@ def run_evaluation(
     (strict JSON: ``null`` accuracy for a class without videos), ``per_class.csv``,
     ``confusion.csv`` and ``confusion.png`` to ``output_dir``. The class names a training
     checkpoint holds label the validation data (see :func:`load_samples`)."""
+    check_config(cfg, "run_evaluation(cfg, checkpoint)")
     ctx = init_distributed(cfg.device, cfg.train.dist_timeout_s)
     # on an error, no destroy_process_group: it would wait for a dead peer
     result = _evaluate_run(cfg, ctx, checkpoint, output_dir)

@@ -36,7 +36,7 @@ from nonlocalnet.engine.checkpoint import (
     load_checkpoint,
     restore_rng_state,
 )
-from nonlocalnet.engine.config import Config, ConfigError, config_to_dict, save_config
+from nonlocalnet.engine.config import Config, ConfigError, check_config, config_to_dict, save_config
 from nonlocalnet.engine.distributed import DistContext, init_distributed, is_out_of_memory
 from nonlocalnet.engine.layout import choose_memory_format
 from nonlocalnet.engine.optim import build_optimizer, lr_at, scaled_lr
@@ -276,6 +276,7 @@ def train(
     runs side by side. ``task``: a :class:`~nonlocalnet.engine.task.Task` object to train
     instead of the one ``cfg.task`` names.
     """
+    check_config(cfg, "train(cfg)")
     started = time.perf_counter()
     own_ctx = ctx is None
     ctx = ctx or init_distributed(cfg.device, cfg.train.dist_timeout_s)

@@ -8,6 +8,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from nonlocalnet.deprecation import check_module
 from nonlocalnet.errors import InvalidTypeError, InvalidValueError
 from nonlocalnet.layers import NonLocalBlock
 from nonlocalnet.layers.norm import BATCHNORMS
@@ -92,6 +93,7 @@ def add_nonlocal(
     calls; the network still pickles and deep-copies. ``block_options`` go
     to :class:`NonLocalBlock` (``mode``, ``inter_channels``, ``sub_sample``, ...).
     """
+    check_module(model, "add_nonlocal(model, after)")
     if isinstance(after, str):
         raise InvalidTypeError(f"after must be a list of module names, got the string {after!r}")
     modules = dict(model.named_modules())

@@ -9,6 +9,7 @@ from torch import nn
 
 from nonlocalnet.atomic import atomic_write
 from nonlocalnet.deprecation import check_module
+from nonlocalnet.errors import InvalidTypeError
 
 __all__ = ["load_weights", "save_weights"]
 
@@ -22,6 +23,11 @@ def save_weights(
     never leaves a half-written checkpoint under ``path``."""
     from safetensors.torch import save_file
 
+    if not isinstance(model_or_state, nn.Module | dict):
+        raise InvalidTypeError(
+            "save_weights(model, path): model must be an nn.Module or a state dict, "
+            f"got {type(model_or_state).__name__}"
+        )
     state = model_or_state.state_dict() if isinstance(model_or_state, nn.Module) else model_or_state
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in state.items()}
     atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
