@@ -146,3 +146,34 @@ def test_a_vp9_clip_cut_before_a_keyframe_is_not_broken(tmp_path):
     info = probe_video(cut, exact=True)
     assert info.num_frames == 24 and info.index.seekable
     assert _assert_exact_or_error(cut, [[i] for i in range(24)] + [[23, 0, 12]], info=info) == []
+
+
+def test_transport_streams_joined_end_to_end_are_not_read_by_timestamp_rank(tmp_path):
+    """Two recordings joined byte for byte (HLS segments, a broadcast capture whose clock
+    restarted): the second part's timestamps fall between the first part's frames 30 to 59, far
+    past the frames checked when indexing. Frame 34 was read as frame 32."""
+
+    def part(name, codes, pts):
+        with av.open(str(tmp_path / name), "w", format="mpegts", options=ts_options) as c:
+            s = c.add_stream("libx264", rate=25)
+            s.width, s.height, s.pix_fmt = 64, 48, "yuv420p"
+            s.codec_context.time_base = Fraction(1, 1000)
+            s.options = {"crf": "16", "scenecut": "0", "x264-params": "keyint=10:bframes=2"}
+            for code, t in zip(codes, pts, strict=True):
+                frame = av.VideoFrame.from_ndarray(frame_image(code), format="rgb24")
+                frame.pts, frame.time_base = t, Fraction(1, 1000)
+                for p in s.encode(frame):
+                    c.mux(p)
+            for p in s.encode():
+                c.mux(p)
+        return (tmp_path / name).read_bytes()
+
+    ts_options = {"mpegts_copyts": "1", "avoid_negative_ts": "disabled"}
+    first = part("a.ts", range(60), [2000 + 40 * i for i in range(60)])
+    second = part("b.ts", range(60, 90), [3213 + 40 * j for j in range(30)])
+    path = tmp_path / "joined.ts"
+    path.write_bytes(first + second)
+    assert [frame_code(f) for f in read_all_frames(path)] == list(range(90))
+    info = probe_video(path, exact=True)
+    assert _assert_exact_or_error(path, [[i] for i in range(28, 40)] + [[34], [89, 61]], info=info) == []
+    assert info.num_frames == 90 and "timestamp reset" in (info.slow_reason or "")

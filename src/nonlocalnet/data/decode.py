@@ -13,7 +13,8 @@ reordering, B-pyramids and open GOPs need no special case. Where this could stil
 sequential decode, it is checked:
 
 - every packet must carry a pts, and no two the same (containers that only carry decode
-  timestamps, duplicated frames);
+  timestamps, duplicated frames); decode timestamps must not go backwards (a timestamp reset, as
+  in transport streams joined end to end, makes the pts of the two parts interleave);
 - the first frames are decoded once and their pts must be the index's first entries, in order.
   This catches decoders that drop frames at the start of the stream (leading pictures of an open
   GOP, a stream cut mid-GOP; those pts are removed from the index), pts that the decoder does not
@@ -309,6 +310,11 @@ class VideoReader:
             raise VideoDecodeError(self.path, "the video stream has no frames")
         if any(p[0] is None for p in packets):
             return self._counted("its packets carry no presentation timestamps (decode order only)")
+        dts = np.array([p[1] for p in packets if p[1] is not None], np.int64)
+        if len(dts) > 1 and (np.diff(dts) < 0).any():
+            # a timestamp reset (streams joined end to end, a recorder restarting its clock): the
+            # pts of the two parts interleave, so the rank of a pts is not the frame's position
+            return self._counted("its decode timestamps go backwards (a timestamp reset)")
         pts = np.array([p[0] for p in packets], np.int64)
         order = np.argsort(pts, kind="stable")
         sorted_pts = pts[order]
