@@ -329,10 +329,11 @@ class VideoReader:
         index = FrameIndex(len(sorted_pts), sorted_pts, keyframes, seek_ts)
         if table:
             table.sort()
+            packet_pts = np.array([t[0] for t in table], np.int64)
+            if np.array_equal(packet_pts, sorted_pts):
+                packet_pts = sorted_pts  # the same array: kept (and pickled) once
             index = replace(
-                index,
-                packet_pts=np.array([t[0] for t in table], np.int64),
-                packet_size=np.array([t[1] for t in table], np.int64),
+                index, packet_pts=packet_pts, packet_size=np.array([t[1] for t in table], np.int32)
             )
         return self._verify_start(index)
 
