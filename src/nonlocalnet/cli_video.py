@@ -78,6 +78,8 @@ def _eval(args: argparse.Namespace) -> int:
         saved["model"].update(init="none", init_path=None)
         cfg = config_from_dict(apply_overrides(saved, args.overrides))
     result = run_evaluation(cfg, args.checkpoint, output_dir=args.output)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0  # under torchrun only rank 0 writes, so only rank 0 reports
     print(result.summary())
     print(f"wrote {args.output or Path(cfg.output_dir) / 'eval'}")
     return 0

@@ -191,3 +191,23 @@ def test_api_entry_points_name_a_wrong_argument_type(tmp_path):
     ):
         with pytest.raises(InvalidTypeError, match=match):
             call()
+
+
+def test_eval_under_torchrun_reports_on_rank_0_only(config_file, capsys, monkeypatch):
+    """``torchrun ... -m nonlocalnet.cli eval`` printed the accuracy and "wrote ..." once per
+    process, as ``train`` did before issue 14 (only rank 0 writes the files)."""
+    import nonlocalnet.engine
+
+    class Result:
+        def summary(self):
+            return "video accuracy ..."
+
+    monkeypatch.setattr(
+        nonlocalnet.engine, "run_evaluation", lambda cfg, checkpoint, output_dir=None: Result()
+    )
+    argv = ["eval", "--checkpoint", "best.pt", "--config", config_file]
+    for rank, printed in (("1", False), ("0", True)):
+        monkeypatch.setenv("RANK", rank)
+        assert main(argv) == 0
+        out = capsys.readouterr().out
+        assert ("video accuracy" in out and "wrote " in out) == printed, (rank, out)

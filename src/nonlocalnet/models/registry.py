@@ -132,7 +132,7 @@ def _unknown(name: str) -> InvalidValueError:
 
     close = difflib.get_close_matches(name, list_models(), n=3)
     hint = f"; did you mean {', '.join(close)}?" if close else ""
-    return InvalidValueError(f"unknown model {name!r}{hint} Valid names: {', '.join(list_models())}")
+    return InvalidValueError(f"unknown model {name!r}{hint or '.'} Valid names: {', '.join(list_models())}")
 
 
 def get_model_info(name: str) -> ModelInfo:
