@@ -211,3 +211,21 @@ def test_eval_under_torchrun_reports_on_rank_0_only(config_file, capsys, monkeyp
         assert main(argv) == 0
         out = capsys.readouterr().out
         assert ("video accuracy" in out and "wrote " in out) == printed, (rank, out)
+
+
+def test_a_config_file_giving_epochs_replaces_its_bases_iterations(tiny_data, tmp_path):
+    """Every shipped config inherits ``iterations: 400000`` from kinetics400.yaml, so a user's
+    ``base: kinetics400.yaml`` + ``train: {epochs: 30}`` was "train.iterations (400000) and
+    train.epochs (30) are both set ... on the command line"; a file now wins over its base as the
+    command line wins over the file. Both in one file stays an error."""
+    from nonlocalnet.engine import load_config
+
+    base = tiny_config(tiny_data, tmp_path / "run", train={"iterations": 400, "epochs": 0})
+    write_config(tmp_path / "base.yaml", base)
+    (tmp_path / "epochs.yaml").write_text("base: base.yaml\ntrain:\n  epochs: 3\n")
+    cfg = load_config(tmp_path / "epochs.yaml")
+    assert (cfg.train.epochs, cfg.train.iterations) == (3, 0)
+    assert load_config(tmp_path / "epochs.yaml", ["train.iterations=7"]).train.iterations == 7
+    (tmp_path / "both.yaml").write_text("base: base.yaml\ntrain:\n  epochs: 3\n  iterations: 5\n")
+    with pytest.raises(ConfigError, match="are both set"):
+        load_config(tmp_path / "both.yaml")

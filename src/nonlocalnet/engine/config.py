@@ -427,7 +427,17 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
     base = data.pop("base", None)
     if base is None:
         return data
-    return _merge(_read_yaml((path.parent / base).resolve(), (*seen, path)), data)
+    merged = _merge(_read_yaml((path.parent / base).resolve(), (*seen, path)), data)
+    # a file that gives the run's length in epochs replaces its base's iterations (and the
+    # other way round), as a command-line override does
+    for section, key in _EXCLUSIVE:
+        mine = data.get(section)
+        if not isinstance(mine, dict) or mine.get(key) in (0, None, False):
+            continue
+        for other_section, other in _EXCLUSIVE:
+            if other_section == section and other != key and other not in mine and merged[section].get(other):
+                merged[section][other] = 0
+    return merged
 
 
 # settings of which only one may be non-zero: an override of one resets the others of ``data``
