@@ -14,7 +14,7 @@ from nonlocalnet import __version__
 from nonlocalnet.cli_video import add_video_commands, split_resume
 from nonlocalnet.data.bad_data import DataQualityError
 from nonlocalnet.engine.distributed import DistributedError
-from nonlocalnet.errors import NonLocalNetError
+from nonlocalnet.errors import InvalidValueError, NonLocalNetError
 from nonlocalnet.layers import NonLocalBlock
 from nonlocalnet.models import VARIANTS
 from nonlocalnet.ops import MODES
@@ -76,7 +76,14 @@ def _info(args: argparse.Namespace) -> int:
     from nonlocalnet.models import build_model, get_model_info, measure_complexity
 
     info = get_model_info(args.model)
-    frames = args.frames or info.frames
+    for option, value in (
+        ("--size", args.size),
+        ("--frames", args.frames),
+        ("--num-classes", args.num_classes),
+    ):
+        if value is not None and value < 1:  # --frames 0 was the default, --size 0 a traceback
+            raise InvalidValueError(f"{option} must be >= 1, got {value}")
+    frames = args.frames if args.frames is not None else info.frames
     with torch.device("meta"):
         model = build_model(args.model, num_classes=args.num_classes, variant=args.variant)
     c = measure_complexity(model, (1, 3, frames, args.size, args.size))

@@ -229,3 +229,14 @@ def test_a_config_file_giving_epochs_replaces_its_bases_iterations(tiny_data, tm
     (tmp_path / "both.yaml").write_text("base: base.yaml\ntrain:\n  epochs: 3\n  iterations: 5\n")
     with pytest.raises(ConfigError, match="are both set"):
         load_config(tmp_path / "both.yaml")
+
+
+@pytest.mark.parametrize(
+    ("option", "match"),
+    [(["--frames", "0"], "--frames must be >= 1, got 0"), (["--size", "0"], "--size must be >= 1, got 0")],
+)
+def test_info_refuses_zero_sizes(capsys, option, match):
+    """``info MODEL --frames 0`` measured the default 32 frames; ``--size 0`` was a RuntimeError
+    traceback from a convolution."""
+    assert main(["info", "c2d_r50", *option]) == 2
+    assert match in capsys.readouterr().err
