@@ -231,3 +231,17 @@ def test_check_data_reports_corrected_and_slow_videos_apart_from_broken(tmp_path
     report = json.loads((tmp_path / "report.json").read_text())
     assert [b["index"] for b in report["bad"]] == [3]
     assert [n["index"] for n in report["corrected"]] == [0] and [n["index"] for n in report["slow"]] == [1]
+
+
+def test_check_data_refuses_a_negative_worker_count(tmp_path, capsys):
+    from coded_video import write_video
+
+    from nonlocalnet.cli import main
+    from nonlocalnet.data import check_dataset
+
+    write_video(tmp_path / "fine.mp4", 12)
+    (tmp_path / "list.txt").write_text("fine.mp4 0\n")
+    with pytest.raises(ValueError, match="num_workers must be an int >= 0, got -1"):
+        check_dataset([tmp_path / "fine.mp4"], num_workers=-1, progress=False)
+    assert main(["check-data", "--list", str(tmp_path / "list.txt"), "--workers", "-1", "--no-progress"]) == 2
+    assert "num_workers must be an int >= 0" in capsys.readouterr().err

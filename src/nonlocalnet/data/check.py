@@ -13,6 +13,7 @@ from typing import Any
 from nonlocalnet.data.bad_data import BadSample
 from nonlocalnet.data.decode import VideoDecodeError, VideoInfo, VideoReader
 from nonlocalnet.data.lists import VideoSample
+from nonlocalnet.errors import InvalidValueError
 
 __all__ = ["CheckReport", "VideoNote", "check_dataset"]
 
@@ -91,6 +92,8 @@ def check_dataset(
     files on that many threads (FFmpeg releases the GIL). Returns a :class:`CheckReport`."""
     from tqdm import tqdm
 
+    if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
+        raise InvalidValueError(f"num_workers must be an int >= 0, got {num_workers!r}")
     paths = [s.path if isinstance(s, VideoSample) else os.fspath(s) for s in samples]
     start = time.perf_counter()
     bar = tqdm(total=len(paths), desc="check videos", unit="video", disable=not progress)
