@@ -30,7 +30,7 @@ def _example(args: argparse.Namespace) -> int:
         mode=args.mode,
         dim=len(size),
         pool_before_conv=args.pool_before_conv,
-        use_scale=args.scale,
+        use_scale=args.use_scale,
     )
     x = torch.randn(args.batch, args.channels, *size, generator=gen)
     n = math.prod(size)
@@ -157,7 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--size", type=int, nargs="+", default=[8, 14, 14], help="T H W (or H W, or L): 3D/2D/1D")
     ex.add_argument("--batch", type=int, default=2)
     ex.add_argument("--pool-before-conv", action="store_true", help="released code's pooling")
-    ex.add_argument("--scale", action="store_true", help="multiply logits by Ck ** -0.5")
+    ex.add_argument(
+        "--use-scale", "--scale", dest="use_scale", action="store_true", help="multiply logits by Ck ** -0.5"
+    )
     ex.add_argument("--seed", type=int, default=0)
     ex.set_defaults(func=_example)
 

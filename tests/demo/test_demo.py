@@ -118,6 +118,10 @@ def test_an_ablation_runs_end_to_end_on_a_tiny_recipe(tmp_path, capsys):
     )
     result = run_demo(tmp_path / "ab", recipe=tiny, progress=False, jobs=1, ablation="spacetime")
     assert [r["key"] for r in result.rows] == [m.key for m in ABLATIONS["spacetime"]]
+    again = run_demo(tmp_path / "ab", recipe=tiny, progress=False, jobs=1, ablation="spacetime")
+    assert [r["accuracy"] for r in again.rows] == [r["accuracy"] for r in result.rows]
+    # a rerun in the used folder replaces its run folders: no superseded-* checkpoints pile up
+    assert not list((tmp_path / "ab" / "runs").glob("*/seed0/checkpoints/superseded-*"))
     assert result.attention is None and (tmp_path / "ab" / "results.md").is_file()
     results = json.loads((tmp_path / "ab" / "results.json").read_text())
     assert results["ablation"] == "spacetime"

@@ -92,3 +92,20 @@ def test_attend_errors():
     with pytest.raises(ValueError, match=r"needs H and W divisible by it, got 5 x 6"):
         NonLocalBlock(6, attend="time")(torch.randn(1, 6, 4, 5, 6))
     assert "attend='time'" in repr(NonLocalBlock(6, attend="time"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("attend", ["space", "time"])
+def test_restricted_blocks_export_to_onnx_with_dynamic_batch_and_time(attend, tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    block = _block("embedded_gaussian", attend=attend)
+    x = _input()
+    path = tmp_path / f"{attend}.onnx"
+    dims = {0: torch.export.Dim("batch"), 2: torch.export.Dim("time")}
+    torch.onnx.export(block, (x,), str(path), dynamo=True, dynamic_shapes=(dims,))
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for inp in (x, _input(size=(6, 4, 6), batch=3, seed=2)):
+        (out,) = session.run(None, {session.get_inputs()[0].name: inp.numpy()})
+        with torch.no_grad():
+            torch.testing.assert_close(torch.from_numpy(out), block(inp), atol=1e-5, rtol=1e-5)

@@ -8,6 +8,7 @@ import json
 import logging
 import multiprocessing
 import os
+import shutil
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
@@ -116,6 +117,9 @@ def _train_runs(
     task = data.config
     records = []
     for run in runs:
+        # the run folders are the demo's own output: a rerun replaces them instead of having the
+        # engine set the old checkpoints aside (superseded-*), which would pile up with every rerun
+        shutil.rmtree(run.folder, ignore_errors=True)
         cfg = demo_config(run.model, data, recipe, run.seed, run.folder)
         cfg.train.progress = progress
         label = f"{run.model.key} seed {run.seed}"
