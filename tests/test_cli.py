@@ -35,11 +35,11 @@ def test_version(capsys):
 def test_resume_does_not_swallow_an_override(tmp_path, monkeypatch):
     """``train --config X --resume data.root=/d``: the override stays an override."""
     from nonlocalnet.cli import build_parser
-    from nonlocalnet.cli_video import _resume_and_overrides
+    from nonlocalnet.cli_video import parse_train
 
     def parsed(*argv):
-        args = build_parser().parse_args(["train", "--config", "x.yaml", *argv])
-        return _resume_and_overrides(args.resume, args.overrides)
+        args = parse_train(build_parser(), ["train", "--config", "x.yaml", *argv])
+        return (True if args.resume == "latest" else args.resume), args.overrides
 
     assert parsed("--resume", "data.root=/d", "train.epochs=2") == (True, ["data.root=/d", "train.epochs=2"])
     assert parsed("data.root=/d", "--resume") == (True, ["data.root=/d"])

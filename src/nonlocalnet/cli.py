@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import torch
 
 from nonlocalnet import __version__
-from nonlocalnet.cli_video import add_video_commands, split_resume
+from nonlocalnet.cli_video import add_video_commands, parse_train
 from nonlocalnet.data.bad_data import DataQualityError
 from nonlocalnet.engine.distributed import DistributedError
 from nonlocalnet.errors import InvalidValueError, NonLocalNetError
@@ -201,15 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["train"]:
-        # overrides may stand on both sides of --resume: argparse gives the words after it to
-        # no one (one positional list), so they are taken back here, in their order
-        args, extra = parser.parse_known_args(split_resume(argv))
-        if any(word.startswith("-") for word in extra):
-            parser.error(f"unrecognized arguments: {' '.join(extra)}")
-        args.overrides = [*args.overrides, *extra]
-    else:
-        args = parser.parse_args(argv)
+    args = parse_train(parser, argv) if argv[:1] == ["train"] else parser.parse_args(argv)
     if args.command == "example" and not 1 <= len(args.size) <= 3:
         print(f"error: --size takes 1 to 3 numbers, got {len(args.size)}", file=sys.stderr)
         return 2

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from nonlocalnet.errors import InvalidValueError
 
-__all__ = ["add_video_commands", "split_resume"]
+__all__ = ["add_video_commands", "parse_train", "split_resume"]
 
 
 def _setup_logging() -> None:
@@ -19,15 +19,6 @@ def _setup_logging() -> None:
 
 
 _OVERRIDE = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)+=")
-
-
-def _resume_and_overrides(resume: str | None, overrides: list[str]) -> tuple[str | bool | None, list[str]]:
-    """``--resume`` takes an optional checkpoint, so argparse gives it the next word even when that
-    word is an override (``--resume data.root=/d``): an override-shaped word that is not an
-    existing file is an override, and ``--resume`` means the newest checkpoint."""
-    if resume is not None and resume != "latest" and _OVERRIDE.match(resume) and not Path(resume).exists():
-        return True, [resume, *overrides]
-    return (True if resume == "latest" else resume), overrides
 
 
 def split_resume(argv: list[str]) -> list[str]:
@@ -42,12 +33,23 @@ def split_resume(argv: list[str]) -> list[str]:
     return out
 
 
+def parse_train(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """Parse ``train ...``: overrides may stand on both sides of ``--resume``. argparse gives the
+    words after it to no one (there is one positional list), so they are taken back here, in
+    their order; ``args.resume`` is ``None``, ``"latest"`` or a checkpoint path."""
+    args, extra = parser.parse_known_args(split_resume(argv))
+    if any(word.startswith("-") for word in extra):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.overrides = [*args.overrides, *extra]
+    return args
+
+
 def _train(args: argparse.Namespace) -> int:
     from nonlocalnet.engine import load_config, train
 
     _setup_logging()
-    resume, overrides = _resume_and_overrides(args.resume, args.overrides)
-    cfg = load_config(args.config, overrides)
+    resume = True if args.resume == "latest" else args.resume
+    cfg = load_config(args.config, args.overrides)
     result = train(cfg, resume=resume)
     if int(os.environ.get("RANK", "0")) != 0:
         return 0  # under torchrun only rank 0 writes, so only rank 0 reports
