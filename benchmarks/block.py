@@ -9,19 +9,33 @@ softmax case reports the fraction of it that it achieves.
     python benchmarks/block.py --quick              # seconds, small sizes (smoke test)
 
 Writes JSON (``--out``, default ``benchmarks/results/block.json``) and prints a Markdown table.
+
+The softmax algorithms, point by point (every exact algorithm and ``auto``, round-robin in one
+process per group of points, so drift hits all alike; peak extra memory per call):
+
+    python benchmarks/block.py --grid               # B, N, M, Ck, mode, pass, dtype: 512 points
+    python benchmarks/block.py --grid --ns 784 3136 --dtypes fp32   # a part; reruns append
+    python benchmarks/block.py --calibrate          # the cost model's measurements
+    python benchmarks/block.py --fit                # refit ops/dispatch.py's COSTS from them
+    python benchmarks/block.py --mmcv               # the block against mmcv's NonLocal3d
+
+``--grid`` appends to ``results/block_grid.json`` (points already there are skipped), so it
+runs in parts; the N x M ``naive`` form is skipped where its matrix exceeds 8 GiB.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
+import time
 from pathlib import Path
 
 import torch
 from _harness import machine, measure, spawn, write_json
 
-from nonlocalnet.ops import nonlocal_op
+from nonlocalnet.ops import dispatch, nonlocal_op
 
 NAIVE = {"gaussian": "naive", "embedded_gaussian": "naive", "dot_product": "quadratic"}
 
@@ -194,6 +208,422 @@ def summarise(results: list[dict]) -> tuple[str, list[dict]]:
     return "\n".join(table), rows
 
 
+# ---------------------------------------------------------------------------------------------
+# The softmax algorithms on a grid of shapes (--grid, --calibrate, --fit)
+
+GRID_ALGOS = ("fused", "flash", "chunked", "naive")
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+NAIVE_LIMIT_BYTES = 8 * 2**30  # the naive form's (B, N, M) float32 matrix
+
+
+def grid_points(
+    batches=(1, 2),
+    ns=(784, 3136, 12544, 50176),
+    ms=("N", "N/4"),
+    cks=(64, 128, 256, 512),
+    modes=("gaussian", "embedded_gaussian"),
+    passes=("fwd", "fwd+bwd"),
+    dtypes=("fp32", "bf16"),
+) -> list[dict]:
+    """Grid points; Gaussian: Ck raw feature channels, Cv = Ck / 2; embedded: Cv = Ck."""
+    points = []
+    for n in ns:
+        for b in batches:
+            for m in ms:
+                for ck in cks:
+                    for mode in modes:
+                        for p in passes:
+                            for dt in dtypes:
+                                points.append(
+                                    {
+                                        "batch": b,
+                                        "n": n,
+                                        "m": n if m == "N" else n // 4,
+                                        "ck": ck,
+                                        "cv": ck // 2 if mode == "gaussian" else ck,
+                                        "mode": mode,
+                                        "backward": p == "fwd+bwd",
+                                        "dtype": dt,
+                                    }
+                                )
+    return points
+
+
+def point_key(p: dict) -> tuple:
+    return (p["batch"], p["n"], p["m"], p["ck"], p["cv"], p["mode"], p["backward"], p["dtype"])
+
+
+def _naive_fits(p: dict) -> bool:
+    return p["batch"] * p["n"] * p["m"] * 4 <= NAIVE_LIMIT_BYTES
+
+
+def run_point(p: dict, algos: tuple[str, ...], repeats: int, warmup: int) -> dict:
+    """Every algorithm of ``algos`` on one point, round-robin; per-call peak extra memory."""
+    from _harness import peak_rss, reset_peak, rss
+
+    torch.manual_seed(0)
+    b, n, m, ck, cv, grad = p["batch"], p["n"], p["m"], p["ck"], p["cv"], p["backward"]
+    dt = DTYPES[p["dtype"]]
+    theta = (torch.randn(b, ck, n) * ck**-0.25).to(dt).transpose(1, 2).requires_grad_(grad)
+    phi = (torch.randn(b, ck, m) * ck**-0.25).to(dt).transpose(1, 2).requires_grad_(grad)
+    g = torch.randn(b, cv, m).to(dt).transpose(1, 2).requires_grad_(grad)
+    scale = 1.0 if p["mode"] == "gaussian" else ck**-0.5
+
+    def call(algorithm):
+        with torch.set_grad_enabled(grad):
+            y = nonlocal_op(p["mode"], theta, phi, g, scale=scale, algorithm=algorithm)
+            if grad:
+                y.backward(torch.ones_like(y))
+                theta.grad = phi.grad = g.grad = None
+
+    out: dict = {}
+    run = [a for a in algos if a != "naive" or _naive_fits(p)]
+    for a in algos:
+        if a not in run:
+            out[a] = {"skipped": "out of memory range (N x M matrix over 8 GiB)"}
+    times: dict[str, list[float]] = {a: [] for a in run}
+    peaks: dict[str, float] = {a: 0.0 for a in run}
+    for _ in range(warmup):
+        for a in run:
+            call(a)
+    for _ in range(repeats):
+        for a in run:
+            reset_peak()
+            base = rss()
+            start = time.perf_counter()
+            call(a)
+            times[a].append(time.perf_counter() - start)
+            peaks[a] = max(peaks[a], max(peak_rss() - base, 0) / 2**20)
+    for a in run:
+        out[a] = {"median_s": statistics.median(times[a]), "times_s": times[a], "peak_extra_mib": peaks[a]}
+    choice = dispatch.choose_softmax_algorithm(
+        batch=b, n=n, m=m, ck=ck, cv=cv, dtype=dt, device_type="cpu", training=grad
+    )
+    return {**p, "auto_choice": choice, "algorithms": out}
+
+
+def _point_cost(p: dict) -> float:
+    """A rough seconds estimate of one call (for grouping points and for planning)."""
+    flops = 2.0 * p["batch"] * p["n"] * p["m"] * (p["ck"] + p["cv"]) * (3.5 if p["backward"] else 1.0)
+    return flops / 80e9
+
+
+def run_group(args: dict) -> list[dict]:
+    return [run_point(p, tuple(args["algos"]), args["repeats"], args["warmup"]) for p in args["points"]]
+
+
+def _groups(points: list[dict], budget_s: float = 60.0) -> list[list[dict]]:
+    groups, cur, cost = [], [], 0.0
+    for p in points:
+        c = _point_cost(p) * 5 * 4
+        if cur and cost + c > budget_s:
+            groups.append(cur)
+            cur, cost = [], 0.0
+        cur.append(p)
+        cost += c
+    return groups + ([cur] if cur else [])
+
+
+def _reps(p: dict) -> tuple[int, int]:
+    """(warmup, repeats): fewer for the long points."""
+    c = _point_cost(p)
+    return (1, 5) if c < 0.05 else (1, 3) if c < 1.0 else (0, 2) if c < 5.0 else (0, 1)
+
+
+def run_grid(points: list[dict], out: Path, algos: tuple[str, ...], timeout: float, kind: str) -> dict:
+    """Run the points not yet in ``out`` and append them (the file is rewritten after each group)."""
+    data = json.loads(out.read_text()) if out.exists() else {"kind": kind, "meta": machine(), "points": []}
+    done = {point_key(p) for p in data["points"]}
+    todo = [p for p in points if point_key(p) not in done]
+    by_reps: dict[tuple[int, int], list[dict]] = {}
+    for p in todo:
+        by_reps.setdefault(_reps(p), []).append(p)
+    for (warmup, repeats), pts in sorted(by_reps.items(), reverse=True):
+        for group in _groups(pts):
+            case = {"group": {"points": group, "algos": list(algos), "repeats": repeats, "warmup": warmup}}
+            res = spawn(__file__, case, timeout)
+            if "error" in res:
+                results = [{**p, "error": res["error"]} for p in group]
+            else:
+                results = res["results"]
+            for r in results:
+                data["points"].append(r)
+                print(f"{_fmt_point(r)}", file=sys.stderr, flush=True)
+            write_json(out, data)
+    return data
+
+
+def _fmt_point(r: dict) -> str:
+    head = (
+        f"B={r['batch']} N={r['n']} M={r['m']} Ck={r['ck']} Cv={r['cv']} {r['mode']} "
+        f"{'fwd+bwd' if r['backward'] else 'fwd'} {r['dtype']}"
+    )
+    if "error" in r:
+        return f"{head}: {r['error']}"
+    cells = [
+        f"{a} {1e3 * v['median_s']:.1f} ms" if "median_s" in v else f"{a} skipped"
+        for a, v in r["algorithms"].items()
+    ]
+    return f"{head}: {', '.join(cells)} (auto -> {r['auto_choice']})"
+
+
+EXACT = ("fused", "flash", "chunked")
+
+
+def summarise_grid(points: list[dict]) -> tuple[str, dict]:
+    """One row per point: each algorithm's ms and peak MiB, auto's choice and auto / best exact."""
+    head = (
+        "| B | N | M | Ck | Cv | mode | pass | dtype | fused ms (MiB) | flash ms (MiB) "
+        "| chunked ms (MiB) | naive ms (MiB) | auto ms | auto picked | auto / best exact |"
+    )
+    lines = [head, "|" + "---|" * 15]
+    ratios, not_best, failed = [], 0, []
+    for r in points:
+        if "error" in r:
+            failed.append(r)
+            continue
+        al = r["algorithms"]
+
+        def cell(a, al=al):
+            v = al.get(a)
+            if v is None:
+                return "-"
+            if "median_s" not in v:
+                return "skipped (> 8 GiB)"
+            return f"{1e3 * v['median_s']:.1f} ({v['peak_extra_mib']:.0f})"
+
+        exact = {a: al[a]["median_s"] for a in EXACT if "median_s" in al.get(a, {})}
+        best = min(exact.values())
+        auto_s = al["auto"]["median_s"] if "median_s" in al.get("auto", {}) else exact[r["auto_choice"]]
+        ratio = auto_s / best
+        ratios.append(ratio)
+        not_best += min(exact, key=exact.get) != r["auto_choice"]
+        lines.append(
+            f"| {r['batch']} | {r['n']} | {r['m']} | {r['ck']} | {r['cv']} | {r['mode']} "
+            f"| {'fwd+bwd' if r['backward'] else 'fwd'} | {r['dtype']} | {cell('fused')} | {cell('flash')} "
+            f"| {cell('chunked')} | {cell('naive')} | {1e3 * auto_s:.1f} | {r['auto_choice']} | {ratio:.2f} |"
+        )
+    summary = {
+        "points": len(ratios),
+        "failed": len(failed),
+        "max_auto_over_best": max(ratios, default=float("nan")),
+        "median_auto_over_best": statistics.median(ratios) if ratios else float("nan"),
+        "within_10_percent": sum(x <= 1.10 for x in ratios),
+        "auto_not_the_measured_best": not_best,
+    }
+    lines += [
+        "",
+        f"{summary['points']} points; auto within 10% of the fastest exact algorithm at "
+        f"{summary['within_10_percent']}; max auto / best {summary['max_auto_over_best']:.2f}, median "
+        f"{summary['median_auto_over_best']:.2f}; auto's pick was not the measured fastest at "
+        f"{summary['auto_not_the_measured_best']} (within noise where the ratio is near 1).",
+    ]
+    lines += [f"failed: {_fmt_point(r)}" for r in failed]
+    return "\n".join(lines), summary
+
+
+def fit_costs(points: list[dict]) -> dict[tuple[str, str, str], tuple[float, ...]]:
+    """Non-negative least squares on relative error, per (algorithm, pass, precision)."""
+    import numpy as np
+    from scipy.optimize import nnls
+
+    rows: dict[tuple[str, str, str], tuple[list, list]] = {}
+    for r in points:
+        if "error" in r:
+            continue
+        prec = "low" if r["dtype"] != "fp32" else "fp32"
+        ps = "training" if r["backward"] else "forward"
+        for a in EXACT:
+            v = r["algorithms"].get(a, {})
+            if "median_s" not in v:
+                continue
+            x = dispatch.cost_features(a, r["backward"], r["batch"], r["n"], r["m"], r["ck"], r["cv"])
+            xs, ys = rows.setdefault((a, ps, prec), ([], []))
+            xs.append([f / v["median_s"] for f in x])
+            ys.append(1.0)
+    costs = {}
+    for key, (xs, ys) in sorted(rows.items()):
+        a = np.array(xs)
+        norm = a.max(axis=0)
+        norm[norm == 0] = 1.0
+        coef, _ = nnls(a / norm, np.array(ys))
+        costs[key] = tuple(float(c) for c in coef / norm)
+    return costs
+
+
+def summarise_fit(points: list[dict]) -> str:
+    """How well the cost model in ops/dispatch.py predicts the calibration measurements."""
+    lines = [
+        "| algorithm | pass | dtype | points | median abs. error | max abs. error |",
+        "|---|---|---|---|---|---|",
+    ]
+    errs: dict[tuple[str, str, str], list[float]] = {}
+    for r in points:
+        if "error" in r:
+            continue
+        for a in EXACT:
+            v = r["algorithms"].get(a, {})
+            if "median_s" not in v:
+                continue
+            pred = dispatch.predict_seconds(
+                a,
+                training=r["backward"],
+                batch=r["batch"],
+                n=r["n"],
+                m=r["m"],
+                ck=r["ck"],
+                cv=r["cv"],
+                dtype=DTYPES[r["dtype"]],
+            )
+            key = (a, "fwd+bwd" if r["backward"] else "fwd", r["dtype"])
+            errs.setdefault(key, []).append(abs(pred / v["median_s"] - 1))
+    for (a, ps, dt), e in sorted(errs.items()):
+        lines.append(
+            f"| {a} | {ps} | {dt} | {len(e)} | {100 * statistics.median(e):.0f}% | {100 * max(e):.0f}% |"
+        )
+    ratios = []
+    for r in points:
+        exact = {a: v["median_s"] for a, v in r.get("algorithms", {}).items() if "median_s" in v}
+        if r.get("error") or not exact:
+            continue
+        pick = dispatch.choose_softmax_algorithm(
+            batch=r["batch"],
+            n=r["n"],
+            m=r["m"],
+            ck=r["ck"],
+            cv=r["cv"],
+            dtype=DTYPES[r["dtype"]],
+            device_type="cpu",
+            training=r["backward"],
+        )
+        ratios.append(exact[pick] / min(exact.values()))
+    if ratios:
+        lines += [
+            "",
+            f"On these {len(ratios)} points the model's pick is within 10% of the measured fastest at "
+            f"{sum(x <= 1.1 for x in ratios)} (worst {max(ratios):.2f}x): in-sample, the fitting data.",
+        ]
+    return "\n".join(lines)
+
+
+def calibration_points() -> list[dict]:
+    small = grid_points(ns=(784, 3136), cks=(64, 256, 512))
+    big = grid_points(batches=(1,), ns=(12544,), ms=("N/4",), cks=(64, 512))
+    return small + big
+
+
+# ---------------------------------------------------------------------------------------------
+# The whole block against mmcv's NonLocal3d (--mmcv)
+
+MMCV_CASES = [
+    # (label, in_channels, T, H, W): the issue's measurements
+    ("headline", 256, 16, 56, 56),
+    ("n12544", 512, 16, 28, 28),
+]
+
+
+def run_block_case(case: dict) -> dict:
+    """One block forward + backward (B = 1, sub-sampled keys) in this process."""
+    torch.manual_seed(0)
+    cin = case["in_channels"]
+    x = torch.randn(1, cin, case["t"], case["h"], case["w"], requires_grad=True)
+    if case["impl"] == "mmcv":
+        sys.path.insert(0, case["mmcv_site"])
+        from mmcv.cnn import NonLocal3d
+
+        block = NonLocal3d(cin, reduction=2, mode=case["mode"], use_scale=True, sub_sample=True)
+    else:
+        from nonlocalnet import NonLocalBlock
+
+        block = NonLocalBlock(
+            cin, cin // 2, mode=case["mode"], use_scale=True, sub_sample=True, algorithm=case["algorithm"]
+        )
+    block.train()
+
+    def fn():
+        block(x).sum().backward()
+        x.grad = None
+        block.zero_grad(set_to_none=True)
+
+    result = measure(fn, case["warmup"], case["repeats"])
+    return {**case, **result}
+
+
+def mmcv_plan(mmcv_site: str) -> list[dict]:
+    cases = []
+    for label, cin, t, h, w in MMCV_CASES:
+        for mode in ("embedded_gaussian", "gaussian"):
+            impls = [("ours", a) for a in ("auto", "fused", "flash", "chunked", "naive")]
+            impls.append(("mmcv", "explicit"))
+            for impl, algorithm in impls:
+                big = h * w * t >= 50176
+                cases.append(
+                    {
+                        "kind": "block",
+                        "case": label,
+                        "in_channels": cin,
+                        "t": t,
+                        "h": h,
+                        "w": w,
+                        "mode": mode,
+                        "impl": impl,
+                        "algorithm": algorithm,
+                        "mmcv_site": mmcv_site,
+                        "warmup": 0 if big else 1,
+                        "repeats": 1 if big else 3,
+                    }
+                )
+    return cases
+
+
+def summarise_mmcv(results: list[dict]) -> tuple[str, list[dict]]:
+    """Block forward + backward: every algorithm of ours against mmcv and against our naive twin."""
+    lines = [
+        "| case | mode | implementation | s | peak extra MiB | speed vs mmcv | memory vs mmcv "
+        "| speed vs naive twin |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    rows = []
+    for label, cin, t, h, w in MMCV_CASES:
+        for mode in ("embedded_gaussian", "gaussian"):
+            rs = [r for r in results if r["case"] == label and r["mode"] == mode]
+            ok = lambda r: r is not None and "error" not in r  # noqa: E731
+            mm = next((r for r in rs if r["impl"] == "mmcv"), None)
+            tw = next((r for r in rs if r["impl"] == "ours" and r["algorithm"] == "naive"), None)
+            for r in rs:
+                name = "mmcv NonLocal3d" if r["impl"] == "mmcv" else f"ours, {r['algorithm']}"
+                if not ok(r):
+                    lines.append(f"| {label} | {mode} | {name} | - | - | {r.get('error', '')} | | |")
+                    continue
+                row = {"case": label, "mode": mode, "impl": name, "seconds": r["median_s"]}
+                sp = mem = twin = ""
+                if ok(mm):
+                    row["speed_vs_mmcv"] = mm["median_s"] / r["median_s"]
+                    row["memory_vs_mmcv"] = r["peak_extra_mib"] / max(mm["peak_extra_mib"], 1e-9)
+                    sp, mem = f"{row['speed_vs_mmcv']:.2f}x", f"1/{1 / row['memory_vs_mmcv']:.1f}"
+                if ok(tw):
+                    row["speed_vs_twin"] = tw["median_s"] / r["median_s"]
+                    twin = f"{row['speed_vs_twin']:.2f}x"
+                rows.append(row)
+                lines.append(
+                    f"| {label}: 1x{cin}x{t}x{h}x{w} | {mode} | {name} | {r['median_s']:.2f} "
+                    f"| {r['peak_extra_mib']:.0f} | {sp} | {mem} | {twin} |"
+                )
+    return "\n".join(lines), rows
+
+
+def summarise_any(data: dict) -> str:
+    """The table of any file this script writes (benchmarks/report.py renders it)."""
+    kind = data.get("kind", "block")
+    if kind == "grid":
+        return summarise_grid(data["points"])[0]
+    if kind == "calibration":
+        return summarise_fit(data["points"])
+    if kind == "mmcv":
+        return summarise_mmcv(data["cases"])[0]
+    return summarise(data["cases"])[0]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -203,9 +633,92 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "block.json")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds per case")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--grid", action="store_true", help="the softmax algorithms on the grid")
+    parser.add_argument("--calibrate", action="store_true", help="measure the cost model's points")
+    parser.add_argument("--fit", action="store_true", help="refit the cost model, print COSTS")
+    parser.add_argument("--mmcv", action="store_true", help="the block against mmcv's NonLocal3d")
+    parser.add_argument("--mmcv-site", default="", help="a folder holding mmcv-lite (not a dependency)")
+    parser.add_argument("--batches", nargs="+", type=int, default=[1, 2])
+    parser.add_argument("--ns", nargs="+", type=int, default=[784, 3136, 12544, 50176])
+    parser.add_argument("--ms", nargs="+", default=["N", "N/4"], choices=["N", "N/4"])
+    parser.add_argument("--cks", nargs="+", type=int, default=[64, 128, 256, 512])
+    parser.add_argument("--modes", nargs="+", default=["gaussian", "embedded_gaussian"])
+    parser.add_argument("--passes", nargs="+", default=["fwd", "fwd+bwd"], choices=["fwd", "fwd+bwd"])
+    parser.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"], choices=list(DTYPES))
+    parser.add_argument("--cases", nargs="+", default=None, help="--mmcv: only these case/mode/impl labels")
     args = parser.parse_args()
     if args.worker:
-        print(json.dumps(run_case(json.loads(args.worker))))
+        case = json.loads(args.worker)
+        if "group" in case:
+            print(json.dumps({"results": run_group(case["group"])}))
+        elif case.get("kind") == "block":
+            print(json.dumps(run_block_case(case)))
+        else:
+            print(json.dumps(run_case(case)))
+        return
+    results_dir = Path(__file__).parent / "results"
+    if args.fit:
+        data = json.loads((results_dir / "block_calibration.json").read_text())
+        costs = fit_costs(data["points"])
+        print("COSTS = {")
+        for key, c in costs.items():
+            print(f"    {key!r}: ({', '.join(f'{x:.4g}' for x in c)}),")
+        print("}")
+        return
+    if args.grid or args.calibrate:
+        if args.grid:
+            points = grid_points(
+                tuple(args.batches),
+                tuple(args.ns),
+                tuple(args.ms),
+                tuple(args.cks),
+                tuple(args.modes),
+                tuple(args.passes),
+                tuple(args.dtypes),
+            )
+            out, algos, kind = results_dir / "block_grid.json", (*GRID_ALGOS, "auto"), "grid"
+        else:
+            points, out, algos, kind = (
+                calibration_points(),
+                results_dir / "block_calibration.json",
+                EXACT,
+                "calibration",
+            )
+        if args.out != parser.get_default("out"):
+            out = args.out
+        data = run_grid(points, out, algos, args.timeout, kind)
+        print(summarise_any(data))
+        print(f"\nwrote {out}", file=sys.stderr)
+        return
+    if args.mmcv:
+        out = results_dir / "block_mmcv.json" if args.out == parser.get_default("out") else args.out
+        site = args.mmcv_site
+        try:
+            if site:
+                sys.path.insert(0, site)
+            import mmcv.cnn  # noqa: F401
+        except ImportError as err:
+            print(
+                f"mmcv is not installed ({err}): its rows are skipped; pip install mmcv-lite "
+                "(e.g. --target DIR, then --mmcv-site DIR)",
+                file=sys.stderr,
+            )
+            site = None
+        data = (
+            json.loads(out.read_text()) if out.exists() else {"kind": "mmcv", "meta": machine(), "cases": []}
+        )
+        label = lambda c: f"{c['case']}/{c['mode']}/{c['impl']}/{c['algorithm']}"  # noqa: E731
+        for case in mmcv_plan(site or ""):
+            if case["impl"] == "mmcv" and site is None:
+                continue
+            if args.cases and not any(label(case).startswith(x) for x in args.cases):
+                continue
+            res = spawn(__file__, case, args.timeout)
+            data["cases"] = [c for c in data["cases"] if label(c) != label(case)] + [res]
+            done = res.get("error") or f"{res['median_s']:.2f} s, {res['peak_extra_mib']:.0f} MiB"
+            print(f"{label(case)}: {done}", file=sys.stderr, flush=True)
+            write_json(out, data)
+        print(summarise_mmcv(data["cases"])[0])
         return
     results = []
     cases = plan(args.quick)

@@ -64,15 +64,22 @@ def run_case(case: dict) -> dict:
     return {**case, **result, "clips_per_s": case["batch"] / result["median_s"]}
 
 
-def plan(quick: bool, impls: list[str], passes: list[str], frames_list: list[int]) -> list[dict]:
+def plan(
+    quick: bool,
+    impls: list[str],
+    passes: list[str],
+    frames_list: list[int],
+    models: tuple[str, ...] = MODELS,
+    naive: bool = True,
+) -> list[dict]:
     geometries = [(f, 2 if f == 8 else 1) for f in frames_list] if not quick else [(8, 1)]
     size = 64 if quick else 224
     cases = []
     for frames, batch in geometries:
         for train in [p == "train" for p in passes]:
-            for model in MODELS:
+            for model in models:
                 variants = [(impl, False) for impl in impls]
-                if "nl" in model and "eager" in impls:
+                if naive and "nl" in model and "eager" in impls:
                     variants.append(("eager", True))
                 for impl, naive in variants:
                     cases.append(
@@ -104,6 +111,7 @@ def summarise(results: list[dict], gflops: dict[tuple[str, int], float]) -> tupl
     ]
     for r in results:
         impl = "naive NL block" if r["naive"] else r["impl"]
+        impl += f" ({r['tag']})" if r.get("tag") else ""
         cells = (
             ("-", "-", "-")
             if "error" in r
@@ -174,12 +182,17 @@ def main() -> None:
     parser.add_argument("--frames", nargs="+", type=int, default=[8, 32], choices=[8, 32])
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "models.json")
     parser.add_argument("--timeout", type=float, default=1800.0)
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
+    parser.add_argument("--no-naive", action="store_true", help="skip the naive N x N block swap")
+    parser.add_argument("--tag", default="", help="a label for the rows (e.g. which code was measured)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         print(json.dumps(run_case(json.loads(args.worker))))
         return
-    cases = plan(args.quick, args.impls, args.passes, args.frames)
+    cases = plan(args.quick, args.impls, args.passes, args.frames, tuple(args.models), not args.no_naive)
+    if args.tag:
+        cases = [{**c, "tag": args.tag} for c in cases]
     gflops = {}
     for model in MODELS:
         for frames in {c["frames"] for c in cases}:

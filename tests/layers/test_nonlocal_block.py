@@ -268,9 +268,14 @@ def test_bad_inputs():
     NonLocalBlock(8, sub_sample=False).eval()(torch.randn(1, 8, 1, 1, 1))  # no kernel: any size
 
 
-@pytest.mark.parametrize("mode", MODES)
+_LINEAR = [(m, "auto") for m in MODES] + [
+    (m, a) for m in ("gaussian", "embedded_gaussian") for a in ("fused", "flash", "chunked")
+]
+
+
+@pytest.mark.parametrize("mode,algorithm", _LINEAR, ids=[f"{m}-{a}" for m, a in _LINEAR])
 @pytest.mark.parametrize("grad", [False, True])
-def test_block_never_builds_n_by_m(mode, grad, monkeypatch):
+def test_block_never_builds_n_by_m(mode, algorithm, grad, monkeypatch):
     """The block hands the ops transposed views of conv outputs: the fast paths must still run
     (SDPA, for one, silently falls back to the quadratic math path on such inputs). The chunked
     softmax holds chunk x M logits, bounded by _CHUNK_ELEMENTS (made small here)."""
@@ -280,7 +285,11 @@ def test_block_never_builds_n_by_m(mode, grad, monkeypatch):
 
     monkeypatch.setattr(pairwise, "_CHUNK_ELEMENTS", 1 << 18)
 
+    from nonlocalnet.ops.dispatch import SOFTMAX_CANDIDATES
+
+    assert algorithm == "auto" or algorithm in SOFTMAX_CANDIDATES  # every algorithm auto may run
     block = _block(mode, 2).train(grad)
+    block.algorithm = algorithm
     x = torch.randn(1, 6, 64, 64, requires_grad=grad)  # N = 4096 queries, M = 1024 keys
     with _MaxNumel() as probe, torch.set_grad_enabled(grad):
         y = block(x)

@@ -8,6 +8,7 @@ from nonlocalnet.ops import (
     MODES,
     attention_weights,
     concatenation,
+    dispatch,
     dot_product,
     nonlocal_op,
     pairwise,
@@ -16,8 +17,8 @@ from nonlocalnet.ops import (
 
 FAST = {"gaussian": "fused", "embedded_gaussian": "fused", "dot_product": "linear", "concatenation": "sorted"}
 ALL = {
-    "gaussian": ("chunked", "naive", "fused"),
-    "embedded_gaussian": ("fused", "naive", "chunked"),
+    "gaussian": ("chunked", "naive", "fused", "flash"),
+    "embedded_gaussian": ("fused", "naive", "chunked", "flash"),
     "dot_product": ("linear", "quadratic"),
     "concatenation": ("sorted", "pairwise", "explicit"),
 }
@@ -88,8 +89,8 @@ def test_gradcheck_fast_paths_float64(mode):
     assert torch.autograd.gradcheck(fn, (theta, phi, g, w), eps=1e-6, atol=1e-6)
 
 
-@pytest.mark.parametrize("algorithm", ["fused", "chunked"])
-@pytest.mark.parametrize("widths", [(3, 3), (4, 2)])
+@pytest.mark.parametrize("algorithm", ["fused", "flash", "chunked"])
+@pytest.mark.parametrize("widths", [(3, 3), (4, 2), (2, 4)])
 def test_gradcheck_softmax_paths_float64(algorithm, widths, monkeypatch):
     monkeypatch.setattr(pairwise, "_CHUNK_ELEMENTS", 2 * 5 * 2)  # chunks of 2 query rows
     theta, phi, g, _ = _qkv(n=7, m=5, ck=widths[0], cv=widths[1], dtype=torch.float64)
@@ -156,18 +157,26 @@ class _MaxNumel(TorchDispatchMode):
         return out
 
 
-@pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("cv", [8, 4])
-def test_fast_paths_never_build_n_by_m(mode, cv, monkeypatch):
+# every algorithm "auto" may run, forced: whatever the cost model picks stays linear in N
+_LINEAR = [(m, "auto") for m in MODES] + [
+    (m, a) for m in ("gaussian", "embedded_gaussian") for a in dispatch.SOFTMAX_CANDIDATES
+]
+
+
+@pytest.mark.parametrize("mode,algorithm", _LINEAR, ids=[f"{m}-{a}" for m, a in _LINEAR])
+@pytest.mark.parametrize("cv", [8, 4, 16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fast_paths_never_build_n_by_m(mode, algorithm, cv, dtype, monkeypatch):
     """No tensor of the forward or backward pass has anywhere near N x M elements (the chunked
-    softmax, used when Ck != Cv, holds one block of chunk x M logits at a time)."""
+    backwards hold one block of chunk x M logits at a time), for every algorithm ``auto`` may
+    choose, at equal and unequal widths."""
     monkeypatch.setattr(pairwise, "_CHUNK_ELEMENTS", 64 * 1024)
     n, m = 1024, 1024
-    theta, phi, g, w = (t.requires_grad_() for t in _qkv(b=1, n=n, m=m, ck=8, cv=cv))
+    theta, phi, g, w = (t.to(dtype).requires_grad_() for t in _qkv(b=1, n=n, m=m, ck=8, cv=cv))
     with _MaxNumel() as probe:
-        y = nonlocal_op(mode, theta, phi, g, weight=w)
-        y.square().sum().backward()
-    assert probe.max_numel <= max(4 * n * 8, 64 * 1024), (probe.op, probe.max_numel)
+        y = nonlocal_op(mode, theta, phi, g, weight=w, algorithm=algorithm)
+        y.float().square().sum().backward()
+    assert probe.max_numel <= max(4 * n * 16, 64 * 1024), (probe.op, probe.max_numel)
     with _MaxNumel() as naive:
         nonlocal_op(mode, theta, phi, g, weight=w, algorithm=ALL[mode][1])
     assert naive.max_numel >= n * m  # the probe does see an affinity when one is built
@@ -270,6 +279,8 @@ class _Op(torch.nn.Module):
         ("gaussian", "auto", (3, 5)),
         ("embedded_gaussian", "auto", (4, 4)),
         ("embedded_gaussian", "chunked", (4, 4)),
+        ("embedded_gaussian", "flash", (4, 4)),
+        ("gaussian", "flash", (6, 3)),
         ("gaussian", "fused", (6, 3)),
         ("dot_product", "auto", (4, 3)),
         ("concatenation", "auto", (4, 3)),

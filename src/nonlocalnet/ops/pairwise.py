@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from nonlocalnet.errors import InvalidTypeError, InvalidValueError
+from nonlocalnet.ops.dispatch import choose_softmax_algorithm, chunk_rows
 
 __all__ = [
     "ALGORITHMS",
@@ -51,8 +52,8 @@ SOFTMAX_MODES = ("gaussian", "embedded_gaussian")
 """The instantiations normalised by a softmax (``C = sum_j f``)."""
 
 ALGORITHMS: dict[str, tuple[str, ...]] = {
-    "gaussian": ("auto", "fused", "chunked", "naive"),
-    "embedded_gaussian": ("auto", "fused", "chunked", "naive"),
+    "gaussian": ("auto", "fused", "flash", "chunked", "naive"),
+    "embedded_gaussian": ("auto", "fused", "flash", "chunked", "naive"),
     "dot_product": ("auto", "linear", "quadratic"),
     "concatenation": ("auto", "sorted", "pairwise", "explicit"),
 }
@@ -116,7 +117,7 @@ def _fp32(*tensors: Tensor) -> Iterator[tuple[Tensor, ...]]:
         yield tuple(t.float() if t.dtype in LOW_PRECISION else t for t in tensors)
 
 
-_CHUNK_ELEMENTS = 1 << 22  # logits per chunk of the chunked softmax: 16 MiB in float32
+_CHUNK_ELEMENTS = 1 << 24  # at most this many logits per block of the chunked softmax (64 MiB)
 
 
 def _shape_agnostic(*tensors: Tensor) -> bool:
@@ -194,28 +195,82 @@ class _ChunkedSoftmaxAttention(torch.autograd.Function):
     @staticmethod
     def _backward(ctx, grad_out: Tensor):
         theta, phi, g, out, lse = ctx.saved_tensors
-        scale, chunk = ctx.scale, ctx.chunk
-        grad_out = grad_out.contiguous()
-        delta = (grad_out * out).sum(dim=2)  # rowsum(dO * O) = rowsum(P * dP)
-        phi_t, g_t = phi.transpose(1, 2), g.transpose(1, 2)
-        if chunk is None:
-            p = torch.bmm(theta, phi_t).mul_(scale).sub_(lse[:, :, None]).exp_()
-            ds = torch.bmm(grad_out, g_t).sub_(delta[:, :, None]).mul_(p)
-            d_g = torch.bmm(p.transpose(1, 2), grad_out)
-            d_theta = torch.bmm(ds, phi).mul_(scale)
-            d_phi = torch.bmm(ds.transpose(1, 2), theta).mul_(scale)
-            return d_theta, d_phi, d_g, None, None
-        d_theta = torch.empty_like(theta)
-        d_phi = torch.zeros_like(phi)
-        d_g = torch.zeros_like(g)
-        for s in range(0, theta.shape[1], chunk):
-            q, do = theta[:, s : s + chunk], grad_out[:, s : s + chunk]
-            p = torch.bmm(q, phi_t).mul_(scale).sub_(lse[:, s : s + chunk, None]).exp_()
-            d_g.baddbmm_(p.transpose(1, 2), do)
-            ds = torch.bmm(do, g_t).sub_(delta[:, s : s + chunk, None]).mul_(p)
-            d_theta[:, s : s + chunk] = torch.bmm(ds, phi).mul_(scale)
-            d_phi.baddbmm_(ds.transpose(1, 2), q, alpha=scale)
-        return d_theta, d_phi, d_g, None, None
+        return (*_recomputing_backward(theta, phi, g, out, lse, grad_out, ctx.scale, ctx.chunk), None, None)
+
+
+def _recomputing_backward(
+    theta: Tensor,
+    phi: Tensor,
+    g: Tensor,
+    out: Tensor,
+    lse: Tensor,
+    grad_out: Tensor,
+    scale: float,
+    chunk: int | None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Gradients of ``softmax(scale * theta phi^T) g`` from the output and the row log-sum-exp,
+    recomputing the probabilities block by block (``chunk`` query rows; ``None``: one block)."""
+    grad_out = grad_out.contiguous()
+    delta = (grad_out * out).sum(dim=2)  # rowsum(dO * O) = rowsum(P * dP)
+    phi_t, g_t = phi.transpose(1, 2), g.transpose(1, 2)
+    if chunk is None:
+        p = torch.bmm(theta, phi_t).mul_(scale).sub_(lse[:, :, None]).exp_()
+        ds = torch.bmm(grad_out, g_t).sub_(delta[:, :, None]).mul_(p)
+        d_g = torch.bmm(p.transpose(1, 2), grad_out)
+        d_theta = torch.bmm(ds, phi).mul_(scale)
+        d_phi = torch.bmm(ds.transpose(1, 2), theta).mul_(scale)
+        return d_theta, d_phi, d_g
+    d_theta = torch.empty_like(theta)
+    d_phi = torch.zeros_like(phi)
+    d_g = torch.zeros_like(g)
+    for s in range(0, theta.shape[1], chunk):
+        q, do = theta[:, s : s + chunk], grad_out[:, s : s + chunk]
+        p = torch.bmm(q, phi_t).mul_(scale).sub_(lse[:, s : s + chunk, None]).exp_()
+        d_g.baddbmm_(p.transpose(1, 2), do)
+        ds = torch.bmm(do, g_t).sub_(delta[:, s : s + chunk, None]).mul_(p)
+        d_theta[:, s : s + chunk] = torch.bmm(ds, phi).mul_(scale)
+        d_phi.baddbmm_(ds.transpose(1, 2), q, alpha=scale)
+    return d_theta, d_phi, d_g
+
+
+def _pad_to(t: Tensor, width: int) -> Tensor:
+    return t if t.shape[2] == width else F.pad(t, (0, width - t.shape[2]))
+
+
+class _FlashSoftmaxAttention(torch.autograd.Function):
+    """CPU flash-attention forward (``_scaled_dot_product_flash_attention_for_cpu``, which also
+    returns the row log-sum-exp), chunked recomputing backward in float32.
+
+    The forward runs in the inputs' dtype (bfloat16/float16 kernels accumulate in float32) at the
+    padded width ``max(Ck, Cv)``; the backward works at the true widths, so the raw-feature
+    Gaussian pays the padding only once. Memory ``O(chunk * M + (N + M) C)``.
+    """
+
+    @staticmethod
+    def forward(ctx, theta: Tensor, phi: Tensor, g: Tensor, scale: float, chunk: int) -> Tensor:
+        ck, cv = theta.shape[2], g.shape[2]
+        w = max(ck, cv)
+        with _no_autocast(theta.device.type):
+            out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+                _pad_to(theta, w).unsqueeze(1),
+                _pad_to(phi, w).unsqueeze(1),
+                _pad_to(g, w).unsqueeze(1),
+                scale=float(scale),
+            )
+        out = out.squeeze(1)[..., :cv]
+        ctx.save_for_backward(theta, phi, g, out, lse.squeeze(1))
+        ctx.scale, ctx.chunk = scale, chunk
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out: Tensor):
+        theta, phi, g, out, lse = ctx.saved_tensors
+        with _no_autocast(grad_out.device.type):
+            work = torch.float32 if theta.dtype in LOW_PRECISION else theta.dtype
+            t, p, v, o, do, lse = (x.to(work) for x in (theta, phi, g, out, grad_out, lse))
+            grads = _recomputing_backward(t, p, v, o, lse, do, ctx.scale, ctx.chunk)
+        return (*(d.to(x.dtype) for d, x in zip(grads, (theta, phi, g), strict=True)), None, None)
 
 
 def softmax_attention(
@@ -223,40 +278,62 @@ def softmax_attention(
 ) -> Tensor:
     """Gaussian / embedded Gaussian: ``f = exp(scale * theta_i^T phi_j)``, ``C = sum_j f``.
 
-    ``"fused"`` runs ``scaled_dot_product_attention`` (flash kernel on CPU and CUDA: memory
-    linear in N; unequal widths ``Ck != Cv`` are zero-padded to the larger); ``"chunked"`` runs
-    the softmax over blocks of query rows with a recomputing backward (any widths, memory
-    ``chunk x M``; one block while exported); ``"auto"`` picks fused when the widths match,
-    except for training on CPU where the chunked backward is faster, and always fused while
-    exported (a shape-agnostic graph). ``"naive"`` builds the ``(B, N, M)`` affinity explicitly.
+    Exact algorithms, all with memory linear in N except ``"naive"``:
+
+    * ``"fused"``: ``scaled_dot_product_attention`` (flash kernels on CPU and CUDA, with their
+      own backward); unequal widths ``Ck != Cv`` are zero-padded to the larger.
+    * ``"flash"``: on CPU the flash kernel's forward (which also gives the row log-sum-exp)
+      with the chunked recomputing backward at the true widths (see :class:`_FlashSoftmaxAttention`);
+      ``"fused"`` on other devices.
+    * ``"chunked"``: the softmax over blocks of query rows in float32, recomputing backward (any
+      widths; block size from :func:`~nonlocalnet.ops.dispatch.chunk_rows`).
+    * ``"naive"``: the explicit ``(B, N, M)`` affinity (a reference).
+    * ``"auto"``: the fastest of fused / flash / chunked for the shapes, dtype, device and pass
+      (training when grad is enabled and an input requires grad), by the cost model of
+      :func:`~nonlocalnet.ops.dispatch.choose_softmax_algorithm`; always ``"fused"`` while
+      exported or traced (no choice or loop bound may depend on a size there).
     """
     _check(theta, phi, g)
     check_algorithm("embedded_gaussian", algorithm)
+    agnostic = _shape_agnostic(theta, phi, g)
     if algorithm == "auto":
-        # The CPU flash kernel's backward is slower than the chunked one; with Ck != Cv the
-        # fused route pays for padding. Exports take it anyway: the chunk size depends on the
-        # sizes, which would fix them in the graph.
-        grad = torch.is_grad_enabled() and (theta.requires_grad or phi.requires_grad or g.requires_grad)
-        same = theta.shape[2] == g.shape[2]
-        fused = _shape_agnostic(theta, phi, g) or (same and not (grad and theta.device.type == "cpu"))
-        algorithm = "fused" if fused else "chunked"
-    if algorithm != "naive":
-        # Row-major copies (O((N + M) C)): the flash kernels silently fall back to the quadratic
-        # math path on transposed views, which is what a conv's (B, C, N) output gives.
-        theta, phi, g = theta.contiguous(), phi.contiguous(), g.contiguous()
+        if agnostic:
+            algorithm = "fused"
+        else:
+            grad = torch.is_grad_enabled() and (theta.requires_grad or phi.requires_grad or g.requires_grad)
+            algorithm = choose_softmax_algorithm(
+                batch=theta.shape[0],
+                n=theta.shape[1],
+                m=phi.shape[1],
+                ck=theta.shape[2],
+                cv=g.shape[2],
+                dtype=torch.promote_types(torch.promote_types(theta.dtype, phi.dtype), g.dtype),
+                device_type=theta.device.type,
+                training=grad,
+            )
     if algorithm == "naive":
         logits = torch.bmm(theta, phi.transpose(1, 2)) * scale
         return torch.bmm(logits.softmax(dim=-1), g)
+    # Row-major copies (O((N + M) C)): the flash kernels silently fall back to the quadratic
+    # math path on transposed views, which is what a conv's (B, C, N) output gives.
+    theta, phi, g = theta.contiguous(), phi.contiguous(), g.contiguous()
+    out_dtype = torch.promote_types(theta.dtype, g.dtype)
     if algorithm == "chunked":
-        chunk = (
-            None
-            if _shape_agnostic(theta, phi)
-            else max(1, _CHUNK_ELEMENTS // (theta.shape[0] * phi.shape[1]))
-        )
-        out_dtype = torch.promote_types(theta.dtype, g.dtype)
+        chunk = None if agnostic else _chunk(theta, phi)
         with _fp32(theta, phi, g) as (t, p, v):
             return _ChunkedSoftmaxAttention.apply(t, p, v, float(scale), chunk).to(out_dtype)
-    return _fused_attention(theta, phi, g, scale)
+    # the flash kernels take one dtype (mixed inputs: the promoted one)
+    dtype = torch.promote_types(out_dtype, phi.dtype)
+    theta, phi, g = (x.to(dtype) for x in (theta, phi, g))
+    if algorithm == "flash" and not agnostic and theta.device.type == "cpu":
+        return _FlashSoftmaxAttention.apply(theta, phi, g, float(scale), _chunk(theta, phi)).to(out_dtype)
+    return _fused_attention(theta, phi, g, scale).to(out_dtype)
+
+
+def _chunk(theta: Tensor, phi: Tensor) -> int:
+    """Query rows per block: :func:`chunk_rows`, capped at ``_CHUNK_ELEMENTS`` logits."""
+    b, n, m = theta.shape[0], theta.shape[1], phi.shape[1]
+    return max(1, min(chunk_rows(b, n, m), _CHUNK_ELEMENTS // (b * m)))
 
 
 def dot_product(

@@ -1,0 +1,131 @@
+"""Which exact softmax-attention algorithm runs a call, and the chunk size of the chunked ones.
+
+``softmax_attention(..., algorithm="auto")`` asks :func:`choose_softmax_algorithm`. On CPU it
+predicts each exact linear-memory algorithm's time with a small cost model and takes the
+cheapest; elsewhere (CUDA, ...) it takes ``"fused"`` (``scaled_dot_product_attention`` with its
+own flash / memory-efficient kernels and their backward). The choice is a pure function of the
+shapes, dtype, device type and pass: deterministic, no state, no measurement at run time.
+
+The model, per algorithm, pass (``"forward"`` or ``"training"``: forward and backward) and
+precision (``"fp32"`` or ``"low"``: bfloat16/float16 inputs)::
+
+    seconds = c_pair * B*N*M + c_flop * flops(algorithm) + c_io * B*(N+M)*(Ck+Cv) + c_call
+
+``flops`` counts the algorithm's matrix products (the fused kernels work at the padded width
+``max(Ck, Cv)``; the recomputing backwards do one more ``N x M x Ck`` product than the explicit
+form). The four constants were fitted (non-negative least squares on relative error) on
+measurements of ``benchmarks/block.py --calibrate`` on a 2-core AVX-512 CPU, recorded in
+``benchmarks/results/block_calibration.json``; ``python benchmarks/block.py --fit`` refits them
+from that file and prints :data:`COSTS` to paste here.
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = [
+    "COSTS",
+    "SOFTMAX_CANDIDATES",
+    "choose_softmax_algorithm",
+    "chunk_rows",
+    "cost_features",
+    "predict_seconds",
+]
+
+SOFTMAX_CANDIDATES = ("fused", "flash", "chunked")
+"""The exact, linear-memory softmax algorithms ``"auto"`` chooses from (in tie order)."""
+
+# (algorithm, pass, precision) -> (c_pair, c_flop, c_io, c_call), seconds per unit; fitted by
+# ``python benchmarks/block.py --fit`` from benchmarks/results/block_calibration.json.
+COSTS: dict[tuple[str, str, str], tuple[float, float, float, float]] = {
+    ('chunked', 'forward', 'fp32'): (2.721e-09, 6.455e-12, 3.995e-09, 0.0003052),
+    ('chunked', 'forward', 'low'): (2.566e-09, 6.337e-12, 4.53e-09, 0.0006328),
+    ('chunked', 'training', 'fp32'): (6.634e-09, 6.457e-12, 9.899e-09, 0.0009457),
+    ('chunked', 'training', 'low'): (5.48e-09, 7.352e-12, 8.875e-09, 0.00146),
+    ('flash', 'forward', 'fp32'): (4.973e-10, 7.045e-12, 3.257e-09, 0.0004694),
+    ('flash', 'forward', 'low'): (6.585e-10, 6.843e-12, 2.235e-09, 0.0006413),
+    ('flash', 'training', 'fp32'): (5.028e-09, 6.629e-12, 9.222e-09, 0.001129),
+    ('flash', 'training', 'low'): (4.966e-09, 6.747e-12, 9.831e-09, 0.001452),
+    ('fused', 'forward', 'fp32'): (5.116e-10, 7.241e-12, 2.952e-09, 0.0003672),
+    ('fused', 'forward', 'low'): (6.774e-10, 6.82e-12, 1.977e-09, 0.0005913),
+    ('fused', 'training', 'fp32'): (1.4e-09, 7.826e-12, 6.361e-09, 0.001177),
+    ('fused', 'training', 'low'): (2.647e-09, 6.008e-12, 3.517e-09, 0.002281),
+}
+
+_CHUNK_BYTES = 1 << 23  # a chunk's (B, rows, M) logit block: 8 MiB in float32, a quarter of L3
+_MIN_ROWS = 256  # fewer query rows per product run the GEMMs far below their peak
+_MAX_ROWS = 2048
+
+
+def chunk_rows(batch: int, n: int, m: int) -> int:
+    """Query rows per block of the chunked softmax (forward and recomputing backward).
+
+    About :data:`_CHUNK_BYTES` of float32 logits per block, but never fewer than a few hundred
+    rows (small products waste the GEMM kernels) nor more than ``n``.
+    """
+    rows = _CHUNK_BYTES // (4 * max(1, batch * m))
+    return max(1, min(n, _MAX_ROWS, max(_MIN_ROWS, rows)))
+
+
+def cost_features(
+    algorithm: str, training: bool, batch: int, n: int, m: int, ck: int, cv: int
+) -> tuple[float, float, float, float]:
+    """``(pairs, flops, io, 1)`` of one call; see the module docstring."""
+    pairs = float(batch * n * m)
+    w = max(ck, cv)
+    if algorithm == "fused":  # SDPA's flash kernels: padded width, recomputing backward
+        fwd, bwd = 2 * pairs * 2 * w, 2 * pairs * 5 * w
+    elif algorithm == "flash":  # flash forward (padded), chunked backward (true widths)
+        fwd, bwd = 2 * pairs * 2 * w, 2 * pairs * (3 * ck + 2 * cv)
+    else:  # chunked
+        fwd, bwd = 2 * pairs * (ck + cv), 2 * pairs * (3 * ck + 2 * cv)
+    flops = fwd + (bwd if training else 0.0)
+    return pairs, flops, float(batch * (n + m) * (ck + cv)), 1.0
+
+
+def _precision(dtype: torch.dtype) -> str:
+    return "low" if dtype in (torch.float16, torch.bfloat16) else "fp32"
+
+
+def predict_seconds(
+    algorithm: str,
+    *,
+    training: bool,
+    batch: int,
+    n: int,
+    m: int,
+    ck: int,
+    cv: int,
+    dtype: torch.dtype = torch.float32,
+) -> float:
+    """The cost model's time for one CPU call (``inf`` where it has no constants)."""
+    key = (algorithm, "training" if training else "forward", _precision(dtype))
+    if key not in COSTS:
+        return float("inf")
+    x = cost_features(algorithm, training, batch, n, m, ck, cv)
+    return sum(c * f for c, f in zip(COSTS[key], x, strict=True))
+
+
+def choose_softmax_algorithm(
+    *,
+    batch: int,
+    n: int,
+    m: int,
+    ck: int,
+    cv: int,
+    dtype: torch.dtype,
+    device_type: str,
+    training: bool,
+) -> str:
+    """The fastest exact linear-memory algorithm for one call, from :data:`SOFTMAX_CANDIDATES`.
+
+    ``training`` means a backward will follow (grad enabled and an input requires grad).
+    """
+    if device_type != "cpu":
+        return "fused"
+    costs = [
+        predict_seconds(a, training=training, batch=batch, n=n, m=m, ck=ck, cv=cv, dtype=dtype)
+        for a in SOFTMAX_CANDIDATES
+    ]
+    best = min(range(len(costs)), key=lambda i: (costs[i], i))
+    return SOFTMAX_CANDIDATES[best] if costs[best] < float("inf") else "fused"
