@@ -76,3 +76,36 @@ def test_data_benchmark_case(tmp_path):
     table, rows = bench.summarise(results, video)
     assert "read_all_frames" in table and rows[-1]["speedup_vs_read_all"] == 1.0
     assert rows[0]["decoded_frames_per_clip"] < video["frames"] == rows[-1]["decoded_frames_per_clip"]
+
+
+def test_block_grid_points_table_and_fit():
+    """--grid at tiny sizes: every exact algorithm and auto per point, the table, the refit."""
+    points = block.grid_points(batches=(1,), ns=(64,), ms=("N/4",), cks=(8,), dtypes=("fp32", "bf16"))
+    assert len(points) == 8 and {p["cv"] for p in points} == {4, 8}  # Gaussian: Cv = Ck / 2
+    results = [block.run_point(p, (*block.GRID_ALGOS, "auto"), repeats=1, warmup=0) for p in points]
+    results.append({**points[0], "n": 128, "error": "timed out after 900 s"})  # a failed point is listed
+    for r in results[:-1]:
+        assert r["auto_choice"] in block.EXACT
+        assert all(v["median_s"] > 0 and v["peak_extra_mib"] >= 0 for v in r["algorithms"].values())
+    table, summary = block.summarise_grid(results)
+    assert summary["points"] == 8 and summary["failed"] == 1
+    assert "| 1 | 64 | 16 | 8 | 4 | gaussian | fwd | fp32 |" in table and "failed: " in table
+    big = {**points[0], "batch": 2, "n": 50176, "m": 50176}
+    assert not block._naive_fits(big)  # the 8 GiB rule: reported as skipped, not run
+    costs = block.fit_costs(results[:-1])
+    assert all(len(c) == 4 and min(c) >= 0 for c in costs.values())
+    assert "median abs. error" in block.summarise_fit(results[:-1])
+
+
+def test_block_mmcv_table_without_mmcv():
+    cases = [c for c in block.mmcv_plan("") if c["case"] == "n12544" and c["mode"] == "gaussian"]
+    fake = [{**c, "median_s": 2.0 if c["impl"] == "mmcv" else 1.0, "peak_extra_mib": 100.0} for c in cases]
+    table, rows = block.summarise_mmcv(fake)
+    assert "mmcv NonLocal3d" in table and "2.00x" in table
+    assert all("speed_vs_twin" in r for r in rows)
+
+
+def test_block_case_runs_ours_tiny():
+    case = {**block.mmcv_plan("")[0], "in_channels": 8, "t": 2, "h": 4, "w": 4, "warmup": 0, "repeats": 1}
+    result = block.run_block_case(case)
+    assert result["median_s"] > 0
