@@ -696,7 +696,11 @@ def main() -> None:
             out, algos, kind = results_dir / "block_grid.json", (*GRID_ALGOS, "auto"), "grid"
         else:
             points, out, algos, kind = (
-                calibration_points(),
+                [
+                    p
+                    for p in calibration_points()
+                    if ("fwd+bwd" if p["backward"] else "fwd") in args.passes and p["dtype"] in args.dtypes
+                ],
                 results_dir / "block_calibration.json",
                 EXACT,
                 "calibration",

@@ -25,8 +25,9 @@ def test_flash_and_candidates_are_listed():
 @pytest.mark.parametrize("nm", [(12, 12), (12, 3), (5, 17)])  # keys sub-sampled, or more keys
 def test_every_candidate_matches_the_float64_reference(algorithm, dtype, widths, nm, monkeypatch):
     """Forward and gradients against the literal loop (forward) and the float64 explicit form
-    (gradients); small chunks force several blocks in the chunked backwards."""
+    (gradients); small chunks force several tiles (rows and keys) in the chunked backwards."""
     monkeypatch.setattr(pairwise, "_CHUNK_ELEMENTS", 2 * 3 * nm[1])  # blocks of 3 query rows
+    monkeypatch.setattr(dispatch, "_BACKWARD_KEYS", 4)  # backward tiles of 4 keys
     theta, phi, g, w = _qkv(n=nm[0], m=nm[1], ck=widths[0], cv=widths[1], dtype=torch.float64)
     ref = loop_reference("embedded_gaussian", theta, phi, g, w, 0.6)
     leaves = [t.clone().requires_grad_() for t in (theta, phi, g)]

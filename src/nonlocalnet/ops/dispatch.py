@@ -26,6 +26,8 @@ import torch
 __all__ = [
     "COSTS",
     "SOFTMAX_CANDIDATES",
+    "backward_keys",
+    "backward_rows",
     "choose_softmax_algorithm",
     "chunk_rows",
     "cost_features",
@@ -38,18 +40,18 @@ SOFTMAX_CANDIDATES = ("fused", "flash", "chunked")
 # (algorithm, pass, precision) -> (c_pair, c_flop, c_io, c_call), seconds per unit; fitted by
 # ``python benchmarks/block.py --fit`` from benchmarks/results/block_calibration.json.
 COSTS: dict[tuple[str, str, str], tuple[float, float, float, float]] = {
-    ('chunked', 'forward', 'fp32'): (2.721e-09, 6.455e-12, 3.995e-09, 0.0003052),
-    ('chunked', 'forward', 'low'): (2.566e-09, 6.337e-12, 4.53e-09, 0.0006328),
-    ('chunked', 'training', 'fp32'): (6.634e-09, 6.457e-12, 9.899e-09, 0.0009457),
-    ('chunked', 'training', 'low'): (5.48e-09, 7.352e-12, 8.875e-09, 0.00146),
-    ('flash', 'forward', 'fp32'): (4.973e-10, 7.045e-12, 3.257e-09, 0.0004694),
-    ('flash', 'forward', 'low'): (6.585e-10, 6.843e-12, 2.235e-09, 0.0006413),
-    ('flash', 'training', 'fp32'): (5.028e-09, 6.629e-12, 9.222e-09, 0.001129),
-    ('flash', 'training', 'low'): (4.966e-09, 6.747e-12, 9.831e-09, 0.001452),
-    ('fused', 'forward', 'fp32'): (5.116e-10, 7.241e-12, 2.952e-09, 0.0003672),
-    ('fused', 'forward', 'low'): (6.774e-10, 6.82e-12, 1.977e-09, 0.0005913),
-    ('fused', 'training', 'fp32'): (1.4e-09, 7.826e-12, 6.361e-09, 0.001177),
-    ('fused', 'training', 'low'): (2.647e-09, 6.008e-12, 3.517e-09, 0.002281),
+    ("chunked", "forward", "fp32"): (2.721e-09, 6.455e-12, 3.995e-09, 0.0003052),
+    ("chunked", "forward", "low"): (2.566e-09, 6.337e-12, 4.53e-09, 0.0006328),
+    ("chunked", "training", "fp32"): (5.337e-09, 6.691e-12, 8.043e-09, 0.001137),
+    ("chunked", "training", "low"): (4.626e-09, 6.957e-12, 8.321e-09, 0.001418),
+    ("flash", "forward", "fp32"): (4.973e-10, 7.045e-12, 3.257e-09, 0.0004694),
+    ("flash", "forward", "low"): (6.585e-10, 6.843e-12, 2.235e-09, 0.0006413),
+    ("flash", "training", "fp32"): (4.204e-09, 6.84e-12, 7.888e-09, 0.001334),
+    ("flash", "training", "low"): (3.562e-09, 6.745e-12, 9.453e-09, 0.001661),
+    ("fused", "forward", "fp32"): (5.116e-10, 7.241e-12, 2.952e-09, 0.0003672),
+    ("fused", "forward", "low"): (6.774e-10, 6.82e-12, 1.977e-09, 0.0005913),
+    ("fused", "training", "fp32"): (1.306e-09, 7.776e-12, 5.143e-09, 0.001293),
+    ("fused", "training", "low"): (1.522e-09, 5.977e-12, 3.658e-09, 0.002318),
 }
 
 _CHUNK_BYTES = 1 << 23  # a chunk's (B, rows, M) logit block: 8 MiB in float32, a quarter of L3
@@ -58,13 +60,28 @@ _MAX_ROWS = 2048
 
 
 def chunk_rows(batch: int, n: int, m: int) -> int:
-    """Query rows per block of the chunked softmax (forward and recomputing backward).
+    """Query rows per block of the chunked softmax forward (``m`` keys a block) and per tile of
+    the recomputing backward (at most :func:`backward_keys` keys a tile).
 
     About :data:`_CHUNK_BYTES` of float32 logits per block, but never fewer than a few hundred
     rows (small products waste the GEMM kernels) nor more than ``n``.
     """
     rows = _CHUNK_BYTES // (4 * max(1, batch * m))
     return max(1, min(n, _MAX_ROWS, max(_MIN_ROWS, rows)))
+
+
+_BACKWARD_KEYS = 1024  # keys per tile of the recomputing backward (with chunk_rows rows)
+
+
+def backward_keys(m: int) -> int:
+    """Keys per tile of the recomputing backward: the tile's key and value gradients and its
+    ``rows x keys`` probabilities stay in cache while every query block passes over them."""
+    return max(1, min(m, _BACKWARD_KEYS))
+
+
+def backward_rows(batch: int, n: int, keys: int) -> int:
+    """Query rows per tile of the recomputing backward: about 4 MiB of float32 probabilities."""
+    return max(1, min(n, _MAX_ROWS, max(_MIN_ROWS, (1 << 22) // (4 * max(1, batch * keys)))))
 
 
 def cost_features(

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from nonlocalnet.errors import InvalidTypeError, InvalidValueError
-from nonlocalnet.ops.dispatch import choose_softmax_algorithm, chunk_rows
+from nonlocalnet.ops.dispatch import backward_keys, backward_rows, choose_softmax_algorithm, chunk_rows
 
 __all__ = [
     "ALGORITHMS",
@@ -209,27 +209,40 @@ def _recomputing_backward(
     chunk: int | None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Gradients of ``softmax(scale * theta phi^T) g`` from the output and the row log-sum-exp,
-    recomputing the probabilities block by block (``chunk`` query rows; ``None``: one block)."""
+    recomputing the probabilities tile by tile (:func:`~nonlocalnet.ops.dispatch.backward_rows`
+    query rows times :func:`~nonlocalnet.ops.dispatch.backward_keys` keys; key tiles outermost,
+    so the key and value gradients of a tile stay in cache); ``chunk=None``: one block (exported
+    graphs)."""
     grad_out = grad_out.contiguous()
     delta = (grad_out * out).sum(dim=2)  # rowsum(dO * O) = rowsum(P * dP)
-    phi_t, g_t = phi.transpose(1, 2), g.transpose(1, 2)
     if chunk is None:
+        phi_t, g_t = phi.transpose(1, 2), g.transpose(1, 2)
         p = torch.bmm(theta, phi_t).mul_(scale).sub_(lse[:, :, None]).exp_()
         ds = torch.bmm(grad_out, g_t).sub_(delta[:, :, None]).mul_(p)
         d_g = torch.bmm(p.transpose(1, 2), grad_out)
         d_theta = torch.bmm(ds, phi).mul_(scale)
         d_phi = torch.bmm(ds.transpose(1, 2), theta).mul_(scale)
         return d_theta, d_phi, d_g
-    d_theta = torch.empty_like(theta)
-    d_phi = torch.zeros_like(phi)
-    d_g = torch.zeros_like(g)
-    for s in range(0, theta.shape[1], chunk):
-        q, do = theta[:, s : s + chunk], grad_out[:, s : s + chunk]
-        p = torch.bmm(q, phi_t).mul_(scale).sub_(lse[:, s : s + chunk, None]).exp_()
-        d_g.baddbmm_(p.transpose(1, 2), do)
-        ds = torch.bmm(do, g_t).sub_(delta[:, s : s + chunk, None]).mul_(p)
-        d_theta[:, s : s + chunk] = torch.bmm(ds, phi).mul_(scale)
-        d_phi.baddbmm_(ds.transpose(1, 2), q, alpha=scale)
+    b, n, m = theta.shape[0], theta.shape[1], phi.shape[1]
+    keys = backward_keys(m)
+    chunk = max(1, min(backward_rows(b, n, keys), _CHUNK_ELEMENTS // (b * keys)))
+    neg_lse, neg_delta = lse.neg()[:, :, None], delta.neg()[:, :, None]
+    d_theta = torch.zeros_like(theta)
+    d_phi = torch.empty_like(phi)
+    d_g = torch.empty_like(g)
+    for k0 in range(0, m, keys):
+        k, v = phi[:, k0 : k0 + keys], g[:, k0 : k0 + keys]
+        k_t, v_t = k.transpose(1, 2), v.transpose(1, 2)
+        d_k, d_v = torch.zeros_like(k), torch.zeros_like(v)
+        for s in range(0, n, chunk):
+            q, do = theta[:, s : s + chunk], grad_out[:, s : s + chunk]
+            p = torch.baddbmm(neg_lse[:, s : s + chunk], q, k_t, alpha=scale).exp_()
+            d_v.baddbmm_(p.transpose(1, 2), do)
+            ds = torch.baddbmm(neg_delta[:, s : s + chunk], do, v_t).mul_(p)
+            d_theta[:, s : s + chunk].baddbmm_(ds, k, alpha=scale)
+            d_k.baddbmm_(ds.transpose(1, 2), q, alpha=scale)
+        d_phi[:, k0 : k0 + keys] = d_k
+        d_g[:, k0 : k0 + keys] = d_v
     return d_theta, d_phi, d_g
 
 
