@@ -198,3 +198,25 @@ def test_chunk_rows():
     assert 1 <= rows <= 50176
     assert dispatch.chunk_rows(2, 50176, 12544) <= rows  # a larger batch, fewer rows
     assert dispatch.chunk_rows(64, 50176, 50176) >= 1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("algorithm", (*dispatch.SOFTMAX_CANDIDATES, "auto"))
+@pytest.mark.parametrize("widths", [(6, 6), (8, 3)])
+def test_torch_compile_fullgraph_every_candidate(algorithm, widths):
+    """torch.compile keeps the eager choice and traces every algorithm in one graph."""
+    torch._dynamo.reset()
+    theta, phi, g, _ = _qkv(n=24, m=6, ck=widths[0], cv=widths[1])
+
+    def fn(t, p, v):
+        return softmax_attention(t, p, v, scale=0.7, algorithm=algorithm)
+
+    compiled = torch.compile(fn, fullgraph=True)
+    results = []
+    for f in (fn, compiled):
+        leaves = [x.clone().requires_grad_() for x in (theta, phi, g)]
+        y = f(*leaves)
+        y.square().sum().backward()
+        results.append([y, *(x.grad for x in leaves)])
+    for a, b in zip(*results, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
