@@ -154,6 +154,7 @@ def _demo(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         jobs=args.jobs,
         ablation=args.ablation,
+        task=args.task,
     )
     print(result.table)
     a = result.attention
@@ -201,7 +202,12 @@ def add_video_commands(sub: argparse._SubParsersAction) -> None:
     de = sub.add_parser(
         "demo", help="the built-in long-range video task: C2D/I3D with and without non-local blocks"
     )
-    de.add_argument("--quick", action="store_true", help="two models, one seed, less data (under 3 minutes)")
+    de.add_argument(
+        "--quick",
+        action="store_true",
+        help="four models (C2D, I3D, each with and without an embedded-Gaussian block), one seed, less "
+        "data (under 3 minutes)",
+    )
     de.add_argument("--output", default=None, help="default: runs/demo (runs/demo-ABLATION)")
     de.add_argument(
         "--ablation",
@@ -209,6 +215,13 @@ def add_video_commands(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="the paper's Table 2b/2c/2d at this scale: one block after res2/res3/res4; 1, 2 or 3 "
         "blocks; attention over space only, time only or space-time",
+    )
+    de.add_argument(
+        "--task",
+        choices=("v4", "v3"),
+        default="v4",
+        help="v4: 8-frame clips, cues 7 frames apart (beyond the I3D's receptive field); v3: the "
+        "earlier 4-frame task the I3D solves alone (default: v4)",
     )
     de.add_argument("--seeds", type=int, default=None, help="default: 3 (1 with --quick)")
     de.add_argument(

@@ -45,7 +45,7 @@ def nearest_color(pixels):
 
 def test_render_video_shape_and_metadata():
     video, meta = render_video(SMALL, np.random.default_rng(0))
-    assert video.shape == (16, 32, 32, 3) and video.dtype == np.uint8
+    assert video.shape == (SMALL.num_frames, SMALL.height, SMALL.width, 3) and video.dtype == np.uint8
     assert meta["label"] in (0, 1) and meta["label_name"] == CLASS_NAMES[meta["label"]]
     assert (meta["early"]["color_index"] == meta["late"]["color_index"]) == (meta["label"] == 1)
     video2, meta2 = render_video(SMALL, np.random.default_rng(0))
@@ -93,19 +93,40 @@ def test_labels_correct_on_decoded_videos(dataset):
             assert int(found[0] == found[1]) == m["label"], m["path"]
 
 
-def test_cues_are_far_apart_in_space_and_time(dataset):
-    t, half = SMALL.num_frames, min(SMALL.height, SMALL.width) / 2
-    for split in ("train", "val"):
-        for m in dataset.metadata(split):
-            early, late = m["early"], m["late"]
-            (cx1, cy1), (cx2, cy2) = early["center"], late["center"]
-            assert np.hypot(cx1 - cx2, cy1 - cy2) >= half
-            assert 0 <= early["frames"][0] and early["frames"][1] <= t // 4
-            assert 3 * t // 4 <= late["frames"][0] and late["frames"][1] <= t
-            assert late["frames"][0] - (early["frames"][1] - 1) >= t // 2
-            for cue in (early, late):
-                x0, y0, x1, y1 = cue["box"]
-                assert 0 <= x0 < x1 <= SMALL.width and 0 <= y0 < y1 <= SMALL.height
+V3 = LongRangeTaskConfig(
+    num_frames=16, height=32, width=32, object_size=8, cue_frames=4, cue_window=None, seed=3
+)
+
+
+@pytest.mark.parametrize("cfg", [SMALL, V3, replace(SMALL, num_frames=12, cue_window=3, cue_frames=2)])
+def test_cues_are_far_apart_in_space_and_time(cfg):
+    t, half, window = cfg.num_frames, min(cfg.height, cfg.width) / 2, cfg.window
+    assert window == (t // 4 if cfg.cue_window is None else cfg.cue_window)
+    starts = set()
+    for i in range(60):
+        _, m = render_video(cfg, np.random.default_rng(i))
+        early, late = m["early"], m["late"]
+        (cx1, cy1), (cx2, cy2) = early["center"], late["center"]
+        assert np.hypot(cx1 - cx2, cy1 - cy2) >= half
+        assert 0 <= early["frames"][0] and early["frames"][1] <= window
+        assert t - window <= late["frames"][0] and late["frames"][1] <= t
+        assert (
+            early["frames"][1] - early["frames"][0] == late["frames"][1] - late["frames"][0] == cfg.cue_frames
+        )
+        assert late["frames"][0] - (early["frames"][1] - 1) == m["frame_gap"] >= cfg.min_frame_gap
+        starts.add((early["frames"][0], late["frames"][0]))
+        for cue in (early, late):
+            x0, y0, x1, y1 = cue["box"]
+            assert 0 <= x0 < x1 <= cfg.width and 0 <= y0 < y1 <= cfg.height
+    # every start the window allows occurs (the cues' timing is random inside their windows)
+    assert {a for a, _ in starts} == set(range(window - cfg.cue_frames + 1))
+    assert min(g for _, g in starts) == t - window
+    assert cfg.min_frame_gap == t - 2 * window + 1
+
+
+def test_the_default_task_shows_each_cue_once_at_the_two_ends_of_the_video():
+    cfg = LongRangeTaskConfig()
+    assert (cfg.num_frames, cfg.cue_frames, cfg.window, cfg.min_frame_gap) == (6, 1, 1, 5)
 
 
 def test_distractors_share_the_palette_and_span_the_clip(dataset):
@@ -185,8 +206,12 @@ def test_config_mismatch(tmp_path):
 @pytest.mark.parametrize(
     "kwargs",
     [
-        {"num_frames": 10},
-        {"cue_frames": 5},
+        {"num_frames": 10, "cue_window": None},
+        {"cue_frames": 2},
+        {"cue_frames": 5, "cue_window": None, "num_frames": 16},
+        {"cue_window": 0},
+        {"cue_window": 5},
+        {"num_frames": 1},
         {"height": 31},
         {"num_colors": 1},
         {"num_colors": len(PALETTE) + 1},

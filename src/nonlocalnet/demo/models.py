@@ -27,7 +27,7 @@ class DemoModel:
     label: str
     arch: str
     mode: str | None
-    after: tuple[int, ...] = (1,)
+    after: tuple[int, ...] = (2,)
     attend: str = "spacetime"
 
     @property
@@ -49,7 +49,7 @@ DEMO_MODELS = (
     DemoModel("i3d", "I3D baseline", "i3d", None),
     DemoModel("i3d_nl", "I3D + NL, embedded Gaussian", "i3d", "embedded_gaussian"),
 )
-QUICK_MODELS = (DEMO_MODELS[0], DEMO_MODELS[2])
+QUICK_MODELS = (DEMO_MODELS[0], DEMO_MODELS[2], DEMO_MODELS[5], DEMO_MODELS[6])
 
 _EMB = "embedded_gaussian"
 ABLATIONS: dict[str, tuple[DemoModel, ...]] = {
@@ -60,10 +60,10 @@ ABLATIONS: dict[str, tuple[DemoModel, ...]] = {
         DemoModel("nl_res3", "C2D + NL after res3", "c2d", _EMB, after=(1,)),
         DemoModel("nl_res4", "C2D + NL after res4", "c2d", _EMB, after=(2,)),
     ),
-    # Table 2c at this scale (one block per stage): 1, 2 or 3 blocks
+    # Table 2c at this scale (one block per stage, added from res4 down): 1, 2 or 3 blocks
     "blocks": (
         DEMO_MODELS[0],
-        DemoModel("nl_1", "C2D + 1 NL block (res3)", "c2d", _EMB, after=(1,)),
+        DemoModel("nl_1", "C2D + 1 NL block (res4)", "c2d", _EMB, after=(2,)),
         DemoModel("nl_2", "C2D + 2 NL blocks (res3, res4)", "c2d", _EMB, after=(1, 2)),
         DemoModel("nl_3", "C2D + 3 NL blocks (res2, res3, res4)", "c2d", _EMB, after=(0, 1, 2)),
     ),
@@ -84,12 +84,18 @@ def model_section(model: DemoModel, num_classes: int, recipe: DemoRecipe) -> dic
     """The ``model`` section of a training config, the network given whole as a ``spec``
     (:class:`~nonlocalnet.models.VideoResNetSpec` as data): a bottleneck ResNet with one block
     per stage (inner widths ``recipe.widths``), a narrow 7x7 stem and light temporal pooling.
-    The non-local block sits after res3 (the paper's position family), with the paper's block
-    settings; the I3D variant inflates conv1 to ``recipe.i3d_conv1`` frames and the first 1x1
-    of every block to 3."""
-    t = 3 if model.arch == "i3d" else 1
+    The non-local block sits after res4 (the paper's single block of Table 2a), with the
+    paper's block settings; the I3D variant inflates conv1 to ``recipe.i3d_conv1`` frames and the first 1x1
+    of the blocks of the stages ``recipe.i3d_inflated`` to 3."""
+    i3d = model.arch == "i3d"
     stages = [
-        {"depth": 1, "width": w, "stride": 1 if i == 0 else 2, "temporal_a": [t], "temporal_b": [1]}
+        {
+            "depth": 1,
+            "width": w,
+            "stride": 1 if i == 0 else 2,
+            "temporal_a": [3 if i3d and i in recipe.i3d_inflated else 1],
+            "temporal_b": [1],
+        }
         for i, w in enumerate(recipe.widths)
     ]
     if model.mode is not None:

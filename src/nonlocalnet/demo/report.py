@@ -27,6 +27,7 @@ def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
             {
                 "key": key,
                 "label": mine[0]["label"],
+                **({"arch": mine[0]["arch"]} if "arch" in mine[0] else {}),
                 "nonlocal": mine[0]["nonlocal"],
                 "params": mine[0]["params"],
                 "gflops": mine[0]["gflops"],
@@ -52,20 +53,32 @@ def write_table(rows: list[dict[str, Any]], folder: Path, header: dict[str, Any]
     return table
 
 
+def _baseline(row: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The row ``row`` is compared with: the model of its architecture without a block (C2D for
+    C2D + NL, I3D for I3D + NL), else the first row."""
+    if "arch" in row:
+        for r in rows:
+            if r.get("arch") == row["arch"] and r["nonlocal"] == 0:
+                return r
+    return rows[0]
+
+
 def render_table(rows: list[dict[str, Any]]) -> str:
-    """The Markdown table of :func:`summarise`'s rows (the first row is the baseline)."""
-    base = rows[0]["accuracy_mean"]
+    """The Markdown table of :func:`summarise`'s rows: each compared with its own baseline (the
+    same architecture without a block; the first row for rows that do not say theirs)."""
     lines = [
-        "| model | NL blocks | params | GFLOPs | held-out video top-1 (%) | vs baseline | seeds "
+        "| model | NL blocks | params | GFLOPs | held-out video top-1 (%) | per seed | vs baseline "
         "| train time (s) |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         spread = f" ± {100 * r['accuracy_std']:.1f}" if len(r["seeds"]) > 1 else ""
+        base = _baseline(r, rows)
+        versus = "-" if base is r else f"{100 * (r['accuracy_mean'] - base['accuracy_mean']):+.1f}"
+        seeds = ", ".join(f"{100 * a:.1f}" for a in r["accuracy"])
         lines.append(
             f"| {r['label']} | {r['nonlocal']} | {r['params'] / 1e3:.1f}k | {r['gflops']:.4f} | "
-            f"{100 * r['accuracy_mean']:.1f}{spread} | {100 * (r['accuracy_mean'] - base):+.1f} | "
-            f"{len(r['seeds'])} | {r['train_seconds']:.0f} |"
+            f"{100 * r['accuracy_mean']:.1f}{spread} | {seeds} | {versus} | {r['train_seconds']:.0f} |"
         )
     return "\n".join(lines)
 

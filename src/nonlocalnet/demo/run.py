@@ -134,6 +134,7 @@ def _train_runs(
             {
                 "key": run.model.key,
                 "label": run.model.label,
+                "arch": run.model.arch,
                 "nonlocal": run.model.num_nonlocal,
                 "seed": run.seed,
                 "accuracy": accuracy,
@@ -180,16 +181,18 @@ def run_demo(
     recipe: DemoRecipe | None = None,
     jobs: int | None = None,
     ablation: str | None = None,
+    task: str = "v4",
 ) -> DemoResult:
     """Run the whole demo (``quick``: two models, one seed, less data) and write
     ``results.md``/``results.json``, ``curves.png``, ``attention.png`` and one folder per run.
     ``ablation`` (a key of :data:`ABLATIONS`: ``stage``, ``blocks``, ``spacetime``) trains that
     ablation's models instead, on the same data and recipe, without the attention study.
+    ``task`` picks the built-in recipe's task version (:data:`~nonlocalnet.demo.recipe.TASK_VERSIONS`);
     ``recipe`` replaces the built-in one (tests use a tiny one). ``jobs`` training processes run
     side by side (default :func:`default_jobs`); results depend on it only through float
     rounding (the intra-op thread count changes the order of sums)."""
     started = time.perf_counter()
-    recipe = recipe or (quick_recipe() if quick else full_recipe())
+    recipe = recipe or (quick_recipe(task) if quick else full_recipe(task))
     if seeds is not None:
         recipe = replace(recipe, seeds=seeds)
     jobs = default_jobs() if jobs is None else jobs
@@ -217,7 +220,7 @@ def run_demo(
     )
     header = {
         "ablation": ablation,
-        "task": "long-range match (see docs/demo.md: the built-in demo task)",
+        "task": f"long-range match {task} (see docs/demo.md: the built-in demo task)",
         "task_config": data.config.to_json(),
         "train_videos": recipe.task.num_train,
         "held_out_videos": recipe.task.num_val,

@@ -2,26 +2,28 @@
 
 The task
 --------
-Every video is ``num_frames`` RGB frames (default 16 frames of 32x32 pixels) of a dark grey
+Every video is ``num_frames`` RGB frames (default 6 frames of 24x24 pixels) of a dark grey
 background with i.i.d. Gaussian pixel noise, written as an H.264 ``.mp4``. Two **cues**, filled
-squares of ``object_size`` pixels (default 8), are planted in it:
+squares of ``object_size`` pixels (default 6), are planted in it:
 
-* the **early cue**, of colour ``A``, is visible only during the first quarter of the clip
-  (default frames 0-3) at a fixed place;
-* the **late cue**, of colour ``B``, is visible only during the last quarter (default frames
-  12-15) at another place.
+* the **early cue**, of colour ``A``, is visible for ``cue_frames`` frames (default 1) somewhere
+  in the first ``cue_window`` frames (default 1: the first frame), at a fixed place;
+* the **late cue**, of colour ``B``, for as long in the last ``cue_window`` frames (default: the
+  last frame), at another place.
 
-The two cues never share a frame: every early-cue frame is at least ``num_frames // 2 + 1``
-frames before every late-cue frame (more than half the clip), and their centres are at least
-``min_distance * min(height, width)`` pixels apart (default half the frame, Euclidean). The
-colours come from a palette of ``num_colors`` saturated colours (default 2: red and green, which
-differ in brightness as well as hue). With more colours, small networks first learn the additive
-rule below, which splits the palette into two groups, and then separate the colours inside a group
-one pair at a time; a pair not separated by the end of training stays at chance, and runs end at
-discrete levels (83% for 3 colours). The label is binary: **"same"** (1) if
-``A == B`` and **"different"** (0) otherwise. Each split holds exactly half of each class; ``A``
-is uniform, and for "different" ``B`` is uniform over the other colours, so each cue's colour
-alone says nothing about the label.
+``cue_window=None`` is a quarter of the video, the task's version 3 (16 frames of 32x32, cues of 8
+pixels for 4 frames: ``nonlocalnet demo --task v3``), whose frames this version renders
+identically. The two cues never share a frame: every early-cue frame is at least ``min_frame_gap``
+frames (``num_frames - 2 * window + 1``: 5 by default) before every late-cue frame, and their
+centres are at least ``min_distance * min(height, width)`` pixels apart (default half the frame,
+Euclidean). The colours come from a palette of ``num_colors`` saturated colours (default 2: red
+and green, which differ in brightness as well as hue). With more colours, small networks first
+learn the additive rule below, which splits the palette into two groups, and then separate the
+colours inside a group one pair at a time; a pair not separated by the end of training stays at
+chance, and runs end at discrete levels (83% for 3 colours). The label is binary: **"same"** (1)
+if ``A == B`` and **"different"** (0) otherwise. Each split holds exactly half of each class;
+``A`` is uniform, and for "different" ``B`` is uniform over the other colours, so each cue's
+colour alone says nothing about the label.
 
 **Distractors** (default 1 to 3 per video) are hollow squares (rings) of the same size and the
 same palette, visible in every frame and moving in straight lines at 0.5 to 1.5 pixels per frame,
@@ -30,15 +32,16 @@ colour's presence in the clip does not say it belongs to a cue, and a network ha
 filled cues from the rings (a local, per-frame feature) and then relate the two cues (a
 non-local one).
 
-Why a C2D cannot solve it (the additive ceiling)
-------------------------------------------------
-A C2D network processes frames independently (its temporal pooling only mixes neighbouring
-frames, and no frame holds both cues), and ends with global average pooling and a linear
-classifier. Its logit is therefore a sum ``u(early frames) + v(late frames) + w(other frames)``:
-an *additive* function of the two cues. "Same colour" is an equality, an XOR-like relation, that
-no additive score expresses exactly. The best an additive classifier can do on this task is
-(exact, by mixed-integer programming over all additive scores ``u(A) + v(B)``; positions,
-distractors and noise are independent of the label and can only lower it):
+Why a C2D or an I3D cannot solve it (the additive ceiling)
+----------------------------------------------------------
+A C2D network processes frames independently, an I3D sees ``temporal_receptive_field`` frames at
+each position (the demo's: 5, against cues 6 frames apart counting both), and both end with global
+average pooling and a linear classifier. No position sees both cues, so the logit is a sum
+``u(early frames) + v(late frames) + w(other frames)``: an *additive* function of the two cues.
+"Same colour" is an equality, an XOR-like relation, that no additive score expresses exactly. The
+best an additive classifier can do on this task is (exact, by mixed-integer programming over all
+additive scores ``u(A) + v(B)``; positions, distractors and noise are independent of the label and
+can only lower it):
 
 * **3/4 for any number of colours**, if the network can tell the two cues apart (e.g. by their
   side of the frame): predict "same" iff ``r(A) >= r(B)`` for an order ``r`` of the colours. This
@@ -50,9 +53,9 @@ distractors and noise are independent of the label and can only lower it):
   colours are in a fixed half of the palette (for 2 colours: iff both cues are red). See
   :func:`additive_ceiling`.
 
-A non-local block after res3/res4 lets every position read the features of both cues at once
+A non-local block after res4 (or res2, res3) lets every position read the features of both cues at once
 (the attention can key on "filled square" features); the following convolutions then compare
-the colours before the pooling, so a C2D with non-local blocks can reach 100%.
+the colours before the pooling, so a C2D or an I3D with a non-local block can reach 100%.
 
 Files
 -----
@@ -111,7 +114,7 @@ PALETTE: tuple[tuple[str, tuple[int, int, int]], ...] = (
 0.114 B): red 96, green 136, yellow 205, blue 95."""
 
 _FORMAT = "nonlocalnet-synthetic-long-range"
-_VERSION = 3  # 2: yellow before blue in the palette, 3 colours by default; 3: 2 colours
+_VERSION = 4  # 2: yellow before blue, 3 colours; 3: 2 colours; 4: cue_window, 6 frames of 24x24
 _SPLITS = {"train": 0, "val": 1}
 _CHUNK = 50  # videos per task of a generation worker
 
@@ -129,12 +132,13 @@ class LongRangeTaskConfig:
     keep their full resolution. ``seed`` makes everything deterministic.
     """
 
-    num_frames: int = 16
-    height: int = 32
-    width: int = 32
+    num_frames: int = 6
+    height: int = 24
+    width: int = 24
     num_colors: int = 2
-    object_size: int = 8
-    cue_frames: int = 4
+    object_size: int = 6
+    cue_frames: int = 1
+    cue_window: int | None = 1
     min_distance: float = 0.5
     distractors: tuple[int, int] = (1, 3)
     distractor_speed: tuple[float, float] = (0.5, 1.5)
@@ -148,11 +152,22 @@ class LongRangeTaskConfig:
     crf: int = 17
 
     def __post_init__(self) -> None:
-        if self.num_frames < 4 or self.num_frames % 4:
-            raise InvalidValueError(f"num_frames must be a positive multiple of 4, got {self.num_frames}")
-        if not 1 <= self.cue_frames <= self.num_frames // 4:
+        if self.cue_window is None:
+            if self.num_frames < 4 or self.num_frames % 4:
+                raise InvalidValueError(
+                    f"num_frames must be a positive multiple of 4 when cue_window is None (the cues "
+                    f"then appear in the first and last quarter), got {self.num_frames}"
+                )
+        elif not isinstance(self.cue_window, int) or not 1 <= self.cue_window <= self.num_frames // 2:
             raise InvalidValueError(
-                f"cue_frames must be in [1, num_frames // 4 = {self.num_frames // 4}], got {self.cue_frames}"
+                f"cue_window must be None or an int in [1, num_frames // 2 = {self.num_frames // 2}], "
+                f"got {self.cue_window!r}"
+            )
+        if not 1 <= self.cue_frames <= self.window:
+            source = "cue_window" if self.cue_window is not None else "num_frames // 4"
+            raise InvalidValueError(
+                f"cue_frames must be in [1, {self.window}] (the frames a cue may appear in: {source}), "
+                f"got {self.cue_frames}"
             )
         if self.height % 2 or self.width % 2 or self.height < 8 or self.width < 8:
             raise InvalidValueError(f"height and width must be even and >= 8, got {self.height}x{self.width}")
@@ -198,6 +213,17 @@ class LongRangeTaskConfig:
             raise InvalidValueError(f"crf must be in [0, 51], got {self.crf}")
         if self.fps < 1:
             raise InvalidValueError(f"fps must be >= 1, got {self.fps}")
+
+    @property
+    def window(self) -> int:
+        """Frames at each end of the video a cue may appear in: ``cue_window``, or a quarter of
+        the video when it is ``None``."""
+        return self.num_frames // 4 if self.cue_window is None else self.cue_window
+
+    @property
+    def min_frame_gap(self) -> int:
+        """Fewest frames from the early cue's last frame to the late cue's first (1: adjacent)."""
+        return self.num_frames - 2 * self.window + 1
 
     @property
     def color_names(self) -> tuple[str, ...]:
@@ -314,9 +340,9 @@ def _render_labelled(
     names = config.color_names
     a = int(rng.integers(0, k))
     b = a if label == 1 else int((a + rng.integers(1, k)) % k)
-    quarter = t // 4
-    start_early = int(rng.integers(0, quarter - config.cue_frames + 1))
-    start_late = 3 * quarter + int(rng.integers(0, quarter - config.cue_frames + 1))
+    window = config.window
+    start_early = int(rng.integers(0, window - config.cue_frames + 1))
+    start_late = t - window + int(rng.integers(0, window - config.cue_frames + 1))
     box_early, box_late = _place_cues(config, rng)
 
     n_distractors = int(rng.integers(config.distractors[0], config.distractors[1] + 1))

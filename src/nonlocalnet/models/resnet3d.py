@@ -90,6 +90,28 @@ class VideoResNetSpec:
     def num_nonlocal(self) -> int:
         return sum(len(s.nonlocal_after) for s in self.stages)
 
+    @property
+    def temporal_receptive_field(self) -> int:
+        """Input frames one res5 position sees through the convolutions and pooling (the
+        non-local blocks, which see the whole clip, left out): 1 for a C2D without temporal
+        pooling, ``conv1 + 2 x (inflated 3-frame kernels)`` for an I3D without temporal strides."""
+        field_, jump = 1, 1
+
+        def layer(kernel: int, stride: int) -> None:
+            nonlocal field_, jump
+            field_ += (kernel - 1) * jump
+            jump *= stride
+
+        layer(self.conv1_temporal, self.conv1_temporal_stride)
+        layer(self.pool1_temporal, self.pool1_temporal_stride)
+        for index, stage in enumerate(self.stages):
+            for ka, kb in zip(stage.temporal_a, stage.temporal_b, strict=True):
+                layer(ka, 1)
+                layer(kb, 1)
+            if index == 0 and self.pool2_temporal:
+                layer(self.pool2_temporal, 2)
+        return field_
+
 
 class _Conv3d(nn.Conv3d):
     """A Conv3d whose temporal padding may replicate the border frames instead of zeros.
