@@ -66,6 +66,8 @@ def test_demo_models_differ_only_by_the_block_and_the_temporal_kernels():
     i3d = sections["i3d"]["spec"]
     assert [s["temporal_a"][0] for s in i3d["stages"]] == [3, 3, 1, 1]  # res2 and res3 inflated
     assert i3d["conv1_temporal"] == recipe.i3d_conv1
+    assert sections["i3d"]["temporal_padding"] == sections["i3d_nl"]["temporal_padding"] == "replicate"
+    assert "temporal_padding" not in sections["c2d"]  # C2D has no temporal kernel to pad
     assert [{k: v for k, v in s.items() if k != "temporal_a"} for s in i3d["stages"]] == [
         {k: v for k, v in s.items() if k != "temporal_a"} for s in c2d["stages"]
     ]

@@ -38,6 +38,7 @@ def _borrowed_name_network(model, recipe, num_classes):
         pool1_temporal_stride=recipe.pool1_temporal,
         pool2_temporal=recipe.pool2_temporal,
         stages=tuple(stages),
+        temporal_padding=recipe.i3d_temporal_padding if model.arch == "i3d" else "zeros",
     )
 
 

@@ -119,4 +119,7 @@ def model_section(model: DemoModel, num_classes: int, recipe: DemoRecipe) -> dic
         "pool2_temporal": recipe.pool2_temporal,
         "nonlocal_options": block,
     }
-    return {"name": None, "spec": spec, "num_classes": num_classes, "dropout": 0.0}
+    section = {"name": None, "spec": spec, "num_classes": num_classes, "dropout": 0.0}
+    if i3d:
+        section["temporal_padding"] = recipe.i3d_temporal_padding
+    return section
