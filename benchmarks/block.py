@@ -565,6 +565,74 @@ def run_block_case(case: dict) -> dict:
     return {**case, **result}
 
 
+def _block_of(impl: str, algorithm: str, mode: str, cin: int, mmcv_site: str):
+    if impl == "mmcv":
+        if mmcv_site not in sys.path:
+            sys.path.insert(0, mmcv_site)
+        from mmcv.cnn import NonLocal3d
+
+        return NonLocal3d(cin, reduction=2, mode=mode, use_scale=True, sub_sample=True)
+    from nonlocalnet import NonLocalBlock
+
+    return NonLocalBlock(cin, cin // 2, mode=mode, use_scale=True, sub_sample=True, algorithm=algorithm)
+
+
+def run_block_pair(case: dict) -> dict:
+    """Several blocks on one input in one process, called in turn ``repeats`` times (drift and
+    other load hit all alike); per call time and peak extra memory."""
+    from _harness import peak_rss, reset_peak, rss
+
+    torch.manual_seed(0)
+    cin = case["in_channels"]
+    x = torch.randn(1, cin, case["t"], case["h"], case["w"], requires_grad=True)
+    blocks = {
+        f"{impl}/{alg}": _block_of(impl, alg, case["mode"], cin, case["mmcv_site"]).train()
+        for impl, alg in case["impls"]
+    }
+    times: dict[str, list[float]] = {k: [] for k in blocks}
+    peaks = dict.fromkeys(blocks, 0.0)
+    for _ in range(case["repeats"]):
+        for name, block in blocks.items():
+            reset_peak()
+            base = rss()
+            start = time.perf_counter()
+            block(x).sum().backward()
+            times[name].append(time.perf_counter() - start)
+            x.grad = None
+            block.zero_grad(set_to_none=True)
+            peaks[name] = max(peaks[name], max(peak_rss() - base, 0) / 2**20)
+    runs = {
+        k: {"median_s": statistics.median(v), "times_s": v, "peak_extra_mib": peaks[k]}
+        for k, v in times.items()
+    }
+    return {**case, "runs": runs}
+
+
+def summarise_pairs(pairs: list[dict]) -> str:
+    lines = [
+        "| case | mode | implementation | s (median) | each call s | peak extra MiB | speed vs mmcv "
+        "| memory vs mmcv |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for p in pairs:
+        if "error" in p:
+            lines.append(f"| {p['case']} | {p['mode']} | failed: {p['error']} | | | | | |")
+            continue
+        mm = p["runs"].get("mmcv/explicit")
+        for name, r in p["runs"].items():
+            sp = mem = ""
+            if mm:
+                sp = f"{mm['median_s'] / r['median_s']:.2f}x"
+                mem = f"1/{mm['peak_extra_mib'] / max(r['peak_extra_mib'], 1e-9):.1f}"
+            label = "mmcv NonLocal3d" if name.startswith("mmcv") else f"ours, {name.split('/')[1]}"
+            each = ", ".join(f"{t:.1f}" for t in r["times_s"])
+            lines.append(
+                f"| {p['case']} | {p['mode']} | {label} | {r['median_s']:.2f} | {each} "
+                f"| {r['peak_extra_mib']:.0f} | {sp} | {mem} |"
+            )
+    return "\n".join(lines)
+
+
 def mmcv_plan(mmcv_site: str) -> list[dict]:
     cases = []
     for label, cin, t, h, w in MMCV_CASES:
@@ -636,7 +704,13 @@ def summarise_any(data: dict) -> str:
     if kind == "calibration":
         return summarise_fit(data["points"])
     if kind == "mmcv":
-        return summarise_mmcv(data["cases"])[0]
+        text = summarise_mmcv(data["cases"])[0]
+        if data.get("pairs"):
+            text += (
+                "\n\nThe headline case again, the blocks called in turn in one process "
+                "(`--mmcv-paired`):\n\n" + summarise_pairs(data["pairs"])
+            )
+        return text
     return summarise(data["cases"])[0]
 
 
@@ -653,6 +727,8 @@ def main() -> None:
     parser.add_argument("--calibrate", action="store_true", help="measure the cost model's points")
     parser.add_argument("--fit", action="store_true", help="refit the cost model, print COSTS")
     parser.add_argument("--mmcv", action="store_true", help="the block against mmcv's NonLocal3d")
+    parser.add_argument("--mmcv-paired", action="store_true", help="headline: blocks in turn, one process")
+    parser.add_argument("--repeats", type=int, default=3, help="--mmcv-paired: calls per block")
     parser.add_argument("--mmcv-site", default="", help="a folder holding mmcv-lite (not a dependency)")
     parser.add_argument("--batches", nargs="+", type=int, default=[1, 2])
     parser.add_argument("--ns", nargs="+", type=int, default=[784, 3136, 12544, 50176])
@@ -668,6 +744,8 @@ def main() -> None:
         case = json.loads(args.worker)
         if "group" in case:
             print(json.dumps({"results": run_group(case["group"])}))
+        elif case.get("kind") == "pair":
+            print(json.dumps(run_block_pair(case)))
         elif case.get("kind") == "block":
             print(json.dumps(run_block_case(case)))
         else:
@@ -710,6 +788,32 @@ def main() -> None:
         data = run_grid(points, out, algos, args.timeout, kind, args.redo)
         print(summarise_any(data))
         print(f"\nwrote {out}", file=sys.stderr)
+        return
+    if args.mmcv_paired:
+        out = results_dir / "block_mmcv.json" if args.out == parser.get_default("out") else args.out
+        data = json.loads(out.read_text())
+        pairs = []
+        for mode in args.modes:
+            _, cin, t, h, w = MMCV_CASES[0]
+            impls = [("ours", "auto"), ("mmcv", "explicit")]
+            case = {
+                "kind": "pair",
+                "case": "headline",
+                "mode": mode,
+                "in_channels": cin,
+                "t": t,
+                "h": h,
+                "w": w,
+                "impls": impls,
+                "mmcv_site": args.mmcv_site,
+                "repeats": args.repeats,
+            }
+            res = spawn(__file__, case, args.timeout)
+            pairs.append(res)
+            print(summarise_pairs([res]), file=sys.stderr, flush=True)
+        data["pairs"] = pairs
+        write_json(out, data)
+        print(summarise_pairs(pairs))
         return
     if args.mmcv:
         out = results_dir / "block_mmcv.json" if args.out == parser.get_default("out") else args.out

@@ -164,6 +164,8 @@ def summarise(results: list[dict], gflops: dict[tuple[str, int], float]) -> tupl
                     f"{naive['peak_extra_mib']:.0f} MiB vs ours {ours['peak_extra_mib']:.0f} MiB "
                     f"({ratio:.2f}x)"
                 )
+    if len(lines) == 2:  # no pair to check (e.g. --models without the baselines)
+        lines = []
     return "\n".join(table + lines), checks
 
 
