@@ -220,8 +220,8 @@ def add_video_commands(sub: argparse._SubParsersAction) -> None:
         "--task",
         choices=("v4", "v3"),
         default="v4",
-        help="v4: 8-frame clips, cues 7 frames apart (beyond the I3D's receptive field); v3: the "
-        "earlier 4-frame task the I3D solves alone (default: v4)",
+        help="v4: 6-frame clips, the cues on the first and last frame (beyond the I3D's receptive "
+        "field); v3: the earlier 4-frame task the I3D solves alone (default: v4)",
     )
     de.add_argument("--seeds", type=int, default=None, help="default: 3 (1 with --quick)")
     de.add_argument(

@@ -11,9 +11,9 @@ from nonlocalnet.errors import InvalidValueError
 __all__ = ["TASK_VERSIONS", "DemoRecipe", "full_recipe", "quick_recipe"]
 
 TASK_VERSIONS = ("v4", "v3")
-"""The demo's task versions: ``v4`` (default) 8-frame clips whose cues are 7 frames apart, more
-than the I3D's temporal receptive field; ``v3`` the earlier 4-frame clips of 16-frame videos,
-which the I3D solves without a non-local block."""
+"""The demo's task versions: ``v4`` (default) 6-frame clips with the cues on the first and the
+last frame, more than the demo I3D's temporal receptive field (5 frames) apart; ``v3`` the earlier
+4-frame clips of 16-frame videos, which the I3D solves without a non-local block."""
 
 
 @dataclass(frozen=True)
@@ -26,7 +26,10 @@ class DemoRecipe:
     Gaussian run diverged after reaching 94%); dot product and concatenation have no softmax and
     are not scaled (scaling them cost a concatenation run 9 points). ``warmup_epochs``: the
     learning rate ramps up linearly over this much of training (without it, concatenation models
-    often stayed at chance for most of the run)."""
+    often stayed at chance for most of the run). The I3D inflates conv1 to ``i3d_conv1`` frames
+    and the first 1x1 of the stages ``i3d_inflated`` (0 = res2) to 3x1x1, and pads its temporal
+    kernels with ``i3d_temporal_padding`` (``replicate``: zeros on the cue frames kept I3D + NL at
+    chance on two of three tuning seeds)."""
 
     task: LongRangeTaskConfig = field(default_factory=LongRangeTaskConfig)
     clip_length: int = 6

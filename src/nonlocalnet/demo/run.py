@@ -183,7 +183,7 @@ def run_demo(
     ablation: str | None = None,
     task: str = "v4",
 ) -> DemoResult:
-    """Run the whole demo (``quick``: two models, one seed, less data) and write
+    """Run the whole demo (``quick``: C2D and I3D with and without a block, one seed, less data) and write
     ``results.md``/``results.json``, ``curves.png``, ``attention.png`` and one folder per run.
     ``ablation`` (a key of :data:`ABLATIONS`: ``stage``, ``blocks``, ``spacetime``) trains that
     ablation's models instead, on the same data and recipe, without the attention study.
