@@ -2,6 +2,7 @@
 
 import json
 import re
+import shutil
 from dataclasses import replace
 
 import av
@@ -211,6 +212,8 @@ def test_config_mismatch(tmp_path):
         {"cue_frames": 5, "cue_window": None, "num_frames": 16},
         {"cue_window": 0},
         {"cue_window": 5},
+        {"cue_window": True},
+        {"cue_window": 1.0},
         {"num_frames": 1},
         {"height": 31},
         {"num_colors": 1},
@@ -245,3 +248,15 @@ def test_additive_ceiling():
     assert additive_ceiling(6, symmetric=True) == pytest.approx(0.65)
     with pytest.raises(ValueError):
         additive_ceiling(1)
+
+
+def test_an_older_format_version_is_named_when_loaded(dataset, tmp_path):
+    """A cache written by an earlier version (say version 3, before cue_window) is not a foreign
+    folder: the error names both versions and how to get the current one."""
+    root = tmp_path / "old"
+    shutil.copytree(dataset.root, root)
+    manifest = json.loads((root / "manifest.json").read_text())
+    manifest["version"] = 3
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(FileNotFoundError, match="format version 3.*reads version 4"):
+        load_synthetic_dataset(root)

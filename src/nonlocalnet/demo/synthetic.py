@@ -158,7 +158,11 @@ class LongRangeTaskConfig:
                     f"num_frames must be a positive multiple of 4 when cue_window is None (the cues "
                     f"then appear in the first and last quarter), got {self.num_frames}"
                 )
-        elif not isinstance(self.cue_window, int) or not 1 <= self.cue_window <= self.num_frames // 2:
+        elif (
+            isinstance(self.cue_window, bool)
+            or not isinstance(self.cue_window, int)
+            or not 1 <= self.cue_window <= self.num_frames // 2
+        ):
             raise InvalidValueError(
                 f"cue_window must be None or an int in [1, num_frames // 2 = {self.num_frames // 2}], "
                 f"got {self.cue_window!r}"
@@ -469,9 +473,14 @@ def load_synthetic_dataset(root: str | os.PathLike[str]) -> SyntheticDataset:
     """Open a dataset that :func:`generate_long_range_dataset` completed under ``root``."""
     root = Path(root)
     manifest = _read_manifest(root)
-    if manifest is None or manifest.get("version") != _VERSION:
+    if manifest is None:
         raise MissingFileError(
             f"no complete synthetic dataset under {root} (missing or foreign manifest.json)"
+        )
+    if manifest.get("version") != _VERSION:
+        raise MissingFileError(
+            f"the synthetic dataset under {root} has format version {manifest.get('version')}, this "
+            f"library reads version {_VERSION}; generate it again (generate_long_range_dataset)"
         )
     if not _cache_complete(root, manifest):
         raise MissingFileError(f"the synthetic dataset under {root} is missing files; generate it again")
