@@ -467,6 +467,11 @@ def fit_costs(points: list[dict]) -> dict[tuple[str, str, str], tuple[float, ...
     return costs
 
 
+def _shape(record: dict) -> dict:
+    """A grid point's sizes and dtype as the dispatcher's keyword arguments."""
+    return {k: record[k] for k in ("batch", "n", "m", "ck", "cv")} | {"dtype": DTYPES[record["dtype"]]}
+
+
 def summarise_fit(points: list[dict]) -> str:
     """How well the cost model in ops/dispatch.py predicts the calibration measurements."""
     lines = [
@@ -481,16 +486,7 @@ def summarise_fit(points: list[dict]) -> str:
             v = r["algorithms"].get(a, {})
             if "median_s" not in v:
                 continue
-            pred = dispatch.predict_seconds(
-                a,
-                training=r["backward"],
-                batch=r["batch"],
-                n=r["n"],
-                m=r["m"],
-                ck=r["ck"],
-                cv=r["cv"],
-                dtype=DTYPES[r["dtype"]],
-            )
+            pred = dispatch.predict_seconds(a, training=r["backward"], **_shape(r))
             key = (a, "fwd+bwd" if r["backward"] else "fwd", r["dtype"])
             errs.setdefault(key, []).append(abs(pred / v["median_s"] - 1))
     for (a, ps, dt), e in sorted(errs.items()):
@@ -502,16 +498,7 @@ def summarise_fit(points: list[dict]) -> str:
         exact = {a: v["median_s"] for a, v in r.get("algorithms", {}).items() if "median_s" in v}
         if r.get("error") or not exact:
             continue
-        pick = dispatch.choose_softmax_algorithm(
-            batch=r["batch"],
-            n=r["n"],
-            m=r["m"],
-            ck=r["ck"],
-            cv=r["cv"],
-            dtype=DTYPES[r["dtype"]],
-            device_type="cpu",
-            training=r["backward"],
-        )
+        pick = dispatch.choose_softmax_algorithm(device_type="cpu", training=r["backward"], **_shape(r))
         ratios.append(exact[pick] / min(exact.values()))
     if ratios:
         lines += [

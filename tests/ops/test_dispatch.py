@@ -3,6 +3,8 @@ the ``flash`` algorithm (CPU flash forward, chunked recomputing backward) matche
 reference in every dtype, at equal and unequal widths, with sub-sampled keys, inside and outside
 autocast."""
 
+import functools
+
 import pytest
 import torch
 from ops.test_pairwise import _qkv, loop_reference
@@ -149,7 +151,8 @@ def test_auto_runs_what_the_dispatcher_chose_and_the_override_wins(training, wid
     spy = _Spy(monkeypatch)
     theta, phi, g, _ = _qkv(b=2, n=64, m=16, ck=widths[0], cv=widths[1])
     leaves = [t.requires_grad_(training) for t in (theta, phi, g)]
-    chosen = dispatch.choose_softmax_algorithm(
+    choose = functools.partial(
+        dispatch.choose_softmax_algorithm,
         batch=2,
         n=64,
         m=16,
@@ -157,22 +160,13 @@ def test_auto_runs_what_the_dispatcher_chose_and_the_override_wins(training, wid
         cv=widths[1],
         dtype=torch.float32,
         device_type="cpu",
-        training=training,
     )
+    chosen = choose(training=training)
     softmax_attention(*leaves, algorithm="auto")
     assert spy.calls == [chosen]
     with torch.no_grad():  # no backward follows: the inference choice
         softmax_attention(*leaves, algorithm="auto")
-    inference = dispatch.choose_softmax_algorithm(
-        batch=2,
-        n=64,
-        m=16,
-        ck=widths[0],
-        cv=widths[1],
-        dtype=torch.float32,
-        device_type="cpu",
-        training=False,
-    )
+    inference = choose(training=False)
     assert spy.calls[-1] == inference
     for forced in dispatch.SOFTMAX_CANDIDATES:
         softmax_attention(*leaves, algorithm=forced)
