@@ -97,6 +97,13 @@ def render_data(data: dict) -> str:
     return "\n".join([head, *table])
 
 
+def render_detection(data: dict) -> str:
+    """benchmarks/detection.py's run: the timed passes, the GMACs and the checks."""
+    import detection
+
+    return detection.summarise(data["cases"], data["flops"])[0]
+
+
 def render_demo(data: dict) -> str:
     """The table a ``nonlocalnet demo [--ablation NAME]`` run wrote (its ``results.json``)."""
     from nonlocalnet.demo.report import render_table
@@ -111,6 +118,7 @@ RENDERERS: dict[str, Callable[..., str]] = {
     "complexity": render_complexity,
     "denoise": render_denoise,
     "data": render_data,
+    "detection": render_detection,
 }
 
 

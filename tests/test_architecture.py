@@ -19,13 +19,14 @@ ALLOWED: dict[str, set[str]] = {
     "denoise": {"ops"},
     "viz": {"layers", "ops"},
     "engine": {"data", "models", "layers", "ops", "viz"},
-    "tasks": {"engine", "data", "models", "layers", "ops", "viz"},
+    "tasks": {"engine", "detection", "data", "models", "layers", "ops", "viz"},
     "detection": {"engine", "data", "models", "layers", "ops", "viz"},
-    "demo": {"engine", "tasks", "data", "models", "layers", "ops", "viz"},
+    "demo": {"engine", "tasks", "detection", "data", "models", "layers", "ops", "viz"},
 }
 _EVERYTHING = {"engine", "tasks", "demo", "data", "models", "layers", "ops", "viz", "denoise", "detection"}
 ALLOWED["cli_video"] = _EVERYTHING
-ALLOWED["cli"] = _EVERYTHING | {"cli_video"}
+ALLOWED["cli_detection"] = _EVERYTHING | {"cli_video"}
+ALLOWED["cli"] = _EVERYTHING | {"cli_video", "cli_detection"}
 
 
 def _imports(path: Path) -> set[str]:

@@ -1,5 +1,6 @@
 """The benchmark scripts run (tiny cases, in-process): they must not rot. No timing asserted."""
 
+import json
 import sys
 from pathlib import Path
 
@@ -109,3 +110,37 @@ def test_block_case_runs_ours_tiny():
     case = {**block.mmcv_plan("")[0], "in_channels": 8, "t": 2, "h": 4, "w": 4, "warmup": 0, "repeats": 1}
     result = block.run_block_case(case)
     assert result["median_s"] > 0
+
+
+def test_detection_benchmark_tiny(tmp_path):
+    """benchmarks/detection.py end to end at a tiny size, its cases in this process."""
+    pytest.importorskip("torchvision")
+    import detection
+    import report
+
+    out = tmp_path / "detection.json"
+    argv = ["--models", "maskrcnn_tiny_fpn_nl", "--size", "64", "96", "--repeats", "1", "--warmup", "0"]
+    payload = detection.main(
+        [*argv, "--out", str(out)], runner=lambda _script, case, _t: detection.run_case(case)
+    )
+    assert json.loads(out.read_text()) == payload
+    cases, flops = payload["cases"], payload["flops"]
+    assert [(c["model"], c["train"]) for c in cases] == [
+        ("maskrcnn_tiny_fpn", False),
+        ("maskrcnn_tiny_fpn_nl", False),
+        ("maskrcnn_tiny_fpn", True),
+        ("maskrcnn_tiny_fpn_nl", True),
+    ]  # the baseline was added
+    assert all(c["median_s"] > 0 and c["peak_extra_mib"] >= 0 for c in cases)
+    assert all(c["detections"] > 0 for c in cases if not c["train"])  # score threshold 0: the mask head ran
+    base, nl = flops
+    assert base["blocks"] == [] and len(nl["blocks"]) == 1 and nl["blocks"][0]["calls"] == 1
+    block = nl["blocks"][0]
+    assert block["gmacs"] == pytest.approx(block["alone_gmacs"], rel=1e-6) and block["gmacs"] > 0
+    assert 0 < nl["share_of_model"] < nl["share_of_backbone_fpn"] < 1
+    assert (
+        len(payload["checks"]["ratios"]) == 2
+        and payload["checks"]["share"][0]["model"] == "maskrcnn_tiny_fpn_nl"
+    )
+    text = report.render_detection(payload)
+    assert "| maskrcnn_tiny_fpn_nl | 64x96 | train |" in text and "paper's under 5%" in text

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 import torch
 
 from nonlocalnet import __version__
+from nonlocalnet.cli_detection import add_detection_commands
 from nonlocalnet.cli_video import add_video_commands, parse_train
 from nonlocalnet.data.bad_data import DataQualityError
 from nonlocalnet.engine.distributed import DistributedError
@@ -143,6 +144,14 @@ def _models(args: argparse.Namespace) -> int:
     from nonlocalnet.models import list_models
 
     print("\n".join(list_models()))
+    try:
+        from nonlocalnet.detection.models import detector_info, list_detectors
+    except ImportError as err:  # the detection extra (torchvision) is not installed
+        print(f"# detectors: not available ({err}); pip install 'nonlocalnet[detection]'")
+        return 0
+    print("# detectors (torchvision; nonlocalnet detect-train)")
+    for name in list_detectors():
+        print(f"{name:<34s} {detector_info(name).description}")
     return 0
 
 
@@ -195,13 +204,14 @@ def build_parser() -> argparse.ArgumentParser:
     models = sub.add_parser("models", help="list the registry models")
     models.set_defaults(func=_models)
     add_video_commands(sub)
+    add_detection_commands(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = parse_train(parser, argv) if argv[:1] == ["train"] else parser.parse_args(argv)
+    args = parse_train(parser, argv) if argv[:1] in (["train"], ["detect-train"]) else parser.parse_args(argv)
     if args.command == "example" and not 1 <= len(args.size) <= 3:
         print(f"error: --size takes 1 to 3 numbers, got {len(args.size)}", file=sys.stderr)
         return 2

@@ -10,7 +10,13 @@ as one line and lets every other exception show its traceback.
 
 from __future__ import annotations
 
-__all__ = ["InvalidTypeError", "InvalidValueError", "MissingFileError", "NonLocalNetError"]
+__all__ = [
+    "InvalidTypeError",
+    "InvalidValueError",
+    "MissingDependencyError",
+    "MissingFileError",
+    "NonLocalNetError",
+]
 
 
 class NonLocalNetError(Exception):
@@ -27,3 +33,7 @@ class InvalidTypeError(NonLocalNetError, TypeError):
 
 class MissingFileError(NonLocalNetError, FileNotFoundError):
     """A file or folder the library was pointed at does not exist."""
+
+
+class MissingDependencyError(NonLocalNetError, ImportError):
+    """An optional dependency a feature needs is not installed (the message names the extra)."""

@@ -128,8 +128,10 @@ def test_the_default_task_is_video_classification(tmp_path, tiny_data):
 
 
 def test_an_unknown_task_is_a_config_error_naming_the_known_ones(tmp_path, tiny_data):
-    with pytest.raises(ConfigError, match=r"task: 'detection' is not one of \['video_classification'\]"):
-        config_from_dict(tiny_config(tiny_data, tmp_path, task="detection"))
+    with pytest.raises(
+        ConfigError, match=r"task: 'segmentation' is not one of \['detection', 'video_classification'\]"
+    ):
+        config_from_dict(tiny_config(tiny_data, tmp_path, task="segmentation"))
 
 
 def test_a_task_named_in_the_table_is_built_from_the_config(tmp_path, monkeypatch):

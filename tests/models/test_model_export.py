@@ -17,7 +17,10 @@ def _run_and_compare(ort, path, model, inputs):
     for x in inputs:
         (out,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
         with torch.no_grad():
-            torch.testing.assert_close(torch.from_numpy(out), model(x), atol=1e-4, rtol=1e-4)
+            expected = model(x)
+        # float32 rounding grows with the outputs' scale (dot-product logits reach ~100)
+        scale = max(1.0, float(expected.abs().max()))
+        torch.testing.assert_close(torch.from_numpy(out), expected, atol=1e-4 * scale, rtol=1e-4)
 
 
 @pytest.mark.slow
@@ -54,6 +57,7 @@ def test_onnx_export_of_a_tiny_video_resnet_keeps_batch_and_time_dynamic(mode, t
         stem_width=8,
         nonlocal_options={"mode": mode, "use_scale": True},
     )
+    torch.manual_seed(0)
     model = VideoResNet(spec, num_classes=5, dropout=0.0).eval()
     for m in model.modules():  # make the non-local blocks do something (they start as identity)
         if isinstance(m, torch.nn.BatchNorm3d):

@@ -23,10 +23,16 @@ def test_norm_names_have_one_home():
         layer = create_norm(kind, 4, dim=3)
         assert (
             type(layer).__name__
-            == {"batchnorm": "BatchNorm3d", "affine": "AffineChannel", "none": "Identity"}[kind]
+            == {
+                "batchnorm": "BatchNorm3d",
+                "affine": "AffineChannel",
+                "none": "Identity",
+                "groupnorm": "GroupNorm",
+            }[kind]
         )
     with pytest.raises(
-        ValueError, match=r"unknown norm 'layernorm'; expected one of \('batchnorm', 'affine', 'none'\)"
+        ValueError,
+        match=r"unknown norm 'layernorm'; expected one of \('batchnorm', 'affine', 'none', 'groupnorm'\)",
     ):
         NonLocalBlock(8, norm="layernorm")
     with pytest.raises(

@@ -153,6 +153,12 @@ RESUME_FREE_SETTINGS = (
     "train.memory_format",
     "checkpoint.*",
     "eval.*",
+    "detection.weights",
+    "detection.weights_backbone",
+    "detection.val_images",
+    "detection.val_annotations",
+    "detection.oks_sigmas",
+    "detection.mask_threshold",
 )
 
 

@@ -29,6 +29,7 @@ __all__ = [
     "Config",
     "ConfigError",
     "DataConfig",
+    "DetectionConfig",
     "EvalConfig",
     "ModelConfig",
     "OptimConfig",
@@ -170,6 +171,43 @@ class EvalConfig:
 
 
 @dataclass
+class DetectionConfig:
+    """The detector and its COCO-format data, for ``task: detection``
+    (:func:`nonlocalnet.detection.build_detector`; the video ``model``/``data`` settings do not
+    apply, except ``data.num_workers`` and ``data.bad_data_threshold``).
+
+    ``model``: a detector name (``nonlocalnet models``); ``num_classes`` counts the background
+    as torchvision does (0: the data's categories + 1). ``weights``: a whole detector's state
+    dict file (torchvision's COCO ``.pth`` loads into the ``_nl`` models with only the block's
+    keys new; predictors of another class count are re-initialised); ``weights_backbone``: an
+    ImageNet ResNet state dict file. Nothing is downloaded. ``min_size``: one short side, or
+    several for multi-scale training (one drawn per batch); evaluation uses the last.
+    ``oks_sigmas``: one per keypoint (COCO's 17 when unset and the data has 17).
+    ``model_options``: more torchvision constructor keywords (``rpn_batch_size_per_image``...).
+    """
+
+    model: str = "maskrcnn_r50_fpn_nl"
+    num_classes: int = 0
+    nonlocal_mode: str = "embedded_gaussian"
+    nonlocal_norm: str = "groupnorm"
+    nonlocal_options: dict = field(default_factory=dict)
+    model_options: dict = field(default_factory=dict)
+    weights: str | None = None
+    weights_backbone: str | None = None
+    trainable_backbone_layers: int | None = None
+    min_size: list = field(default_factory=lambda: [800])
+    max_size: int = 1333
+    train_images: str | None = None
+    train_annotations: str | None = None
+    val_images: str | None = None
+    val_annotations: str | None = None
+    flip: bool = True
+    aspect_ratio_grouping: bool = True
+    oks_sigmas: list | None = None
+    mask_threshold: float = 0.5
+
+
+@dataclass
 class Config:
     """The whole run. ``output_dir`` holds the resolved config, checkpoints, logs and figures.
     ``task`` chooses what is trained (:data:`nonlocalnet.engine.task.TASKS`)."""
@@ -184,6 +222,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    detection: DetectionConfig = field(default_factory=DetectionConfig)
 
 
 _CHOICES = {
@@ -212,6 +251,7 @@ _POSITIVE = {
     "train.log_every",
     "checkpoint.keep_last",
     "eval.batch_size",
+    "detection.max_size",
 }
 
 _NON_NEGATIVE = {
@@ -306,10 +346,39 @@ def _validate(cfg: Config) -> None:
     if cfg.model.init != "none" and not cfg.model.init_path:
         raise ConfigError(f"model.init is {cfg.model.init!r} but model.init_path is not set")
     _validate_model_choice(cfg.model)
+    _validate_detection(cfg.detection)
     from nonlocalnet.engine.task import TASKS  # the task table imports this module
 
     if cfg.task not in TASKS:
         raise ConfigError(f"task: {cfg.task!r} is not one of {sorted(TASKS)}")
+
+
+def _validate_detection(det: DetectionConfig) -> None:
+    """The detection section's values (the detector name is checked when the task is built)."""
+    if det.num_classes == 1 or det.num_classes < 0:
+        raise ConfigError(
+            f"detection.num_classes: {det.num_classes} (it counts the background: >= 2, or 0 for the "
+            "data's categories + 1)"
+        )
+    sizes = det.min_size
+    if not sizes or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in sizes):
+        raise ConfigError(f"detection.min_size: expected a list of positive ints, got {sizes!r}")
+    if det.trainable_backbone_layers is not None and not 0 <= det.trainable_backbone_layers <= 5:
+        raise ConfigError(
+            f"detection.trainable_backbone_layers: expected 0 to 5, got {det.trainable_backbone_layers}"
+        )
+    if not 0.0 <= det.mask_threshold <= 1.0:
+        raise ConfigError(f"detection.mask_threshold: expected a value in [0, 1], got {det.mask_threshold}")
+    if det.oks_sigmas is not None and not all(
+        isinstance(v, int | float) and not isinstance(v, bool) and v > 0 for v in det.oks_sigmas
+    ):
+        raise ConfigError(f"detection.oks_sigmas: expected positive numbers, got {det.oks_sigmas!r}")
+    for split in ("train", "val"):
+        images, annotations = getattr(det, f"{split}_images"), getattr(det, f"{split}_annotations")
+        if bool(images) != bool(annotations):
+            raise ConfigError(
+                f"detection.{split}_images and detection.{split}_annotations go together: set both or neither"
+            )
 
 
 def _validate_model_choice(model: ModelConfig) -> None:

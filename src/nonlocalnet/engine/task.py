@@ -73,6 +73,7 @@ __all__ = ["TASKS", "Evaluation", "StepLoss", "Task", "build_task", "register_ta
 # ``cfg.task`` -> ``"module:Class"``; the class is called as ``Class(cfg, **options)``
 TASKS: dict[str, str] = {
     "video_classification": "nonlocalnet.tasks.video:VideoClassification",
+    "detection": "nonlocalnet.tasks.detection:Detection",
 }
 
 
@@ -149,6 +150,11 @@ class Task(Protocol):
     def write_run_files(self, folder: Path) -> None:
         """Files the run folder holds besides the engine's (e.g. ``classes.txt``)."""
         ...
+
+    # Optional: ``placeholder_loss(net, device, memory_format) -> Tensor``, a loss of ``net`` on a
+    # stand-in input, which a rank whose micro-batch holds only broken samples multiplies by zero
+    # to join the gradient all-reduce; without it the engine runs ``net(example_input(...))``
+    # (for models whose training forward needs no targets).
 
 
 def register_task(name: str, target: str) -> None:

@@ -319,7 +319,7 @@ def _set_up(cfg: Config, ctx: DistContext, task: Task) -> _Run:
     steps_per_epoch = len(task.train_loader(distributed=world, num_workers=0)) // cfg.train.grad_accum
     if steps_per_epoch < 1:
         raise ConfigError(
-            f"the training set ({len(task.train_set)} videos) is smaller than one optimiser step "
+            f"the training set ({len(task.train_set)} samples) is smaller than one optimiser step "
             f"(train.batch_size {cfg.train.batch_size} x grad_accum {cfg.train.grad_accum} x "
             f"{ctx.world_size} processes)"
         )
@@ -419,8 +419,15 @@ def _train_loader(run: _Run, epoch: int, start_batch: int, num_workers: int) -> 
     )
 
 
+def _set_epoch(loader: Any, epoch: int) -> None:
+    """Tell the loader's sampler the epoch: its batch sampler's when that one keeps the order
+    (aspect-ratio grouping), else its sampler's."""
+    batch_sampler = getattr(loader, "batch_sampler", None)
+    (batch_sampler if hasattr(batch_sampler, "set_epoch") else loader.sampler).set_epoch(epoch)
+
+
 def _start_epoch(run: _Run, loader: Any, epoch: int) -> Iterator:
-    loader.sampler.set_epoch(epoch)
+    _set_epoch(loader, epoch)
     run.net.train()
     with torch.random.fork_rng(devices=[]):  # worker seeding must not consume our RNG
         return iter(loader)
@@ -509,7 +516,7 @@ def _finish(run: _Run, loader: Any, started: float) -> TrainResult:
 
 
 def _precise_bn(run: _Run, loader: Any) -> None:
-    loader.sampler.set_epoch(run.total // run.steps_per_epoch + 1)  # fresh clips, same workers
+    _set_epoch(loader, run.total // run.steps_per_epoch + 1)  # fresh clips, same workers
     with torch.random.fork_rng(devices=[]):
         batches = iter(loader)
     n = update_bn_stats(
@@ -596,8 +603,12 @@ def _forward_backward(run: _Run, batch: Any) -> tuple[float, dict[str, float], i
     scale = 1.0 / (cfg.train.batch_size * cfg.train.grad_accum)
     if len(batch) == 0:
         if isinstance(run.net, nn.parallel.DistributedDataParallel):
-            example = run.task.example_input(device, run.fmt)
-            _placeholder_backward(run.net, example, cfg.train.amp, device)
+            placeholder = getattr(run.task, "placeholder_loss", None)
+            if placeholder is not None:
+                _placeholder_backward(run.net, None, cfg.train.amp, device, loss=placeholder, fmt=run.fmt)
+            else:
+                example = run.task.example_input(device, run.fmt)
+                _placeholder_backward(run.net, example, cfg.train.amp, device)
         else:
             loss = sum(p.sum() * 0.0 for p in run.net.parameters())
             loss.backward()
@@ -610,15 +621,23 @@ def _forward_backward(run: _Run, batch: Any) -> tuple[float, dict[str, float], i
 
 
 def _placeholder_backward(
-    net: nn.parallel.DistributedDataParallel, example: Any, amp: str, device: torch.device
+    net: nn.parallel.DistributedDataParallel,
+    example: Any,
+    amp: str,
+    device: torch.device,
+    *,
+    loss: Any = None,
+    fmt: torch.memory_format = torch.contiguous_format,
 ) -> None:
-    """A zero-gradient backward through DDP: the forward of ``example`` (a zero input; no RNG
-    drawn, buffers such as BatchNorm statistics restored afterwards), its output times zero."""
+    """A zero-gradient backward through DDP: the forward of ``example`` (a zero input), or
+    ``loss(net, device, fmt)`` (a task's ``placeholder_loss``, for a model whose training
+    forward needs targets), times zero; no RNG drawn, buffers such as BatchNorm statistics
+    restored afterwards."""
     module = net.module
     saved = [b.detach().clone() for b in module.buffers()]
     devices = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices), autocast_context(amp, device):
-        out = net(example)
+        out = loss(net, device, fmt) if loss is not None else net(example)
     (out.float().sum() * 0.0).backward()
     with torch.no_grad():  # after the backward, which may need the buffers as they were
         for buffer, value in zip(module.buffers(), saved, strict=True):

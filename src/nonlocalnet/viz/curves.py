@@ -23,9 +23,18 @@ def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
     return importlib.import_module("nonlocalnet.engine.runlog").read_jsonl(path)
 
 
+_VAL_CURVES = (  # (key of a "val" record, label, factor to percent)
+    ("clip_top1", "val clip top-1", 100.0),
+    ("video_top1", "val video top-1", 100.0),
+    ("box_AP", "val box AP", 1.0),
+    ("mask_AP", "val mask AP", 1.0),
+    ("kp_AP", "val keypoint AP", 1.0),
+)
+
+
 def plot_training_curves(records: list[dict[str, Any]], path: str | os.PathLike, title: str = "") -> Path:
     """Loss and lr against the optimiser step (``kind == "train"`` records), and validation
-    accuracy (``kind == "val"``), as one PNG."""
+    accuracy or, for detectors, COCO AP (``kind == "val"``), as one PNG."""
     train = [r for r in records if r.get("kind") == "train"]
     val = [r for r in records if r.get("kind") == "val"]
     fig = Figure(figsize=(11, 3.4), layout="constrained")
@@ -35,12 +44,18 @@ def plot_training_curves(records: list[dict[str, Any]], path: str | os.PathLike,
     ax_loss.set(xlabel="step", ylabel="loss", title="loss")
     if train and "top1" in train[0]:
         ax_acc.plot(steps, [100 * r["top1"] for r in train], label="train clip top-1", alpha=0.6)
-    for key, label in (("clip_top1", "val clip top-1"), ("video_top1", "val video top-1")):
-        points = [(r["step"], 100 * r[key]) for r in val if key in r]
+    for key, label, scale in _VAL_CURVES:
+        points = [(r["step"], scale * r[key]) for r in val if key in r]
         if points:
             ax_acc.plot(*zip(*points, strict=True), marker="o", label=label)
-    ax_acc.set(xlabel="step", ylabel="accuracy (%)", title="accuracy")
-    ax_acc.legend(fontsize=8)
+    detection = any("box_AP" in r for r in val)
+    ax_acc.set(
+        xlabel="step",
+        ylabel="AP (%)" if detection else "accuracy (%)",
+        title="validation AP" if detection else "accuracy",
+    )
+    if ax_acc.get_legend_handles_labels()[0]:
+        ax_acc.legend(fontsize=8)
     ax_lr.plot(steps, [r["lr"] for r in train])
     ax_lr.set(xlabel="step", ylabel="lr", title="learning rate")
     if title:

@@ -1,0 +1,60 @@
+"""Detection, instance segmentation and keypoints with non-local blocks (the paper's COCO half):
+torchvision's Mask R-CNN / Keypoint R-CNN with the blocks placed as the paper does, COCO-format
+data and pycocotools' COCOeval. Needs the ``detection`` extra (torchvision, pycocotools); the
+rest of ``nonlocalnet`` never imports this package."""
+
+try:
+    import pycocotools  # noqa: F401
+    import torchvision  # noqa: F401
+except ImportError as _err:
+    from nonlocalnet.errors import MissingDependencyError
+
+    raise MissingDependencyError(
+        f"nonlocalnet.detection needs torchvision and pycocotools ({_err}); pip install 'nonlocalnet[detection]'"
+    ) from None
+
+from nonlocalnet.detection.batch import DetectionBatch, DetectionSample, collate_detection
+from nonlocalnet.detection.coco import CocoDetection
+from nonlocalnet.detection.evaluate import (
+    DetectionEvaluation,
+    coco_evaluate,
+    evaluate_detector,
+    to_coco_results,
+    write_coco_results,
+)
+from nonlocalnet.detection.models import (
+    DetectorInfo,
+    WeightsReport,
+    build_detector,
+    detector_info,
+    list_detectors,
+    load_detector_weights,
+    nonlocal_blocks,
+)
+from nonlocalnet.detection.sampler import GroupedBatchSampler, build_detection_loader
+from nonlocalnet.detection.trained import TrainedDetector, load_trained_detector, predict_image, read_image
+
+__all__ = [
+    "CocoDetection",
+    "DetectionBatch",
+    "DetectionEvaluation",
+    "DetectionSample",
+    "DetectorInfo",
+    "GroupedBatchSampler",
+    "TrainedDetector",
+    "WeightsReport",
+    "build_detection_loader",
+    "build_detector",
+    "coco_evaluate",
+    "collate_detection",
+    "detector_info",
+    "evaluate_detector",
+    "list_detectors",
+    "load_detector_weights",
+    "load_trained_detector",
+    "nonlocal_blocks",
+    "predict_image",
+    "read_image",
+    "to_coco_results",
+    "write_coco_results",
+]

@@ -1,0 +1,141 @@
+"""COCO evaluation of torchvision detectors with pycocotools' COCOeval: box AP, mask AP and
+keypoint AP in percent (the paper's units).
+
+:func:`evaluate_detector` runs the model over each rank's share of the images, gathers the
+detections on every rank and evaluates them there: every rank returns the same numbers, and no
+collective waits for a minutes-long COCOeval. Images that could not be read are left out of the
+evaluation (not counted as missed) and reported in :attr:`DetectionEvaluation.bad`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from nonlocalnet.data.bad_data import BadSample
+from nonlocalnet.detection.coco import CocoDetection
+from nonlocalnet.detection.cocoeval import (
+    BOX_STATS,
+    COCO_PERSON_OKS_SIGMAS,
+    IOU_TYPES,
+    KEYPOINT_STATS,
+    CocoStats,
+    _keypoint_setup,
+    coco_evaluate,
+    to_coco_results,
+    write_coco_results,
+)
+from nonlocalnet.detection.sampler import build_detection_loader
+from nonlocalnet.engine.distributed import DistContext
+from nonlocalnet.errors import InvalidValueError
+
+__all__ = [
+    "BOX_STATS",
+    "COCO_PERSON_OKS_SIGMAS",
+    "IOU_TYPES",
+    "KEYPOINT_STATS",
+    "CocoStats",
+    "DetectionEvaluation",
+    "coco_evaluate",
+    "detector_iou_types",
+    "evaluate_detector",
+    "to_coco_results",
+    "write_coco_results",
+]
+
+
+def detector_iou_types(model: nn.Module) -> tuple[str, ...]:
+    """``bbox``, plus ``segm`` when the model (or the one a DDP wrapper holds) has a mask head and
+    ``keypoints`` when it has a keypoint head (torchvision's ``roi_heads.has_mask()`` /
+    ``has_keypoint()``)."""
+    net = getattr(model, "module", model)
+    heads = getattr(net, "roi_heads", None)
+    types = ["bbox"]
+    if heads is not None and getattr(heads, "has_mask", lambda: False)():
+        types.append("segm")
+    if heads is not None and getattr(heads, "has_keypoint", lambda: False)():
+        types.append("keypoints")
+    return tuple(types)
+
+
+@dataclass
+class DetectionEvaluation:
+    """``stats`` as :func:`coco_evaluate` returns it, the COCO ``results``, the unreadable images
+    (``bad``), the number of ``images`` evaluated and COCOeval's ``summary_lines``."""
+
+    stats: dict[str, dict[str, float]]
+    results: list[dict[str, Any]]
+    bad: list[BadSample]
+    images: int
+    summary_lines: list[str] = field(default_factory=list)
+
+
+def evaluate_detector(
+    model: nn.Module,
+    dataset: CocoDetection,
+    *,
+    device: torch.device | str,
+    batch_size: int = 2,
+    num_workers: int = 0,
+    ctx: DistContext | None = None,
+    iou_types: Sequence[str] | None = None,
+    oks_sigmas: Sequence[float] | None = None,
+    mask_threshold: float = 0.5,
+    progress: bool = False,
+) -> DetectionEvaluation:
+    """COCOeval of ``model`` (eval mode, no gradients; its train/eval state is restored) on every
+    image of ``dataset``, sharded over the ranks of ``ctx``; every rank returns the same result.
+
+    ``iou_types`` default: :func:`detector_iou_types`. The ranks' padded repeats are dropped by
+    dataset index; unreadable images are left out of COCOeval's image list and listed in ``bad``.
+    """
+    ctx = ctx if ctx is not None else DistContext()
+    iou_types = tuple(iou_types) if iou_types is not None else detector_iou_types(model)
+    if "keypoints" in iou_types:  # wrong or missing OKS sigmas: say so before the inference
+        _keypoint_setup(dataset.coco, oks_sigmas)
+    loader = build_detection_loader(
+        dataset, batch_size=batch_size, shuffle=False, seed=0, num_workers=num_workers,
+        distributed=(ctx.rank, ctx.world_size) if ctx.distributed else None, train=False,
+    )  # fmt: skip
+    mine: dict[int, tuple[int, list[dict[str, Any]]]] = {}  # index -> (image id, results)
+    bad: dict[int, BadSample] = {}
+    labels = dataset.label_to_category
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for batch in tqdm(loader, desc="eval", unit="batch", disable=not (progress and ctx.is_main)):
+                for b in batch.bad:
+                    bad.setdefault(b.index, b)
+                todo = [n for n, index in enumerate(batch.indices) if index not in mine]
+                if not todo:
+                    continue
+                outputs = model([batch.images[n].to(device) for n in todo])
+                if len(outputs) != len(todo):
+                    raise InvalidValueError(
+                        f"the model returned {len(outputs)} outputs for {len(todo)} images"
+                    )
+                for n, out in zip(todo, outputs, strict=True):
+                    image_id = batch.image_ids[n]
+                    found = to_coco_results([out], [image_id], labels, mask_threshold=mask_threshold)
+                    mine[batch.indices[n]] = (image_id, found)
+    finally:
+        model.train(was_training)
+    done: dict[int, tuple[int, list[dict[str, Any]]]] = {}
+    all_bad: dict[int, BadSample] = {}
+    for part, part_bad in ctx.gather_objects((mine, list(bad.values()))):
+        for index, value in part.items():
+            done.setdefault(index, value)
+        for b in part_bad:
+            all_bad.setdefault(b.index, b)
+    order = sorted(done)
+    results = [r for index in order for r in done[index][1]]
+    image_ids = [done[index][0] for index in order]
+    stats = coco_evaluate(dataset.coco, results, iou_types, oks_sigmas=oks_sigmas, image_ids=image_ids)
+    bad_list = [all_bad[i] for i in sorted(all_bad)]
+    return DetectionEvaluation(dict(stats), results, bad_list, len(image_ids), list(stats.summary_lines))
