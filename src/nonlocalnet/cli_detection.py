@@ -57,7 +57,9 @@ def _detect_train(args: argparse.Namespace) -> int:
         e = result.final_eval
         shown = {k: v for k, v in e.items() if k.endswith(("_AP", "_AP50", "_AP75"))}
         print("final validation: " + ", ".join(f"{k} {v:.1f}" for k, v in shown.items()))
-    print(f"broken images skipped: {result.bad_data['count']} (listed in {result.output_dir / 'summary.json'})")
+    print(
+        f"broken images skipped: {result.bad_data['count']} (listed in {result.output_dir / 'summary.json'})"
+    )
     print(f"wrote {result.output_dir}")
     return 0
 
@@ -78,13 +80,17 @@ def _detect_eval(args: argparse.Namespace) -> int:
     elif args.config:
         cfg = load_config(args.config, args.overrides)
         if not cfg.detection.weights:
-            raise InvalidValueError("detect-eval --config needs detection.weights=FILE (or give --checkpoint)")
+            raise InvalidValueError(
+                "detect-eval --config needs detection.weights=FILE (or give --checkpoint)"
+            )
         model = None
     else:
         raise InvalidValueError("give --checkpoint CKPT (a detection training checkpoint) or --config CFG")
     det = cfg.detection
     if not det.val_images or not det.val_annotations:
-        raise InvalidValueError("detection.val_images and detection.val_annotations name the images to evaluate")
+        raise InvalidValueError(
+            "detection.val_images and detection.val_annotations name the images to evaluate"
+        )
     dataset = CocoDetection(det.val_images, det.val_annotations, train=False)
     if args.checkpoint and trained.category_ids and list(dataset.category_ids) != list(trained.category_ids):
         raise InvalidValueError(
@@ -93,7 +99,9 @@ def _detect_eval(args: argparse.Namespace) -> int:
         )
     if model is None:
         keypoints = len(dataset.keypoint_names) or None
-        model, report = build_detector_from_config(det, det.num_classes or len(dataset.class_names) + 1, keypoints)
+        model, report = build_detector_from_config(
+            det, det.num_classes or len(dataset.class_names) + 1, keypoints
+        )
         print(report)
     ctx = init_distributed(cfg.device, cfg.train.dist_timeout_s)
     model.to(ctx.device)
@@ -116,7 +124,10 @@ def _detect_eval(args: argparse.Namespace) -> int:
     write_coco_results(out / "detections.json", result.results)
     (out / "stats.json").write_text(json.dumps({"images": result.images, **result.stats}, indent=2))
     print(format_stats(result.stats))
-    print(f"{result.images} images, {len(result.bad)} unreadable" + "".join(f"\n  BAD {b.path}: {b.reason}" for b in result.bad))
+    print(
+        f"{result.images} images, {len(result.bad)} unreadable"
+        + "".join(f"\n  BAD {b.path}: {b.reason}" for b in result.bad)
+    )
     print(f"wrote {out / 'detections.json'} (COCO results) and {out / 'stats.json'}")
     return 0
 
@@ -138,7 +149,14 @@ def _detect_predict(args: argparse.Namespace) -> int:
     for i in keep.nonzero().flatten().tolist():
         box = [round(v, 1) for v in pred["boxes"][i].tolist()]
         label = int(pred["labels"][i])
-        rows.append({"label": names[label], "category_id": trained.category_ids[label - 1], "score": float(pred["scores"][i]), "box_xyxy": box})
+        rows.append(
+            {
+                "label": names[label],
+                "category_id": trained.category_ids[label - 1],
+                "score": float(pred["scores"][i]),
+                "box_xyxy": box,
+            }
+        )
         if "keypoints" in pred:
             rows[-1]["keypoints"] = [[round(v, 1) for v in kp] for kp in pred["keypoints"][i].tolist()]
         print(f"  {names[label]:<20s} {float(pred['scores'][i]):.3f}  box {box}")
@@ -179,7 +197,9 @@ def _detect_demo(args: argparse.Namespace) -> int:
 
 def add_detection_commands(sub: argparse._SubParsersAction) -> None:
     """Register the detection commands on the ``nonlocalnet`` parser."""
-    tr = sub.add_parser("detect-train", help="train a detector (task: detection config; torchrun for many processes)")
+    tr = sub.add_parser(
+        "detect-train", help="train a detector (task: detection config; torchrun for many processes)"
+    )
     tr.add_argument("--config", required=True, help="e.g. configs/detection/maskrcnn_r50_fpn_nl.yaml")
     tr.add_argument(
         "--resume",
@@ -213,7 +233,14 @@ def add_detection_commands(sub: argparse._SubParsersAction) -> None:
     de.add_argument("--quick", action="store_true", help="one seed, less data and training (CI)")
     de.add_argument("--output", default="runs/detect-demo")
     de.add_argument("--seeds", type=int, default=None, help="default: 3 (1 with --quick)")
-    de.add_argument("--data-dir", default=None, help="where the generated images are cached (default: OUTPUT/data)")
-    de.add_argument("--jobs", type=int, default=None, help="training processes side by side (default: CPU cores, at most 4)")
+    de.add_argument(
+        "--data-dir", default=None, help="where the generated images are cached (default: OUTPUT/data)"
+    )
+    de.add_argument(
+        "--jobs",
+        type=int,
+        default=None,
+        help="training processes side by side (default: CPU cores, at most 4)",
+    )
     de.add_argument("--no-progress", action="store_true")
     de.set_defaults(func=_detect_demo)

@@ -50,6 +50,11 @@ def _train(args: argparse.Namespace) -> int:
     _setup_logging()
     resume = True if args.resume == "latest" else args.resume
     cfg = load_config(args.config, args.overrides)
+    if cfg.task != "video_classification":
+        raise InvalidValueError(
+            f"{args.config} is a {cfg.task!r} config; train takes video classification configs "
+            "(detection configs: nonlocalnet detect-train)"
+        )
     result = train(cfg, resume=resume)
     if int(os.environ.get("RANK", "0")) != 0:
         return 0  # under torchrun only rank 0 writes, so only rank 0 reports

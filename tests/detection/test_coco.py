@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import KEYPOINT_NAMES, box_mask
+from coco_files import KEYPOINT_NAMES, box_mask
 
 from nonlocalnet.data.bad_data import BadSample
 from nonlocalnet.detection.batch import DetectionBatch, DetectionSample, collate_detection
@@ -111,9 +111,7 @@ def test_boxes_are_clipped_and_degenerate_ones_dropped(tiny_coco):
         (92, 3, [5, 5, 0, 8], [[5, 5, 6, 5, 6, 13]]),  # zero width
         (93, 7, [45, 5, 4, 4], [[45, 5, 49, 5, 49, 9]]),  # outside the image
     ]
-    extra = [
-        {"id": i, "image_id": 3, "category_id": c, "bbox": b, "segmentation": s} for i, c, b, s in extra
-    ]
+    extra = [{"id": i, "image_id": 3, "category_id": c, "bbox": b, "segmentation": s} for i, c, b, s in extra]
     content["annotations"] += extra
     ann.write_text(json.dumps(content))
     t = by_image(CocoDetection(images, ann, train=False), 3).target

@@ -8,7 +8,7 @@ import json
 
 import pytest
 import torch
-from conftest import OKS_SIGMAS
+from coco_files import OKS_SIGMAS
 from pycocotools.coco import COCO
 from torch import nn
 
@@ -208,6 +208,7 @@ def test_ranks_share_the_images_and_agree(tiny_coco):
     single = evaluate_detector(GroundTruthModel(ds), ds, device="cpu", oks_sigmas=OKS_SIGMAS)
     store: dict = {}
     models = [GroundTruthModel(ds), GroundTruthModel(ds)]
+
     def run(model, rank):
         return evaluate_detector(model, ds, device="cpu", ctx=_TwoRanks(rank, store), oks_sigmas=OKS_SIGMAS)
 

@@ -41,7 +41,8 @@ class BadDataLog:
     :meth:`merge` combines the logs of several ranks (without logging again).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, noun: str = "video") -> None:
+        self.noun = noun  # what a sample is, in messages ("video", "image")
         self._entries: dict[tuple[int, str], BadSample] = {}
 
     def add(self, bad: Iterable[BadSample]) -> int:
@@ -52,7 +53,7 @@ class BadDataLog:
             if key not in self._entries:
                 self._entries[key] = b
                 new += 1
-                logger.warning("bad video (sample %d) %s: %s", b.index, b.path, b.reason)
+                logger.warning("bad %s (sample %d) %s: %s", self.noun, b.index, b.path, b.reason)
         return new
 
     def merge(self, other: BadDataLog | Iterable[BadSample | Mapping[str, Any]]) -> None:
@@ -86,7 +87,7 @@ class BadDataLog:
             first = "; ".join(f"{b.path} ({b.reason})" for b in self.entries[:5])
             more = f"; and {self.count - 5} more" if self.count > 5 else ""
             raise DataQualityError(
-                f"{self.count} bad videos out of {seen} samples seen ({frac:.2%}) exceed the threshold "
+                f"{self.count} bad {self.noun}s out of {seen} samples seen ({frac:.2%}) exceed the threshold "
                 f"{threshold:.2%}: {first}{more}"
             )
 

@@ -10,7 +10,8 @@ except ImportError as _err:
     from nonlocalnet.errors import MissingDependencyError
 
     raise MissingDependencyError(
-        f"nonlocalnet.detection needs torchvision and pycocotools ({_err}); pip install 'nonlocalnet[detection]'"
+        f"nonlocalnet.detection needs torchvision and pycocotools ({_err}); "
+        "pip install 'nonlocalnet[detection]'"
     ) from None
 
 from nonlocalnet.detection.batch import DetectionBatch, DetectionSample, collate_detection

@@ -104,8 +104,15 @@ def load_coco_json(path: str | PathLike) -> dict[str, Any]:
             )
     positive = lambda v: _is_int(v) and v > 0  # noqa: E731
     images = _records(
-        data, "images", path, {"id": _is_int, "file_name": lambda v: isinstance(v, str) and v != "",
-                               "width": positive, "height": positive}
+        data,
+        "images",
+        path,
+        {
+            "id": _is_int,
+            "file_name": lambda v: isinstance(v, str) and v != "",
+            "width": positive,
+            "height": positive,
+        },
     )
     categories = _records(data, "categories", path, {"id": _is_int, "name": lambda v: isinstance(v, str)})
     num_kp: dict[int, int] = {}
@@ -115,9 +122,15 @@ def load_coco_json(path: str | PathLike) -> dict[str, Any]:
             raise InvalidValueError(f"{path}: category {cid}: 'keypoints' must be a list of names")
         num_kp[cid] = len(names)
     anns = _records(
-        data, "annotations", path, {"id": _is_int, "image_id": _is_int, "category_id": _is_int,
-                                    "bbox": lambda v: isinstance(v, list) and len(v) == 4
-                                    and all(map(_is_number, v))}
+        data,
+        "annotations",
+        path,
+        {
+            "id": _is_int,
+            "image_id": _is_int,
+            "category_id": _is_int,
+            "bbox": lambda v: isinstance(v, list) and len(v) == 4 and all(map(_is_number, v)),
+        },
     )
     with_segm = sum("segmentation" in a for a in anns.values())
     for aid, ann in anns.items():

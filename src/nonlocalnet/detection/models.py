@@ -191,6 +191,7 @@ def build_detector(
     nonlocal_options: dict[str, Any] | None = None,
     min_size: int | tuple[int, ...] | None = None,
     max_size: int | None = None,
+    pretrained: bool | None = None,
     **kwargs: Any,
 ) -> MaskRCNN | KeypointRCNN | FasterRCNN:
     """The detector ``name`` (:func:`list_detectors`), with torchvision's keyword names and
@@ -221,6 +222,9 @@ def build_detector(
             batch; evaluation uses the last). Default 800 (tiny models: 128). torchvision's own
             keypoint builder trains at ``(640, 672, 704, 736, 768, 800)``: pass that to match.
         max_size: the long side's limit (default 1333; tiny models 128).
+        pretrained: build as for fine-tuning from weights (FrozenBatchNorm2d, torchvision's
+            default of 3 trainable layers) although no file is given here, for weights loaded
+            afterwards; default: whether ``weights`` or ``weights_backbone`` is given.
         **kwargs: torchvision constructor keywords (``rpn_batch_size_per_image``,
             ``box_score_thresh``, ``box_detections_per_img``, ...); for tiny models they
             override the small defaults of :func:`~nonlocalnet.detection.heads.tiny_head_options`.
@@ -253,7 +257,9 @@ def build_detector(
         )
     block_options = {"sub_sample": True, **block_options, "mode": nonlocal_mode, "norm": nonlocal_norm}
 
-    is_trained = weights is not None or weights_backbone is not None
+    is_trained = (
+        (weights is not None or weights_backbone is not None) if pretrained is None else bool(pretrained)
+    )
     trainable = _trainable_layers(is_trained, trainable_backbone_layers)
     body = build_body(info.backbone, FrozenBatchNorm2d if is_trained else nn.BatchNorm2d)
     if weights_backbone is not None and weights is None:

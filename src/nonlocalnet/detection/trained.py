@@ -19,7 +19,13 @@ from nonlocalnet.engine.config import Config, DetectionConfig, config_from_dict
 from nonlocalnet.engine.model_file import read_model_file
 from nonlocalnet.errors import InvalidValueError, MissingFileError
 
-__all__ = ["TrainedDetector", "build_detector_from_config", "load_trained_detector", "predict_image", "read_image"]
+__all__ = [
+    "TrainedDetector",
+    "build_detector_from_config",
+    "load_trained_detector",
+    "predict_image",
+    "read_image",
+]
 
 
 def build_detector_from_config(
@@ -43,6 +49,7 @@ def build_detector_from_config(
         nonlocal_options=dict(det.nonlocal_options) or None,
         min_size=sizes if len(sizes) > 1 else sizes[0],
         max_size=det.max_size,
+        pretrained=bool(det.weights or det.weights_backbone),  # frozen BN, as torchvision with weights
         **options,
     )
     if det.weights and load_weights:
@@ -66,7 +73,9 @@ class TrainedDetector:
     keypoint_names: list[str]
 
 
-def load_trained_detector(checkpoint: str | os.PathLike, device: str | torch.device = "cpu") -> TrainedDetector:
+def load_trained_detector(
+    checkpoint: str | os.PathLike, device: str | torch.device = "cpu"
+) -> TrainedDetector:
     """Rebuild a detector from a training checkpoint of ``task: detection`` (``iter_*.pt``,
     ``best.pt``): its config, weights, classes and keypoint names."""
     weights = read_model_file(checkpoint, kinds=("checkpoint",))
@@ -103,7 +112,9 @@ def read_image(path: str | os.PathLike) -> Tensor:
 
 
 @torch.no_grad()
-def predict_image(model: nn.Module, image: Tensor | str | os.PathLike, *, device: str | torch.device = "cpu") -> dict:
+def predict_image(
+    model: nn.Module, image: Tensor | str | os.PathLike, *, device: str | torch.device = "cpu"
+) -> dict:
     """The detector's prediction for one image (a path or a ``(3, H, W)`` float tensor in
     [0, 1]): torchvision's output dict (``boxes`` xyxy, ``labels``, ``scores``, and ``masks``
     ``(n, 1, H, W)`` / ``keypoints`` ``(n, K, 3)`` where the model predicts them), on the CPU."""

@@ -72,7 +72,8 @@ class RunLog:
                 if isinstance(value, int | float) and key not in ("step", "epoch"):
                     self._tb.add_scalar(f"{record.get('kind', 'run')}/{key}", value, record["step"])
         if record.get("kind") == "val":
-            log.info("step %d: %s", record["step"], {k: v for k, v in record.items() if "top" in k})
+            shown = {k: v for k, v in record.items() if "top" in k or k.endswith("_AP")}
+            log.info("step %d: %s", record["step"], shown)
 
     def plot(self, title: str = "") -> Path | None:
         """Write ``curves.png`` from the whole log."""

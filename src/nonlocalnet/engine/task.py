@@ -151,6 +151,8 @@ class Task(Protocol):
         """Files the run folder holds besides the engine's (e.g. ``classes.txt``)."""
         ...
 
+    # Optional: ``sample_noun`` (``"image"``), what a sample is in bad-data messages ("video"
+    # without it).
     # Optional: ``placeholder_loss(net, device, memory_format) -> Tensor``, a loss of ``net`` on a
     # stand-in input, which a rank whose micro-batch holds only broken samples multiplies by zero
     # to join the gradient all-reduce; without it the engine runs ``net(example_input(...))``

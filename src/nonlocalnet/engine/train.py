@@ -338,6 +338,7 @@ def _set_up(cfg: Config, ctx: DistContext, task: Task) -> _Run:
         peak_lr=peak_lr,
         init_report=init_report,
         manager=CheckpointManager(Path(cfg.output_dir) / "checkpoints", cfg.checkpoint.keep_last),
+        bad_log=BadDataLog(getattr(task, "sample_noun", "video")),
     )
 
 

@@ -72,6 +72,8 @@ class Detection:
     """The detection task of ``cfg`` (``task: detection``): reads the COCO annotation files
     when built and checks the detector against them (class count, keypoints)."""
 
+    sample_noun = "image"
+
     def __init__(self, cfg: Config, **_: Any) -> None:
         det = cfg.detection
         self.cfg = cfg
@@ -112,8 +114,10 @@ class Detection:
             )
         if self.info.kind == "keypoints":
             _check_oks_sigmas(det, len(self.keypoint_names))
-        self.train_metrics = _LOSSES + (("loss_mask",) if self.info.has_masks else ()) + (
-            ("loss_keypoint",) if self.info.kind == "keypoints" else ()
+        self.train_metrics = (
+            _LOSSES
+            + (("loss_mask",) if self.info.has_masks else ())
+            + (("loss_keypoint",) if self.info.kind == "keypoints" else ())
         )
 
     @property
@@ -166,7 +170,9 @@ class Detection:
         total = sum(value.float() for value in losses.values()) * n
         return StepLoss(total, {key: float(value.detach()) * n for key, value in losses.items()})
 
-    def placeholder_loss(self, net: nn.Module, device: torch.device, memory_format: torch.memory_format) -> Tensor:
+    def placeholder_loss(
+        self, net: nn.Module, device: torch.device, memory_format: torch.memory_format
+    ) -> Tensor:
         """The summed losses of one blank image without objects (its gradient is then zeroed),
         plus every trainable parameter times zero: without objects some branches see no RoI (a
         non-local block in the keypoint head then returns its empty input unchanged), and DDP
