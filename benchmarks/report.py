@@ -111,6 +111,13 @@ def render_demo(data: dict) -> str:
     return render_table(data["rows"])
 
 
+def render_detectdemo(data: dict) -> str:
+    """The table a ``nonlocalnet detect-demo`` run wrote (its ``results.json``)."""
+    from nonlocalnet.demo.detection_run import render_detection_table
+
+    return render_detection_table(data["rows"])
+
+
 RENDERERS: dict[str, Callable[..., str]] = {
     "demo": render_demo,
     "block": render_block,
@@ -119,6 +126,7 @@ RENDERERS: dict[str, Callable[..., str]] = {
     "denoise": render_denoise,
     "data": render_data,
     "detection": render_detection,
+    "detectdemo": render_detectdemo,
 }
 
 

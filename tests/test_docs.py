@@ -2,6 +2,7 @@
 benchmarks/results, the sizes it states match the registry and the demo's networks, the counts it
 states match the code, and every relative link and anchor resolves."""
 
+import importlib.util
 import inspect
 import json
 import re
@@ -206,6 +207,11 @@ def test_counts_in_the_docs_match_the_code():
     n = len(list_models())
     counts = re.findall(r"all (\d+) registry models", text) + re.findall(r"lists all\s+(\d+)", text)
     assert counts and all(int(c) == n for c in counts), counts
+    if importlib.util.find_spec("torchvision") is not None:
+        from nonlocalnet.detection import list_detectors
+
+        detectors = re.findall(r"the (\d+) detectors", text)
+        assert detectors and all(int(c) == len(list_detectors()) for c in detectors), detectors
     configs = [p for p in (ROOT / "configs").glob("*.yaml") if p.stem in set(list_models())]
     assert len(configs) == n
 

@@ -319,3 +319,29 @@ def test_an_infeasible_placement_is_reported(monkeypatch):
     config = ContextShapesConfig(image_size=64, object_size=(28, 32), key_size=8, min_key_distance=30)
     with pytest.raises(InvalidValueError, match="could not place"):
         detection_data._place(config, np.random.default_rng(0), 4)
+
+
+def test_the_key_rule_gives_every_object_its_key_s_colour_as_category(tmp_path):
+    """``rule="key"``: objects are drawn in the neutral colour, whatever their category, and the
+    category is the key's colour (the demo's data: nothing inside a box says the category)."""
+    config = replace(CLEAN, rule="key", min_objects=1, max_objects=3)
+    assert config.category_names == ("red_key", "green_key")
+    split = generate_context_shapes(tmp_path, num_images=80, seed=3, config=config)
+    data, coco = load(split), COCO(str(split.annotations))
+    assert [c["name"] for c in data["categories"]] == ["red_key", "green_key"]
+    keys = {img["id"]: img["key"]["color_index"] for img in data["images"]}
+    assert set(keys.values()) == {0, 1}
+    for img in data["images"][:30]:
+        image = pixels(split, img)
+        for ann in (a for a in data["annotations"] if a["image_id"] == img["id"]):
+            assert ann["category_id"] == keys[img["id"]] + 1
+            assert ann["color"] == "neutral" and ann["color_index"] == -1
+            mask = coco.annToMask(coco.anns[ann["id"]]).astype(bool)
+            assert (image[mask] == detection_data.NEUTRAL).all()  # noise-free: exactly the fill
+    # the same random draws as the match rule: the same geometry, only colours and categories differ
+    match = load(
+        generate_context_shapes(tmp_path / "m", num_images=80, seed=3, config=replace(config, rule="match"))
+    )
+    assert [a["bbox"] for a in match["annotations"]] == [a["bbox"] for a in data["annotations"]]
+    with pytest.raises(InvalidValueError, match=r"rule must be one of \('match', 'key'\), got 'colour'"):
+        ContextShapesConfig(rule="colour")

@@ -12,6 +12,7 @@ from coco_files import OKS_SIGMAS
 from pycocotools.coco import COCO
 from torch import nn
 
+from nonlocalnet.detection.batch import DetectionSample
 from nonlocalnet.detection.coco import CocoDetection
 from nonlocalnet.detection.evaluate import (
     BOX_STATS,
@@ -219,3 +220,21 @@ def test_ranks_share_the_images_and_agree(tiny_coco):
     for ev in (first, second):
         assert ev.stats == single.stats and ev.results == single.results
         assert ev.images == single.images and ev.bad == single.bad
+
+
+def test_a_category_without_any_object_neither_breaks_loading_nor_lowers_ap(tiny_coco, tmp_path):
+    """An empty class (declared, never annotated) keeps its label (``num_classes`` counts it) and
+    COCOeval leaves it out of the means, as for COCO: the ground truth still scores 100."""
+    images, annotations = tiny_coco
+    data = json.loads(annotations.read_text())
+    data["categories"].insert(1, {"id": 2, "name": "unused"})
+    path = tmp_path / "with_empty_class.json"
+    path.write_text(json.dumps(data))
+    ds = CocoDetection(images, path, train=False)
+    assert ds.class_names == ["person", "unused", "ball", "box"]
+    assert ds.label_to_category == {1: 1, 2: 2, 3: 3, 4: 7}
+    samples = [ds[i] for i in range(len(ds))]
+    labels = {int(v) for s in samples if isinstance(s, DetectionSample) for v in s.target["labels"]}
+    assert 2 not in labels and labels <= {1, 3, 4}
+    stats = coco_evaluate(ds.coco, gt_as_results(ds.coco), ("bbox", "segm"))
+    assert stats["bbox"]["AP"] == stats["segm"]["AP"] == pytest.approx(100.0)

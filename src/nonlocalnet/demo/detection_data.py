@@ -1,4 +1,12 @@
-"""The built-in data of ``nonlocalnet detect-demo``: "context shapes", does it match the key?
+"""The built-in data of ``nonlocalnet detect-demo``: "context shapes", where a key marker far
+from every object decides the objects' categories.
+
+Two rules (``ContextShapesConfig.rule``): ``"match"`` (the default here), an object's category is
+whether its colour matches the key's; ``"key"`` (the demo's, :data:`nonlocalnet.demo.detection_run.
+DEMO_DATA`), every object is drawn in the neutral colour :data:`NEUTRAL` and its category is the
+key's colour (``red_key``, ``green_key``). Under both, nothing inside an object's box says its
+category. The sections below describe ``"match"``; ``"key"`` draws the same random numbers, so it
+places the same key and objects and changes only their colours and categories.
 
 The task
 --------
@@ -36,7 +44,9 @@ of about 0.5; with tied scores each category's precision is about one half at ev
 roughly halves the COCO AP of a detector that could tell them apart. A non-local block after
 ``layer3.0`` lets every position read every other position, the key's included (the attention
 can select the plus-shaped marker by its features); the following convolutions then compare
-the two colours at the object's position, and the category becomes learnable.
+the two colours at the object's position, and the category becomes learnable. (Under ``"key"``
+the block only has to bring the key's colour to the object: even a near-uniform attention, a
+global average, carries it, as the key is the only coloured thing in the image.)
 
 Annotations (COCO format)
 -------------------------
@@ -106,7 +116,11 @@ FORMAT_VERSION = 1
 _FORMAT = "nonlocalnet-context-shapes"
 
 CATEGORY_NAMES: tuple[str, ...] = ("match", "mismatch")
-"""Category names by COCO category id - 1 (ids 1 and 2)."""
+"""Category names by COCO category id - 1 (ids 1 and 2) of the ``"match"`` rule."""
+RULES: tuple[str, ...] = ("match", "key")
+"""What decides an object's category: whether its colour matches the key's, or the key's colour."""
+NEUTRAL: tuple[int, int, int] = (200, 200, 200)
+"""The objects' colour under the ``"key"`` rule (no key colour: the object itself says nothing)."""
 CLASS_NAMES: tuple[str, ...] = ("__background__", *CATEGORY_NAMES)
 """Detector label -> name (label 0 is the background, labels 1 and 2 are the category ids)."""
 SHAPES: tuple[str, ...] = ("square", "disc", "triangle")
@@ -141,7 +155,9 @@ class ContextShapesConfig:
     ``min_objects``/``max_objects``: objects per image (inclusive); ``object_size``: inclusive
     range of the objects' side; ``key_size``: side of the plus-shaped key; ``min_key_distance``:
     fewest pixels from any object pixel to any key pixel; ``object_gap``: background pixels kept
-    between objects; ``background``: grey level (0-255); ``noise_std``: pixel noise (0-255 units).
+    between objects; ``background``: grey level (0-255); ``noise_std``: pixel noise (0-255 units);
+    ``rule``: what decides an object's category (:data:`RULES`): ``"match"``, whether its colour is
+    the key's; ``"key"``, the key's colour alone (objects are drawn in :data:`NEUTRAL`).
     """
 
     image_size: int = 128
@@ -154,6 +170,7 @@ class ContextShapesConfig:
     object_gap: int = 2
     background: int = 30
     noise_std: float = 8.0
+    rule: str = "match"
 
     def __post_init__(self) -> None:
         def need_int(name: str, lo: int, hi: int | None = None) -> None:
@@ -162,6 +179,8 @@ class ContextShapesConfig:
                 where = f"[{lo}, {hi}]" if hi is not None else f">= {lo}"
                 raise InvalidValueError(f"{name} must be an int {where}, got {value!r}")
 
+        if self.rule not in RULES:
+            raise InvalidValueError(f"rule must be one of {RULES}, got {self.rule!r}")
         need_int("image_size", 32)
         need_int("num_colors", 2, len(PALETTE))
         need_int("min_objects", 1, 32)
@@ -195,6 +214,14 @@ class ContextShapesConfig:
     @property
     def color_names(self) -> tuple[str, ...]:
         return tuple(name for name, _ in PALETTE[: self.num_colors])
+
+    @property
+    def category_names(self) -> tuple[str, ...]:
+        """Category names by COCO category id - 1: :data:`CATEGORY_NAMES` for ``"match"``,
+        ``"<colour>_key"`` per key colour for ``"key"``."""
+        if self.rule == "key":
+            return tuple(f"{name}_key" for name in self.color_names)
+        return CATEGORY_NAMES
 
     def to_json(self) -> dict[str, Any]:
         """The config as plain JSON values (tuples become lists)."""
@@ -344,6 +371,10 @@ def _render_image(
         ann_id = first_ann_id + j
         shape = SHAPES[int(shapes[j])]
         color = key_color if is_match[j] else int((key_color + others[j]) % k)
+        if config.rule == "key":
+            category, fill, color_name = key_color + 1, np.array(NEUTRAL, np.float32), "neutral"
+        else:
+            category, fill, color_name = (1 if is_match[j] else 2), colors[color], names[color]
         polygon, extremes = _shape_geometry(shape, box)
         if polygon is not None:
             with warnings.catch_warnings():  # pycocotools' numpy-2 "__array__ ... copy" warning
@@ -357,7 +388,7 @@ def _render_image(
                 segmentation = {"size": [s, s], "counts": rle["counts"].decode("ascii")}
             else:
                 segmentation = _uncompressed_rle(mask)
-        canvas[mask.astype(bool)] = colors[color]
+        canvas[mask.astype(bool)] = fill
         ys, xs = np.nonzero(mask)
         bx, by, bx1, by1 = int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
         keypoints: list[float] = []
@@ -368,7 +399,7 @@ def _render_image(
             {
                 "id": ann_id,
                 "image_id": image_id,
-                "category_id": 1 if is_match[j] else 2,
+                "category_id": category,
                 "segmentation": segmentation,
                 "area": int(mask.sum()),
                 "bbox": [bx, by, bx1 - bx, by1 - by],
@@ -376,8 +407,8 @@ def _render_image(
                 "keypoints": keypoints,
                 "num_keypoints": len(KEYPOINT_NAMES),
                 "shape": shape,
-                "color": names[color],
-                "color_index": color,
+                "color": color_name,
+                "color_index": color if config.rule == "match" else -1,
                 "key_distance": round(distance, 3),
             }
         )
@@ -400,7 +431,7 @@ def _render_image(
     return image, record, annotations
 
 
-def _categories() -> list[dict[str, Any]]:
+def _categories(config: ContextShapesConfig) -> list[dict[str, Any]]:
     return [
         {
             "id": i + 1,
@@ -409,7 +440,7 @@ def _categories() -> list[dict[str, Any]]:
             "keypoints": list(KEYPOINT_NAMES),
             "skeleton": [list(pair) for pair in SKELETON],
         }
-        for i, name in enumerate(CATEGORY_NAMES)
+        for i, name in enumerate(config.category_names)
     ]
 
 
@@ -526,7 +557,7 @@ def generate_context_shapes(
         "licenses": [],
         "images": images,
         "annotations": annotations,
-        "categories": _categories(),
+        "categories": _categories(config),
     }
     atomic_write_bytes(
         folder / "annotations.json", (json.dumps(dataset, separators=(",", ":")) + "\n").encode()

@@ -33,20 +33,29 @@ NormLayer = Callable[[int], nn.Module]
 @dataclass(frozen=True)
 class BackboneSpec:
     """One backbone: where the paper's block goes (``block_after``, a module of the body, right
-    before the last residual block of res4 = ``layer3``), its channels, and the FPN's inputs."""
+    before the last residual block of res4 = ``layer3``), its channels, and the FPN's inputs
+    (``fpn_layers``, their channels ``fpn_in_channels``) and width."""
 
     block_after: str
     block_channels: int
     fpn_in_channels: tuple[int, ...]
     fpn_out_channels: int
     description: str
+    fpn_layers: tuple[str, ...] = ("layer1", "layer2", "layer3", "layer4")
 
 
 BACKBONES: dict[str, BackboneSpec] = {
     "r50": BackboneSpec("layer3.4", 1024, (256, 512, 1024, 2048), 256, "ResNet-50-FPN"),
     "r101": BackboneSpec("layer3.21", 1024, (256, 512, 1024, 2048), 256, "ResNet-101-FPN"),
     "r18": BackboneSpec("layer3.0", 256, (64, 128, 256, 512), 256, "ResNet-18-FPN"),
-    "tiny": BackboneSpec("layer3.0", 64, (16, 32, 64), 64, "tiny ResNet-FPN (16/32/64 wide, for CPU demos)"),
+    "tiny": BackboneSpec(
+        "layer3.0",
+        64,
+        (32, 64),
+        32,
+        "tiny ResNet-FPN (16/32/64 wide, FPN of 32 over strides 4 and 8; for CPU demos)",
+        ("layer2", "layer3"),
+    ),
 }
 """The backbones by short name (``r50``, ``r101``, ``r18``, ``tiny``)."""
 
@@ -182,10 +191,10 @@ def freeze_layers(body: nn.Module, trainable_layers: int) -> None:
 
 
 def fpn_backbone(body: nn.Module, backbone: str) -> BackboneWithFPN:
-    """``body`` with torchvision's FPN over its stages plus ``LastLevelMaxPool`` (feature maps
-    ``"0"``, ``"1"``, ... and ``"pool"``); ``fc`` and ``avgpool`` are dropped."""
+    """``body`` with torchvision's FPN over its ``fpn_layers`` plus ``LastLevelMaxPool`` (feature
+    maps ``"0"``, ``"1"``, ... and ``"pool"``); ``fc`` and ``avgpool`` are dropped."""
     spec = BACKBONES[backbone]
-    returned = {f"layer{i + 1}": str(i) for i in range(len(spec.fpn_in_channels))}
+    returned = {layer: str(i) for i, layer in enumerate(spec.fpn_layers)}
     return BackboneWithFPN(
         body,
         returned,

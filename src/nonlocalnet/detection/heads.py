@@ -20,19 +20,21 @@ __all__ = ["TINY_SIZE", "keypoint_head_block_positions", "tiny_head_options"]
 TINY_SIZE = 128
 """The tiny models' default ``min_size`` and ``max_size`` (images of about 128-160 px)."""
 
-_TINY_CHANNELS = 64  # the tiny FPN's width, also of its mask and keypoint heads
-_TINY_LEVELS = ["0", "1", "2"]  # the tiny FPN's maps the RoI heads read ("pool" is for the RPN only)
+_TINY_CHANNELS = 32  # the tiny FPN's width, also of its mask and keypoint heads
+_TINY_LEVELS = ["0", "1"]  # the tiny FPN's maps the RoI heads read ("pool" is for the RPN only)
+_TINY_REPRESENTATION = 128  # the box head's MLP width
 
 
 def tiny_head_options(
     *, has_masks: bool, keypoints: bool, num_classes: int, num_keypoints: int | None
 ) -> dict[str, Any]:
-    """Constructor keywords of the tiny models: anchors of 8-64 px over the 4 FPN maps (strides
-    2, 4, 8, 16), a 256-wide box head, a 2-conv 64-wide mask head, a 4-conv 64-wide keypoint
-    head, and less sampling (64 anchors and 64 RoIs per image, 300/100 proposals before/after
-    NMS). The predictors are built here, so ``num_classes``/``num_keypoints`` go to them."""
-    c = _TINY_CHANNELS
-    anchors = AnchorGenerator(((8,), (16,), (32,), (64,)), ((0.5, 1.0, 2.0),) * 4)
+    """Constructor keywords of the tiny models: anchors of 8-64 px over the 3 FPN maps (strides
+    4, 8, 16; two sizes each), a 128-wide box head, a 2-conv 32-wide mask head, a 4-conv 32-wide
+    keypoint head, and less sampling (64 anchors and 64 RoIs per image, 300/100 proposals
+    before/after NMS). The predictors are built here, so ``num_classes``/``num_keypoints`` go to
+    them."""
+    c, r = _TINY_CHANNELS, _TINY_REPRESENTATION
+    anchors = AnchorGenerator(((8, 16), (24, 32), (48, 64)), ((0.5, 1.0, 2.0),) * 3)
     options: dict[str, Any] = {
         "rpn_anchor_generator": anchors,
         "rpn_head": RPNHead(c, anchors.num_anchors_per_location()[0]),
@@ -42,8 +44,8 @@ def tiny_head_options(
         "rpn_pre_nms_top_n_test": 300,
         "rpn_post_nms_top_n_test": 100,
         "box_roi_pool": MultiScaleRoIAlign(_TINY_LEVELS, 7, sampling_ratio=2),
-        "box_head": TwoMLPHead(c * 7 * 7, 256),
-        "box_predictor": FastRCNNPredictor(256, num_classes),
+        "box_head": TwoMLPHead(c * 7 * 7, r),
+        "box_predictor": FastRCNNPredictor(r, num_classes),
         "box_batch_size_per_image": 64,
     }
     if has_masks:

@@ -187,7 +187,7 @@ def build_detector(
     weights_backbone: str | os.PathLike | None = None,
     trainable_backbone_layers: int | None = None,
     nonlocal_mode: str = "embedded_gaussian",
-    nonlocal_norm: str = "groupnorm",
+    nonlocal_norm: str = "none",
     nonlocal_options: dict[str, Any] | None = None,
     min_size: int | tuple[int, ...] | None = None,
     max_size: int | None = None,
@@ -212,12 +212,16 @@ def build_detector(
             backbone's BN is ``FrozenBatchNorm2d``. The non-local blocks are always trainable,
             even inside a frozen ``layer3``.
         nonlocal_mode: the blocks' pairwise function (``"embedded_gaussian"``, ...).
-        nonlocal_norm: the norm after ``W_z``. Default ``"groupnorm"``: detectors train with 1-2
-            images per GPU, where BatchNorm statistics are noise; ``"affine"`` (frozen-BN scale,
-            starts at 0), ``"none"`` (zero-initialised ``W_z``) and ``"batchnorm"`` are the
-            other choices. Each keeps the block the identity at initialisation.
+        nonlocal_norm: the norm after ``W_z``. Default ``"none"`` (``W_z`` starts at 0): it
+            depends on no batch statistics (detectors train with 1-2 images per GPU) and keeps
+            what the block adds to every position alike (a GroupNorm over space removes it:
+            docs/detection.md). ``"affine"`` (frozen-BN scale, starts at 0), ``"groupnorm"``
+            and ``"batchnorm"`` (their scale starts at 0) are the other choices. Each keeps the
+            block the identity at initialisation.
         nonlocal_options: more :class:`~nonlocalnet.layers.NonLocalBlock` keywords (the blocks are
-            2D, ``inter_channels = C / 2``, ``sub_sample=True``: 2x2 max pool on phi and g).
+            2D, ``inter_channels = C / 2``; defaults ``sub_sample=True``, 2x2 max pool on phi and
+            g, and ``use_scale=True``, logits divided by ``sqrt(inter_channels)`` as the released
+            code does: unscaled, the softmax over backbone features starts saturated).
         min_size: the transform's short side; a tuple trains multi-scale (one size drawn per
             batch; evaluation uses the last). Default 800 (tiny models: 128). torchvision's own
             keypoint builder trains at ``(640, 672, 704, 736, 768, 800)``: pass that to match.
@@ -255,7 +259,13 @@ def build_detector(
             f"nonlocal_options may not set {clash}: use nonlocal_mode= and nonlocal_norm= (channels and "
             "dimensionality follow the placement)"
         )
-    block_options = {"sub_sample": True, **block_options, "mode": nonlocal_mode, "norm": nonlocal_norm}
+    block_options = {
+        "sub_sample": True,
+        "use_scale": True,
+        **block_options,
+        "mode": nonlocal_mode,
+        "norm": nonlocal_norm,
+    }
 
     is_trained = (
         (weights is not None or weights_backbone is not None) if pretrained is None else bool(pretrained)

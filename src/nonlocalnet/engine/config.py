@@ -189,7 +189,7 @@ class DetectionConfig:
     model: str = "maskrcnn_r50_fpn_nl"
     num_classes: int = 0
     nonlocal_mode: str = "embedded_gaussian"
-    nonlocal_norm: str = "groupnorm"
+    nonlocal_norm: str = "none"
     nonlocal_options: dict = field(default_factory=dict)
     model_options: dict = field(default_factory=dict)
     weights: str | None = None
