@@ -8,7 +8,7 @@ import json
 import os
 from pathlib import Path
 
-from nonlocalnet.cli_video import _setup_logging
+from nonlocalnet.cli_video import _setup_logging, add_demo_run_arguments
 from nonlocalnet.errors import InvalidValueError, MissingDependencyError
 
 __all__ = ["add_detection_commands", "format_stats"]
@@ -232,15 +232,5 @@ def add_detection_commands(sub: argparse._SubParsersAction) -> None:
     )
     de.add_argument("--quick", action="store_true", help="one seed, less data and training (CI)")
     de.add_argument("--output", default="runs/detect-demo")
-    de.add_argument("--seeds", type=int, default=None, help="default: 3 (1 with --quick)")
-    de.add_argument(
-        "--data-dir", default=None, help="where the generated images are cached (default: OUTPUT/data)"
-    )
-    de.add_argument(
-        "--jobs",
-        type=int,
-        default=None,
-        help="training processes side by side (default: CPU cores, at most 4)",
-    )
-    de.add_argument("--no-progress", action="store_true")
+    add_demo_run_arguments(de, "images")
     de.set_defaults(func=_detect_demo)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from nonlocalnet.errors import InvalidValueError
 
-__all__ = ["add_video_commands", "parse_train", "split_resume"]
+__all__ = ["add_demo_run_arguments", "add_video_commands", "parse_train", "split_resume"]
 
 
 def _setup_logging() -> None:
@@ -172,6 +172,22 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_demo_run_arguments(parser: argparse.ArgumentParser, samples: str) -> None:
+    """The options every built-in demo takes: ``--seeds``, ``--data-dir`` (where its generated
+    ``samples`` are cached), ``--jobs``, ``--no-progress``."""
+    parser.add_argument("--seeds", type=int, default=None, help="default: 3 (1 with --quick)")
+    parser.add_argument(
+        "--data-dir", default=None, help=f"where the generated {samples} are cached (default: OUTPUT/data)"
+    )
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=None,
+        help="training processes side by side (default: CPU cores, at most 4)",
+    )
+    parser.add_argument("--no-progress", action="store_true")
+
+
 def add_video_commands(sub: argparse._SubParsersAction) -> None:
     """Register the video training/evaluation commands on the ``nonlocalnet`` parser."""
     tr = sub.add_parser("train", help="train a video model from a YAML config (torchrun for many processes)")
@@ -228,17 +244,7 @@ def add_video_commands(sub: argparse._SubParsersAction) -> None:
         help="v4: 6-frame clips, the cues on the first and last frame (beyond the I3D's receptive "
         "field); v3: the earlier 4-frame task the I3D solves alone (default: v4)",
     )
-    de.add_argument("--seeds", type=int, default=None, help="default: 3 (1 with --quick)")
-    de.add_argument(
-        "--data-dir", default=None, help="where the generated videos are cached (default: OUTPUT/data)"
-    )
-    de.add_argument(
-        "--jobs",
-        type=int,
-        default=None,
-        help="training processes side by side (default: CPU cores, at most 4)",
-    )
-    de.add_argument("--no-progress", action="store_true")
+    add_demo_run_arguments(de, "videos")
     de.set_defaults(func=_demo)
 
     ck = sub.add_parser(
