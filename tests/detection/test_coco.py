@@ -204,3 +204,24 @@ def test_flip_is_deterministic_by_seed_epoch_and_index(tiny_coco):
     assert again[1].flipped == pattern[4][1]
     assert not any(CocoDetection(*tiny_coco, train=False).flipped(i, e) for i in range(3) for e in range(8))
     assert np.mean([ds.flipped(i, e) for i in range(5) for e in range(40)]) == pytest.approx(0.5, abs=0.12)
+
+
+def test_sixteen_bit_images_are_scaled_not_clipped_to_white(tmp_path):
+    """A 16-bit greyscale PNG (PIL mode I;16): PIL's convert("RGB") clips it to white; the data
+    sets and read_image scale it by 65535. 32-bit float images are refused with the reason."""
+    from PIL import Image
+
+    from nonlocalnet.detection.coco import load_image
+    from nonlocalnet.detection.trained import read_image
+
+    ramp = np.linspace(0, 65535, 48 * 64).reshape(48, 64).astype(np.uint16)
+    Image.fromarray(ramp).save(tmp_path / "g16.png")
+    image = load_image(tmp_path / "g16.png", 64, 48)
+    assert image.shape == (3, 48, 64) and image.dtype == torch.float32
+    torch.testing.assert_close(image[1], torch.from_numpy(ramp.astype(np.float32) / 65535))
+    assert torch.equal(image[0], image[2])
+    assert torch.equal(read_image(tmp_path / "g16.png"), image)
+    Image.fromarray(np.ones((8, 8), np.float32)).save(tmp_path / "f.tif")
+    assert "mode F" in load_image(tmp_path / "f.tif")
+    with pytest.raises(ValueError, match="mode F"):
+        read_image(tmp_path / "f.tif")

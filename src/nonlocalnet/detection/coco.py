@@ -51,24 +51,43 @@ def flip_indices(names: list[str]) -> list[int]:
     return out
 
 
-def load_image(path: str | PathLike, width: int, height: int) -> Tensor | str:
+_SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N", "I")  # 16-bit greyscale as PIL opens it
+
+
+def _rgb(im: Image.Image) -> np.ndarray | str:
+    """float32 ``(H, W, 3)`` in ``[0, 1]``: 8-bit modes converted to RGB (alpha dropped), 16-bit
+    greyscale scaled by 65535 (``convert("RGB")`` would clip it to white); other modes refused."""
+    if im.mode in _SIXTEEN_BIT:
+        grey = np.asarray(im, dtype=np.float32)
+        if grey.size and (grey.min() < 0 or grey.max() > 65535):
+            return f"unsupported image: mode {im.mode} with values outside 0..65535"
+        return np.repeat(grey[..., None] / 65535.0, 3, axis=2)
+    if im.mode == "F":
+        return "unsupported image: 32-bit float pixels (mode F); convert it to 8 or 16 bits"
+    return np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
+
+
+def load_image(path: str | PathLike, width: int | None = None, height: int | None = None) -> Tensor | str:
     """The RGB image at ``path`` as float32 ``(3, H, W)`` in ``[0, 1]`` (grayscale, palette, RGBA
-    and CMYK converted; alpha dropped), or the reason it cannot be used: missing, undecodable,
-    truncated, or of another size than ``width`` x ``height``."""
+    and CMYK converted, alpha dropped; 16-bit greyscale scaled, not clipped), or the reason it
+    cannot be used: missing, undecodable, truncated, of an unsupported mode, or (when ``width``
+    and ``height`` are given) of another size."""
     try:
         with Image.open(path) as im:
             im.load()  # decodes everything: a truncated file fails here
-            if im.size != (width, height):
+            if width is not None and height is not None and im.size != (width, height):
                 return (
                     f"decoded size {im.size[0]}x{im.size[1]} differs from the annotation file's "
                     f"{width}x{height}"
                 )
-            rgb = np.array(im.convert("RGB"), dtype=np.uint8)
+            rgb = _rgb(im)
     except FileNotFoundError:
         return "missing file"
     except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, zlib.error... for broken files
         return f"unreadable image ({type(e).__name__}: {e})"
-    return torch.from_numpy(rgb).permute(2, 0, 1).float().div_(255)
+    if isinstance(rgb, str):
+        return rgb
+    return torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).contiguous()
 
 
 class CocoDetection(Dataset):

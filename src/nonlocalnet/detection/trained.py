@@ -9,11 +9,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from PIL import Image
 from torch import Tensor, nn
 
+from nonlocalnet.detection.coco import load_image
 from nonlocalnet.detection.models import build_detector, detector_info, load_detector_weights
 from nonlocalnet.engine.config import Config, DetectionConfig, config_from_dict
 from nonlocalnet.engine.model_file import read_model_file
@@ -99,16 +98,14 @@ def load_trained_detector(
 
 
 def read_image(path: str | os.PathLike) -> Tensor:
-    """An image file as float32 ``(3, H, W)`` RGB in [0, 1] (grey, palette and alpha images converted)."""
-    path = Path(path)
-    if not path.is_file():
-        raise MissingFileError(f"image not found: {path}")
-    try:
-        with Image.open(path) as im:
-            array = np.asarray(im.convert("RGB"))
-    except OSError as err:
-        raise InvalidValueError(f"{path} is not a readable image: {err}") from err
-    return torch.from_numpy(array.copy()).permute(2, 0, 1).float().div_(255)
+    """An image file as float32 ``(3, H, W)`` RGB in [0, 1], decoded as the data sets decode
+    (:func:`~nonlocalnet.detection.coco.load_image`); an unusable file is an error saying why."""
+    image = load_image(path)
+    if isinstance(image, str):
+        if image == "missing file":
+            raise MissingFileError(f"image not found: {path}")
+        raise InvalidValueError(f"{path} is not a readable image: {image}")
+    return image
 
 
 @torch.no_grad()
