@@ -34,6 +34,9 @@ A minimal one, for a model that regresses one number per sample::
         def example_input(self, device, memory_format):
             return torch.zeros(1, 8, device=device)
 
+        def placeholder_loss(self, net, device, memory_format):
+            return net(self.example_input(device, memory_format))
+
         def loss(self, net, batch, device, memory_format):
             out = net(self.model_input(batch, device, memory_format)).squeeze(1)
             err = (out.float() - batch.y.to(device)) ** 2
@@ -128,7 +131,16 @@ class Task(Protocol):
 
     def example_input(self, device: torch.device, memory_format: torch.memory_format) -> Tensor:
         """One all-zero sample as the model takes it: times memory formats (as random data of
-        its shape) and feeds a rank's placeholder step."""
+        its shape)."""
+        ...
+
+    def placeholder_loss(
+        self, net: nn.Module, device: torch.device, memory_format: torch.memory_format
+    ) -> Tensor:
+        """A forward of ``net`` on a stand-in sample (e.g. ``net(example_input(...))``; with
+        targets, for models whose training forward needs them), reaching every trainable
+        parameter. A rank whose micro-batch holds only broken samples multiplies it by zero and
+        back-propagates, so it joins the gradient all-reduce with a zero gradient."""
         ...
 
     def loss(
@@ -153,10 +165,6 @@ class Task(Protocol):
 
     # Optional: ``sample_noun`` (``"image"``), what a sample is in bad-data messages ("video"
     # without it).
-    # Optional: ``placeholder_loss(net, device, memory_format) -> Tensor``, a loss of ``net`` on a
-    # stand-in input, which a rank whose micro-batch holds only broken samples multiplies by zero
-    # to join the gradient all-reduce; without it the engine runs ``net(example_input(...))``
-    # (for models whose training forward needs no targets).
 
 
 def register_task(name: str, target: str) -> None:
@@ -189,6 +197,7 @@ _MEMBERS = (
     "train_loader",
     "model_input",
     "example_input",
+    "placeholder_loss",
     "loss",
     "evaluate",
     "checkpoint_extras",

@@ -17,13 +17,13 @@ import json
 import logging
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from nonlocalnet.data import BadDataLog, FrameCache
@@ -604,12 +604,8 @@ def _forward_backward(run: _Run, batch: Any) -> tuple[float, dict[str, float], i
     scale = 1.0 / (cfg.train.batch_size * cfg.train.grad_accum)
     if len(batch) == 0:
         if isinstance(run.net, nn.parallel.DistributedDataParallel):
-            placeholder = getattr(run.task, "placeholder_loss", None)
-            if placeholder is not None:
-                _placeholder_backward(run.net, None, cfg.train.amp, device, loss=placeholder, fmt=run.fmt)
-            else:
-                example = run.task.example_input(device, run.fmt)
-                _placeholder_backward(run.net, example, cfg.train.amp, device)
+            net, task, fmt = run.net, run.task, run.fmt
+            _placeholder_backward(net, lambda: task.placeholder_loss(net, device, fmt), cfg.train.amp, device)
         else:
             loss = sum(p.sum() * 0.0 for p in run.net.parameters())
             loss.backward()
@@ -622,23 +618,16 @@ def _forward_backward(run: _Run, batch: Any) -> tuple[float, dict[str, float], i
 
 
 def _placeholder_backward(
-    net: nn.parallel.DistributedDataParallel,
-    example: Any,
-    amp: str,
-    device: torch.device,
-    *,
-    loss: Any = None,
-    fmt: torch.memory_format = torch.contiguous_format,
+    net: nn.parallel.DistributedDataParallel, loss: Callable[[], Tensor], amp: str, device: torch.device
 ) -> None:
-    """A zero-gradient backward through DDP: the forward of ``example`` (a zero input), or
-    ``loss(net, device, fmt)`` (a task's ``placeholder_loss``, for a model whose training
-    forward needs targets), times zero; no RNG drawn, buffers such as BatchNorm statistics
-    restored afterwards."""
+    """A zero-gradient backward through DDP: ``loss()`` (a forward of ``net`` on a stand-in
+    sample, the task's ``placeholder_loss``) times zero; no RNG drawn, buffers such as BatchNorm
+    statistics restored afterwards."""
     module = net.module
     saved = [b.detach().clone() for b in module.buffers()]
     devices = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices), autocast_context(amp, device):
-        out = loss(net, device, fmt) if loss is not None else net(example)
+        out = loss()
     (out.float().sum() * 0.0).backward()
     with torch.no_grad():  # after the backward, which may need the buffers as they were
         for buffer, value in zip(module.buffers(), saved, strict=True):

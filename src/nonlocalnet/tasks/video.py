@@ -97,6 +97,12 @@ class VideoClassification:
         clip = torch.zeros(1, 3, d.clip_length, d.crop, d.crop, device=device)
         return clip.contiguous(memory_format=memory_format)
 
+    def placeholder_loss(
+        self, net: nn.Module, device: torch.device, memory_format: torch.memory_format
+    ) -> Tensor:
+        """The logits of one all-zero clip (a classifier's forward needs no labels)."""
+        return net(self.example_input(device, memory_format))
+
     def loss(
         self, net: nn.Module, batch: ClipBatch, device: torch.device, memory_format: torch.memory_format
     ) -> StepLoss:
