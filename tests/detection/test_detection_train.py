@@ -11,6 +11,7 @@ import contextlib
 import importlib
 import io
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -674,3 +675,37 @@ def test_two_process_torchrun_shards_the_images_and_survives_all_broken_micro_ba
     assert groups == ["bbox", "keypoints" if "keypoint" in model else "segm"]
     for iou_type in groups:
         assert _as_logged(stats, iou_type) == _logged(final, iou_type)
+
+
+@pytest.mark.parametrize("amp", ["none", "bf16"])
+def test_multi_scale_training_resumes_exactly_also_under_bf16_autocast(tmp_path, data, amp):
+    """Multi-scale training draws a size per batch inside torchvision's transform (from torch's
+    RNG): a run stopped after step 4 and resumed gives the uninterrupted run's weights bit for
+    bit, in float32 and under bf16 autocast on the CPU (whose losses are finite)."""
+
+    class Stop(Exception):
+        pass
+
+    save = CheckpointManager.save
+
+    def stop_after_step_4(self, state, step):
+        path = save(self, state, step)
+        if step == 4:
+            raise Stop
+        return path
+
+    sections = {"detection": {"min_size": [40, 48, 56, 64]}, "train": {"amp": amp}}
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    code, _, err = _train_cli(_write_config(tmp_path / "a.yaml", full, data["train"], None, **sections))
+    assert code == 0, err[-3000:]
+    losses = [r["loss"] for r in _records(full, "train")]
+    assert len(losses) == 16 and all(math.isfinite(v) for v in losses)
+    config = _write_config(tmp_path / "b.yaml", cut, data["train"], None, **sections)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(CheckpointManager, "save", stop_after_step_4)
+        with pytest.raises(Stop):
+            _train_cli(config)
+    code, _, err = _train_cli(config, "--resume")
+    assert code == 0, err[-3000:]
+    _assert_same_weights(cut, full)
+    assert _records(cut, "train") == _records(full, "train")

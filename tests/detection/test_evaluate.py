@@ -238,3 +238,19 @@ def test_a_category_without_any_object_neither_breaks_loading_nor_lowers_ap(tiny
     assert 2 not in labels and labels <= {1, 3, 4}
     stats = coco_evaluate(ds.coco, gt_as_results(ds.coco), ("bbox", "segm"))
     assert stats["bbox"]["AP"] == stats["segm"]["AP"] == pytest.approx(100.0)
+
+
+def test_keypoint_evaluation_on_a_file_without_keypoints_says_which_file_it_needs(tiny_coco, tmp_path):
+    images, annotations = tiny_coco
+    data = json.loads(annotations.read_text())
+    for c in data["categories"]:
+        c.pop("keypoints", None)
+    for a in data["annotations"]:
+        a.pop("keypoints", None)
+    path = tmp_path / "instances.json"
+    path.write_text(json.dumps(data))
+    ds = CocoDetection(images, path, train=False)
+    with pytest.raises(
+        InvalidValueError, match="no category of the ground truth names keypoints.*person_keypoints"
+    ):
+        coco_evaluate(ds.coco, [], ("bbox", "keypoints"))

@@ -115,7 +115,10 @@ def _keypoint_setup(coco_gt: COCO, oks_sigmas: Sequence[float] | None) -> tuple[
     """The categories with keypoints and the OKS sigmas, one per keypoint."""
     cats = [c for c in sorted(coco_gt.cats) if coco_gt.cats[c].get("keypoints")]
     if not cats:
-        raise InvalidValueError("keypoint evaluation: no category of the ground truth names keypoints")
+        raise InvalidValueError(
+            "keypoint evaluation: no category of the ground truth names keypoints (a keypoint model "
+            "is evaluated on a keypoint annotation file, e.g. person_keypoints_val2017.json)"
+        )
     k = len(coco_gt.cats[cats[0]]["keypoints"])
     if oks_sigmas is None:
         if k != 17:
