@@ -81,7 +81,7 @@ def plan(
                 variants = [(impl, False) for impl in impls]
                 if naive and "nl" in model and "eager" in impls:
                     variants.append(("eager", True))
-                for impl, naive in variants:
+                for impl, swap in variants:
                     cases.append(
                         {
                             "model": model,
@@ -90,7 +90,7 @@ def plan(
                             "size": size,
                             "train": train,
                             "impl": impl,
-                            "naive": naive,
+                            "naive": swap,
                             "warmup": 2 if impl == "compiled" else 1,
                             "repeats": 1 if quick else 3,
                         }

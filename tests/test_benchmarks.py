@@ -48,6 +48,18 @@ def test_models_benchmark_case(naive):
         assert checks["efficiency"][0]["gflops_ratio"] == pytest.approx(2.0 / 1.5)
 
 
+def test_models_benchmark_plan_swaps_the_naive_block_into_every_nonlocal_model():
+    # regression: the plan's loop variable once shadowed ``naive``, so after the first baseline
+    # model no naive case was planned at all
+    cases = models.plan(False, ["eager", "channels_last"], ["infer", "train"], [8, 32])
+    swapped = {(c["model"], c["frames"], c["train"]) for c in cases if c["naive"]}
+    nl_models = ("c2d_nl5_r50", "i3d_nl5_r50")
+    assert swapped == {(m, f, t) for m in nl_models for f in (8, 32) for t in (False, True)}
+    assert all(c["impl"] == "eager" and "nl" in c["model"] for c in cases if c["naive"])
+    assert len(cases) == 40
+    assert not any(c["naive"] for c in models.plan(False, ["eager"], ["train"], [8], naive=False))
+
+
 def test_denoise_benchmark_case():
     pytest.importorskip("skimage")
     pytest.importorskip("cv2")
