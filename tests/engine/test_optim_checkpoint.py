@@ -13,8 +13,10 @@ from nonlocalnet.engine import (
     lr_at,
     save_checkpoint,
     scaled_lr,
+    set_lr,
 )
 from nonlocalnet.engine.checkpoint import capture_rng_state, restore_rng_state
+from nonlocalnet.engine.config import ConfigError
 from nonlocalnet.layers import NonLocalBlock
 
 
@@ -44,6 +46,32 @@ def test_no_weight_decay_on_normalisation_parameters():
     assert {id(p) for p in no_decay["params"]} == norm_ids  # both BNs (backbone and block)
     assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
     assert opt.defaults["nesterov"] and opt.defaults["momentum"] == 0.9
+
+
+def test_nonlocal_lr_mult_puts_the_blocks_in_groups_of_their_own():
+    block = NonLocalBlock(8, inter_channels=4)
+    model = nn.Sequential(nn.Conv3d(3, 8, 1), nn.BatchNorm3d(8), block)
+    cfg = config_from_dict({"optim": {"nonlocal_lr_mult": 10}}).optim
+    opt = build_optimizer(model, cfg, lr=0.1)
+    assert [(g["lr_mult"], g["weight_decay"]) for g in opt.param_groups] == [
+        (1.0, 1e-4),
+        (1.0, 0.0),
+        (10.0, 1e-4),
+        (10.0, 0.0),
+    ]
+    block_ids = {id(p) for p in block.parameters()}
+    assert {id(p) for g in opt.param_groups[2:] for p in g["params"]} == block_ids
+    assert {id(p) for p in opt.param_groups[3]["params"]} == {id(p) for p in block.norm.parameters()}
+    assert sum(len(g["params"]) for g in opt.param_groups) == len(list(model.parameters()))
+    set_lr(opt, 0.02)
+    assert [g["lr"] for g in opt.param_groups] == pytest.approx([0.02, 0.02, 0.2, 0.2])
+    # the default keeps the two groups older checkpoints were written with
+    assert len(build_optimizer(model, config_from_dict({}).optim, lr=0.1).param_groups) == 2
+
+
+def test_nonlocal_lr_mult_must_not_be_negative():
+    with pytest.raises(ConfigError, match="nonlocal_lr_mult"):
+        config_from_dict({"optim": {"nonlocal_lr_mult": -1}})
 
 
 def test_checkpoint_manager_keeps_last_k_and_best(tmp_path):

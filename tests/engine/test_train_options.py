@@ -138,3 +138,12 @@ def test_cached_frames_train_exactly_like_decoding_each_time(tmp_path, tiny_data
     _, cached = _run(tiny_data, tmp_path / "cached", train={"epochs": 2}, data={"cache_frames": True})
     for key in plain:
         assert torch.equal(plain[key], cached[key]), key
+
+
+@pytest.mark.parametrize("mult", [0.0, 1.0])
+def test_nonlocal_lr_mult_reaches_the_blocks(tmp_path, tiny_data, mult):
+    # the block's BN scale starts at 0 (identity); at lr x 0 it stays there, at lr x 1 it moves,
+    # while the rest of the network trains either way
+    _, weights = _run(tiny_data, tmp_path / "r", train={"epochs": 1}, optim={"nonlocal_lr_mult": mult})
+    (scale,) = [k for k in weights if "nl" in k.split(".") and k.endswith(".norm.weight")]
+    assert torch.count_nonzero(weights[scale]).item() == (0 if mult == 0 else weights[scale].numel())

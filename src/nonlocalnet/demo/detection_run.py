@@ -84,6 +84,7 @@ class DetectionRecipe:
     num_tuning: int = 150
     models: tuple[str, ...] = ("maskrcnn_tiny_fpn", "maskrcnn_tiny_fpn_nl")
     lr: float = 0.02
+    nonlocal_lr_mult: float = 10.0
     batch_size: int = 8
     epochs: int = 4
     weight_decay: float = 1e-4
@@ -149,6 +150,7 @@ def detection_demo_config(
             "data": {"num_workers": recipe.num_workers},
             "optim": {
                 "base_lr": recipe.lr,
+                "nonlocal_lr_mult": recipe.nonlocal_lr_mult,
                 "base_batch_size": recipe.batch_size,
                 "nesterov": False,
                 "weight_decay": recipe.weight_decay,

@@ -21,7 +21,7 @@ from nonlocalnet.engine.evaluate import evaluate, run_evaluation
 from nonlocalnet.engine.layout import choose_memory_format
 from nonlocalnet.engine.metrics import EvalResult, ViewScores, topk_correct
 from nonlocalnet.engine.model_file import ModelFile, read_model_file
-from nonlocalnet.engine.optim import build_optimizer, lr_at, scaled_lr
+from nonlocalnet.engine.optim import build_optimizer, lr_at, scaled_lr, set_lr
 from nonlocalnet.engine.precise_bn import update_bn_stats
 from nonlocalnet.engine.predict import Prediction, load_trained_model, predict_video
 from nonlocalnet.engine.runlog import RunLog, read_jsonl
@@ -75,6 +75,7 @@ __all__ = [
     "save_checkpoint",
     "save_config",
     "scaled_lr",
+    "set_lr",
     "topk_correct",
     "train",
     "update_bn_stats",

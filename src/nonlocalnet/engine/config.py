@@ -115,7 +115,9 @@ class DataConfig:
 @dataclass
 class OptimConfig:
     """SGD with (Nesterov) momentum; lr scaled linearly with the total batch; step schedule as
-    fractions of the iterations (150k and 300k of 400k in the paper); linear warm-up."""
+    fractions of the iterations (150k and 300k of 400k in the paper); linear warm-up.
+    ``nonlocal_lr_mult`` multiplies the non-local blocks' learning rate (1 in the paper; a block
+    that starts as the identity leaves it sooner with more)."""
 
     base_lr: float = 0.01
     base_batch_size: int = 64
@@ -127,6 +129,7 @@ class OptimConfig:
     lr_gamma: float = 0.1
     warmup_iters: int = 0
     warmup_factor: float = 0.1
+    nonlocal_lr_mult: float = 1.0
 
 
 @dataclass
@@ -263,6 +266,7 @@ _NON_NEGATIVE = {
     "optim.weight_decay_norm",
     "optim.warmup_iters",
     "optim.warmup_factor",
+    "optim.nonlocal_lr_mult",  # 0: the blocks stay as they are (identity at init)
     "train.precise_bn_batches",
     "checkpoint.every_iters",
     "eval.every_epochs",

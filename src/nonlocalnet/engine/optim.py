@@ -9,9 +9,9 @@ import torch
 from torch import nn
 
 from nonlocalnet.engine.config import OptimConfig
-from nonlocalnet.layers import AffineChannel
+from nonlocalnet.layers import AffineChannel, NonLocalBlock
 
-__all__ = ["build_optimizer", "lr_at", "scaled_lr"]
+__all__ = ["build_optimizer", "lr_at", "scaled_lr", "set_lr"]
 
 _NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, AffineChannel)
 
@@ -35,18 +35,35 @@ def lr_at(step: int, total_steps: int, peak_lr: float, cfg: OptimConfig) -> floa
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig, lr: float) -> torch.optim.SGD:
     """SGD over two groups: normalisation parameters (``weight_decay_norm``, 0 in the paper) and
-    everything else (``weight_decay``)."""
+    everything else (``weight_decay``). With ``nonlocal_lr_mult != 1`` the non-local blocks'
+    parameters form two more groups of their own; every group carries its ``lr_mult`` (the
+    learning rate of a step is ``lr_at(...) * lr_mult``, see :func:`set_lr`)."""
     norm_params = {
         id(p) for m in model.modules() if isinstance(m, _NORM_TYPES) for p in m.parameters(recurse=False)
     }
-    decay, no_decay = [], []
+    block_params = (
+        {id(p) for m in model.modules() if isinstance(m, NonLocalBlock) for p in m.parameters()}
+        if cfg.nonlocal_lr_mult != 1.0
+        else set()
+    )
+    groups = {
+        (block, norm): {
+            "params": [],
+            "weight_decay": cfg.weight_decay_norm if norm else cfg.weight_decay,
+            "lr_mult": cfg.nonlocal_lr_mult if block else 1.0,
+        }
+        for block in (False, True)
+        for norm in (False, True)
+    }
     for p in model.parameters():
         if p.requires_grad:
-            (no_decay if id(p) in norm_params else decay).append(p)
-    groups = [
-        {"params": decay, "weight_decay": cfg.weight_decay},
-        {"params": no_decay, "weight_decay": cfg.weight_decay_norm},
-    ]
+            groups[id(p) in block_params, id(p) in norm_params]["params"].append(p)
     return torch.optim.SGD(
-        [g for g in groups if g["params"]], lr=lr, momentum=cfg.momentum, nesterov=cfg.nesterov
+        [g for g in groups.values() if g["params"]], lr=lr, momentum=cfg.momentum, nesterov=cfg.nesterov
     )
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """Set every group's learning rate to ``lr`` times its ``lr_mult`` (1 where it has none)."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr * group.get("lr_mult", 1.0)

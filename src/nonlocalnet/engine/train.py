@@ -39,7 +39,7 @@ from nonlocalnet.engine.checkpoint import (
 from nonlocalnet.engine.config import Config, ConfigError, check_config, config_to_dict, save_config
 from nonlocalnet.engine.distributed import DistContext, init_distributed, is_out_of_memory
 from nonlocalnet.engine.layout import choose_memory_format
-from nonlocalnet.engine.optim import build_optimizer, lr_at, scaled_lr
+from nonlocalnet.engine.optim import build_optimizer, lr_at, scaled_lr, set_lr
 from nonlocalnet.engine.precise_bn import update_bn_stats
 from nonlocalnet.engine.runlog import RunLog
 from nonlocalnet.engine.task import Evaluation, Task, build_task
@@ -439,8 +439,7 @@ def _optimisation_step(run: _Run, batches: Iterator) -> float:
     last one), with the bad-data accounting; returns the step's learning rate."""
     cfg, ctx, layout = run.cfg, run.ctx, run.layout
     lr = lr_at(run.step, run.total, run.peak_lr, cfg.optim)
-    for group in run.optimizer.param_groups:
-        group["lr"] = lr
+    set_lr(run.optimizer, lr)
     for micro in range(cfg.train.grad_accum):
         batch = next(batches)
         last = micro == cfg.train.grad_accum - 1
