@@ -63,6 +63,7 @@ def test_nonlocal_lr_mult_puts_the_blocks_in_groups_of_their_own():
     assert {id(p) for g in opt.param_groups[2:] for p in g["params"]} == block_ids
     assert {id(p) for p in opt.param_groups[3]["params"]} == {id(p) for p in block.norm.parameters()}
     assert sum(len(g["params"]) for g in opt.param_groups) == len(list(model.parameters()))
+    assert [g["lr"] for g in opt.param_groups] == pytest.approx([0.1, 0.1, 1.0, 1.0])
     set_lr(opt, 0.02)
     assert [g["lr"] for g in opt.param_groups] == pytest.approx([0.02, 0.02, 0.2, 0.2])
     # the default keeps the two groups older checkpoints were written with

@@ -157,6 +157,7 @@ def test_resuming_with_another_total_batch_or_changed_settings_is_refused(
         train={"batch_size": 1, "grad_accum": 2},
     )
     refused(r"optim\.base_lr 0\.1 -> 0\.2", optim={"base_lr": 0.2})
+    refused(r"optim\.nonlocal_lr_mult 1\.0 -> 10\.0", optim={"nonlocal_lr_mult": 10.0})
     refused(r"train\.epochs 3 -> 4", train={"epochs": 4})
     cfg = _config(tmp_path, "run", tiny_data, EXACT["model"])
     path = write_config(tmp_path / "c.yaml", {**cfg, "seed": 1})
@@ -210,6 +211,22 @@ def test_a_checkpoint_of_the_previous_format_still_resumes_exactly(
     train_in_process(config_from_dict(cfg), resume=tmp_path / "v1.pt")
     _assert_same_weights(tmp_path / "run", reference["exact"])
     assert metrics(tmp_path / "run") == [r for r in metrics(reference["exact"]) if r["step"] > 6]
+
+
+def test_a_checkpoint_from_before_nonlocal_lr_mult_is_refused_a_new_mult_by_name(
+    tmp_path, tiny_data, reference, one_thread
+):
+    # written before the setting existed: it trained the blocks at lr x 1 (two parameter groups)
+    state = load_checkpoint(reference["exact"] / "checkpoints" / "iter_00000006.pt")
+    del state["config"]["optim"]["nonlocal_lr_mult"]
+    save_checkpoint(tmp_path / "old.pt", state)
+    cfg = _config(tmp_path, "run", tiny_data, EXACT["model"], optim={"nonlocal_lr_mult": 10.0})
+    with pytest.raises(ConfigError, match=r"optim\.nonlocal_lr_mult 1\.0 -> 10\.0"):
+        train_in_process(config_from_dict(cfg), resume=tmp_path / "old.pt")
+    train_in_process(
+        config_from_dict(_config(tmp_path, "run", tiny_data, EXACT["model"])), resume=tmp_path / "old.pt"
+    )
+    _assert_same_weights(tmp_path / "run", reference["exact"])
 
 
 def test_resuming_another_folders_checkpoint_in_a_used_folder(tmp_path, tiny_data, reference, one_thread):

@@ -36,8 +36,8 @@ def lr_at(step: int, total_steps: int, peak_lr: float, cfg: OptimConfig) -> floa
 def build_optimizer(model: nn.Module, cfg: OptimConfig, lr: float) -> torch.optim.SGD:
     """SGD over two groups: normalisation parameters (``weight_decay_norm``, 0 in the paper) and
     everything else (``weight_decay``). With ``nonlocal_lr_mult != 1`` the non-local blocks'
-    parameters form two more groups of their own; every group carries its ``lr_mult`` (the
-    learning rate of a step is ``lr_at(...) * lr_mult``, see :func:`set_lr`)."""
+    parameters form up to two more groups of their own; every group carries its ``lr_mult`` and
+    starts at ``lr * lr_mult`` (:func:`set_lr` sets it for each step)."""
     norm_params = {
         id(p) for m in model.modules() if isinstance(m, _NORM_TYPES) for p in m.parameters(recurse=False)
     }
@@ -51,6 +51,7 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig, lr: float) -> torch.opti
             "params": [],
             "weight_decay": cfg.weight_decay_norm if norm else cfg.weight_decay,
             "lr_mult": cfg.nonlocal_lr_mult if block else 1.0,
+            "lr": lr * (cfg.nonlocal_lr_mult if block else 1.0),
         }
         for block in (False, True)
         for norm in (False, True)
