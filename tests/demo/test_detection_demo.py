@@ -1,21 +1,25 @@
 """``nonlocalnet detect-demo --quick`` end to end (about 2 minutes on 2 cores): every output, the
-issue's margin (the non-local model's held-out box AP >= the baseline's + 5), and the attention
-study; plus the recipe's invariants, which need no training."""
+issue's margin (the non-local model's held-out box AP >= the baseline's + 5), the key-swap and
+attention studies; plus the recipe's invariants, which need no training."""
 
+import dataclasses
 import json
 
 import pytest
+import torch
 
 pytest.importorskip("torchvision")
 pytest.importorskip("pycocotools")
 
 from nonlocalnet.cli import main
+from nonlocalnet.demo.detection_attention import _label_of, swap_key_colour
 from nonlocalnet.demo.detection_run import (
     DEMO_DATA,
     detection_demo_config,
     full_detection_recipe,
     quick_detection_recipe,
     render_detection_table,
+    render_key_swap,
     summarise_detection,
 )
 from nonlocalnet.detection.models import detector_info
@@ -57,11 +61,71 @@ def test_the_quick_non_local_detector_beats_its_baseline_by_5_box_ap(quick_detec
     assert nl["box_AP_gain"] == pytest.approx(nl["box_AP"] - base["box_AP"])
 
 
-def test_the_quick_block_attends_to_the_key_more_than_uniformly(quick_detect_demo):
+def test_the_quick_non_local_detector_reads_the_key_and_its_baseline_cannot(quick_detect_demo):
+    """Swapping the key's colour (nothing else in the image changes) changes the non-local
+    detector's labels and leaves them right; the baseline, which cannot see the key, keeps its."""
     _, out = quick_detect_demo
-    attention = json.loads((out / "results.json").read_text())["attention"]
-    assert attention["objects"] >= 50
-    assert attention["key_share"] > 2 * attention["uniform_share"], attention
+    results = json.loads((out / "results.json").read_text())
+    swap = results["key_swap"]
+    (nl,), (base,) = swap["maskrcnn_tiny_fpn_nl"], swap["maskrcnn_tiny_fpn"]  # seed 0
+    for study in (nl, base):
+        assert study["found"] >= 0.8 * study["objects"] >= 50, study
+    assert nl["changed"] >= 0.75 and nl["right"] >= 0.75 and nl["right_swapped"] >= 0.75, nl
+    assert base["changed"] <= 0.1, base
+    assert results["attention"]["objects"] == nl["objects"]
+    assert "The key's colour swapped" in (out / "results.md").read_text()
+
+
+def test_swap_key_colour_exchanges_red_and_green_inside_the_key_box_only():
+    image = torch.rand(3, 32, 40)
+    image[:, 4:12, 6:16] = torch.tensor([0.9, 0.1, 0.2])[:, None, None]  # a red key
+    swapped = swap_key_colour(image, [6, 4, 10, 8])
+    assert torch.equal(swapped[:, 4:12, 6:16], image[[1, 0, 2], 4:12, 6:16])
+    outside = torch.ones(32, 40, dtype=torch.bool)
+    outside[4:12, 6:16] = False
+    assert torch.equal(swapped[:, outside], image[:, outside])
+    assert torch.equal(swap_key_colour(swapped, [6, 4, 10, 8]), image)
+
+
+def test_swap_key_colour_takes_every_pixel_a_float_box_touches_and_clips_at_the_border():
+    image = torch.rand(3, 20, 20)
+    swapped = swap_key_colour(image, [-2.5, 14.4, 6.2, 9.0])  # x -2.5..3.7, y 14.4..23.4
+    assert torch.equal(swapped[:, 14:20, 0:4], image[[1, 0, 2], 14:20, 0:4])
+    assert torch.equal(swapped[:, :14], image[:, :14]) and torch.equal(swapped[:, :, 4:], image[:, :, 4:])
+
+
+def test_label_of_takes_the_best_overlapping_detection_or_none():
+    box = torch.tensor([10.0, 10.0, 20.0, 20.0])
+    empty = {
+        "boxes": torch.zeros(0, 4),
+        "labels": torch.zeros(0, dtype=torch.int64),
+        "scores": torch.zeros(0),
+    }
+    assert _label_of(empty, box, 0.5) is None
+    prediction = {
+        "boxes": torch.tensor([[10.0, 10.0, 20.0, 20.0], [11.0, 10.0, 20.0, 20.0], [40.0, 40.0, 50.0, 50.0]]),
+        "labels": torch.tensor([1, 2, 1]),
+        "scores": torch.tensor([0.6, 0.7, 0.99]),  # the best score overall is elsewhere
+    }
+    assert _label_of(prediction, box, 0.5) == 2
+    assert _label_of(prediction, torch.tensor([30.0, 30.0, 35.0, 35.0]), 0.5) is None
+
+
+def test_render_key_swap_lists_every_model_and_seed():
+    study = {"objects": 10, "found": 10, "changed": 1.0, "right": 0.9, "right_swapped": 0.8}
+    text = render_key_swap({"maskrcnn_tiny_fpn_nl": [study, {**study, "changed": 0.5}]})
+    assert "Mask R-CNN + 1 NL: label changed for 100%, 50%" in text and "after 80%, 80%" in text
+    assert render_key_swap({}) == ""
+
+
+def test_the_quick_run_trains_as_the_full_runs_seed_0():
+    """--quick leaves out models, seeds and held-out images, never training: its margin is the
+    full run's seed 0 on fewer images (with fewer steps the block had not learned in time)."""
+    quick, full = dataclasses.asdict(quick_detection_recipe()), dataclasses.asdict(full_detection_recipe())
+    for key in ("models", "seeds", "num_val", "num_tuning"):
+        quick.pop(key), full.pop(key)
+    assert quick == full
+    assert set(quick_detection_recipe().models) < set(full_detection_recipe().models)
 
 
 def test_the_demo_recipe_differs_only_by_the_block(tmp_path):

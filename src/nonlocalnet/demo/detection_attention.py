@@ -1,24 +1,27 @@
 """What the detection demo's non-local block attends to: for each held-out object, the block's
 attention from the object's centre, and how much of it lands on the key marker that decides the
-object's category (against the key's share of the key grid, the uniform level)."""
+object's category (against the key's share of the key grid, the uniform level); and whether a
+detector's labels follow the key: the same image with the key's colour swapped."""
 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
+from torchvision.ops import box_iou
 
 from nonlocalnet.demo.detection_data import CocoSplit
 from nonlocalnet.detection.models import nonlocal_blocks
-from nonlocalnet.detection.trained import load_trained_detector, read_image
+from nonlocalnet.detection.trained import load_trained_detector, predict_image, read_image
 from nonlocalnet.engine import CheckpointManager
-from nonlocalnet.errors import MissingFileError
+from nonlocalnet.errors import InvalidValueError, MissingFileError
 from nonlocalnet.viz.detections import plot_detection_attention
 
-__all__ = ["attention_study", "block_input", "object_attention"]
+__all__ = ["attention_study", "block_input", "key_swap_study", "object_attention", "swap_key_colour"]
 
 
 def block_input(model: torch.nn.Module, image: Tensor) -> tuple[Tensor, float]:
@@ -109,4 +112,81 @@ def attention_study(
         "key_share": sum(shares) / n,
         "uniform_share": sum(uniform) / n,
         "argmax_on_key": argmax_hits / n,
+    }
+
+
+def swap_key_colour(image: Tensor, key_box: list[float]) -> Tensor:
+    """``image`` (3, H, W) with the red and green channels exchanged inside the key marker's box
+    (x, y, w, h; every pixel it touches, clipped to the image): the demo's red key (230, 40, 40)
+    becomes a green one (40, 230, 40; the palette's green is (40, 200, 60)) and the reverse; the
+    grey background in the box stays grey, and nothing outside the box changes."""
+    x, y, w, h = key_box
+    height, width = image.shape[-2:]
+    x0, y0 = max(math.floor(x), 0), max(math.floor(y), 0)
+    x1, y1 = min(math.ceil(x + w), width), min(math.ceil(y + h), height)
+    out = image.clone()
+    out[0, y0:y1, x0:x1], out[1, y0:y1, x0:x1] = image[1, y0:y1, x0:x1], image[0, y0:y1, x0:x1]
+    return out
+
+
+def _label_of(prediction: dict, box: Tensor, iou: float) -> int | None:
+    """The label of the highest-scoring detection overlapping ``box`` (xyxy) by ``iou``."""
+    if len(prediction["boxes"]) == 0:
+        return None
+    overlaps = box_iou(box[None], prediction["boxes"])[0] >= iou
+    if not overlaps.any():
+        return None
+    scores = torch.where(overlaps, prediction["scores"], torch.full_like(prediction["scores"], -1.0))
+    return int(prediction["labels"][scores.argmax()])
+
+
+def key_swap_study(
+    run_dir: Path, split: CocoSplit, *, max_images: int = 100, iou: float = 0.5
+) -> dict[str, Any]:
+    """Each held-out object's predicted label (the best detection at IoU >= ``iou``) in its image
+    and in the image with the key's colour swapped (:func:`swap_key_colour`). A detector that
+    reads the key changes the label (``changed``: share of the objects found in both) and is
+    right in both (``right``; ``right_swapped``: the other of the data's two categories); one
+    that cannot see the key keeps it. Needs a two-category data set (the demo's key colours)."""
+    checkpoint = CheckpointManager(Path(run_dir) / "checkpoints", 1).latest()
+    if checkpoint is None:
+        raise MissingFileError(f"no checkpoint in {run_dir}/checkpoints")
+    trained = load_trained_detector(checkpoint)
+    if len(trained.category_ids) != 2:
+        raise InvalidValueError(
+            f"the key-swap study needs a detector of 2 categories (the key's colours); {checkpoint} "
+            f"has category ids {trained.category_ids}"
+        )
+    category = {i + 1: c for i, c in enumerate(trained.category_ids)}
+    other = dict(zip(trained.category_ids, reversed(trained.category_ids), strict=True))
+    data = json.loads(Path(split.annotations).read_text())
+    by_image: dict[int, list[dict]] = {}
+    for ann in data["annotations"]:
+        by_image.setdefault(ann["image_id"], []).append(ann)
+    found, changed, right, right_swapped, objects = 0, 0, 0, 0, 0
+    for record in data["images"][:max_images]:
+        anns = by_image.get(record["id"], [])
+        if not anns:
+            continue
+        image = read_image(Path(split.images) / record["file_name"])
+        original = predict_image(trained.model, image)
+        swapped = predict_image(trained.model, swap_key_colour(image, record["key"]["bbox"]))
+        for ann in anns:
+            objects += 1
+            x, y, w, h = ann["bbox"]
+            box = torch.tensor([x, y, x + w, y + h], dtype=torch.float32)
+            a, b = _label_of(original, box, iou), _label_of(swapped, box, iou)
+            if a is None or b is None:
+                continue
+            found += 1
+            changed += a != b
+            right += category.get(a) == ann["category_id"]
+            right_swapped += category.get(b) == other.get(ann["category_id"])
+    n = max(found, 1)
+    return {
+        "objects": objects,
+        "found": found,
+        "changed": changed / n,
+        "right": right / n,
+        "right_swapped": right_swapped / n,
     }
