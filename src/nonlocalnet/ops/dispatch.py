@@ -40,18 +40,18 @@ SOFTMAX_CANDIDATES = ("fused", "flash", "chunked")
 # (algorithm, pass, precision) -> (c_pair, c_flop, c_io, c_call), seconds per unit; fitted by
 # ``python benchmarks/block.py --fit`` from benchmarks/results/block_calibration.json.
 COSTS: dict[tuple[str, str, str], tuple[float, float, float, float]] = {
-    ("chunked", "forward", "fp32"): (2.721e-09, 6.455e-12, 3.995e-09, 0.0003052),
-    ("chunked", "forward", "low"): (2.566e-09, 6.337e-12, 4.53e-09, 0.0006328),
-    ("chunked", "training", "fp32"): (5.337e-09, 6.691e-12, 8.043e-09, 0.001137),
-    ("chunked", "training", "low"): (4.626e-09, 6.957e-12, 8.321e-09, 0.001418),
-    ("flash", "forward", "fp32"): (4.973e-10, 7.045e-12, 3.257e-09, 0.0004694),
-    ("flash", "forward", "low"): (6.585e-10, 6.843e-12, 2.235e-09, 0.0006413),
-    ("flash", "training", "fp32"): (4.204e-09, 6.84e-12, 7.888e-09, 0.001334),
-    ("flash", "training", "low"): (3.562e-09, 6.745e-12, 9.453e-09, 0.001661),
-    ("fused", "forward", "fp32"): (5.116e-10, 7.241e-12, 2.952e-09, 0.0003672),
-    ("fused", "forward", "low"): (6.774e-10, 6.82e-12, 1.977e-09, 0.0005913),
-    ("fused", "training", "fp32"): (1.306e-09, 7.776e-12, 5.143e-09, 0.001293),
-    ("fused", "training", "low"): (1.522e-09, 5.977e-12, 3.658e-09, 0.002318),
+    ("chunked", "forward", "fp32"): (1.347e-09, 3.361e-12, 1.805e-09, 0.0005014),
+    ("chunked", "forward", "low"): (1.322e-09, 3.122e-12, 2.391e-09, 0.0005323),
+    ("chunked", "training", "fp32"): (4.043e-09, 3.389e-12, 4.554e-09, 0.001132),
+    ("chunked", "training", "low"): (4.186e-09, 3.141e-12, 5.426e-09, 0.001195),
+    ("flash", "forward", "fp32"): (2.008e-10, 3.865e-12, 1.447e-09, 0.0005493),
+    ("flash", "forward", "low"): (2.553e-10, 6.54e-13, 1.209e-09, 0.000577),
+    ("flash", "training", "fp32"): (3.254e-09, 3.454e-12, 4.802e-09, 0.001141),
+    ("flash", "training", "low"): (3.407e-09, 2.426e-12, 5.477e-09, 0.001247),
+    ("fused", "forward", "fp32"): (1.735e-10, 3.895e-12, 1.44e-09, 0.0004535),
+    ("fused", "forward", "low"): (2.637e-10, 6.375e-13, 1.225e-09, 0.0004864),
+    ("fused", "training", "fp32"): (6.557e-10, 4.134e-12, 2.841e-09, 0.001321),
+    ("fused", "training", "low"): (2.127e-09, 1.239e-12, 2.006e-09, 0.001848),
 }
 
 _CHUNK_BYTES = 1 << 23  # a chunk's (B, rows, M) logit block: 8 MiB in float32, a quarter of L3
