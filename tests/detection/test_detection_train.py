@@ -292,24 +292,30 @@ def test_too_many_broken_images_stop_the_run(tmp_path, data):
     assert not (tmp_path / "run" / "model.safetensors").exists()
 
 
-def test_a_run_stopped_mid_epoch_and_resumed_equals_the_uninterrupted_run(tmp_path, data, reference):
-    class Stop(Exception):
-        pass
+class _Stop(Exception):
+    pass
 
+
+def _train_cli_stopped_after_step_4(config) -> None:
+    """Run ``config`` and stop it (as a kill would) right after the step-4 checkpoint is written."""
     save = CheckpointManager.save
 
     def stop_after_step_4(self, state, step):
         path = save(self, state, step)
         if step == 4:
-            raise Stop
+            raise _Stop
         return path
 
-    run = tmp_path / "run"
-    config = _write_config(tmp_path / "c.yaml", run, data["train_broken"], data["val_broken"])
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(CheckpointManager, "save", stop_after_step_4)
-        with pytest.raises(Stop):
+        with pytest.raises(_Stop):
             _train_cli(config)
+
+
+def test_a_run_stopped_mid_epoch_and_resumed_equals_the_uninterrupted_run(tmp_path, data, reference):
+    run = tmp_path / "run"
+    config = _write_config(tmp_path / "c.yaml", run, data["train_broken"], data["val_broken"])
+    _train_cli_stopped_after_step_4(config)
     assert not (run / "model.safetensors").exists()
     start = run / "checkpoints" / "iter_00000004.pt"
 
@@ -683,17 +689,6 @@ def test_multi_scale_training_resumes_exactly_also_under_bf16_autocast(tmp_path,
     RNG): a run stopped after step 4 and resumed gives the uninterrupted run's weights bit for
     bit, in float32 and under bf16 autocast on the CPU (whose losses are finite)."""
 
-    class Stop(Exception):
-        pass
-
-    save = CheckpointManager.save
-
-    def stop_after_step_4(self, state, step):
-        path = save(self, state, step)
-        if step == 4:
-            raise Stop
-        return path
-
     sections = {"detection": {"min_size": [40, 48, 56, 64]}, "train": {"amp": amp}}
     full, cut = tmp_path / "full", tmp_path / "cut"
     code, _, err = _train_cli(_write_config(tmp_path / "a.yaml", full, data["train"], None, **sections))
@@ -701,10 +696,7 @@ def test_multi_scale_training_resumes_exactly_also_under_bf16_autocast(tmp_path,
     losses = [r["loss"] for r in _records(full, "train")]
     assert len(losses) == 16 and all(math.isfinite(v) for v in losses)
     config = _write_config(tmp_path / "b.yaml", cut, data["train"], None, **sections)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(CheckpointManager, "save", stop_after_step_4)
-        with pytest.raises(Stop):
-            _train_cli(config)
+    _train_cli_stopped_after_step_4(config)
     code, _, err = _train_cli(config, "--resume")
     assert code == 0, err[-3000:]
     _assert_same_weights(cut, full)
