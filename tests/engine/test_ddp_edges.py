@@ -151,3 +151,30 @@ def test_the_placeholder_step_changes_no_statistics_and_draws_no_random_numbers(
             assert p.grad is not None and not p.grad.any(), name
     finally:
         dist.destroy_process_group()
+
+
+def test_the_non_local_lr_multiplier_under_two_processes(tmp_path, tiny_data):
+    """torchrun with 2 processes: the blocks' groups step at lr x nonlocal_lr_mult (DDP wraps the
+    model the groups were built from), and at x 0 the block stays the identity on every rank."""
+
+    def run(name: str, mult: float) -> Path:
+        cfg = tiny_config(
+            tiny_data,
+            tmp_path / name,
+            model={"norm": "affine"},
+            optim={"nonlocal_lr_mult": mult},
+            train={"epochs": 1, "batch_size": 1},
+            eval={"every_epochs": 0},
+            checkpoint={"every_iters": 2},
+        )
+        train(write_config(tmp_path / f"{name}.yaml", cfg), procs=2)
+        return tmp_path / name
+
+    groups = load_checkpoint(next((run("ten", 10.0) / "checkpoints").glob("iter_*.pt")))["optimizer"][
+        "param_groups"
+    ]
+    assert [g["lr_mult"] for g in groups] == [1.0, 1.0, 10.0, 10.0]
+    assert groups[2]["lr"] == pytest.approx(10 * groups[0]["lr"]) and groups[0]["lr"] > 0
+    frozen = weights(run("zero", 0.0))
+    (scale,) = [k for k in frozen if "nl" in k.split(".") and k.endswith(".norm.weight")]
+    assert torch.count_nonzero(frozen[scale]) == 0
