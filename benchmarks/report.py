@@ -51,6 +51,13 @@ def render_block(data: dict) -> str:
     return block.summarise_any(data)
 
 
+def render_floor(data: dict) -> str:
+    """benchmarks/floor.py's run: the block against its measured lower bound."""
+    import floor
+
+    return floor.summarise(data["cases"])
+
+
 def render_models(*files: dict) -> str:
     """One table for several runs of benchmarks/models.py (rows in file order, then every check)."""
     import models
@@ -121,6 +128,7 @@ def render_detectdemo(data: dict) -> str:
 RENDERERS: dict[str, Callable[..., str]] = {
     "demo": render_demo,
     "block": render_block,
+    "floor": render_floor,
     "models": render_models,
     "complexity": render_complexity,
     "denoise": render_denoise,

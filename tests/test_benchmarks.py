@@ -156,3 +156,37 @@ def test_detection_benchmark_tiny(tmp_path):
     )
     text = report.render_detection(payload)
     assert "| maskrcnn_tiny_fpn_nl | 64x96 | train |" in text and "paper's under 5%" in text
+
+
+def test_floor_benchmark_case_bounds_and_table():
+    """benchmarks/floor.py at a tiny size in this process, and its arithmetic on known numbers."""
+    import floor
+
+    case = {"case": "tiny", "in_channels": 8, "t": 2, "h": 4, "w": 4, "mode": "gaussian", "repeats": 1}
+    r = floor.run_case(case)
+    assert (r["n"], r["m"], r["ck"], r["cv"]) == (32, 8, 8, 4)
+    assert set(r["median_s"]) == {"twin", "ours", "rest"} and min(r["median_s"].values()) > 0
+    assert len(r["gflops_per_s"]) == 12 and min(r["gflops_per_s"].values()) > 0
+    # 7 products against the explicit form's 6: S = Q K^T twice, at width Ck
+    assert r["flops"]["recomputing"] - r["flops"]["explicit"] == 2.0 * 32 * 8 * 8
+    fake = {**r, "median_s": {"twin": 3.0, "ours": 2.5, "rest": 1.0}, "gflops_per_s": {"x": 1.0}}
+    fake["flops"] = {"recomputing": 1e9, "explicit": 0.5e9}
+    b = floor.bounds(fake)
+    assert b["floor_s"] == pytest.approx(2.0) and b["twin_floor_s"] == pytest.approx(1.5)
+    assert b["max_speedup_over_twin"] == pytest.approx(1.5) and b["ours_over_twin"] == pytest.approx(1.2)
+    table = floor.summarise([fake, {**case, "error": "timed out after 900 s"}])
+    assert "| 1.20x | 1.50x | 1.25 |" in table and "failed: timed out" in table
+
+
+def test_the_rest_of_the_block_gets_every_layers_gradient():
+    """floor.py's block-without-attention must run the backward of theta, phi, g, W_z and the norm."""
+    import torch
+    from floor import _rest
+
+    from nonlocalnet import NonLocalBlock
+
+    block = NonLocalBlock(8, 4, mode="embedded_gaussian", sub_sample=True)
+    x = torch.randn(1, 8, 2, 4, 4, requires_grad=True)
+    _rest(block, x).sum().backward()
+    for name, p in block.named_parameters():
+        assert p.grad is not None, name

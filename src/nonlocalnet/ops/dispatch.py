@@ -9,12 +9,14 @@ shapes, dtype, device type and pass: deterministic, no state, no measurement at 
 The model, per algorithm, pass (``"forward"`` or ``"training"``: forward and backward) and
 precision (``"fp32"`` or ``"low"``: bfloat16/float16 inputs)::
 
-    seconds = c_pair * B*N*M + c_flop * flops(algorithm) + c_io * B*(N+M)*(Ck+Cv) + c_call
+    seconds = c_pair * B*N*M + c_flop * flops(algorithm) + c_io * io(algorithm) + c_call
 
 ``flops`` counts the algorithm's matrix products (the fused kernels work at the padded width
 ``max(Ck, Cv)``; the recomputing backwards do one more ``N x M x Ck`` product than the explicit
-form). The four constants were fitted (non-negative least squares on relative error) on
-measurements of ``benchmarks/block.py --calibrate`` on a 2-core AVX-512 CPU, recorded in
+form); ``io`` the elements of the inputs and output, ``B*(N+M)*(Ck+Cv)``, at the padded width
+for the flash kernels, plus the padding copies where ``Ck != Cv``. The four constants were
+fitted (non-negative least squares on relative error) on measurements of
+``benchmarks/block.py --calibrate`` on a 2-core AVX-512 CPU, recorded in
 ``benchmarks/results/block_calibration.json``; ``python benchmarks/block.py --fit`` refits them
 from that file and prints :data:`COSTS` to paste here.
 """
@@ -44,14 +46,14 @@ COSTS: dict[tuple[str, str, str], tuple[float, float, float, float]] = {
     ("chunked", "forward", "low"): (1.322e-09, 3.122e-12, 2.391e-09, 0.0005323),
     ("chunked", "training", "fp32"): (4.043e-09, 3.389e-12, 4.554e-09, 0.001132),
     ("chunked", "training", "low"): (4.186e-09, 3.141e-12, 5.426e-09, 0.001195),
-    ("flash", "forward", "fp32"): (2.008e-10, 3.865e-12, 1.447e-09, 0.0005493),
-    ("flash", "forward", "low"): (2.553e-10, 6.54e-13, 1.209e-09, 0.000577),
-    ("flash", "training", "fp32"): (3.254e-09, 3.454e-12, 4.802e-09, 0.001141),
-    ("flash", "training", "low"): (3.407e-09, 2.426e-12, 5.477e-09, 0.001247),
-    ("fused", "forward", "fp32"): (1.735e-10, 3.895e-12, 1.44e-09, 0.0004535),
-    ("fused", "forward", "low"): (2.637e-10, 6.375e-13, 1.225e-09, 0.0004864),
-    ("fused", "training", "fp32"): (6.557e-10, 4.134e-12, 2.841e-09, 0.001321),
-    ("fused", "training", "low"): (2.127e-09, 1.239e-12, 2.006e-09, 0.001848),
+    ("flash", "forward", "fp32"): (2.048e-10, 3.834e-12, 1.06e-09, 0.0005409),
+    ("flash", "forward", "low"): (2.471e-10, 6.907e-13, 7.952e-10, 0.0006026),
+    ("flash", "training", "fp32"): (3.053e-09, 3.723e-12, 2.533e-09, 0.001375),
+    ("flash", "training", "low"): (3.143e-09, 2.799e-12, 2.494e-09, 0.001649),
+    ("fused", "forward", "fp32"): (1.803e-10, 3.847e-12, 1.071e-09, 0.0004429),
+    ("fused", "forward", "low"): (2.565e-10, 6.775e-13, 7.953e-10, 0.0005134),
+    ("fused", "training", "fp32"): (6.109e-10, 4.206e-12, 1.762e-09, 0.001391),
+    ("fused", "training", "low"): (2.05e-09, 1.341e-12, 9.908e-10, 0.002019),
 }
 
 _CHUNK_BYTES = 1 << 23  # a chunk's (B, rows, M) logit block: 8 MiB in float32, a quarter of L3
@@ -97,7 +99,10 @@ def cost_features(
     else:  # chunked
         fwd, bwd = 2 * pairs * (ck + cv), 2 * pairs * (3 * ck + 2 * cv)
     flops = fwd + (bwd if training else 0.0)
-    return pairs, flops, float(batch * (n + m) * (ck + cv)), 1.0
+    io = batch * (n + m) * (ck + cv)
+    if algorithm != "chunked":  # the flash kernels read and write the padded width
+        io = batch * (n + m) * 2 * w + (batch * (n + m) * w if ck != cv else 0)  # + the padding copies
+    return pairs, flops, float(io), 1.0
 
 
 def _precision(dtype: torch.dtype) -> str:
