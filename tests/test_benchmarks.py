@@ -175,7 +175,7 @@ def test_floor_benchmark_case_bounds_and_table():
     assert b["floor_s"] == pytest.approx(2.0) and b["twin_floor_s"] == pytest.approx(1.5)
     assert b["max_speedup_over_twin"] == pytest.approx(1.5) and b["ours_over_twin"] == pytest.approx(1.2)
     table = floor.summarise([fake, {**case, "error": "timed out after 900 s"}])
-    assert "| 1.20x | 1.50x | 1.25 |" in table and "failed: timed out" in table
+    assert "| 1.20x | 1.50x | 1.25 | 2.00 |" in table and "failed: timed out" in table
 
 
 def test_the_rest_of_the_block_gets_every_layers_gradient():
@@ -190,3 +190,17 @@ def test_the_rest_of_the_block_gets_every_layers_gradient():
     _rest(block, x).sum().backward()
     for name, p in block.named_parameters():
         assert p.grad is not None, name
+
+
+def test_block_grid_times_auto_by_its_pick_where_calls_are_long(monkeypatch):
+    """Points whose calls take seconds do not call auto again: the table says so and uses the
+    picked algorithm's own column."""
+    monkeypatch.setattr(block, "AUTO_OWN_CALLS_BELOW_S", 0.0)
+    point = block.grid_points(batches=(1,), ns=(64,), ms=("N",), cks=(8,), modes=("gaussian",))[0]
+    r = block.run_point(point, (*block.GRID_ALGOS, "auto"), repeats=1, warmup=0)
+    assert "auto" not in r["algorithms"] and set(r["algorithms"]) == set(block.GRID_ALGOS)
+    table, summary = block.summarise_grid([r])
+    pick = r["algorithms"][r["auto_choice"]]["median_s"]
+    assert f"| {1e3 * pick:.1f}* | {r['auto_choice']} |" in table
+    assert "1 points with calls over 0 s: auto was not called separately" in table
+    assert summary["max_auto_over_best"] == summary["max_picked_over_best"]
