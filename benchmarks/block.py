@@ -313,7 +313,12 @@ def _point_cost(p: dict) -> float:
 
 
 def run_group(args: dict) -> list[dict]:
-    return [run_point(p, tuple(args["algos"]), args["repeats"], args["warmup"]) for p in args["points"]]
+    """The points of one process. Its first point is always warmed up: a fresh process's first
+    call is cold (first-touch page faults, one-time set-up), and without this the algorithm
+    measured first, ``fused``, paid for it at every point that runs alone without warm-up."""
+    algos, repeats, warmup = tuple(args["algos"]), args["repeats"], args["warmup"]
+    points = args["points"]
+    return [run_point(p, algos, repeats, warmup if i else max(1, warmup)) for i, p in enumerate(points)]
 
 
 def _groups(points: list[dict], budget_s: float = 60.0) -> list[list[dict]]:
