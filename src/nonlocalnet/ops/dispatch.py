@@ -42,18 +42,18 @@ SOFTMAX_CANDIDATES = ("fused", "flash", "chunked")
 # (algorithm, pass, precision) -> (c_pair, c_flop, c_io, c_call), seconds per unit; fitted by
 # ``python benchmarks/block.py --fit`` from benchmarks/results/block_calibration.json.
 COSTS: dict[tuple[str, str, str], tuple[float, float, float, float]] = {
-    ("chunked", "forward", "fp32"): (1.347e-09, 3.361e-12, 1.805e-09, 0.0005014),
-    ("chunked", "forward", "low"): (1.322e-09, 3.122e-12, 2.391e-09, 0.0005323),
-    ("chunked", "training", "fp32"): (4.043e-09, 3.389e-12, 4.554e-09, 0.001132),
-    ("chunked", "training", "low"): (4.186e-09, 3.141e-12, 5.426e-09, 0.001195),
-    ("flash", "forward", "fp32"): (2.048e-10, 3.834e-12, 1.06e-09, 0.0005409),
-    ("flash", "forward", "low"): (2.471e-10, 6.907e-13, 7.952e-10, 0.0006026),
-    ("flash", "training", "fp32"): (3.053e-09, 3.723e-12, 2.533e-09, 0.001375),
-    ("flash", "training", "low"): (3.143e-09, 2.799e-12, 2.494e-09, 0.001649),
-    ("fused", "forward", "fp32"): (1.803e-10, 3.847e-12, 1.071e-09, 0.0004429),
-    ("fused", "forward", "low"): (2.565e-10, 6.775e-13, 7.953e-10, 0.0005134),
-    ("fused", "training", "fp32"): (6.109e-10, 4.206e-12, 1.762e-09, 0.001391),
-    ("fused", "training", "low"): (2.05e-09, 1.341e-12, 9.908e-10, 0.002019),
+    ("chunked", "forward", "fp32"): (1.307e-09, 3.354e-12, 2.425e-09, 0.0004805),
+    ("chunked", "forward", "low"): (1.397e-09, 3.259e-12, 2.69e-09, 0.0006039),
+    ("chunked", "training", "fp32"): (3.87e-09, 3.605e-12, 5.052e-09, 0.00143),
+    ("chunked", "training", "low"): (4.103e-09, 3.428e-12, 5.934e-09, 0.001441),
+    ("flash", "forward", "fp32"): (2.288e-10, 3.959e-12, 1.299e-09, 0.0006029),
+    ("flash", "forward", "low"): (2.667e-10, 6.833e-13, 9.243e-10, 0.0006796),
+    ("flash", "training", "fp32"): (3.002e-09, 3.973e-12, 2.852e-09, 0.001625),
+    ("flash", "training", "low"): (3.054e-09, 2.869e-12, 3.246e-09, 0.001743),
+    ("fused", "forward", "fp32"): (2.26e-10, 3.913e-12, 1.325e-09, 0.0004511),
+    ("fused", "forward", "low"): (2.617e-10, 6.839e-13, 8.995e-10, 0.0005818),
+    ("fused", "training", "fp32"): (9.445e-10, 4.02e-12, 2.624e-09, 0.001417),
+    ("fused", "training", "low"): (2.26e-09, 1.183e-12, 1.594e-09, 0.002174),
 }
 
 _CHUNK_BYTES = 1 << 23  # a chunk's (B, rows, M) logit block: 8 MiB in float32, a quarter of L3
