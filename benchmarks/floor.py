@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 
 import torch
-from _harness import machine, spawn, write_json
+from _harness import machine, measure, spawn, write_json
 
 from nonlocalnet import NonLocalBlock
 
@@ -41,17 +41,6 @@ CASES = [
     ("n12544", 512, 16, 28, 28),
 ]
 TILE = 1024  # the recomputing backward's tile side (ops/dispatch.py: backward_keys)
-
-
-def _median_time(fn, repeats: int, warmup: int = 1) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def _rest(block: NonLocalBlock, x: torch.Tensor) -> torch.Tensor:
@@ -86,7 +75,7 @@ def _peak_gflops(n: int, m: int, ck: int, cv: int, repeats: int) -> dict:
         for label, (rr, kk, cc) in (("full", (r, k, c)), ("tile", tile)):
             a, b = torch.randn(1, rr, kk), torch.randn(1, kk, cc)
             out = torch.empty(1, rr, cc)
-            s = _median_time(lambda a=a, b=b, out=out: torch.bmm(a, b, out=out), repeats)
+            s = measure(lambda a=a, b=b, out=out: torch.bmm(a, b, out=out), 1, repeats)["median_s"]
             rates[f"{name} {label} {rr}x{kk}x{cc}"] = 2.0 * rr * kk * cc / s / 1e9
     return rates
 
