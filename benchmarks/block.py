@@ -344,12 +344,12 @@ def _reps(p: dict) -> tuple[int, int]:
 def run_grid(
     points: list[dict], out: Path, algos: tuple[str, ...], timeout: float, kind: str, redo: bool = False
 ) -> dict:
-    """Run the points not yet in ``out`` and append them (the file is rewritten after each group);
-    ``redo``: measure the given points again, replacing their earlier rows."""
+    """Run the points not yet in ``out``, or there only as failures, and append them (the file is
+    rewritten after each group); ``redo``: measure the given points again, replacing their rows."""
     data = json.loads(out.read_text()) if out.exists() else {"kind": kind, "meta": machine(), "points": []}
-    if redo:
-        again = {point_key(p) for p in points}
-        data["points"] = [p for p in data["points"] if point_key(p) not in again]
+    # the requested points measured again: all of them with ``redo``, else those that failed
+    again = {point_key(p) for p in points}
+    data["points"] = [p for p in data["points"] if point_key(p) not in again or not (redo or "error" in p)]
     done = {point_key(p) for p in data["points"]}
     todo = [p for p in points if point_key(p) not in done]
     by_reps: dict[tuple[int, int], list[dict]] = {}

@@ -215,3 +215,25 @@ def test_block_grid_warms_up_the_first_point_of_every_process(monkeypatch):
     assert seen == [1, 0, 0]
     block.run_group({"points": [{}], "algos": ["fused"], "repeats": 3, "warmup": 2})
     assert seen[-1] == 2
+
+
+def test_block_grid_rerun_retries_failed_points_and_skips_measured_ones(tmp_path, monkeypatch):
+    # regression: a point that failed (timed out) was "already there" and never measured again
+    points = block.grid_points(
+        batches=(1,), ns=(64,), ms=("N",), cks=(8,), modes=("gaussian",), dtypes=("fp32",)
+    )
+    out = tmp_path / "grid.json"
+    failed = {**points[0], "error": "timed out after 2 s"}
+    measured = block.run_point(points[1], block.EXACT, repeats=1, warmup=0)
+    out.write_text(json.dumps({"kind": "grid", "meta": {}, "points": [failed, measured]}))
+    spawned = []
+
+    def in_process(script, case, timeout):
+        spawned.extend(block.point_key(p) for p in case["group"]["points"])
+        return {"results": block.run_group(case["group"])}
+
+    monkeypatch.setattr(block, "spawn", in_process)
+    data = block.run_grid(points, out, block.EXACT, 60.0, "grid")
+    assert spawned == [block.point_key(points[0])]  # the failed one only
+    assert len(data["points"]) == 2 and not any("error" in p for p in data["points"])
+    assert json.loads(out.read_text())["points"] == data["points"]
