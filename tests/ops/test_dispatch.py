@@ -15,6 +15,12 @@ LOW = {torch.float16: 2e-2, torch.bfloat16: 3e-2, torch.float32: 1e-5, torch.flo
 WIDTHS = [(6, 6), (8, 3), (3, 7)]  # Ck == Cv, raw-feature Gaussian (Ck > Cv), Ck < Cv
 
 
+def _threads(monkeypatch, threads: int) -> None:
+    """``threads`` intra-op threads as ``"fused"`` sees them, and query groups at test sizes."""
+    monkeypatch.setattr(dispatch, "_GROUP_MIN_ROWS", 1)
+    monkeypatch.setattr(pairwise, "_threads", torch.compiler.assume_constant_result(lambda: threads))
+
+
 def test_flash_and_candidates_are_listed():
     for mode in ("gaussian", "embedded_gaussian"):
         assert set(dispatch.SOFTMAX_CANDIDATES) <= set(ALGORITHMS[mode])
@@ -25,9 +31,12 @@ def test_flash_and_candidates_are_listed():
 @pytest.mark.parametrize("dtype", list(LOW))
 @pytest.mark.parametrize("widths", WIDTHS)
 @pytest.mark.parametrize("nm", [(12, 12), (12, 3), (5, 17)])  # keys sub-sampled, or more keys
-def test_every_candidate_matches_the_float64_reference(algorithm, dtype, widths, nm, monkeypatch):
+@pytest.mark.parametrize("threads", [1, 6])  # fused: 1, or 3 query groups a batch item (zero-padded)
+def test_every_candidate_matches_the_float64_reference(algorithm, dtype, widths, nm, threads, monkeypatch):
     """Forward and gradients against the literal loop (forward) and the float64 explicit form
-    (gradients); small chunks force several tiles (rows and keys) in the chunked backwards."""
+    (gradients); small chunks force several tiles (rows and keys) in the chunked backwards, and
+    six threads make ``"fused"`` split the queries of each of the 2 batch items into 3 heads."""
+    _threads(monkeypatch, threads)
     monkeypatch.setattr(pairwise, "_CHUNK_ELEMENTS", 2 * 3 * nm[1])  # blocks of 3 query rows
     monkeypatch.setattr(dispatch, "_BACKWARD_KEYS", 4)  # backward tiles of 4 keys
     theta, phi, g, w = _qkv(n=nm[0], m=nm[1], ck=widths[0], cv=widths[1], dtype=torch.float64)
@@ -186,6 +195,36 @@ def test_export_ignores_the_cost_model(monkeypatch):
     assert spy.calls[-1] == "fused"
 
 
+def test_query_groups():
+    assert dispatch.query_groups(1, 50176, 2) == 2  # one batch item on two cores: two groups
+    assert dispatch.query_groups(2, 50176, 2) == 1  # the batch already fills the cores
+    assert dispatch.query_groups(3, 50176, 2) == 2  # 6 tasks, 3 a core, instead of 3 on 2
+    assert dispatch.query_groups(4, 50176, 6) == 3  # 12 tasks on 6
+    assert dispatch.query_groups(1, 50176, 1) == 1
+    assert dispatch.query_groups(1, 784, 2) == 1  # groups of 392 queries: smaller kernel tiles
+    assert dispatch.query_groups(1, 1536, 2) == 2
+    assert dispatch.query_groups(1, 3136, 16) == 4  # halved while a group has under 768 queries
+
+
+@pytest.mark.parametrize("grad", [False, True])
+@pytest.mark.parametrize("device_threads", [1, 2])
+def test_fused_groups_queries_only_for_a_backward_on_cpu(grad, device_threads, monkeypatch):
+    """SDPA gets ``query_groups`` heads (zero-padded rows) when a backward follows, one otherwise."""
+    _threads(monkeypatch, device_threads)
+    heads = []
+    sdpa = pairwise.F.scaled_dot_product_attention
+    monkeypatch.setattr(
+        pairwise.F,
+        "scaled_dot_product_attention",
+        lambda q, *a, **k: (heads.append(q.shape), sdpa(q, *a, **k))[1],
+    )
+    theta, phi, g, _ = _qkv(b=1, n=7, m=5, ck=4, cv=4)
+    leaves = [t.requires_grad_(grad) for t in (theta, phi, g)]
+    y = softmax_attention(*leaves, algorithm="fused")
+    assert y.shape == (1, 7, 4)
+    assert heads == [(1, 2, 4, 4) if grad and device_threads == 2 else (1, 1, 7, 4)]
+
+
 def test_chunk_rows():
     assert dispatch.chunk_rows(1, 10, 100) == 10  # never more than N
     rows = dispatch.chunk_rows(1, 50176, 12544)
@@ -197,8 +236,10 @@ def test_chunk_rows():
 @pytest.mark.slow
 @pytest.mark.parametrize("algorithm", (*dispatch.SOFTMAX_CANDIDATES, "auto"))
 @pytest.mark.parametrize("widths", [(6, 6), (8, 3)])
-def test_torch_compile_fullgraph_every_candidate(algorithm, widths):
-    """torch.compile keeps the eager choice and traces every algorithm in one graph."""
+def test_torch_compile_fullgraph_every_candidate(algorithm, widths, monkeypatch):
+    """torch.compile keeps the eager choice and traces every algorithm in one graph (``"fused"``
+    with its query groups: the thread count is a constant to the compiler)."""
+    _threads(monkeypatch, 6)
     torch._dynamo.reset()
     theta, phi, g, _ = _qkv(n=24, m=6, ck=widths[0], cv=widths[1])
 

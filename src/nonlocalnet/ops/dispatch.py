@@ -23,6 +23,8 @@ from that file and prints :data:`COSTS` to paste here.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 __all__ = [
@@ -34,6 +36,7 @@ __all__ = [
     "chunk_rows",
     "cost_features",
     "predict_seconds",
+    "query_groups",
 ]
 
 SOFTMAX_CANDIDATES = ("fused", "flash", "chunked")
@@ -84,6 +87,26 @@ def backward_keys(m: int) -> int:
 def backward_rows(batch: int, n: int, keys: int) -> int:
     """Query rows per tile of the recomputing backward: about 4 MiB of float32 probabilities."""
     return max(1, min(n, _MAX_ROWS, max(_MIN_ROWS, (1 << 22) // (4 * max(1, batch * keys)))))
+
+
+_GROUP_MIN_ROWS = 768  # SDPA's CPU kernels take 256-row query tiles from 768 queries a head up
+
+
+def query_groups(batch: int, n: int, threads: int) -> int:
+    """Groups of query rows that ``"fused"`` gives ``scaled_dot_product_attention`` as heads on CPU.
+
+    SDPA's CPU flash backward runs one task per (batch, head) pair. With fewer pairs than
+    threads (``B = 1`` on two cores) the rest of the cores only help inside its small GEMMs:
+    the backward of ``B = 1, N = 50176, M = 12544, C = 128`` took 4.3 s as one head and 3.3 s
+    as two groups of 25088 queries on 2 cores. The key and value gradients of the groups are
+    summed (``groups x M x C`` extra, linear in ``M``). The count makes ``batch * groups`` a
+    multiple of ``threads`` and is halved while a group would have fewer than
+    ``_GROUP_MIN_ROWS`` queries (smaller tiles, and nothing to gain at such sizes).
+    """
+    groups = max(1, threads) // math.gcd(max(1, batch), max(1, threads))
+    while groups > 1 and n < _GROUP_MIN_ROWS * groups:
+        groups //= 2
+    return groups
 
 
 def cost_features(

@@ -29,7 +29,13 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from nonlocalnet.errors import InvalidTypeError, InvalidValueError
-from nonlocalnet.ops.dispatch import backward_keys, backward_rows, choose_softmax_algorithm, chunk_rows
+from nonlocalnet.ops.dispatch import (
+    backward_keys,
+    backward_rows,
+    choose_softmax_algorithm,
+    chunk_rows,
+    query_groups,
+)
 
 __all__ = [
     "ALGORITHMS",
@@ -143,19 +149,32 @@ def _softmax_block(theta: Tensor, phi_t: Tensor, g: Tensor, scale: float) -> tup
     return torch.bmm(p, g).div_(denom), (row_max + denom.log()).squeeze(2)
 
 
-def _fused_attention(theta: Tensor, phi: Tensor, g: Tensor, scale: float) -> Tensor:
+def _fused_attention(theta: Tensor, phi: Tensor, g: Tensor, scale: float, groups: int = 1) -> Tensor:
     """``scaled_dot_product_attention`` on one head; unequal widths are zero-padded to the larger
     (zero key channels add nothing to a logit, zero value channels are cut off), so the flash
-    kernels serve the raw-feature Gaussian too instead of SDPA's quadratic fallback."""
+    kernels serve the raw-feature Gaussian too instead of SDPA's quadratic fallback.
+
+    ``groups > 1`` gives the kernels the query rows as that many heads over the same keys and
+    values (broadcast, not copied; autograd sums their gradients), padded with zero rows to a
+    multiple of ``groups`` (a zero row's output is cut off, so its gradient is zero and it adds
+    nothing to the key and value gradients). See :func:`~nonlocalnet.ops.dispatch.query_groups`.
+    """
     ck, cv = theta.shape[2], g.shape[2]
     if ck < cv:
         theta, phi = F.pad(theta, (0, cv - ck)), F.pad(phi, (0, cv - ck))
     elif cv < ck:
         g = F.pad(g, (0, ck - cv))
+    b, n, m = theta.shape[0], theta.shape[1], phi.shape[1]
+    rows = -(-n // groups)
+    if rows * groups != n:
+        theta = F.pad(theta, (0, 0, 0, rows * groups - n))
     y = F.scaled_dot_product_attention(
-        theta.unsqueeze(1), phi.unsqueeze(1), g.unsqueeze(1), scale=float(scale)
+        theta.reshape(b, groups, rows, theta.shape[2]),
+        phi.unsqueeze(1).expand(b, groups, m, phi.shape[2]),
+        g.unsqueeze(1).expand(b, groups, m, g.shape[2]),
+        scale=float(scale),
     )
-    return y.squeeze(1)[..., :cv]
+    return y.reshape(b, groups * rows, y.shape[3])[:, :n, :cv]
 
 
 class _ChunkedSoftmaxAttention(torch.autograd.Function):
@@ -294,7 +313,9 @@ def softmax_attention(
     Exact algorithms, all with memory linear in N except ``"naive"``:
 
     * ``"fused"``: ``scaled_dot_product_attention`` (flash kernels on CPU and CUDA, with their
-      own backward); unequal widths ``Ck != Cv`` are zero-padded to the larger.
+      own backward); unequal widths ``Ck != Cv`` are zero-padded to the larger. On CPU, when a
+      backward will follow, the query rows go in as several heads where the batch alone would
+      leave cores idle in SDPA's backward (:func:`~nonlocalnet.ops.dispatch.query_groups`).
     * ``"flash"``: on CPU the flash kernel's forward (which also gives the row log-sum-exp)
       with the chunked recomputing backward at the true widths (see :class:`_FlashSoftmaxAttention`);
       ``"fused"`` on other devices.
@@ -313,7 +334,7 @@ def softmax_attention(
         if agnostic:
             algorithm = "fused"
         else:
-            grad = torch.is_grad_enabled() and (theta.requires_grad or phi.requires_grad or g.requires_grad)
+            grad = _needs_grad(theta, phi, g)
             algorithm = choose_softmax_algorithm(
                 batch=theta.shape[0],
                 n=theta.shape[1],
@@ -340,7 +361,21 @@ def softmax_attention(
     theta, phi, g = (x.to(dtype) for x in (theta, phi, g))
     if algorithm == "flash" and not agnostic and theta.device.type == "cpu":
         return _FlashSoftmaxAttention.apply(theta, phi, g, float(scale), _chunk(theta, phi)).to(out_dtype)
-    return _fused_attention(theta, phi, g, scale).to(out_dtype)
+    groups = 1
+    if not agnostic and theta.device.type == "cpu" and _needs_grad(theta, phi, g):
+        groups = query_groups(theta.shape[0], theta.shape[1], _threads())
+    return _fused_attention(theta, phi, g, scale, groups).to(out_dtype)
+
+
+@torch.compiler.assume_constant_result
+def _threads() -> int:
+    """The intra-op thread count (a constant to ``torch.compile``: it only tunes speed)."""
+    return torch.get_num_threads()
+
+
+def _needs_grad(*tensors: Tensor) -> bool:
+    """A backward will follow: grad enabled and an input requires grad."""
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
 
 
 def _chunk(theta: Tensor, phi: Tensor) -> int:
