@@ -45,18 +45,18 @@ SOFTMAX_CANDIDATES = ("fused", "flash", "chunked")
 # (algorithm, pass, precision) -> (c_pair, c_flop, c_io, c_call), seconds per unit; fitted by
 # ``python benchmarks/block.py --fit`` from benchmarks/results/block_calibration.json.
 COSTS: dict[tuple[str, str, str], tuple[float, float, float, float]] = {
-    ("chunked", "forward", "fp32"): (1.307e-09, 3.354e-12, 2.425e-09, 0.0004805),
-    ("chunked", "forward", "low"): (1.397e-09, 3.259e-12, 2.69e-09, 0.0006039),
-    ("chunked", "training", "fp32"): (3.87e-09, 3.605e-12, 5.052e-09, 0.00143),
-    ("chunked", "training", "low"): (4.103e-09, 3.428e-12, 5.934e-09, 0.001441),
-    ("flash", "forward", "fp32"): (2.288e-10, 3.959e-12, 1.299e-09, 0.0006029),
-    ("flash", "forward", "low"): (2.667e-10, 6.833e-13, 9.243e-10, 0.0006796),
-    ("flash", "training", "fp32"): (3.002e-09, 3.973e-12, 2.852e-09, 0.001625),
-    ("flash", "training", "low"): (3.054e-09, 2.869e-12, 3.246e-09, 0.001743),
-    ("fused", "forward", "fp32"): (2.26e-10, 3.913e-12, 1.325e-09, 0.0004511),
-    ("fused", "forward", "low"): (2.617e-10, 6.839e-13, 8.995e-10, 0.0005818),
-    ("fused", "training", "fp32"): (9.445e-10, 4.02e-12, 2.624e-09, 0.001417),
-    ("fused", "training", "low"): (2.26e-09, 1.183e-12, 1.594e-09, 0.002174),
+    ("chunked", "forward", "fp32"): (1.468e-09, 3.771e-12, 2.266e-09, 0.000447),
+    ("chunked", "forward", "low"): (1.463e-09, 3.603e-12, 2.633e-09, 0.0006127),
+    ("chunked", "training", "fp32"): (4.42e-09, 3.759e-12, 6.412e-09, 0.001079),
+    ("chunked", "training", "low"): (4.708e-09, 3.485e-12, 6.759e-09, 0.001286),
+    ("flash", "forward", "fp32"): (1.954e-10, 4.217e-12, 1.258e-09, 0.0005317),
+    ("flash", "forward", "low"): (2.672e-10, 7.259e-13, 9.574e-10, 0.0006441),
+    ("flash", "training", "fp32"): (3.266e-09, 4.181e-12, 3.748e-09, 0.00136),
+    ("flash", "training", "low"): (3.566e-09, 2.902e-12, 3.925e-09, 0.001557),
+    ("fused", "forward", "fp32"): (1.975e-10, 4.167e-12, 1.229e-09, 0.0004672),
+    ("fused", "forward", "low"): (2.815e-10, 7.41e-13, 9.257e-10, 0.0005771),
+    ("fused", "training", "fp32"): (3.77e-10, 4.214e-12, 3.604e-09, 0.001256),
+    ("fused", "training", "low"): (1.959e-09, 1.089e-12, 2.218e-09, 0.002265),
 }
 
 _CHUNK_BYTES = 1 << 23  # a chunk's (B, rows, M) logit block: 8 MiB in float32, a quarter of L3
