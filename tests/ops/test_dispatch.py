@@ -116,6 +116,8 @@ def test_choice_is_deterministic_and_a_candidate():
         assert all(_choose(**kw) == first for _ in range(3))
     # not one constant answer: the model tells shapes and passes apart
     assert len({_choose(**kw) for kw in shapes}) >= 2
+    # forward only, flash (fused's kernel plus a log-sum-exp nobody reads) is never the pick
+    assert all(_choose(**kw) != "flash" for kw in shapes if not kw["training"])
 
 
 def test_other_devices_take_sdpa():

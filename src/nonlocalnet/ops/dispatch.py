@@ -164,13 +164,17 @@ def choose_softmax_algorithm(
 ) -> str:
     """The fastest exact linear-memory algorithm for one call, from :data:`SOFTMAX_CANDIDATES`.
 
-    ``training`` means a backward will follow (grad enabled and an input requires grad).
+    ``training`` means a backward will follow (grad enabled and an input requires grad); without
+    one ``flash`` is not a candidate (its forward is ``fused``'s kernel).
     """
     if device_type != "cpu":
         return "fused"
+    # forward only, ``flash`` runs ``fused``'s kernel and also keeps the log-sum-exp for a
+    # backward that will not come: never the cheaper, whatever two fitted models say
+    candidates = SOFTMAX_CANDIDATES if training else tuple(a for a in SOFTMAX_CANDIDATES if a != "flash")
     costs = [
         predict_seconds(a, training=training, batch=batch, n=n, m=m, ck=ck, cv=cv, dtype=dtype)
-        for a in SOFTMAX_CANDIDATES
+        for a in candidates
     ]
     best = min(range(len(costs)), key=lambda i: (costs[i], i))
-    return SOFTMAX_CANDIDATES[best] if costs[best] < float("inf") else "fused"
+    return candidates[best] if costs[best] < float("inf") else "fused"
