@@ -69,3 +69,21 @@ def test_changed_settings_names_each_change_except_the_free_ones():
         ("seed", 0, 1),
         ("train.batch_size", 2, 4),
     ]
+
+
+def test_a_field_the_saved_config_lacks_compares_at_its_default():
+    """A config written before a field existed ran with the field's default: a resume that sets
+    another value is a change, one that keeps the default is not; a whole section missing
+    likewise. Without defaults (or a field the current config lacks) nothing is compared."""
+    defaults = {"seed": 0, "optim": {"lr": 0.1, "new_mult": 1.0}, "extra": {"flag": False}}
+    saved = {"seed": 0, "optim": {"lr": 0.1}}
+    same = {"seed": 0, "optim": {"lr": 0.1, "new_mult": 1.0}, "extra": {"flag": False}}
+    other = {"seed": 0, "optim": {"lr": 0.1, "new_mult": 10.0}, "extra": {"flag": True}}
+    assert changed_settings(saved, same, defaults=defaults) == []
+    assert changed_settings(saved, other, defaults=defaults) == [
+        ("extra.flag", False, True),
+        ("optim.new_mult", 1.0, 10.0),
+    ]
+    assert changed_settings(saved, other) == []  # no defaults: not compared, as before
+    newer = {"seed": 0, "optim": {"lr": 0.1, "from_the_future": 3}}
+    assert changed_settings(newer, {"seed": 0, "optim": {"lr": 0.1}}, defaults=defaults) == []

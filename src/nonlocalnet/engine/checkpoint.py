@@ -174,13 +174,23 @@ def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def changed_settings(
-    saved: dict[str, Any], current: dict[str, Any], *, free: tuple[str, ...] = RESUME_FREE_SETTINGS
+    saved: dict[str, Any],
+    current: dict[str, Any],
+    *,
+    free: tuple[str, ...] = RESUME_FREE_SETTINGS,
+    defaults: dict[str, Any] | None = None,
 ) -> list[tuple[str, Any, Any]]:
     """``(key, saved value, current value)`` for every setting of two config dicts
     (``config_to_dict``) that differs, except those matched by ``free`` (``key`` or
-    ``section.*``). A schema field missing from one side (a config written by another version)
-    is not compared; inside free-form mappings (``model.overrides``) a missing key is a change
-    (``None`` on that side)."""
+    ``section.*``).
+
+    A schema field missing from ``saved`` (a config written before the field existed) is compared
+    at its value in ``defaults`` (``config_to_dict(Config())``): a field is added with the default
+    that keeps the earlier behaviour, so that is what the saved run did. Without ``defaults``, or
+    missing from ``current`` too (written by a newer version), it is not compared. Inside
+    free-form mappings (``model.overrides``) a missing key is a change (``None`` on that side)."""
+    if defaults is not None:
+        saved = _with_missing_fields(saved, defaults)
 
     def is_free(key: str) -> bool:
         return any(key == f or (f.endswith(".*") and key.startswith(f[:-1])) for f in free)
@@ -208,6 +218,17 @@ def changed_settings(
         if old != new:
             changes.append((key, old, new))
     return changes
+
+
+def _with_missing_fields(saved: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
+    """``saved`` with each schema field (``seed``, ``optim.lr``, ...) it lacks taken from ``defaults``."""
+    out = dict(saved)
+    for top, value in defaults.items():
+        if top not in out:
+            out[top] = value
+        elif isinstance(value, dict) and isinstance(out[top], dict):
+            out[top] = {**value, **out[top]}
+    return out
 
 
 def checkpoint_step(path: str | os.PathLike) -> int:

@@ -191,10 +191,9 @@ def _resume_position(
     """
     old, progress = _saved_position(state, path, layout, num_videos)
     free = (*RESUME_FREE_SETTINGS, "train.batch_size", "train.grad_accum")
-    saved = dict(state.get("config", {}))
-    if isinstance(saved.get("optim"), dict) and "nonlocal_lr_mult" not in saved["optim"]:
-        saved["optim"] = {**saved["optim"], "nonlocal_lr_mult": 1.0}  # written before it existed
-    changed = changed_settings(saved, config_to_dict(cfg), free=free)
+    changed = changed_settings(
+        state.get("config", {}), config_to_dict(cfg), free=free, defaults=config_to_dict(Config())
+    )
     layout_changes, refused, why = _layout_problems(old, layout, model)
     problems = [f"{key} {a!r} -> {b!r}" for key, a, b in changed] + refused
     if problems:
