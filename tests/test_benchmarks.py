@@ -187,9 +187,13 @@ def test_the_rest_of_the_block_gets_every_layers_gradient():
 
     block = NonLocalBlock(8, 4, mode="embedded_gaussian", sub_sample=True)
     x = torch.randn(1, 8, 2, 4, 4, requires_grad=True)
+    from nonlocalnet.layers import nonlocal_block
+
+    real = nonlocal_block.nonlocal_op
     _rest(block, x).sum().backward()
     for name, p in block.named_parameters():
         assert p.grad is not None, name
+    assert nonlocal_block.nonlocal_op is real  # the attention is back for every other call
 
 
 def test_block_grid_times_auto_by_its_pick_where_calls_are_long(monkeypatch):

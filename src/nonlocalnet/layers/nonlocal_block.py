@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from nonlocalnet.deprecation import warn_deprecated
 from nonlocalnet.errors import InvalidTypeError, InvalidValueError
 from nonlocalnet.layers.norm import check_norm, create_norm
+from nonlocalnet.layers.pointwise import channels_first, pointwise, pointwise_channels_first, to_sequence
 from nonlocalnet.ops import LOW_PRECISION, SOFTMAX_MODES, attention_weights, check_algorithm, nonlocal_op
 
 __all__ = ["ATTEND", "BLOCK_PRESETS", "NonLocalBlock"]
@@ -278,38 +279,50 @@ class NonLocalBlock(nn.Module):
         """The spatial size of one key cell (the pool kernel's; 1 x 1 without subsampling)."""
         return tuple(self.pool_kernel[1:]) if self.pool_kernel is not None else (1, 1)
 
-    def _time_queries(self, t: Tensor) -> Tensor:
-        """``(B, C, T, H, W) -> (B * H' * W', T * ph * pw, C)``: the queries of each key cell."""
-        b, c, tt, h, w = t.shape
+    def _time_queries(self, t: Tensor, spatial: Sequence[int]) -> Tensor:
+        """``(B, N, C) -> (B * H' * W', T * ph * pw, C)``: the queries of each key cell."""
+        b, c = t.shape[0], t.shape[2]
+        tt, h, w = spatial
         ph, pw = self._cell()
-        t = t.reshape(b, c, tt, h // ph, ph, w // pw, pw).permute(0, 3, 5, 2, 4, 6, 1)
+        t = t.reshape(b, tt, h // ph, ph, w // pw, pw, c).permute(0, 2, 4, 1, 3, 5, 6)
         return t.reshape(b * (h // ph) * (w // pw), tt * ph * pw, c)
 
     @staticmethod
-    def _time_keys(t: Tensor) -> Tensor:
-        """``(B, C, T', H', W') -> (B * H' * W', T', C)``: each key cell's frames."""
-        b, c, tt, h, w = t.shape
-        return t.permute(0, 3, 4, 2, 1).reshape(b * h * w, tt, c)
+    def _time_keys(t: Tensor, key_shape: Sequence[int]) -> Tensor:
+        """``(B, M, C) -> (B * H' * W', T', C)``: each key cell's frames."""
+        b, c = t.shape[0], t.shape[2]
+        tt, h, w = key_shape
+        return t.reshape(b, tt, h * w, c).transpose(1, 2).reshape(b * h * w, tt, c)
 
-    @staticmethod
-    def _to_sequence(t: Tensor, groups: int) -> Tensor:
-        """``(B, C, *S) -> (B * groups, N / groups, C)``, grouping along the first axis of S."""
-        b, c = t.shape[:2]
-        if groups > 1:
-            t = t.reshape(b, c, groups, -1).transpose(1, 2).reshape(b * groups, c, -1)
+    def _pool_sequence(self, seq: Tensor, spatial: Sequence[int]) -> tuple[Tensor, tuple[int, ...]]:
+        """Subsample a ``(B, N, C)`` sequence over the grid ``spatial``: ``(B, M, C)`` and the grid."""
+        if self.pool is None:
+            return seq, tuple(spatial)
+        pooled = self.pool(channels_first(seq, spatial))  # channels-last in, channels-last out
+        return to_sequence(pooled), tuple(pooled.shape[2:])
+
+    def _projections(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, tuple[int, ...]]:
+        """theta ``(B, N, Ck)``, phi ``(B, M, Ck)`` and g ``(B, M, Ci)`` as position sequences
+        (views, row-major in the channels), and the key grid ``S'`` (after subsampling).
+
+        The 1x1 convs run as batched GEMMs from their weights (:mod:`~nonlocalnet.layers.pointwise`),
+        phi and g as one."""
+        xs = to_sequence(x)
+        # theta apart from phi and g: as a slice of one product it would be copied for the
+        # attention kernels anyway, and would keep the whole product alive for the backward
+        theta = xs if self.theta is None else pointwise(xs, [self.theta])
+        key_convs = [self.g] if self.phi is None else [self.phi, self.g]
+        if self.pool is not None and self.pool_before_conv:
+            xp = self.pool(x)
+            key_shape = tuple(xp.shape[2:])
+            kv = pointwise(to_sequence(xp), key_convs)
         else:
-            t = t.reshape(b, c, -1)
-        return t.transpose(1, 2)
-
-    def _keys_values(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """phi and g as maps ``(B, Ck, *S')`` and ``(B, Ci, *S')``, subsampled if configured."""
-        pool = self.pool if self.pool is not None else nn.Identity()
-        if self.pool_before_conv or self.phi is None:
-            xp = pool(x)
-            phi = xp if self.phi is None else self.phi(xp)
-            g = self.g(xp) if self.pool_before_conv else pool(self.g(x))
-            return phi, g
-        return pool(self.phi(x)), pool(self.g(x))
+            kv, key_shape = self._pool_sequence(pointwise(xs, key_convs), tuple(x.shape[2:]))
+        if self.phi is None:  # Gaussian: raw features as keys, subsampled like g
+            phi = xs if self.pool is None else to_sequence(xp if self.pool_before_conv else self.pool(x))
+            return theta, phi, kv, key_shape
+        phi, g = kv.split(self.inter_channels, dim=2)
+        return theta, phi, g, key_shape
 
     def _concat_weight(self) -> Tensor | None:
         return None if self.concat_project is None else self.concat_project.weight.reshape(-1)
@@ -317,35 +330,38 @@ class NonLocalBlock(nn.Module):
     def nonlocal_response(self, x: Tensor) -> Tensor:
         """``y`` before ``W_z``: shape ``(B, Ci, *S)``."""
         self._check_input(x)
-        return self._response(x)
+        return channels_first(self._response(x), x.shape[2:])
 
     def _response(self, x: Tensor) -> Tensor:
+        """``y`` as a sequence ``(B, N, Ci)``."""
+        theta, phi, g, key_shape = self._projections(x)
+        kw = {"scale": self.logit_scale, "weight": self._concat_weight(), "algorithm": self.algorithm}
+        b, spatial = x.shape[0], tuple(x.shape[2:])
         if self.attend == "time":
-            return self._time_response(x)
+            y = nonlocal_op(
+                self.mode,
+                self._time_queries(theta, spatial),
+                self._time_keys(phi, key_shape),
+                self._time_keys(g, key_shape),
+                **kw,
+            )  # (B * H' * W', T * ph * pw, Ci)
+            t, h, w = spatial
+            ph, pw = self._cell()
+            y = y.reshape(b, h // ph, w // pw, t, ph, pw, self.inter_channels)
+            return y.permute(0, 3, 1, 4, 2, 5, 6).reshape(b, -1, self.inter_channels)
         groups = self._groups(x)
-        theta = x if self.theta is None else self.theta(x)
-        phi, g = self._keys_values(x)
         y = nonlocal_op(
-            self.mode,
-            self._to_sequence(theta, groups),
-            self._to_sequence(phi, groups),
-            self._to_sequence(g, groups),
-            scale=self.logit_scale,
-            weight=self._concat_weight(),
-            algorithm=self.algorithm,
+            self.mode, *(t.reshape(b * groups, -1, t.shape[2]) for t in (theta, phi, g)), **kw
         )  # (B * groups, N / groups, Ci)
-        b, spatial = x.shape[0], x.shape[2:]
-        y = y.transpose(1, 2)
-        if groups > 1:
-            y = y.reshape(b, groups, self.inter_channels, -1).transpose(1, 2)
-        return y.reshape(b, self.inter_channels, *spatial)
+        return y.reshape(b, -1, self.inter_channels)
 
     def forward(self, x: Tensor) -> Tensor:
         """``(B, C, *S) -> (B, C, *S)``."""
         self._check_input(x)
         if x.shape[0] == 0:
             return x.clone()
-        return x + self.norm(self.out(self._response(x)))
+        out = pointwise_channels_first(self._response(x), self.out)
+        return x + self.norm(out.reshape(x.shape[0], self.in_channels, *x.shape[2:]))
 
     # ----------------------------------------------------------------- inspection
     def _flat_queries(self, queries: Tensor | Sequence[Sequence[int]], spatial: tuple) -> Tensor:
@@ -384,18 +400,16 @@ class NonLocalBlock(nn.Module):
         self._check_input(x)
         spatial = tuple(x.shape[2:])
         flat = self._flat_queries(queries, spatial).to(x.device)
-        theta = x if self.theta is None else self.theta(x)
-        phi, _ = self._keys_values(x)
-        key_shape = tuple(phi.shape[2:])
-        theta_q = theta.flatten(2).transpose(1, 2)[:, flat]  # (B, Q, Ck)
+        theta, phi, _, key_shape = self._projections(x)
+        theta_q = theta[:, flat]  # (B, Q, Ck)
         groups = self._groups(x)
         kw = {"scale": self.logit_scale, "weight": self._concat_weight()}
         if self.attend == "time":
-            return self._time_attention_map(theta_q, phi, flat, spatial, kw)
+            return self._time_attention_map(theta_q, phi, key_shape, flat, spatial, kw)
         if groups == 1:
-            w = attention_weights(self.mode, theta_q, phi.flatten(2).transpose(1, 2), **kw)
+            w = attention_weights(self.mode, theta_q, phi, **kw)
             return w.reshape(x.shape[0], flat.numel(), *key_shape)
-        phi_groups = self._to_sequence(phi, groups).reshape(x.shape[0], groups, -1, phi.shape[1])
+        phi_groups = phi.reshape(x.shape[0], groups, -1, phi.shape[2])
         per_group = math.prod(spatial) // groups
         out = theta_q.new_zeros(x.shape[0], flat.numel(), groups, phi_groups.shape[2])
         out = out.float() if out.dtype in LOW_PRECISION else out
@@ -406,16 +420,17 @@ class NonLocalBlock(nn.Module):
         return out.reshape(x.shape[0], flat.numel(), *key_shape)
 
     def _time_attention_map(
-        self, theta_q: Tensor, phi: Tensor, flat: Tensor, spatial: tuple, kw: dict
+        self, theta_q: Tensor, phi: Tensor, key_shape: tuple, flat: Tensor, spatial: tuple, kw: dict
     ) -> Tensor:
         """Weights of each query over the frames of its own key cell; 0 elsewhere."""
-        b, _, tk, hk, wk = phi.shape
+        tk, hk, wk = key_shape
+        b = phi.shape[0]
         ph, pw = self._cell()
         h, w = (flat // spatial[2]) % spatial[1], flat % spatial[2]
         cell = (h // ph) * wk + (w // pw)
         out = theta_q.new_zeros(b, flat.numel(), tk, hk * wk)
         out = out.float() if out.dtype in LOW_PRECISION else out
-        keys = phi.flatten(3).permute(0, 3, 2, 1)  # (B, cells, T', Ck)
+        keys = phi.reshape(b, tk, hk * wk, phi.shape[2]).transpose(1, 2)  # (B, cells, T', Ck)
         for c in cell.unique().tolist():
             sel = (cell == c).nonzero().squeeze(1)
             out[:, sel, :, c] = attention_weights(self.mode, theta_q[:, sel], keys[:, c], **kw)
@@ -426,23 +441,6 @@ class NonLocalBlock(nn.Module):
         :func:`nonlocalnet.ops.attention_weights`)."""
         warn_deprecated("NonLocalBlock.attention_weights()", "attention_map()")
         return self.attention_map(x, queries)
-
-    def _time_response(self, x: Tensor) -> Tensor:
-        theta = x if self.theta is None else self.theta(x)
-        phi, g = self._keys_values(x)
-        y = nonlocal_op(
-            self.mode,
-            self._time_queries(theta),
-            self._time_keys(phi),
-            self._time_keys(g),
-            scale=self.logit_scale,
-            weight=self._concat_weight(),
-            algorithm=self.algorithm,
-        )  # (B * H' * W', T * ph * pw, Ci)
-        b, _, t, h, w = x.shape
-        ph, pw = self._cell()
-        y = y.reshape(b, h // ph, w // pw, t, ph, pw, self.inter_channels)
-        return y.permute(0, 6, 3, 1, 4, 2, 5).reshape(b, self.inter_channels, t, h, w)
 
     def extra_repr(self) -> str:
         return (

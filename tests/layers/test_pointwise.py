@@ -1,0 +1,111 @@
+"""The block's 1x1 convs as batched GEMMs on position sequences, against the conv modules."""
+
+import itertools
+
+import pytest
+import torch
+from reference import randomise, reference_block
+from torch import nn
+
+from nonlocalnet import MODES, NonLocalBlock
+from nonlocalnet.errors import InvalidValueError
+from nonlocalnet.layers.pointwise import channels_first, pointwise, pointwise_channels_first, to_sequence
+
+_CONV = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
+_SIZE = {1: (7,), 2: (3, 5), 3: (2, 3, 4)}
+_LAST = {2: torch.channels_last, 3: torch.channels_last_3d}
+
+
+def _convs(dim, widths, bias, cin=5):
+    torch.manual_seed(0)
+    return [_CONV[dim](cin, w, 1, bias=bias).double() for w in widths]
+
+
+@pytest.mark.parametrize("dim", [1, 2, 3])
+def test_sequence_views_round_trip_without_copies(dim):
+    x = torch.randn(2, 5, *_SIZE[dim])
+    layouts = [x] + ([x.contiguous(memory_format=_LAST[dim])] if dim in _LAST else [])
+    for t in layouts:
+        seq = to_sequence(t)
+        assert seq.shape == (2, x[0, 0].numel(), 5)
+        assert seq.data_ptr() == t.data_ptr()  # a view
+        torch.testing.assert_close(seq, x.flatten(2).transpose(1, 2), rtol=0, atol=0)
+        back = channels_first(seq, x.shape[2:])
+        assert back.data_ptr() == t.data_ptr()
+        torch.testing.assert_close(back, x, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dim,bias,last", list(itertools.product([1, 2, 3], [True, False], [False, True])))
+def test_pointwise_is_the_convs_concatenated_with_their_gradients(dim, bias, last):
+    convs = _convs(dim, (3, 4, 2), bias)
+    x = torch.randn(3, 5, *_SIZE[dim], dtype=torch.float64)
+    if last and dim in _LAST:
+        x = x.contiguous(memory_format=_LAST[dim])
+    x.requires_grad_()
+    ref = torch.cat([c(x) for c in convs], dim=1)
+    out = channels_first(pointwise(to_sequence(x), convs), x.shape[2:])
+    torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
+    grad = torch.randn_like(ref)
+    params = [x] + [p for c in convs for p in c.parameters()]
+    want = torch.autograd.grad(ref, params, grad)
+    got = torch.autograd.grad(out, params, grad)
+    for w, g in zip(want, got, strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_pointwise_channels_first_is_the_conv(bias):
+    (conv,) = _convs(3, (6,), bias, cin=4)
+    x = torch.randn(2, 4, 2, 3, 3, dtype=torch.float64, requires_grad=True)
+    seq = to_sequence(x)
+    out = pointwise_channels_first(seq, conv)
+    torch.testing.assert_close(out.reshape(2, 6, 2, 3, 3), conv(x), rtol=1e-12, atol=1e-12)
+    assert out.is_contiguous()
+
+
+def test_pointwise_refuses_what_is_not_a_plain_1x1_conv():
+    seq = torch.randn(1, 4, 5)
+    with pytest.raises(InvalidValueError, match="1x1 convolution without groups"):
+        pointwise(seq, [nn.Conv2d(5, 3, 3)])
+    with pytest.raises(InvalidValueError, match="1x1 convolution without groups"):
+        pointwise(seq, [nn.Conv2d(5, 5, 1, groups=5)])
+    with pytest.raises(InvalidValueError, match="all of the convs with a bias or all without"):
+        pointwise(seq, [nn.Conv2d(5, 3, 1), nn.Conv2d(5, 3, 1, bias=False)])
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("pool_before_conv", [False, True])
+def test_block_gradients_match_across_input_layouts(mode, pool_before_conv):
+    """Channels-last and non-contiguous inputs give the contiguous input's output and gradients,
+    for the input and every parameter (the projections read the input through strided views)."""
+    block = NonLocalBlock(6, 4, mode=mode, pool_before_conv=pool_before_conv, use_scale=True)
+    randomise(block)
+    block = block.double().train()
+    x = torch.randn(3, 6, 4, 4, 6, dtype=torch.float64)
+    outs = []
+    for t in (
+        x,
+        x.contiguous(memory_format=torch.channels_last_3d),
+        x.transpose(3, 4).contiguous().transpose(3, 4),
+    ):
+        t = t.detach().requires_grad_()
+        y = block(t)
+        grads = torch.autograd.grad(
+            (y * torch.linspace(-1, 1, y.numel()).view_as(y)).sum(), [t, *block.parameters()]
+        )
+        outs.append((y, grads))
+    for y, grads in outs[1:]:
+        torch.testing.assert_close(y, outs[0][0], rtol=1e-10, atol=1e-10)
+        for g, want in zip(grads, outs[0][1], strict=True):
+            torch.testing.assert_close(g, want, rtol=1e-9, atol=1e-10)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("pool_before_conv", [False, True])
+def test_block_without_biases_matches_the_float64_reference(mode, pool_before_conv):
+    block = NonLocalBlock(6, 4, mode=mode, bias=False, pool_before_conv=pool_before_conv, use_scale=True)
+    randomise(block)
+    block = block.double().eval()
+    x = torch.randn(2, 6, 2, 4, 4, dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(block(x), reference_block(block, x), rtol=1e-10, atol=1e-10)
