@@ -69,5 +69,3 @@ def write_video(
         for p in s.encode():
             c.mux(p)
     return path
-
-

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from nonlocalnet import NonLocalBlock
-from nonlocalnet.ops import ALGORITHMS, dispatch, nonlocal_op, pairwise
+from nonlocalnet.ops import ALGORITHMS, nonlocal_op
 from nonlocalnet.ops.dispatch import choose_softmax_algorithm
 
 CASES = [(mode, algorithm) for mode, algorithms in ALGORITHMS.items() for algorithm in algorithms]
@@ -59,10 +59,9 @@ CUSTOM_BACKWARD |= {(m, "auto") for m in ("gaussian", "embedded_gaussian") if _a
 
 @pytest.mark.parametrize("mode,algorithm", CASES, ids=[f"{m}-{a}" for m, a in CASES])
 @pytest.mark.parametrize("threads", [1, 6])
-def test_backward_inside_autocast_equals_backward_outside(mode, algorithm, threads, monkeypatch):
+def test_backward_inside_autocast_equals_backward_outside(mode, algorithm, threads, force_query_groups):
     """``threads = 6``: ``"fused"`` gives SDPA the queries as 3 groups a batch item."""
-    monkeypatch.setattr(dispatch, "_GROUP_MIN_ROWS", 1)
-    monkeypatch.setattr(pairwise, "_threads", lambda: threads)
+    force_query_groups(threads)
     outside = _grads(mode, algorithm, backward_in_autocast=False)
     inside = _grads(mode, algorithm, backward_in_autocast=True)
     for a, b in zip(inside, outside, strict=True):

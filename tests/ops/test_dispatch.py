@@ -15,12 +15,6 @@ LOW = {torch.float16: 2e-2, torch.bfloat16: 3e-2, torch.float32: 1e-5, torch.flo
 WIDTHS = [(6, 6), (8, 3), (3, 7)]  # Ck == Cv, raw-feature Gaussian (Ck > Cv), Ck < Cv
 
 
-def _threads(monkeypatch, threads: int) -> None:
-    """``threads`` intra-op threads as ``"fused"`` sees them, and query groups at test sizes."""
-    monkeypatch.setattr(dispatch, "_GROUP_MIN_ROWS", 1)
-    monkeypatch.setattr(pairwise, "_threads", torch.compiler.assume_constant_result(lambda: threads))
-
-
 def test_flash_and_candidates_are_listed():
     for mode in ("gaussian", "embedded_gaussian"):
         assert set(dispatch.SOFTMAX_CANDIDATES) <= set(ALGORITHMS[mode])
@@ -32,11 +26,13 @@ def test_flash_and_candidates_are_listed():
 @pytest.mark.parametrize("widths", WIDTHS)
 @pytest.mark.parametrize("nm", [(12, 12), (12, 3), (5, 17)])  # keys sub-sampled, or more keys
 @pytest.mark.parametrize("threads", [1, 6])  # fused: 1, or 3 query groups a batch item (zero-padded)
-def test_every_candidate_matches_the_float64_reference(algorithm, dtype, widths, nm, threads, monkeypatch):
+def test_every_candidate_matches_the_float64_reference(
+    algorithm, dtype, widths, nm, threads, monkeypatch, force_query_groups
+):
     """Forward and gradients against the literal loop (forward) and the float64 explicit form
     (gradients); small chunks force several tiles (rows and keys) in the chunked backwards, and
     six threads make ``"fused"`` split the queries of each of the 2 batch items into 3 heads."""
-    _threads(monkeypatch, threads)
+    force_query_groups(threads)
     monkeypatch.setattr(pairwise, "_CHUNK_ELEMENTS", 2 * 3 * nm[1])  # blocks of 3 query rows
     monkeypatch.setattr(dispatch, "_BACKWARD_KEYS", 4)  # backward tiles of 4 keys
     theta, phi, g, w = _qkv(n=nm[0], m=nm[1], ck=widths[0], cv=widths[1], dtype=torch.float64)
@@ -210,9 +206,11 @@ def test_query_groups():
 
 @pytest.mark.parametrize("grad", [False, True])
 @pytest.mark.parametrize("device_threads", [1, 2])
-def test_fused_groups_queries_only_for_a_backward_on_cpu(grad, device_threads, monkeypatch):
+def test_fused_groups_queries_only_for_a_backward_on_cpu(
+    grad, device_threads, monkeypatch, force_query_groups
+):
     """SDPA gets ``query_groups`` heads (zero-padded rows) when a backward follows, one otherwise."""
-    _threads(monkeypatch, device_threads)
+    force_query_groups(device_threads)
     heads = []
     sdpa = pairwise.F.scaled_dot_product_attention
     monkeypatch.setattr(
@@ -238,10 +236,10 @@ def test_chunk_rows():
 @pytest.mark.slow
 @pytest.mark.parametrize("algorithm", (*dispatch.SOFTMAX_CANDIDATES, "auto"))
 @pytest.mark.parametrize("widths", [(6, 6), (8, 3)])
-def test_torch_compile_fullgraph_every_candidate(algorithm, widths, monkeypatch):
+def test_torch_compile_fullgraph_every_candidate(algorithm, widths, force_query_groups):
     """torch.compile keeps the eager choice and traces every algorithm in one graph (``"fused"``
     with its query groups: the thread count is a constant to the compiler)."""
-    _threads(monkeypatch, 6)
+    force_query_groups(6)
     torch._dynamo.reset()
     theta, phi, g, _ = _qkv(n=24, m=6, ck=widths[0], cv=widths[1])
 

@@ -167,14 +167,13 @@ _LINEAR = [(m, "auto") for m in MODES] + [
 @pytest.mark.parametrize("cv", [8, 4, 16])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("threads", [1, 6])
-def test_fast_paths_never_build_n_by_m(mode, algorithm, cv, dtype, threads, monkeypatch):
+def test_fast_paths_never_build_n_by_m(mode, algorithm, cv, dtype, threads, monkeypatch, force_query_groups):
     """No tensor of the forward or backward pass has anywhere near N x M elements (the chunked
     backwards hold one block of chunk x M logits at a time), for every algorithm ``auto`` may
     choose, at equal and unequal widths; ``"fused"`` with its queries as one head or, six
     threads, as six zero-padded groups."""
     monkeypatch.setattr(pairwise, "_CHUNK_ELEMENTS", 64 * 1024)
-    monkeypatch.setattr(dispatch, "_GROUP_MIN_ROWS", 1)
-    monkeypatch.setattr(pairwise, "_threads", lambda: threads)
+    force_query_groups(threads)
     n, m = 1024, 1024
     theta, phi, g, w = (t.to(dtype).requires_grad_() for t in _qkv(b=1, n=n, m=m, ck=8, cv=cv))
     with _MaxNumel() as probe:

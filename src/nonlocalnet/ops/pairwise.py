@@ -330,11 +330,11 @@ def softmax_attention(
     _check(theta, phi, g)
     check_algorithm("embedded_gaussian", algorithm)
     agnostic = _shape_agnostic(theta, phi, g)
+    grad = not agnostic and _needs_grad(theta, phi, g)
     if algorithm == "auto":
         if agnostic:
             algorithm = "fused"
         else:
-            grad = _needs_grad(theta, phi, g)
             algorithm = choose_softmax_algorithm(
                 batch=theta.shape[0],
                 n=theta.shape[1],
@@ -362,7 +362,7 @@ def softmax_attention(
     if algorithm == "flash" and not agnostic and theta.device.type == "cpu":
         return _FlashSoftmaxAttention.apply(theta, phi, g, float(scale), _chunk(theta, phi)).to(out_dtype)
     groups = 1
-    if not agnostic and theta.device.type == "cpu" and _needs_grad(theta, phi, g):
+    if grad and theta.device.type == "cpu":
         groups = query_groups(theta.shape[0], theta.shape[1], _threads())
     return _fused_attention(theta, phi, g, scale, groups).to(out_dtype)
 
