@@ -65,6 +65,37 @@ def measure(fn: Callable[[], object], warmup: int, repeats: int) -> dict:
     }
 
 
+def measure_in_turn(
+    calls: dict[str, Callable[[], object]],
+    repeats: int,
+    warmup: int = 1,
+    reset: Callable[[], None] = lambda: None,
+) -> dict[str, dict]:
+    """Several calls on the same inputs, in turn: ``warmup`` untimed rounds, then ``repeats``
+    timed rounds (drift and other load hit all alike). Per call: median and every time, and the
+    peak extra memory of its own calls. ``reset`` runs after each call, untimed (e.g. clear
+    gradients)."""
+    for _ in range(warmup):
+        for fn in calls.values():
+            fn()
+            reset()
+    times: dict[str, list[float]] = {k: [] for k in calls}
+    peaks = dict.fromkeys(calls, 0.0)
+    for _ in range(repeats):
+        for name, fn in calls.items():
+            reset_peak()
+            base = rss()
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+            reset()
+            peaks[name] = max(peaks[name], max(peak_rss() - base, 0) / 2**20)
+    return {
+        k: {"median_s": statistics.median(v), "times_s": v, "peak_extra_mib": peaks[k]}
+        for k, v in times.items()
+    }
+
+
 def spawn(script: str, case: dict, timeout: float, caching_malloc: bool = True) -> dict:
     """Run ``script --worker CASE`` in a fresh process; its last stdout line is the JSON result."""
     cmd = [sys.executable, script, "--worker", json.dumps(case)]

@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 
 import torch
-from _harness import machine, measure, spawn, write_json
+from _harness import machine, measure, measure_in_turn, spawn, write_json
 
 from nonlocalnet.ops import dispatch, nonlocal_op
 
@@ -585,8 +585,6 @@ def run_block_pair(case: dict) -> dict:
     """Several blocks on one input in one process, each called once untimed (``warmup``, default
     1), then in turn ``repeats`` times (drift and other load hit all alike); per call time and
     peak extra memory."""
-    from _harness import peak_rss, reset_peak, rss
-
     torch.manual_seed(0)
     cin = case["in_channels"]
     x = torch.randn(1, cin, case["t"], case["h"], case["w"], requires_grad=True)
@@ -594,27 +592,14 @@ def run_block_pair(case: dict) -> dict:
         f"{impl}/{alg}": _block_of(impl, alg, case["mode"], cin, case["mmcv_site"]).train()
         for impl, alg in case["impls"]
     }
-    times: dict[str, list[float]] = {k: [] for k in blocks}
-    peaks = dict.fromkeys(blocks, 0.0)
-    for _ in range(case.get("warmup", 1)):  # untimed: the process's cold first calls
+
+    def reset() -> None:
+        x.grad = None
         for block in blocks.values():
-            block(x).sum().backward()
-            x.grad = None
             block.zero_grad(set_to_none=True)
-    for _ in range(case["repeats"]):
-        for name, block in blocks.items():
-            reset_peak()
-            base = rss()
-            start = time.perf_counter()
-            block(x).sum().backward()
-            times[name].append(time.perf_counter() - start)
-            x.grad = None
-            block.zero_grad(set_to_none=True)
-            peaks[name] = max(peaks[name], max(peak_rss() - base, 0) / 2**20)
-    runs = {
-        k: {"median_s": statistics.median(v), "times_s": v, "peak_extra_mib": peaks[k]}
-        for k, v in times.items()
-    }
+
+    calls = {name: (lambda block=block: block(x).sum().backward()) for name, block in blocks.items()}
+    runs = measure_in_turn(calls, case["repeats"], warmup=case.get("warmup", 1), reset=reset)
     return {**case, "runs": runs}
 
 
@@ -714,6 +699,8 @@ def summarise_any(data: dict) -> str:
     if kind == "calibration":
         return summarise_fit(data["points"])
     if kind == "mmcv":
+        if not data["cases"]:  # a file of the paired run alone
+            return summarise_pairs(data["pairs"])
         text = summarise_mmcv(data["cases"])[0]
         if data.get("pairs"):
             text += (
@@ -801,7 +788,9 @@ def main() -> None:
         return
     if args.mmcv_paired:
         out = results_dir / "block_mmcv.json" if args.out == parser.get_default("out") else args.out
-        data = json.loads(out.read_text())
+        data = (
+            json.loads(out.read_text()) if out.exists() else {"kind": "mmcv", "meta": machine(), "cases": []}
+        )
         pairs = []
         for mode in args.modes:
             _, cin, t, h, w = MMCV_CASES[0]

@@ -72,6 +72,13 @@ def render_models(*files: dict) -> str:
     return "\n".join(rows + (["", "Checks:", *checks] if checks else []))
 
 
+def render_projections(data: dict) -> str:
+    """benchmarks/projections.py's run: the block's 1x1 convs as modules and as matrix products."""
+    import projections
+
+    return projections.summarise(data["cases"])
+
+
 def render_complexity(data: dict) -> str:
     import complexity
 
@@ -129,6 +136,7 @@ RENDERERS: dict[str, Callable[..., str]] = {
     "demo": render_demo,
     "block": render_block,
     "floor": render_floor,
+    "projections": render_projections,
     "models": render_models,
     "complexity": render_complexity,
     "denoise": render_denoise,

@@ -118,6 +118,30 @@ def test_block_mmcv_table_without_mmcv():
     assert all("speed_vs_twin" in r for r in rows)
 
 
+def test_block_mmcv_paired_file_alone_and_after_the_table():
+    """A file of the paired run alone (no table cases) renders only the paired table; with cases,
+    the paired table follows the main one."""
+    runs = {
+        "ours/auto": {"median_s": 2.0, "times_s": [2.0], "peak_extra_mib": 10.0},
+        "mmcv/explicit": {"median_s": 5.0, "times_s": [5.0], "peak_extra_mib": 200.0},
+    }
+    pairs = [{"case": "headline", "mode": "gaussian", "runs": runs}]
+    alone = block.summarise_any({"kind": "mmcv", "cases": [], "pairs": pairs})
+    assert alone.startswith("| case | mode | implementation | s (median)")
+    assert "| headline | gaussian | ours, auto | 2.00 | 2.0 | 10 | 2.50x | 1/20.0 |" in alone
+    cases = [c for c in block.mmcv_plan("") if c["case"] == "n12544" and c["mode"] == "gaussian"]
+    fake = [{**c, "median_s": 1.0, "peak_extra_mib": 1.0} for c in cases]
+    both = block.summarise_any({"kind": "mmcv", "cases": fake, "pairs": pairs})
+    assert both.index("speed vs naive twin") < both.index("--mmcv-paired") < both.index("2.50x")
+
+
+def test_block_pair_runs_blocks_in_turn_tiny():
+    case = {"case": "tiny", "mode": "gaussian", "in_channels": 8, "t": 2, "h": 4, "w": 4, "mmcv_site": ""}
+    r = block.run_block_pair({**case, "impls": [["ours", "auto"], ["ours", "fused"]], "repeats": 2})
+    assert set(r["runs"]) == {"ours/auto", "ours/fused"}
+    assert all(len(v["times_s"]) == 2 and v["median_s"] > 0 for v in r["runs"].values())
+
+
 def test_block_case_runs_ours_tiny():
     case = {**block.mmcv_plan("")[0], "in_channels": 8, "t": 2, "h": 4, "w": 4, "warmup": 0, "repeats": 1}
     result = block.run_block_case(case)
@@ -241,3 +265,31 @@ def test_block_grid_rerun_retries_failed_points_and_skips_measured_ones(tmp_path
     assert spawned == [block.point_key(points[0])]  # the failed one only
     assert len(data["points"]) == 2 and not any("error" in p for p in data["points"])
     assert json.loads(out.read_text())["points"] == data["points"]
+
+
+def test_projections_benchmark_reference_is_the_block_and_runs_tiny():
+    """benchmarks/projections.py: its conv-module reference computes the block exactly (float64,
+    output and gradients), and a tiny case runs and renders."""
+    import torch
+    from projections import module_forward, run_case, summarise
+    from reference import randomise
+
+    from nonlocalnet import MODES, NonLocalBlock
+
+    for mode in MODES:
+        block = NonLocalBlock(6, 4, mode=mode, use_scale=True)
+        randomise(block)
+        block = block.double().train()
+        x = torch.randn(2, 6, 2, 4, 6, dtype=torch.float64, requires_grad=True)
+        want, got = module_forward(block, x), block(x)
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+        params = [x, *block.parameters()]
+        for a, b in zip(
+            torch.autograd.grad(got.sum(), params), torch.autograd.grad(want.sum(), params), strict=True
+        ):
+            torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10)
+    with pytest.raises(ValueError, match="default block only"):
+        module_forward(NonLocalBlock(6, 4, pool_before_conv=True), torch.randn(1, 6, 2, 4, 4))
+    r = run_case({"shape": [1, 8, 2, 4, 4], "mode": "gaussian", "repeats": 1})
+    assert set(r["runs"]) == {"modules", "products"} and r["runs"]["products"]["median_s"] > 0
+    assert "| 1x8x2x4x4 | gaussian |" in summarise([r, {**r, "error": "timed out"}])
