@@ -268,6 +268,22 @@ def test_bad_inputs():
     NonLocalBlock(8, sub_sample=False).eval()(torch.randn(1, 8, 1, 1, 1))  # no kernel: any size
 
 
+def test_input_dtype_must_match_the_parameters_outside_autocast():
+    block = NonLocalBlock(8).eval()
+    x = torch.randn(1, 8, 2, 4, 4)
+    with pytest.raises(
+        TypeError, match=r"input dtype torch.bfloat16 differs from the block's parameters \(torch.float32\)"
+    ):
+        block(x.bfloat16())
+    with pytest.raises(
+        TypeError, match="torch.float32 differs from the block's parameters \\(torch.float64\\)"
+    ):
+        block.double()(x)
+    block.float()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert block(x.bfloat16()).shape == x.shape  # autocast casts the inputs of each product
+
+
 _LINEAR = [(m, "auto") for m in MODES] + [
     (m, a) for m in ("gaussian", "embedded_gaussian") for a in ("fused", "flash", "chunked")
 ]

@@ -109,3 +109,21 @@ def test_block_without_biases_matches_the_float64_reference(mode, pool_before_co
     x = torch.randn(2, 6, 2, 4, 4, dtype=torch.float64)
     with torch.no_grad():
         torch.testing.assert_close(block(x), reference_block(block, x), rtol=1e-10, atol=1e-10)
+
+
+def test_a_parametrized_weight_is_the_weight_the_block_uses():
+    """Parametrizations act when the weight is read, so they apply to the matrix products."""
+    from torch.nn.utils.parametrizations import weight_norm
+
+    block = NonLocalBlock(6, 4, use_scale=True)
+    randomise(block)
+    block = block.double().eval()
+    plain = NonLocalBlock(6, 4, use_scale=True).double().eval()
+    plain.load_state_dict(block.state_dict())
+    weight_norm(block.g)
+    with torch.no_grad():
+        block.g.parametrizations.weight.original0.mul_(3.0)  # the norm: the weight triples
+        plain.g.weight.mul_(3.0)
+    x = torch.randn(2, 6, 2, 4, 4, dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(block(x), plain(x), rtol=1e-10, atol=1e-10)

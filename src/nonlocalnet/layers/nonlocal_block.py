@@ -51,6 +51,13 @@ def _as_tuple(value: int | Sequence[int], dim: int, name: str) -> tuple[int, ...
     return out
 
 
+def _autocast_enabled(device_type: str) -> bool:
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except TypeError:  # torch < 2.4 has no device argument
+        return torch.is_autocast_cpu_enabled() if device_type == "cpu" else torch.is_autocast_enabled()
+
+
 class NonLocalBlock(nn.Module):
     """Non-local block ``z = BN(W_z y) + x`` with ``y_i = 1/C(x) sum_j f(x_i, x_j) g(x_j)``.
 
@@ -240,6 +247,12 @@ class NonLocalBlock(nn.Module):
             )
         if not x.is_floating_point():
             raise InvalidTypeError(f"expected a floating-point input, got dtype {x.dtype}")
+        param = self.g.weight
+        if x.dtype != param.dtype and not _autocast_enabled(x.device.type):
+            raise InvalidTypeError(
+                f"input dtype {x.dtype} differs from the block's parameters ({param.dtype}): convert "
+                f"one to the other (block.to(dtype) or x.to(dtype)) or run under torch.autocast"
+            )
         spatial = tuple(x.shape[2:])
         if self.attend == "space" and self.pool_kernel is not None and self.pool_kernel[0] != 1:
             raise InvalidValueError(
