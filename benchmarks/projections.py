@@ -1,11 +1,11 @@
 """The block's 1x1 convolutions as batched matrix products against calling the conv modules.
 
-``NonLocalBlock`` computes theta, phi, g and ``W_z`` from their weights as batched GEMMs on a
-``(B, N, C)`` view of the input (``nonlocalnet.layers.pointwise``). The reference here is the
-same block computed the way it was before: its conv modules called on channel-first maps,
-transposed into sequences for the same ``nonlocal_op`` call. Both run forward + backward on one
-input in one process, in turn (drift and other load hit both alike), each case in its own
-process; medians and the peak extra memory of each.
+``NonLocalBlock(projection="gemm")`` computes theta, phi, g and ``W_z`` from their weights as
+batched GEMMs on a ``(B, N, C)`` view of the input (``nonlocalnet.layers.pointwise``);
+``projection="conv"`` (the default) calls the conv modules on channel-first maps. Both blocks,
+with the same weights, run forward + backward on one input in one process, in turn (drift and
+other load hit both alike), each case in its own process; medians and the peak extra memory of
+each.
 
     python benchmarks/projections.py             # the video models' and the headline's shapes
     python benchmarks/projections.py --quick     # tiny shapes (smoke test)
@@ -22,10 +22,8 @@ from pathlib import Path
 
 import torch
 from _harness import machine, measure_in_turn, spawn, write_json
-from torch import Tensor, nn
 
 from nonlocalnet import NonLocalBlock
-from nonlocalnet.ops import nonlocal_op
 
 SHAPES = [
     # (B, C, T, H, W): the res3 and res4 blocks of the 8-frame models (batch 2), larger batches
@@ -40,42 +38,23 @@ SHAPES = [
 MODES = ("embedded_gaussian", "gaussian")
 
 
-def module_forward(block: NonLocalBlock, x: Tensor) -> Tensor:
-    """The block as computed before the matrix products: conv modules on ``(B, C, *S)`` maps
-    (pooling after the convs, no temporal groups: the default block)."""
-    if block.pool_before_conv or block.temporal_group or block.attend != "spacetime":
-        raise ValueError("module_forward covers the default block only")
-    pool = block.pool if block.pool is not None else nn.Identity()
-    theta = x if block.theta is None else block.theta(x)
-    phi = pool(x) if block.phi is None else pool(block.phi(x))
-    g = pool(block.g(x))
-
-    def seq(t: Tensor) -> Tensor:
-        return t.flatten(2).transpose(1, 2)
-
-    w = None if block.concat_project is None else block.concat_project.weight.reshape(-1)
-    y = nonlocal_op(
-        block.mode, seq(theta), seq(phi), seq(g), scale=block.logit_scale, weight=w, algorithm=block.algorithm
-    )
-    y = y.transpose(1, 2).reshape(x.shape[0], block.inter_channels, *x.shape[2:])
-    return x + block.norm(block.out(y))
-
-
 def run_case(case: dict) -> dict:
     """Both forms on one input, a warm-up call each, then ``repeats`` calls each in turn."""
     torch.manual_seed(0)
     shape = tuple(case["shape"])
     x = torch.randn(*shape, requires_grad=True)
-    block = NonLocalBlock(shape[1], shape[1] // 2, mode=case["mode"], use_scale=True).train()
+    blocks = {
+        name: NonLocalBlock(shape[1], shape[1] // 2, mode=case["mode"], use_scale=True, projection=p).train()
+        for name, p in (("modules", "conv"), ("products", "gemm"))
+    }
+    blocks["products"].load_state_dict(blocks["modules"].state_dict())
 
     def reset() -> None:
         x.grad = None
-        block.zero_grad(set_to_none=True)
+        for block in blocks.values():
+            block.zero_grad(set_to_none=True)
 
-    calls = {
-        "modules": lambda: module_forward(block, x).sum().backward(),
-        "products": lambda: block(x).sum().backward(),
-    }
+    calls = {name: (lambda block=block: block(x).sum().backward()) for name, block in blocks.items()}
     runs = measure_in_turn(calls, case["repeats"], warmup=1, reset=reset)
     return {**case, "runs": runs}
 

@@ -267,29 +267,10 @@ def test_block_grid_rerun_retries_failed_points_and_skips_measured_ones(tmp_path
     assert json.loads(out.read_text())["points"] == data["points"]
 
 
-def test_projections_benchmark_reference_is_the_block_and_runs_tiny():
-    """benchmarks/projections.py: its conv-module reference computes the block exactly (float64,
-    output and gradients), and a tiny case runs and renders."""
-    import torch
-    from projections import module_forward, run_case, summarise
-    from reference import randomise
+def test_projections_benchmark_runs_tiny():
+    """benchmarks/projections.py: a tiny case runs both projections and renders."""
+    from projections import run_case, summarise
 
-    from nonlocalnet import MODES, NonLocalBlock
-
-    for mode in MODES:
-        block = NonLocalBlock(6, 4, mode=mode, use_scale=True)
-        randomise(block)
-        block = block.double().train()
-        x = torch.randn(2, 6, 2, 4, 6, dtype=torch.float64, requires_grad=True)
-        want, got = module_forward(block, x), block(x)
-        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
-        params = [x, *block.parameters()]
-        for a, b in zip(
-            torch.autograd.grad(got.sum(), params), torch.autograd.grad(want.sum(), params), strict=True
-        ):
-            torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10)
-    with pytest.raises(ValueError, match="default block only"):
-        module_forward(NonLocalBlock(6, 4, pool_before_conv=True), torch.randn(1, 6, 2, 4, 4))
     r = run_case({"shape": [1, 8, 2, 4, 4], "mode": "gaussian", "repeats": 1})
     assert set(r["runs"]) == {"modules", "products"} and r["runs"]["products"]["median_s"] > 0
     assert "| 1x8x2x4x4 | gaussian |" in summarise([r, {**r, "error": "timed out"}])

@@ -78,7 +78,9 @@ def test_pointwise_refuses_what_is_not_a_plain_1x1_conv():
 def test_block_gradients_match_across_input_layouts(mode, pool_before_conv):
     """Channels-last and non-contiguous inputs give the contiguous input's output and gradients,
     for the input and every parameter (the projections read the input through strided views)."""
-    block = NonLocalBlock(6, 4, mode=mode, pool_before_conv=pool_before_conv, use_scale=True)
+    block = NonLocalBlock(
+        6, 4, mode=mode, pool_before_conv=pool_before_conv, use_scale=True, projection="gemm"
+    )
     randomise(block)
     block = block.double().train()
     x = torch.randn(3, 6, 4, 4, 6, dtype=torch.float64)
@@ -103,7 +105,9 @@ def test_block_gradients_match_across_input_layouts(mode, pool_before_conv):
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("pool_before_conv", [False, True])
 def test_block_without_biases_matches_the_float64_reference(mode, pool_before_conv):
-    block = NonLocalBlock(6, 4, mode=mode, bias=False, pool_before_conv=pool_before_conv, use_scale=True)
+    block = NonLocalBlock(
+        6, 4, mode=mode, bias=False, pool_before_conv=pool_before_conv, use_scale=True, projection="gemm"
+    )
     randomise(block)
     block = block.double().eval()
     x = torch.randn(2, 6, 2, 4, 4, dtype=torch.float64)
@@ -115,10 +119,10 @@ def test_a_parametrized_weight_is_the_weight_the_block_uses():
     """Parametrizations act when the weight is read, so they apply to the matrix products."""
     from torch.nn.utils.parametrizations import weight_norm
 
-    block = NonLocalBlock(6, 4, use_scale=True)
+    block = NonLocalBlock(6, 4, use_scale=True, projection="gemm")
     randomise(block)
     block = block.double().eval()
-    plain = NonLocalBlock(6, 4, use_scale=True).double().eval()
+    plain = NonLocalBlock(6, 4, use_scale=True, projection="gemm").double().eval()
     plain.load_state_dict(block.state_dict())
     weight_norm(block.g)
     with torch.no_grad():
@@ -127,3 +131,54 @@ def test_a_parametrized_weight_is_the_weight_the_block_uses():
     x = torch.randn(2, 6, 2, 4, 4, dtype=torch.float64)
     with torch.no_grad():
         torch.testing.assert_close(block(x), plain(x), rtol=1e-10, atol=1e-10)
+
+
+_CONFIGS = [
+    {"mode": m, "dim": d, "sub_sample": sub, "pool_before_conv": before}
+    for m in MODES
+    for d in (1, 2, 3)
+    for sub in (True, False)
+    for before in (False, True)
+] + [
+    {"mode": m, **kw}
+    for m in MODES
+    for kw in ({"temporal_group": 2}, {"attend": "space"}, {"attend": "time"}, {"pool_kernel": (2, 2, 2)})
+]
+
+
+@pytest.mark.parametrize("options", _CONFIGS, ids=lambda o: "-".join(f"{k}={v}" for k, v in o.items()))
+def test_gemm_projection_equals_the_conv_modules(options):
+    """``projection="gemm"`` computes what ``"conv"`` (the modules, tested against the float64
+    reference of the paper's formula) computes: outputs, the input's and every parameter's
+    gradient, and the attention map, in float64."""
+    dim = options.get("dim", 3)
+    conv = NonLocalBlock(6, 4, use_scale=True, **options)
+    randomise(conv)
+    conv = conv.double().train()
+    gemm = NonLocalBlock(6, 4, use_scale=True, projection="gemm", **options).double().train()
+    gemm.load_state_dict(conv.state_dict())
+    x = torch.randn(2, 6, *({1: (8,), 2: (4, 6), 3: (4, 4, 6)}[dim]), dtype=torch.float64)
+    grads = []
+    for block in (conv, gemm):
+        xi = x.clone().requires_grad_()
+        y = block(xi)
+        grads.append((y, torch.autograd.grad((y * y).sum(), [xi, *block.parameters()])))
+    torch.testing.assert_close(grads[1][0], grads[0][0], rtol=1e-10, atol=1e-10)
+    for a, b in zip(grads[1][1], grads[0][1], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            gemm.attention_map(x, torch.tensor([0, 5, 7])), conv.attention_map(x, torch.tensor([0, 5, 7]))
+        )
+
+
+def test_projection_is_checked_repr_and_old_pickles():
+    with pytest.raises(InvalidValueError, match="unknown projection 'matmul'"):
+        NonLocalBlock(6, projection="matmul")
+    assert "projection='gemm'" in repr(NonLocalBlock(6, projection="gemm"))
+    block = NonLocalBlock(6)
+    state = block.__dict__.copy()
+    del state["projection"]  # a whole block pickled before the option existed
+    fresh = NonLocalBlock.__new__(NonLocalBlock)
+    fresh.__setstate__(state)
+    assert fresh.projection == "conv"

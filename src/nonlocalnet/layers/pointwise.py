@@ -1,11 +1,12 @@
 """1x1 convolutions of the non-local block as batched matrix products on position sequences.
 
-The block's ``theta``, ``phi``, ``g`` and ``W_z`` are 1x1 convs (their modules and state dict
-keys stay). Computing them from their weights as batched GEMMs over a ``(B, N, C)`` view of the
-input, instead of calling the conv modules (phi and g as one product), gives the row-major
-``(B, N, C)`` sequences the attention kernels want without a copy; on
-CPU it also avoids the slow backward of 1x1x1 ``conv3d`` (the whole block's forward + backward is
-1.3-1.5x faster at the video models' shapes: ``benchmarks/projections.py``).
+The block's ``theta``, ``phi``, ``g`` and ``W_z`` are 1x1 convs (modules and state dict keys
+as in the paper's code). With ``NonLocalBlock(projection="gemm")`` they are computed from their
+weights as batched GEMMs over a ``(B, N, C)`` view of the input instead of calling the modules
+(phi and g as one product): this gives the row-major ``(B, N, C)`` sequences the attention
+kernels want without a copy, and on CPU avoids the slow backward of 1x1x1 ``conv3d`` (the whole
+block's forward + backward is 1.3-1.5x faster at the video models' shapes:
+``benchmarks/projections.py``).
 """
 
 from __future__ import annotations
