@@ -14,9 +14,10 @@ def _block(mode, **kw):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("projection", ["conv", "gemm"])
 @pytest.mark.parametrize("mode", MODES)
-def test_torch_compile_forward_backward(mode):
-    block = _block(mode).train()
+def test_torch_compile_forward_backward(mode, projection):
+    block = _block(mode, projection=projection).train()
     compiled = torch.compile(block, fullgraph=True)
     x = torch.randn(2, 8, 4, 6, 6, requires_grad=True)
     y_ref = block(x)
@@ -28,14 +29,15 @@ def test_torch_compile_forward_backward(mode):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("projection", ["conv", "gemm"])
 @pytest.mark.parametrize("mode", MODES)
-def test_onnx_export_matches_onnxruntime(mode, tmp_path):
+def test_onnx_export_matches_onnxruntime(mode, projection, tmp_path):
     """Exported with a dynamic batch and time and without ``torch.no_grad()`` (the parameters
     require grad, which used to select the chunked softmax whose Python loop fixed the sizes),
     the graph runs at other batch sizes and clip lengths and matches the block."""
     ort = pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
-    block = _block(mode, pool_before_conv=mode == "dot_product", use_scale=True).eval()
+    block = _block(mode, pool_before_conv=mode == "dot_product", use_scale=True, projection=projection).eval()
     x = torch.randn(2, 8, 4, 6, 6)
     path = tmp_path / f"{mode}.onnx"
     dims = {0: torch.export.Dim("batch"), 2: torch.export.Dim("time")}
