@@ -31,6 +31,7 @@ import json
 import statistics
 import sys
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
@@ -352,6 +353,16 @@ def run_grid(
     data["points"] = [p for p in data["points"] if point_key(p) not in again or not (redo or "error" in p)]
     done = {point_key(p) for p in data["points"]}
     todo = [p for p in points if point_key(p) not in done]
+    part = len(data.setdefault("parts", []))
+    if todo:  # parts may run on other machines: each is stamped, with the matmul rate it saw
+        data["parts"].append(
+            {
+                "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                **machine(),
+                "matmul_gflops_per_s": _matmul_rate(timeout),
+                "points": len(todo),
+            }
+        )
     by_reps: dict[tuple[int, int], list[dict]] = {}
     for p in todo:
         by_reps.setdefault(_reps(p), []).append(p)
@@ -364,10 +375,18 @@ def run_grid(
             else:
                 results = res["results"]
             for r in results:
+                r["part"] = part
                 data["points"].append(r)
                 print(f"{_fmt_point(r)}", file=sys.stderr, flush=True)
             write_json(out, data)
     return data
+
+
+def _matmul_rate(timeout: float) -> float | None:
+    """This machine's fp32 matmul GFLOP/s now (3136x512 @ 512x3136, median of 7), in its own process."""
+    case = {"kind": "matmul", "batch": 1, "n": 3136, "m": 3136, "ck": 512, "cv": 0, "warmup": 2, "repeats": 7}
+    res = spawn(__file__, case, timeout)
+    return res.get("gflops_per_s")
 
 
 def _fmt_point(r: dict) -> str:
@@ -385,6 +404,22 @@ def _fmt_point(r: dict) -> str:
 
 
 EXACT = ("fused", "flash", "chunked")
+
+
+def summarise_parts(data: dict) -> str:
+    """Which points ran when and where: the grid is measured in parts, possibly on other VMs."""
+    parts = data.get("parts", [])
+    unstamped = sum("part" not in p for p in data["points"])
+    lines = [f"- {unstamped} points from parts run before parts were stamped"] if unstamped else []
+    for i, part in enumerate(parts):
+        rate = part.get("matmul_gflops_per_s")
+        lines.append(
+            f"- part {i}, {part['started']}: {sum(p.get('part') == i for p in data['points'])} points, "
+            f"torch {part['torch']}, {part['threads']} threads, {part['capability']}, fp32 matmul "
+            + (f"{rate:.0f} GFLOP/s" if rate else "not measured")
+        )
+    head = "Measured in parts (ratios compare algorithms within one point, one process):"
+    return head + "\n\n" + "\n".join(lines)
 
 
 def summarise_grid(points: list[dict]) -> tuple[str, dict]:
@@ -695,7 +730,8 @@ def summarise_any(data: dict) -> str:
     """The table of any file this script writes (benchmarks/report.py renders it)."""
     kind = data.get("kind", "block")
     if kind == "grid":
-        return summarise_grid(data["points"])[0]
+        text = summarise_grid(data["points"])[0]
+        return text + "\n\n" + summarise_parts(data) if data.get("parts") else text
     if kind == "calibration":
         return summarise_fit(data["points"])
     if kind == "mmcv":

@@ -257,6 +257,9 @@ def test_block_grid_rerun_retries_failed_points_and_skips_measured_ones(tmp_path
     spawned = []
 
     def in_process(script, case, timeout):
+        if "group" not in case:  # the part's matmul rate
+            assert case["kind"] == "matmul"
+            return {"gflops_per_s": 123.4}
         spawned.extend(block.point_key(p) for p in case["group"]["points"])
         return {"results": block.run_group(case["group"])}
 
@@ -265,6 +268,13 @@ def test_block_grid_rerun_retries_failed_points_and_skips_measured_ones(tmp_path
     assert spawned == [block.point_key(points[0])]  # the failed one only
     assert len(data["points"]) == 2 and not any("error" in p for p in data["points"])
     assert json.loads(out.read_text())["points"] == data["points"]
+    # the part is stamped (parts may run on other VMs) and its point tagged; the old one is not
+    assert [p.get("part") for p in data["points"]] == [None, 0]
+    assert data["parts"][0]["points"] == 1 and data["parts"][0]["matmul_gflops_per_s"] == 123.4
+    text = block.summarise_any(data)
+    assert "- 1 points from parts run before" in text and "part 0, " in text and "123 GFLOP/s" in text
+    # nothing left to do: no new part
+    assert len(block.run_grid(points, out, block.EXACT, 60.0, "grid")["parts"]) == 1
 
 
 def test_projections_benchmark_runs_tiny():
