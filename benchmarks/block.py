@@ -360,7 +360,7 @@ def run_grid(
                 "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 **machine(),
                 "matmul_gflops_per_s": _matmul_rate(timeout),
-                "points": len(todo),
+                "planned": len(todo),  # an interrupted part measured fewer: its points say how many
             }
         )
     by_reps: dict[tuple[int, int], list[dict]] = {}
@@ -414,7 +414,8 @@ def summarise_parts(data: dict) -> str:
     for i, part in enumerate(parts):
         rate = part.get("matmul_gflops_per_s")
         lines.append(
-            f"- part {i}, {part['started']}: {sum(p.get('part') == i for p in data['points'])} points, "
+            f"- part {i}, {part['started']}: {sum(p.get('part') == i for p in data['points'])} points "
+            f"(of {part['planned']} planned), "
             f"torch {part['torch']}, {part['threads']} threads, {part['capability']}, fp32 matmul "
             + (f"{rate:.0f} GFLOP/s" if rate else "not measured")
         )

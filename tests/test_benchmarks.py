@@ -270,9 +270,10 @@ def test_block_grid_rerun_retries_failed_points_and_skips_measured_ones(tmp_path
     assert json.loads(out.read_text())["points"] == data["points"]
     # the part is stamped (parts may run on other VMs) and its point tagged; the old one is not
     assert [p.get("part") for p in data["points"]] == [None, 0]
-    assert data["parts"][0]["points"] == 1 and data["parts"][0]["matmul_gflops_per_s"] == 123.4
+    assert data["parts"][0]["planned"] == 1 and data["parts"][0]["matmul_gflops_per_s"] == 123.4
     text = block.summarise_any(data)
-    assert "- 1 points from parts run before" in text and "part 0, " in text and "123 GFLOP/s" in text
+    assert "- 1 points from parts run before" in text and "points (of 1 planned)" in text
+    assert "123 GFLOP/s" in text
     # nothing left to do: no new part
     assert len(block.run_grid(points, out, block.EXACT, 60.0, "grid")["parts"]) == 1
 
@@ -284,3 +285,38 @@ def test_projections_benchmark_runs_tiny():
     r = run_case({"shape": [1, 8, 2, 4, 4], "mode": "gaussian", "repeats": 1})
     assert set(r["runs"]) == {"modules", "products"} and r["runs"]["products"]["median_s"] > 0
     assert "| 1x8x2x4x4 | gaussian |" in summarise([r, {**r, "error": "timed out"}])
+
+
+def test_block_grid_part_interrupted_with_its_matmul_probe_failed(tmp_path, monkeypatch):
+    """A part whose matmul probe fails and which is interrupted after its first group keeps what
+    it measured, and says how much of its plan that was; a rerun continues in a new part."""
+    points = block.grid_points(
+        batches=(1,), ns=(64,), ms=("N",), cks=(8,), modes=("gaussian",), passes=("fwd",), dtypes=("fp32",)
+    )
+    points = [*points, {**points[0], "batch": 2}]
+    out, groups = tmp_path / "grid.json", []
+
+    def interrupted(script, case, timeout):
+        if "group" not in case:
+            return {**case, "error": "timed out after 60 s"}
+        groups.append(case)
+        if len(groups) == 2:
+            raise KeyboardInterrupt
+        return {"results": block.run_group(case["group"])}
+
+    monkeypatch.setattr(block, "spawn", interrupted)
+    monkeypatch.setattr(block, "_groups", lambda pts, budget_s=60.0: [[p] for p in pts])
+    with pytest.raises(KeyboardInterrupt):
+        block.run_grid(points, out, block.EXACT, 60.0, "grid")
+    data = json.loads(out.read_text())
+    assert len(data["points"]) == 1 and data["parts"][0]["matmul_gflops_per_s"] is None
+    assert "1 points (of 2 planned)" in block.summarise_parts(data) and "matmul not measured" in (
+        block.summarise_parts(data)
+    )
+
+    def measured(script, case, timeout):
+        return {"results": block.run_group(case["group"])} if "group" in case else {"gflops_per_s": 9.0}
+
+    monkeypatch.setattr(block, "spawn", measured)
+    data = block.run_grid(points, out, block.EXACT, 60.0, "grid")
+    assert [p["part"] for p in data["points"]] == [0, 1] and data["parts"][1]["planned"] == 1
