@@ -5,6 +5,7 @@ import torch
 from reference import randomise
 
 from nonlocalnet import MODES, NonLocalBlock
+from nonlocalnet.layers.nonlocal_block import PROJECTIONS
 
 
 def _block(mode, **kw):
@@ -14,7 +15,7 @@ def _block(mode, **kw):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("projection", ["conv", "gemm"])
+@pytest.mark.parametrize("projection", PROJECTIONS)
 @pytest.mark.parametrize("mode", MODES)
 def test_torch_compile_forward_backward(mode, projection):
     block = _block(mode, projection=projection).train()
@@ -29,7 +30,7 @@ def test_torch_compile_forward_backward(mode, projection):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("projection", ["conv", "gemm"])
+@pytest.mark.parametrize("projection", PROJECTIONS)
 @pytest.mark.parametrize("mode", MODES)
 def test_onnx_export_matches_onnxruntime(mode, projection, tmp_path):
     """Exported with a dynamic batch and time and without ``torch.no_grad()`` (the parameters
