@@ -20,14 +20,16 @@ process per group of points, so drift hits all alike; peak extra memory per call
     python benchmarks/block.py --mmcv               # the block against mmcv's NonLocal3d
 
 ``--grid`` appends to ``results/block_grid.json`` (points already there are skipped), so it
-runs in parts; the N x M ``naive`` form is skipped where its matrix exceeds 8 GiB, and ``auto``
-is not called separately where a call takes over a second (its pick's column times it).
+runs in parts; the N x M ``naive`` form is skipped where its matrix exceeds 8 GiB or its predicted
+peak 16 GiB (or 2/3 of the memory), and ``auto`` is not called separately where a call takes
+over a second (its pick's column times it).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -216,6 +218,7 @@ def summarise(results: list[dict]) -> tuple[str, list[dict]]:
 GRID_ALGOS = ("fused", "flash", "chunked", "naive")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 NAIVE_LIMIT_BYTES = 8 * 2**30  # the naive form's (B, N, M) float32 matrix
+NAIVE_PEAK_LIMIT_BYTES = 16 * 2**30  # its predicted peak (see _naive_peak_bytes), at most 2/3 of RAM
 AUTO_OWN_CALLS_BELOW_S = 1.0  # longer points time auto by its pick's column (the same code, + microseconds)
 
 
@@ -256,8 +259,34 @@ def point_key(p: dict) -> tuple:
     return (p["batch"], p["n"], p["m"], p["ck"], p["cv"], p["mode"], p["backward"], p["dtype"])
 
 
+def _naive_peak_bytes(p: dict) -> int:
+    """The naive form's predicted peak: 3 (B, N, M) matrices of the point's dtype in a forward,
+    6 in a forward + backward (the grid measured 3.0x and 5.0-6.0x at N = 50176, M = 12544)."""
+    size = torch.finfo(DTYPES[p["dtype"]]).bits // 8
+    return (6 if p["backward"] else 3) * p["batch"] * p["n"] * p["m"] * size
+
+
+def _memory_bytes() -> int:
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):  # not POSIX: trust the fixed limit
+        return 2**62
+
+
+def _naive_skip(p: dict) -> str | None:
+    """Why the naive form is not run at a point (None: it is). Its float32 matrix over 8 GiB, or
+    its predicted peak over 16 GiB or 2/3 of this machine's memory (the OOM killer would take
+    the whole point, every other algorithm's measurement with it)."""
+    if p["batch"] * p["n"] * p["m"] * 4 > NAIVE_LIMIT_BYTES:
+        return "out of memory range (N x M matrix over 8 GiB)"
+    limit = min(NAIVE_PEAK_LIMIT_BYTES, 2 * _memory_bytes() // 3)
+    if (peak := _naive_peak_bytes(p)) > limit:
+        return f"out of memory range (predicted peak {peak / 2**30:.0f} GiB over {limit / 2**30:.0f} GiB)"
+    return None
+
+
 def _naive_fits(p: dict) -> bool:
-    return p["batch"] * p["n"] * p["m"] * 4 <= NAIVE_LIMIT_BYTES
+    return _naive_skip(p) is None
 
 
 def run_point(p: dict, algos: tuple[str, ...], repeats: int, warmup: int) -> dict:
@@ -283,9 +312,8 @@ def run_point(p: dict, algos: tuple[str, ...], repeats: int, warmup: int) -> dic
     run = [a for a in algos if a != "naive" or _naive_fits(p)]
     if _point_cost(p) >= AUTO_OWN_CALLS_BELOW_S:
         run = [a for a in run if a != "auto"]  # its pick's own column times it (seconds per call)
-    for a in algos:
-        if a not in run and a == "naive":
-            out[a] = {"skipped": "out of memory range (N x M matrix over 8 GiB)"}
+    if "naive" in algos and "naive" not in run:
+        out["naive"] = {"skipped": _naive_skip(p)}
     times: dict[str, list[float]] = {a: [] for a in run}
     peaks: dict[str, float] = {a: 0.0 for a in run}
     for _ in range(warmup):
@@ -432,18 +460,22 @@ def summarise_grid(points: list[dict]) -> tuple[str, dict]:
     )
     lines = [head, "|" + "---|" * 16]
     ratios, pick_ratios, not_best, failed, by_pick = [], [], 0, [], 0
+    skips: dict[str, int] = {}  # why an algorithm was not run -> how many times
     for r in points:
         if "error" in r:
             failed.append(r)
             continue
         al = r["algorithms"]
+        for a, v in al.items():
+            if "skipped" in v:
+                skips[f"{a}: {v['skipped']}"] = skips.get(f"{a}: {v['skipped']}", 0) + 1
 
         def cell(a, al=al):
             v = al.get(a)
             if v is None:
                 return "-"
             if "median_s" not in v:
-                return "skipped (> 8 GiB)"
+                return "skipped (memory)"
             return f"{1e3 * v['median_s']:.1f} ({v['peak_extra_mib']:.0f})"
 
         exact = {a: al[a]["median_s"] for a in EXACT if "median_s" in al.get(a, {})}
@@ -487,6 +519,8 @@ def summarise_grid(points: list[dict]) -> tuple[str, dict]:
             f"\n* {by_pick} points with calls over {AUTO_OWN_CALLS_BELOW_S:g} s: auto was not called "
             "separately; its time is its pick's column."
         )
+    if skips:
+        lines += ["", "Not run:", ""] + [f"- {why}: {k} points" for why, k in sorted(skips.items())]
     lines += [f"failed: {_fmt_point(r)}" for r in failed]
     return "\n".join(lines), summary
 

@@ -105,9 +105,34 @@ def test_block_grid_points_table_and_fit():
     assert "| 1 | 64 | 16 | 8 | 4 | gaussian | fwd | fp32 |" in table and "failed: " in table
     big = {**points[0], "batch": 2, "n": 50176, "m": 50176}
     assert not block._naive_fits(big)  # the 8 GiB rule: reported as skipped, not run
+    assert "skipped (memory)" not in table  # nothing was skipped at these sizes
     costs = block.fit_costs(results[:-1])
     assert all(len(c) == 4 and min(c) >= 0 for c in costs.values())
     assert "median abs. error" in block.summarise_fit(results[:-1])
+
+
+def test_block_grid_skips_naive_where_its_predicted_peak_would_be_killed(monkeypatch):
+    """The OOM killer took whole points (every algorithm's measurement) at B = 2, N = 50176,
+    M = 12544, fp32, forward + backward: a 4.7 GiB matrix, but about 28 GiB at the peak."""
+    monkeypatch.setattr(block, "_memory_bytes", lambda: 24 * 2**30)
+    p = {"batch": 2, "n": 50176, "m": 12544, "ck": 128, "cv": 64, "mode": "gaussian", "backward": True}
+    p["dtype"] = "fp32"
+    assert block._naive_skip(p) == "out of memory range (predicted peak 28 GiB over 16 GiB)"
+    assert block._naive_fits({**p, "backward": False})  # 14 GiB: it ran (10.1 s)
+    assert block._naive_fits({**p, "dtype": "bf16"})  # 14 GiB: it ran
+    assert block._naive_fits({**p, "batch": 1})  # 14 GiB: it ran, 14.1 GiB measured
+    assert "matrix over 8 GiB" in block._naive_skip({**p, "m": 50176, "dtype": "bf16", "backward": False})
+    monkeypatch.setattr(block, "_memory_bytes", lambda: 12 * 2**30)  # a smaller machine: 2/3 of it
+    assert block._naive_skip({**p, "batch": 1}) == "out of memory range (predicted peak 14 GiB over 8 GiB)"
+    # the grid runs the others and says what it left out, and why
+    small = {**p, "batch": 1, "n": 64, "m": 16, "ck": 8, "cv": 4}
+    monkeypatch.setattr(block, "_naive_peak_bytes", lambda q: 2**40)
+    r = block.run_point(small, block.GRID_ALGOS, repeats=1, warmup=0)
+    assert r["algorithms"]["naive"] == {"skipped": "out of memory range (predicted peak 1024 GiB over 8 GiB)"}
+    assert all("median_s" in r["algorithms"][a] for a in ("fused", "flash", "chunked"))
+    table, summary = block.summarise_grid([r, r])
+    assert summary["points"] == 2 and "| skipped (memory) |" in table
+    assert "- naive: out of memory range (predicted peak 1024 GiB over 8 GiB): 2 points" in table
 
 
 def test_block_mmcv_table_without_mmcv():
