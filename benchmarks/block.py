@@ -33,6 +33,7 @@ import os
 import statistics
 import sys
 import time
+from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -261,27 +262,65 @@ def point_key(p: dict) -> tuple:
 
 def _naive_peak_bytes(p: dict) -> int:
     """The naive form's predicted peak: 3 (B, N, M) matrices of the point's dtype in a forward,
-    6 in a forward + backward (the grid measured 3.0x and 5.0-6.0x at N = 50176, M = 12544)."""
+    6 in a forward + backward. Not a bound: at N = 50176, M = 12544 the grid measured 2.0-3.1 and
+    3.1-6.2 matrices; the limits' margin (16 GiB, or 2/3 of the memory) absorbs the excess."""
     size = torch.finfo(DTYPES[p["dtype"]]).bits // 8
     return (6 if p["backward"] else 3) * p["batch"] * p["n"] * p["m"] * size
 
 
-def _memory_bytes() -> int:
+_CGROUP_ROOT = Path("/sys/fs/cgroup")
+
+
+def _cgroup_limit_files(root: Path = _CGROUP_ROOT, proc: Path = Path("/proc/self/cgroup")) -> list[Path]:
+    """The memory-limit files of this process's cgroup and of its ancestors, v2 and v1.
+
+    ``/proc/self/cgroup`` names the cgroup (``0::/path`` for v2, ``N:memory:/path`` for v1's
+    memory controller); without a cgroup namespace (a host, a Slurm job) the limit sits in that
+    nested cgroup, not at the root of the hierarchy.
+    """
+    files = [root / "memory.max", root / "memory" / "memory.limit_in_bytes"]
     try:
-        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        lines = proc.read_text().splitlines()
+    except OSError:
+        return files
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if controllers == "":
+            base, name = root, "memory.max"
+        elif "memory" in controllers.split(","):
+            base, name = root / "memory", "memory.limit_in_bytes"
+        else:
+            continue
+        parts = [x for x in path.split("/") if x]
+        files += [base.joinpath(*parts[:i], name) for i in range(len(parts), 0, -1)]
+    return files
+
+
+def _memory_bytes() -> int:
+    """This machine's memory, or its cgroup's (or an ancestor's) memory limit where that is lower."""
+    try:
+        total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (AttributeError, ValueError, OSError):  # not POSIX: trust the fixed limit
-        return 2**62
+        total = 2**62
+    for path in _cgroup_limit_files():
+        try:
+            text = path.read_text().strip()
+        except OSError:
+            continue
+        if text.isdigit():  # "max" (v2) is no limit; v1's "no limit" is a huge number, which min drops
+            total = min(total, int(text))
+    return total
 
 
 def _naive_skip(p: dict) -> str | None:
-    """Why the naive form is not run at a point (None: it is). Its float32 matrix over 8 GiB, or
-    its predicted peak over 16 GiB or 2/3 of this machine's memory (the OOM killer would take
-    the whole point, every other algorithm's measurement with it)."""
+    """Why the naive form is not run at a point (None: it is). Its matrix, sized in float32
+    whatever the dtype, over 8 GiB, or its predicted peak over 16 GiB or 2/3 of this machine's
+    memory (the OOM killer would take the whole point, every other algorithm's measurement with it)."""
     if p["batch"] * p["n"] * p["m"] * 4 > NAIVE_LIMIT_BYTES:
-        return "out of memory range (N x M matrix over 8 GiB)"
+        return "out of memory range (N x M matrix over 8 GiB in float32)"
     limit = min(NAIVE_PEAK_LIMIT_BYTES, 2 * _memory_bytes() // 3)
     if (peak := _naive_peak_bytes(p)) > limit:
-        return f"out of memory range (predicted peak {peak / 2**30:.0f} GiB over {limit / 2**30:.0f} GiB)"
+        return f"out of memory range (predicted peak {peak / 2**30:.1f} GiB over {limit / 2**30:.1f} GiB)"
     return None
 
 
@@ -309,11 +348,12 @@ def run_point(p: dict, algos: tuple[str, ...], repeats: int, warmup: int) -> dic
                 theta.grad = phi.grad = g.grad = None
 
     out: dict = {}
-    run = [a for a in algos if a != "naive" or _naive_fits(p)]
+    skip = _naive_skip(p) if "naive" in algos else None
+    run = [a for a in algos if a != "naive" or skip is None]
     if _point_cost(p) >= AUTO_OWN_CALLS_BELOW_S:
         run = [a for a in run if a != "auto"]  # its pick's own column times it (seconds per call)
-    if "naive" in algos and "naive" not in run:
-        out["naive"] = {"skipped": _naive_skip(p)}
+    if skip is not None:
+        out["naive"] = {"skipped": skip}
     times: dict[str, list[float]] = {a: [] for a in run}
     peaks: dict[str, float] = {a: 0.0 for a in run}
     for _ in range(warmup):
@@ -387,6 +427,7 @@ def run_grid(
             {
                 "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 **machine(),
+                "memory_gib": round(_memory_bytes() / 2**30, 1),  # what the naive form's rule saw
                 "matmul_gflops_per_s": _matmul_rate(timeout),
                 "planned": len(todo),  # an interrupted part measured fewer: its points say how many
             }
@@ -444,7 +485,9 @@ def summarise_parts(data: dict) -> str:
         lines.append(
             f"- part {i}, {part['started']}: {sum(p.get('part') == i for p in data['points'])} points "
             f"(of {part['planned']} planned), "
-            f"torch {part['torch']}, {part['threads']} threads, {part['capability']}, fp32 matmul "
+            f"torch {part['torch']}, {part['threads']} threads, {part['capability']}, "
+            + (f"{part['memory_gib']:g} GiB, " if "memory_gib" in part else "")
+            + "fp32 matmul "
             + (f"{rate:.0f} GFLOP/s" if rate else "not measured")
         )
     head = "Measured in parts (ratios compare algorithms within one point, one process):"
@@ -460,7 +503,8 @@ def summarise_grid(points: list[dict]) -> tuple[str, dict]:
     )
     lines = [head, "|" + "---|" * 16]
     ratios, pick_ratios, not_best, failed, by_pick = [], [], 0, [], 0
-    skips: dict[str, int] = {}  # why an algorithm was not run -> how many times
+    own_ratios: list[float] = []  # the points where auto was called on its own
+    skips: Counter[str] = Counter()  # why an algorithm was not run -> how many times
     for r in points:
         if "error" in r:
             failed.append(r)
@@ -468,14 +512,14 @@ def summarise_grid(points: list[dict]) -> tuple[str, dict]:
         al = r["algorithms"]
         for a, v in al.items():
             if "skipped" in v:
-                skips[f"{a}: {v['skipped']}"] = skips.get(f"{a}: {v['skipped']}", 0) + 1
+                skips[f"{a}: {v['skipped']}"] += 1
 
         def cell(a, al=al):
             v = al.get(a)
             if v is None:
                 return "-"
             if "median_s" not in v:
-                return "skipped (memory)"
+                return "skipped (memory)" if "memory" in v.get("skipped", "") else "skipped"
             return f"{1e3 * v['median_s']:.1f} ({v['peak_extra_mib']:.0f})"
 
         exact = {a: al[a]["median_s"] for a in EXACT if "median_s" in al.get(a, {})}
@@ -485,6 +529,8 @@ def summarise_grid(points: list[dict]) -> tuple[str, dict]:
         by_pick += not own
         ratio = auto_s / best
         ratios.append(ratio)
+        if own:
+            own_ratios.append(ratio)
         pick_ratios.append(exact[r["auto_choice"]] / best)
         not_best += min(exact, key=exact.get) != r["auto_choice"]
         lines.append(
@@ -500,6 +546,9 @@ def summarise_grid(points: list[dict]) -> tuple[str, dict]:
         "max_auto_over_best": max(ratios, default=float("nan")),
         "median_auto_over_best": statistics.median(ratios) if ratios else float("nan"),
         "within_10_percent": sum(x <= 1.10 for x in ratios),
+        "own_calls": len(own_ratios),
+        "own_calls_within_10_percent": sum(x <= 1.10 for x in own_ratios),
+        "max_own_call_over_best": max(own_ratios, default=float("nan")),
         "auto_not_the_measured_best": not_best,
         "max_picked_over_best": max(pick_ratios, default=float("nan")),
         "picked_within_10_percent": sum(x <= 1.10 for x in pick_ratios),
@@ -507,7 +556,10 @@ def summarise_grid(points: list[dict]) -> tuple[str, dict]:
     lines += [
         "",
         f"{summary['points']} points; auto within 10% of the fastest exact algorithm at "
-        f"{summary['within_10_percent']}; max auto / best {summary['max_auto_over_best']:.2f}, median "
+        f"{summary['within_10_percent']} (its own calls at {summary['own_calls']} points, within 10% at "
+        f"{summary['own_calls_within_10_percent']}, max {summary['max_own_call_over_best']:.2f}; its "
+        "pick's column at the rest); max auto / best "
+        f"{summary['max_auto_over_best']:.2f}, median "
         f"{summary['median_auto_over_best']:.2f}; auto's pick was not the measured fastest at "
         f"{summary['auto_not_the_measured_best']} (within noise where the ratio is near 1). "
         f"Timing auto's pick by its own column instead of auto's separate calls (no noise between "
@@ -520,7 +572,8 @@ def summarise_grid(points: list[dict]) -> tuple[str, dict]:
             "separately; its time is its pick's column."
         )
     if skips:
-        lines += ["", "Not run:", ""] + [f"- {why}: {k} points" for why, k in sorted(skips.items())]
+        lines += ["", "Not run:", ""]
+        lines += [f"- {why}: {k} point{'s' * (k != 1)}" for why, k in sorted(skips.items())]
     lines += [f"failed: {_fmt_point(r)}" for r in failed]
     return "\n".join(lines), summary
 

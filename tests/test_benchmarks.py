@@ -102,10 +102,11 @@ def test_block_grid_points_table_and_fit():
         assert all(v["median_s"] > 0 and v["peak_extra_mib"] >= 0 for v in r["algorithms"].values())
     table, summary = block.summarise_grid(results)
     assert summary["points"] == 8 and summary["failed"] == 1
+    own = summary["own_calls_within_10_percent"]  # tiny calls: auto is called on its own at each
+    assert summary["own_calls"] == 8 and f"its own calls at 8 points, within 10% at {own}," in table
     assert "| 1 | 64 | 16 | 8 | 4 | gaussian | fwd | fp32 |" in table and "failed: " in table
     big = {**points[0], "batch": 2, "n": 50176, "m": 50176}
     assert not block._naive_fits(big)  # the 8 GiB rule: reported as skipped, not run
-    assert "skipped (memory)" not in table  # nothing was skipped at these sizes
     costs = block.fit_costs(results[:-1])
     assert all(len(c) == 4 and min(c) >= 0 for c in costs.values())
     assert "median abs. error" in block.summarise_fit(results[:-1])
@@ -117,22 +118,68 @@ def test_block_grid_skips_naive_where_its_predicted_peak_would_be_killed(monkeyp
     monkeypatch.setattr(block, "_memory_bytes", lambda: 24 * 2**30)
     p = {"batch": 2, "n": 50176, "m": 12544, "ck": 128, "cv": 64, "mode": "gaussian", "backward": True}
     p["dtype"] = "fp32"
-    assert block._naive_skip(p) == "out of memory range (predicted peak 28 GiB over 16 GiB)"
+    why = "out of memory range (predicted peak {} GiB over {} GiB)".format
+    assert block._naive_skip(p) == why(28.1, "16.0")
     assert block._naive_fits({**p, "backward": False})  # 14 GiB: it ran (10.1 s)
     assert block._naive_fits({**p, "dtype": "bf16"})  # 14 GiB: it ran
     assert block._naive_fits({**p, "batch": 1})  # 14 GiB: it ran, 14.1 GiB measured
-    assert "matrix over 8 GiB" in block._naive_skip({**p, "m": 50176, "dtype": "bf16", "backward": False})
+    huge = {**p, "m": 50176, "dtype": "bf16", "backward": False}  # a 4.7 GiB matrix; 9.4 in float32
+    assert block._naive_skip(huge) == "out of memory range (N x M matrix over 8 GiB in float32)"
     monkeypatch.setattr(block, "_memory_bytes", lambda: 12 * 2**30)  # a smaller machine: 2/3 of it
-    assert block._naive_skip({**p, "batch": 1}) == "out of memory range (predicted peak 14 GiB over 8 GiB)"
+    assert block._naive_skip({**p, "batch": 1}) == why(14.1, "8.0")
     # the grid runs the others and says what it left out, and why
     small = {**p, "batch": 1, "n": 64, "m": 16, "ck": 8, "cv": 4}
     monkeypatch.setattr(block, "_naive_peak_bytes", lambda q: 2**40)
     r = block.run_point(small, block.GRID_ALGOS, repeats=1, warmup=0)
-    assert r["algorithms"]["naive"] == {"skipped": "out of memory range (predicted peak 1024 GiB over 8 GiB)"}
+    assert r["algorithms"]["naive"] == {"skipped": why("1024.0", "8.0")}
     assert all("median_s" in r["algorithms"][a] for a in ("fused", "flash", "chunked"))
     table, summary = block.summarise_grid([r, r])
     assert summary["points"] == 2 and "| skipped (memory) |" in table
-    assert "- naive: out of memory range (predicted peak 1024 GiB over 8 GiB): 2 points" in table
+    assert "- naive: out of memory range (predicted peak 1024.0 GiB over 8.0 GiB): 2 points" in table
+    assert block.summarise_grid([r])[0].endswith(" GiB): 1 point")  # not "1 points"
+
+
+def test_block_grid_memory_is_the_cgroups_limit_where_lower(monkeypatch, tmp_path):
+    """The naive form's rule reads this process's cgroup (and its ancestors') memory limit, v2 or
+    v1, found through /proc/self/cgroup: without a cgroup namespace (a host, a Slurm job) the
+    limit is in a nested cgroup, not at the hierarchy's root."""
+    pages = {"SC_PHYS_PAGES": 8 * 2**18, "SC_PAGE_SIZE": 4096}  # 8 GiB
+    monkeypatch.setattr(block.os, "sysconf", pages.__getitem__)
+    physical = 8 * 2**30
+    root, proc = tmp_path / "cgroup", tmp_path / "proc_self_cgroup"
+    (root / "job" / "step").mkdir(parents=True)
+    (root / "memory.max").write_text("max\n")  # v2 root: no limit
+    (root / "job" / "step" / "memory.max").write_text("max\n")
+    (root / "job" / "memory.max").write_text(f"{6 * 2**30}\n")  # the job's limit, one level up
+    proc.write_text("0::/job/step\n")
+
+    limit_files = block._cgroup_limit_files
+
+    def memory(files):
+        monkeypatch.setattr(block, "_cgroup_limit_files", lambda: files)
+        return block._memory_bytes()
+
+    files = limit_files(root, proc)
+    assert root / "job" / "step" / "memory.max" in files and root / "job" / "memory.max" in files
+    assert memory(files) == 6 * 2**30
+    (root / "job" / "memory.max").write_text(f"{12 * 2**30}\n")  # a limit over the machine's memory
+    assert memory(files) == physical
+    # v1: the memory controller's line, its "no limit" (a huge number), and a real limit above it
+    (root / "memory" / "a" / "b").mkdir(parents=True)
+    (root / "memory" / "a" / "b" / "memory.limit_in_bytes").write_text("9223372036854771712\n")
+    (root / "memory" / "a" / "memory.limit_in_bytes").write_text(f"{3 * 2**30}\n")
+    proc.write_text("12:cpu,cpuacct:/a/b\n11:memory:/a/b\n")
+    files = limit_files(root, proc)
+    assert root / "memory" / "a" / "memory.limit_in_bytes" in files
+    assert root / "cpu,cpuacct" not in {f.parent for f in files}
+    assert memory(files) == 3 * 2**30
+    assert memory([tmp_path / "missing"]) == physical  # no cgroup files: the machine's memory
+    roots = [root / "memory.max", root / "memory" / "memory.limit_in_bytes"]
+    assert limit_files(root, tmp_path / "missing") == roots  # no /proc: the roots
+    p = {"batch": 1, "n": 12544, "m": 12544, "ck": 64, "cv": 64, "mode": "embedded_gaussian"}
+    p |= {"backward": False, "dtype": "fp32"}  # a 0.6 GiB matrix, 1.8 GiB at the peak: fits in 2
+    monkeypatch.setattr(block, "_memory_bytes", lambda: 3 * 2**30)
+    assert block._naive_fits(p) and not block._naive_fits({**p, "backward": True})  # 3.5 GiB
 
 
 def test_block_mmcv_table_without_mmcv():
