@@ -77,25 +77,16 @@ def run_case(case: dict) -> dict:
     return {**case, **result, "gflops_per_s": flops / result["median_s"] / 1e9}
 
 
+def matmul_case(n: int, c: int) -> dict:
+    """The fp32 product (n x c) @ (c x n) that measures this machine's GEMM rate (median of 7)."""
+    return {"kind": "matmul", "batch": 1, "n": n, "m": n, "ck": c, "cv": 0, "warmup": 2, "repeats": 7}
+
+
 def plan(quick: bool) -> list[dict]:
     batch, cin, cinter = (2, 64, 32) if quick else (2, 1024, 512)
     sizes = (64, 256) if quick else (784, 3136, 12544)
     mid = sizes[1]
-    cases = [
-        {
-            "kind": "matmul",
-            "batch": 1,
-            "n": mid,
-            "m": mid,
-            "ck": cinter,
-            "cv": 0,
-            "warmup": 2,
-            "repeats": 7,
-            "mode": "matmul",
-            "algorithm": "sgemm",
-            "backward": False,
-        }
-    ]
+    cases = [{**matmul_case(mid, cinter), "mode": "matmul", "algorithm": "sgemm", "backward": False}]
     for n in sizes:
         reps = {sizes[0]: 5, mid: 3}.get(n, 2)
         for backward in (False, True):
@@ -453,8 +444,7 @@ def run_grid(
 
 def _matmul_rate(timeout: float) -> float | None:
     """This machine's fp32 matmul GFLOP/s now (3136x512 @ 512x3136, median of 7), in its own process."""
-    case = {"kind": "matmul", "batch": 1, "n": 3136, "m": 3136, "ck": 512, "cv": 0, "warmup": 2, "repeats": 7}
-    res = spawn(__file__, case, timeout)
+    res = spawn(__file__, matmul_case(3136, 512), timeout)
     return res.get("gflops_per_s")
 
 
