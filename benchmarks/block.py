@@ -275,7 +275,10 @@ def _cgroup_limit_files(root: Path = _CGROUP_ROOT, proc: Path = Path("/proc/self
     except OSError:
         return files
     for line in lines:
-        _, controllers, path = line.split(":", 2)
+        fields = line.split(":", 2)
+        if len(fields) != 3:  # a blank or foreign line: not a cgroup entry
+            continue
+        _, controllers, path = fields
         if controllers == "":
             base, name = root, "memory.max"
         elif "memory" in controllers.split(","):

@@ -174,6 +174,8 @@ def test_block_grid_memory_is_the_cgroups_limit_where_lower(monkeypatch, tmp_pat
     assert root / "cpu,cpuacct" not in {f.parent for f in files}
     assert memory(files) == 3 * 2**30
     assert memory([tmp_path / "missing"]) == physical  # no cgroup files: the machine's memory
+    proc.write_text("\ngarbage\n11:memory:/a/b\n\n")  # blank and foreign lines are passed over
+    assert memory(limit_files(root, proc)) == 3 * 2**30
     roots = [root / "memory.max", root / "memory" / "memory.limit_in_bytes"]
     assert limit_files(root, tmp_path / "missing") == roots  # no /proc: the roots
     p = {"batch": 1, "n": 12544, "m": 12544, "ck": 64, "cv": 64, "mode": "embedded_gaussian"}
