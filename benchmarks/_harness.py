@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import json
 import os
 import platform
@@ -13,6 +14,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TextIO
 
 import torch
 
@@ -118,6 +120,25 @@ def machine() -> dict:
         "cpu": platform.processor() or platform.machine(),
         "capability": torch.backends.cpu.get_cpu_capability(),
     }
+
+
+def hold_write_lock(path: Path) -> TextIO:
+    """Lock ``path`` for one run that reads it, adds to it and rewrites it, or exit with an error.
+
+    Two such runs on one file would each rewrite it from their own copy, the last one dropping
+    the other's results. The lock is on ``<path>.lock`` (the results file itself is replaced by
+    each atomic write) and lasts while the returned handle is open (``with``, or the process).
+    """
+    lock = path.with_name(path.name + ".lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    handle = open(lock, "w")  # the caller holds it
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        msg = f"another run is writing {path} (it holds {lock}): wait for it, or pass another --out"
+        raise SystemExit(msg) from None
+    return handle
 
 
 def write_json(path: Path, payload: dict) -> None:

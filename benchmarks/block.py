@@ -38,7 +38,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
-from _harness import machine, measure, measure_in_turn, spawn, write_json
+from _harness import hold_write_lock, machine, measure, measure_in_turn, spawn, write_json
 
 from nonlocalnet.ops import dispatch, nonlocal_op
 
@@ -408,7 +408,15 @@ def run_grid(
     points: list[dict], out: Path, algos: tuple[str, ...], timeout: float, kind: str, redo: bool = False
 ) -> dict:
     """Run the points not yet in ``out``, or there only as failures, and append them (the file is
-    rewritten after each group); ``redo``: measure the given points again, replacing their rows."""
+    rewritten after each group); ``redo``: measure the given points again, replacing their rows.
+    A second run on the same ``out`` while this one runs is refused (it would drop our points)."""
+    with hold_write_lock(out):
+        return _run_grid(points, out, algos, timeout, kind, redo)
+
+
+def _run_grid(
+    points: list[dict], out: Path, algos: tuple[str, ...], timeout: float, kind: str, redo: bool
+) -> dict:
     data = json.loads(out.read_text()) if out.exists() else {"kind": kind, "meta": machine(), "points": []}
     # the requested points measured again: all of them with ``redo``, else those that failed
     again = {point_key(p) for p in points}
@@ -903,8 +911,10 @@ def main() -> None:
         print(summarise_any(data))
         print(f"\nwrote {out}", file=sys.stderr)
         return
-    if args.mmcv_paired:
+    if args.mmcv_paired or args.mmcv:  # both add to one file
         out = results_dir / "block_mmcv.json" if args.out == parser.get_default("out") else args.out
+        lock = hold_write_lock(out)  # noqa: F841 - the open handle holds the lock until the process ends
+    if args.mmcv_paired:
         data = (
             json.loads(out.read_text()) if out.exists() else {"kind": "mmcv", "meta": machine(), "cases": []}
         )
@@ -932,7 +942,6 @@ def main() -> None:
         print(summarise_pairs(pairs))
         return
     if args.mmcv:
-        out = results_dir / "block_mmcv.json" if args.out == parser.get_default("out") else args.out
         site = args.mmcv_site
         try:
             if site:

@@ -184,6 +184,17 @@ def test_block_grid_memory_is_the_cgroups_limit_where_lower(monkeypatch, tmp_pat
     assert block._naive_fits(p) and not block._naive_fits({**p, "backward": True})  # 3.5 GiB
 
 
+def test_block_grid_refuses_a_second_run_on_the_same_file(tmp_path):
+    """Two --grid runs on one file each rewrote it from their own copy: the last dropped the
+    other's points (8 of 16 lost when tried). The second is now refused, naming the file."""
+    out = tmp_path / "grid.json"
+    with block.hold_write_lock(out):
+        with pytest.raises(SystemExit, match=r"another run is writing .*grid\.json"):
+            block.run_grid([], out, block.GRID_ALGOS, 60.0, "grid")
+    data = block.run_grid([], out, block.GRID_ALGOS, 60.0, "grid")  # the first run has ended
+    assert data["points"] == []
+
+
 def test_block_mmcv_table_without_mmcv():
     cases = [c for c in block.mmcv_plan("") if c["case"] == "n12544" and c["mode"] == "gaussian"]
     fake = [{**c, "median_s": 2.0 if c["impl"] == "mmcv" else 1.0, "peak_extra_mib": 100.0} for c in cases]
