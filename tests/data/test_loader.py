@@ -84,17 +84,36 @@ def test_padding_and_num_padded():
         EpochSampler(5, shuffle=False, rank=2, world=2)
 
 
-def test_start_batch_skips_the_first_batches_once():
+def test_start_batch_skips_the_first_batches_of_the_resumed_epoch_only():
     ds = Items(30)
     kw = dict(batch_size=4, shuffle=True, seed=1, num_workers=0, drop_last=False, pin_memory=False)
     full = batches(build_loader(ds, **kw, epoch=2))
     resumed = build_loader(ds, **kw, epoch=2, start_batch=3)
     assert len(resumed) == len(full) - 3
     assert batches(resumed) == full[3:]
-    assert batches(resumed) == full  # the next pass is a whole epoch
+    assert batches(resumed) == full[3:]  # iterating has no side effect
+    resumed.sampler.set_epoch(3)
+    assert batches(resumed) == batches(build_loader(ds, **kw, epoch=3))  # other epochs: whole
     ranks = [build_loader(ds, **kw, distributed=(r, 2), start_batch=1) for r in range(2)]
     single = batches(build_loader(ds, **{**kw, "batch_size": 8}))
     assert sorted(batches(ranks[0])[0] + batches(ranks[1])[0]) == single[1]
+
+
+@pytest.mark.parametrize("workers", [2, 4])
+def test_a_resumed_loader_with_workers_yields_the_rest_of_the_pass(workers):
+    ds = Items(30)
+    kw = dict(batch_size=4, shuffle=True, seed=1, drop_last=True, pin_memory=False)
+
+    def seen(start: int, num_workers: int) -> list[list[list[int]]]:
+        loader = build_loader(ds, **kw, num_workers=num_workers, epoch=2, start_batch=start)
+        out = []
+        for epoch in (2, 3):
+            loader.sampler.set_epoch(epoch)
+            out.append(batches(loader))
+        return out
+
+    full = seen(0, 0)
+    assert seen(3, workers) == [full[0][3:], full[1]]
 
 
 def test_items_get_the_epoch_and_bad_samples_pass_through():

@@ -70,9 +70,10 @@ def test_start_batch_resumes_the_uninterrupted_pass(start):
     resumed = sampler(epoch=2, world=2, rank=1, batch_size=2, start_batch=start)
     assert len(full) == 5 and len(resumed) == max(len(full) - start, 0)
     assert list(resumed) == full[start:]
-    assert list(resumed) == full  # the next pass is whole again
+    assert list(resumed) == full[start:]  # iterating has no side effect
     resumed.set_epoch(3)
-    assert list(resumed) == list(sampler(epoch=3, world=2, rank=1, batch_size=2))
+    assert len(resumed) == 5
+    assert list(resumed) == list(sampler(epoch=3, world=2, rank=1, batch_size=2))  # other epochs: whole
 
 
 def test_batches_keep_one_group_where_possible():
@@ -132,3 +133,25 @@ def test_evaluation_loader_covers_every_image_once_per_share(tiny_coco):
         seen.append([i for b in loader for i in b.indices + [x.index for x in b.bad]])
     assert len(seen[0]) == len(seen[1]) == 4  # one padded repeat
     assert set(seen[0]) | set(seen[1]) == set(range(7))
+
+
+@pytest.mark.parametrize("workers", [2, 4])
+def test_a_resumed_loader_with_workers_yields_the_rest_of_the_pass(tiny_coco, workers):
+    """PyTorch's multi-process loader calls ``iter(batch_sampler)`` twice on its first pass; a
+    sampler that forgot ``start_batch`` on the first call trained the epoch's first batches again."""
+    ds = CocoDetection(*tiny_coco, train=True, skip_empty=False, seed=1)  # 7 images, 1 portrait
+
+    def seen(start: int, num_workers: int, epochs=(4, 5)) -> list[list[int]]:
+        loader = build_detection_loader(
+            ds, batch_size=2, shuffle=True, seed=1, num_workers=num_workers, distributed=None, train=True,
+            start_batch=start, epoch=epochs[0],
+        )  # fmt: skip
+        out = []
+        for epoch in epochs:
+            loader.batch_sampler.set_epoch(epoch)
+            out.append([b.indices + [x.index for x in b.bad] for b in loader])
+        return out
+
+    full = seen(0, 0)
+    assert seen(1, workers) == [full[0][1:], full[1]]
+    assert seen(0, workers) == full

@@ -25,8 +25,10 @@ class EpochSampler(Sampler):
     ``world * b`` of a single process. Uneven lengths: with ``drop_last`` the permutation is cut
     to a multiple of ``world``; otherwise it is padded by repeating its first items
     (:attr:`num_padded` of them), so every rank yields as many items; evaluation drops the repeats
-    by their ``(index, clip)``. ``start_batch`` skips the first batches of ``batch_size`` items on
-    the next pass only (resuming mid-epoch). With ``epoch_keys`` it yields ``(index, epoch)``.
+    by their ``(index, clip)``. ``start_batch`` skips the first batches of ``batch_size`` items of
+    the pass of ``epoch`` (the epoch given here: resuming mid-epoch); the passes of other epochs
+    are whole. Iterating has no side effect, so a loader may call ``iter`` more than once per pass
+    (PyTorch's multi-process loader does). With ``epoch_keys`` it yields ``(index, epoch)``.
     """
 
     def __init__(
@@ -54,7 +56,7 @@ class EpochSampler(Sampler):
         self.num_items, self.shuffle, self.seed = num_items, shuffle, seed
         self.rank, self.world, self.drop_last = rank, world, drop_last
         self.batch_size, self.start_batch, self.epoch = batch_size, start_batch, epoch
-        self.epoch_keys = epoch_keys
+        self.resume_epoch, self.epoch_keys = epoch, epoch_keys
 
     def set_epoch(self, epoch: int) -> None:
         """The epoch of the next pass (changes the permutation and the items' randomness)."""
@@ -81,13 +83,17 @@ class EpochSampler(Sampler):
             order += (order * (pad // n + 1))[:pad]
         return order
 
+    @property
+    def skipped_batches(self) -> int:
+        """The batches the next pass skips: ``start_batch`` in the resumed epoch, else 0."""
+        return self.start_batch if self.epoch == self.resume_epoch else 0
+
     def indices(self) -> list[int]:
-        """This rank's items for the next pass (after skipping ``start_batch`` batches)."""
-        return self._order()[self.rank :: self.world][self.start_batch * self.batch_size :]
+        """This rank's items for the next pass (after the skipped batches)."""
+        return self._order()[self.rank :: self.world][self.skipped_batches * self.batch_size :]
 
     def __iter__(self) -> Iterator[int | tuple[int, int]]:
         indices, epoch = self.indices(), self.epoch
-        self.start_batch = 0  # only the first pass resumes mid-epoch
         if self.epoch_keys:
             return iter([(i, epoch) for i in indices])
         return iter(indices)

@@ -25,8 +25,10 @@ class GroupedBatchSampler(Sampler):
     holds ``batch_size`` items (the idea of torchvision's reference ``GroupedBatchSampler``). The
     items left in the buffers at the end form mixed batches in the order they came, so a pass has
     exactly ``len(share) // batch_size`` batches (an incomplete last batch is dropped) and no item
-    repeats. ``start_batch`` skips the first batches of the next pass only (resuming mid-epoch).
-    Batches are lists of ``(index, epoch)`` keys with ``epoch_keys``, else of indices.
+    repeats. ``start_batch`` skips the first batches of the pass of ``epoch`` (the epoch given
+    here: resuming mid-epoch); the passes of other epochs are whole. Iterating has no side effect:
+    PyTorch's multi-process loader calls ``iter`` twice on its first pass. Batches are lists of
+    ``(index, epoch)`` keys with ``epoch_keys``, else of indices.
     """
 
     def __init__(
@@ -52,6 +54,7 @@ class GroupedBatchSampler(Sampler):
             len(self.groups), shuffle=shuffle, seed=seed, rank=rank, world=world, drop_last=True, epoch=epoch
         )
         self.batch_size, self.start_batch, self.epoch_keys = batch_size, start_batch, epoch_keys
+        self.resume_epoch = epoch
 
     @property
     def epoch(self) -> int:
@@ -61,8 +64,13 @@ class GroupedBatchSampler(Sampler):
         """The epoch of the next pass (changes the permutation and the items' randomness)."""
         self._order.set_epoch(epoch)
 
+    @property
+    def skipped_batches(self) -> int:
+        """The batches the next pass skips: ``start_batch`` in the resumed epoch, else 0."""
+        return self.start_batch if self.epoch == self.resume_epoch else 0
+
     def batches(self) -> list[list[int]]:
-        """All batches of this rank's share for the next pass (before ``start_batch``)."""
+        """All batches of this rank's share for the next pass (none skipped)."""
         size = self.batch_size
         buffers: dict[int, list[int]] = {}
         out: list[list[int]] = []
@@ -79,14 +87,13 @@ class GroupedBatchSampler(Sampler):
         return out
 
     def __iter__(self) -> Iterator[list[int] | list[tuple[int, int]]]:
-        batches, epoch = self.batches()[self.start_batch :], self.epoch
-        self.start_batch = 0  # only the first pass resumes mid-epoch
+        batches, epoch = self.batches()[self.skipped_batches :], self.epoch
         if self.epoch_keys:
             return iter([[(i, epoch) for i in b] for b in batches])
         return iter(batches)
 
     def __len__(self) -> int:
-        return max(len(self._order) // self.batch_size - self.start_batch, 0)
+        return max(len(self._order) // self.batch_size - self.skipped_batches, 0)
 
 
 def build_detection_loader(
