@@ -16,6 +16,7 @@ __all__ = [
     "MissingDependencyError",
     "MissingFileError",
     "NonLocalNetError",
+    "ValidationError",
 ]
 
 
@@ -37,3 +38,8 @@ class MissingFileError(NonLocalNetError, FileNotFoundError):
 
 class MissingDependencyError(NonLocalNetError, ImportError):
     """An optional dependency a feature needs is not installed (the message names the extra)."""
+
+
+class ValidationError(NonLocalNetError, RuntimeError):
+    """A validation during training failed; the message names the data and the checkpoint that
+    holds the step, from which ``--resume`` validates again and continues."""

@@ -26,6 +26,7 @@ from nonlocalnet.engine import (
     read_jsonl,
     train,
 )
+from nonlocalnet.errors import ValidationError
 from nonlocalnet.tasks import VideoClassification
 
 
@@ -56,10 +57,12 @@ class PointTask:
 
     label = "points"
     has_validation = True
+    validation_files = ("points-val",)
     train_metrics = ("correct",)
 
-    def __init__(self, cfg, *, fail_at_step: int | None = None) -> None:
+    def __init__(self, cfg, *, fail_at_step: int | None = None, fail_validation: int | None = None) -> None:
         self.cfg, self.fail_at_step, self.calls = cfg, fail_at_step, 0
+        self.fail_validation, self.validations = fail_validation, 0
         self.train_set, self.val_set = _Points(16, 0), _Points(8, 1)
 
     def build_model(self):
@@ -97,6 +100,10 @@ class PointTask:
         return StepLoss(loss, {"correct": float((logits.argmax(1) == labels).sum())})
 
     def evaluate(self, model, ctx, *, memory_format):
+        self.validations += 1
+        if self.validations == self.fail_validation:
+            raise TypeError("Argument 'bb' has incorrect type")  # as COCOeval on a degenerate polygon
+        torch.rand(3)  # the engine must keep the training RNG out of the validation's reach
         with torch.no_grad():
             accuracy = (model(self.val_set.x).argmax(1) == self.val_set.labels).float().mean().item()
         return Evaluation({"accuracy": accuracy}, accuracy, [])
@@ -108,14 +115,14 @@ class PointTask:
         (folder / "points.txt").write_text("16\n")
 
 
-def _config(out: Path):
+def _config(out: Path, every_iters: int = 2):
     return config_from_dict(
         {
             "output_dir": str(out),
             "data": {"num_workers": 0},
             "optim": {"base_lr": 0.1, "base_batch_size": 4},
             "train": {"batch_size": 4, "epochs": 3, "log_every": 1, "progress": False},
-            "checkpoint": {"every_iters": 2, "keep_last": 10},
+            "checkpoint": {"every_iters": every_iters, "keep_last": 10},
             "eval": {"every_epochs": 1},
         }
     )
@@ -174,3 +181,39 @@ def test_a_non_video_task_trains_logs_checkpoints_and_resumes_exactly(tmp_path, 
         return [{k: v for k, v in r.items() if k != "clips_per_s"} for r in log]
 
     assert timeless(read_jsonl(tmp_path / "run" / "metrics.jsonl")) == timeless(records)
+
+
+def _timeless(log: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if k != "clips_per_s"} for r in log]
+
+
+@pytest.mark.parametrize("failing", [1, 3])  # the validation after step 4 (mid-run), after step 12 (final)
+def test_a_failing_validation_costs_no_training_and_resume_validates_then_continues(
+    tmp_path, one_thread, failing
+):
+    """Checkpoints every 3 steps, validation every 4 (epoch ends): the step-4 checkpoint is
+    written before its validation, the failure names the data and that checkpoint, and a
+    resume validates step 4 first, then continues as the uninterrupted run did."""
+    ref = _config(tmp_path / "ref", every_iters=3)
+    train(ref, task=PointTask(ref))
+    cfg = _config(tmp_path / "run", every_iters=3)
+    with pytest.raises(ValidationError) as info:
+        train(cfg, task=PointTask(cfg, fail_validation=failing))
+    step = 4 * failing
+    ckpt = tmp_path / "run" / "checkpoints" / f"iter_{step:08d}.pt"
+    message = str(info.value)
+    assert f"validation after step {step} failed" in message and "bb" in message
+    assert "points-val" in message and str(ckpt) in message and "--resume" in message
+    assert load_checkpoint(ckpt)["pending_validation"] is True
+    assert not (tmp_path / "run" / "model.safetensors").exists()
+
+    train(cfg, task=PointTask(cfg), resume=True)
+    assert load_checkpoint(ckpt)["pending_validation"] is False
+    for name in ("iter_00000004.pt", "iter_00000006.pt", "iter_00000012.pt"):
+        a, b = (load_checkpoint(d / "checkpoints" / name) for d in (tmp_path / "ref", tmp_path / "run"))
+        assert a["best_metric"] == b["best_metric"] and a["pending_validation"] == b["pending_validation"]
+    a, b = (load_file(d / "model.safetensors") for d in (tmp_path / "ref", tmp_path / "run"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    ref_log, run_log = (read_jsonl(d / "metrics.jsonl") for d in (tmp_path / "ref", tmp_path / "run"))
+    assert [r["step"] for r in ref_log if r["kind"] == "val"] == [4, 8, 12]
+    assert _timeless(run_log) == _timeless(ref_log)

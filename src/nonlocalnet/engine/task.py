@@ -14,6 +14,7 @@ A minimal one, for a model that regresses one number per sample::
     class Regression:
         label = "tiny regression"
         has_validation = True
+        validation_files = ("val.npz",)
         train_metrics = ("mse",)
 
         def __init__(self, cfg, **options):
@@ -114,6 +115,7 @@ class Task(Protocol):
 
     label: str  # names the run in logs, figures and the weights' metadata
     has_validation: bool
+    validation_files: tuple[str, ...]  # named when a validation fails (lists, annotation files)
     train_metrics: tuple[str, ...]  # the keys of every StepLoss.sums, in log order
     train_set: torch.utils.data.Dataset  # the training samples (``len``: how many)
 
@@ -191,6 +193,7 @@ def build_task(cfg: Config, **options: Any) -> Task:
 _MEMBERS = (
     "label",
     "has_validation",
+    "validation_files",
     "train_metrics",
     "train_set",
     "build_model",

@@ -43,7 +43,7 @@ from nonlocalnet.engine.optim import build_optimizer, lr_at, scaled_lr, set_lr
 from nonlocalnet.engine.precise_bn import update_bn_stats
 from nonlocalnet.engine.runlog import RunLog
 from nonlocalnet.engine.task import Evaluation, Task, build_task
-from nonlocalnet.errors import MissingFileError
+from nonlocalnet.errors import MissingFileError, ValidationError
 from nonlocalnet.models import save_weights
 
 __all__ = ["TrainResult", "train"]
@@ -244,6 +244,8 @@ class _Run:
     seen: int = 0
     bad_synced: int = 0
     window: dict[str, Any] = field(default_factory=dict)
+    finished: bool = False  # resumed from the final checkpoint (precise BN done)
+    pending: Path | None = None  # resumed from this checkpoint, whose validation is still to run
 
     @property
     def device(self) -> torch.device:
@@ -298,6 +300,8 @@ def _train(run: _Run, resume: str | Path | bool | None, started: float, bar_opti
     """The loop: resume, then optimisation steps (each followed by logging, validation and
     checkpoints as due) until ``run.total``, then the finish."""
     _resume(run, resume)
+    if run.pending is not None:
+        _pending_validation(run, run.pending)
     bar = _progress_bar(run, bar_options)
     epoch, in_epoch = divmod(run.step, run.steps_per_epoch)
     loader = _train_loader(run, epoch, in_epoch * run.cfg.train.grad_accum, run.cfg.data.num_workers)
@@ -374,6 +378,8 @@ def _resume(run: _Run, resume: str | Path | bool | None) -> None:
             run.scaler.load_state_dict(state["scaler"])
         run.best = state["best_metric"]
         run.bad_log.merge(state["bad_data"]["bad"])
+        run.finished = bool(state.get("finished", False))
+        run.pending = path if state.get("pending_validation", False) and not run.finished else None
     torch.manual_seed(cfg.seed + 1000003 * ctx.rank + run.step)  # dropout masks differ per rank
     if own_rng:
         restore_rng_state(state["rng_per_rank"][ctx.rank])
@@ -473,34 +479,83 @@ def _after_step(run: _Run, bar: tqdm, epoch: int, lr: float) -> None:
     epoch_end = step % run.steps_per_epoch == 0
     every_eval = cfg.eval.every_epochs
     finished_epoch = step // run.steps_per_epoch
-    if (
+    validate = (
         epoch_end
         and run.task.has_validation
-        and every_eval
+        and bool(every_eval)
         and finished_epoch % every_eval == 0
         and step != total
-    ):
-        _validate(run)
+    )
     every = cfg.checkpoint.every_iters
-    if (step % every == 0 if every else epoch_end) and step != total:
-        state = _checkpoint_state(run)
+    if ((step % every == 0 if every else epoch_end) or validate) and step != total:
+        _checkpoint_around_validation(run, validate)
+
+
+def _checkpoint_around_validation(run: _Run, validate: bool) -> None:
+    """Write the step's checkpoint; with ``validate``, first marked as awaiting its validation
+    (a resume from it validates before it trains on), then validate and write it again with the
+    validation's outcome (``best_metric``). A validation that fails costs no training: the
+    error names the checkpoint to resume from."""
+    state = _checkpoint_state(run) | {"pending_validation": validate}
+    path = run.manager.folder / f"iter_{run.step:08d}.pt"
+    if run.ctx.is_main:
+        path = run.manager.save(state, run.step)
+    run.ctx.barrier()
+    if validate:
+        _validate_or_explain(run, path)
         if run.ctx.is_main:
-            run.manager.save(state, step)
+            run.manager.save(state | {"pending_validation": False, "best_metric": run.best}, run.step)
         run.ctx.barrier()
+
+
+def _pending_validation(run: _Run, checkpoint: Path) -> None:
+    """The validation the run was resumed before (it failed, or the run was stopped during it),
+    then ``checkpoint`` written again with its outcome, as the uninterrupted run wrote it."""
+    if not run.task.has_validation:
+        log.warning("%s awaits a validation, but this run has no validation data: skipped", checkpoint)
+        return
+    log.info("validating step %d first: %s awaits its validation", run.step, checkpoint)
+    _validate_or_explain(run, checkpoint)
+    if run.ctx.is_main:
+        state = load_checkpoint(checkpoint)
+        state |= {"pending_validation": False, "best_metric": run.best, "config": config_to_dict(run.cfg)}
+        run.manager.save(state, run.step)
+    run.ctx.barrier()
+
+
+def _validate_or_explain(run: _Run, checkpoint: Path) -> Evaluation:
+    """:func:`_validate`; an error in it is re-raised as :class:`ValidationError` naming the
+    validation data and the checkpoint that holds the step (written before it)."""
+    try:
+        return _validate(run)
+    except Exception as err:
+        log.error("validation after step %d failed", run.step, exc_info=err)
+        data = ", ".join(run.task.validation_files) or "the validation data"
+        raise ValidationError(
+            f"validation after step {run.step} failed ({type(err).__name__}: {err}); data: {data}. "
+            f"The step's checkpoint {checkpoint} was written first: fix the data or the setting "
+            "and run again with --resume, which validates, then continues"
+        ) from err
 
 
 def _finish(run: _Run, loader: Any, started: float) -> TrainResult:
     """Precise BN, the final validation, the last checkpoint, the weights and the summary."""
     cfg, ctx, out = run.cfg, run.ctx, Path(run.cfg.output_dir)
-    if cfg.train.precise_bn_batches:
+    if cfg.train.precise_bn_batches and not run.finished:
         _precise_bn(run, loader)
     final, val_bad = None, []
-    if run.task.has_validation:
-        val_bad = _validate(run).bad
-        final = run.runlog.last_val
-    state = _checkpoint_state(run)
+    validate = run.task.has_validation
+    state = _checkpoint_state(run) | {"finished": True, "pending_validation": validate}
+    path = run.manager.folder / f"iter_{run.step:08d}.pt"
     if ctx.is_main:
-        run.manager.save(state, run.step)
+        path = run.manager.save(state, run.step)
+    ctx.barrier()
+    if validate:
+        val_bad = _validate_or_explain(run, path).bad
+        final = run.runlog.last_val
+        if ctx.is_main:
+            run.manager.save(state | {"pending_validation": False, "best_metric": run.best}, run.step)
+    if ctx.is_main:
         save_weights(run.model, out / "model.safetensors", metadata={"model": run.task.label})
         summary = {
             "steps": run.step,
@@ -534,8 +589,11 @@ def _precise_bn(run: _Run, loader: Any) -> None:
 
 
 def _validate(run: _Run) -> Evaluation:
-    """The task's evaluation, logged; a better metric replaces ``best.pt`` (a collective)."""
-    evaluation = run.task.evaluate(run.model, run.ctx, memory_format=run.fmt)
+    """The task's evaluation, logged; a better metric replaces ``best.pt`` (a collective). It
+    leaves the RNG states as they were: a run resumed after it continues as the one that ran it."""
+    device = run.device
+    with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
+        evaluation = run.task.evaluate(run.model, run.ctx, memory_format=run.fmt)
     run.runlog.write({"kind": "val", "step": run.step, **evaluation.record})
     metric = evaluation.metric  # gathered: the same on every rank
     if run.best is None or metric > run.best:

@@ -94,6 +94,7 @@ class Detection:
         self._train_set = _dataset(det, "train", train=True, seed=cfg.seed)
         self.val_set = _dataset(det, "val", train=False, seed=cfg.seed) if det.val_images else None
         self.has_validation = self.val_set is not None
+        self.validation_files = (det.val_annotations, det.val_images) if self.has_validation else ()
         self.class_names = list(self._train_set.class_names)
         if self.val_set is not None and list(self.val_set.category_ids) != list(self._train_set.category_ids):
             raise ConfigError(

@@ -45,6 +45,7 @@ class VideoClassification:
         has_val = bool(cfg.data.val_list or cfg.data.val_folder)
         self.val_samples = load_samples(cfg.data, "val")[0] if has_val else []
         self.has_validation = bool(self.val_samples)
+        self.validation_files = tuple(str(f) for f in (cfg.data.val_list, cfg.data.val_folder) if f)
         if cfg.model.num_classes != len(self.class_names):
             classes = len(self.class_names)
             raise ConfigError(
