@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from launch import metrics, train, train_killed_at, weights
+from launch import metrics, train, train_killed_after_step, train_killed_at, weights
 from tiny_video import tiny_config, write_config
 
 from nonlocalnet.cli import main
@@ -79,6 +79,24 @@ def test_killed_twice_in_a_row_and_resumed_equals_the_uninterrupted_run(tmp_path
     assert metrics(tmp_path / "run") == metrics(reference["exact"])
     assert _steps(tmp_path / "run") == [9, 12]  # keep_last 2
     assert not list(ckpts.glob("superseded-*"))  # nothing of another run was there
+
+
+@pytest.mark.parametrize("workers", [2, 4])
+def test_loader_workers_change_nothing_killed_after_a_checkpoint_then_mid_epoch(
+    tmp_path, tiny_data, reference, workers
+):
+    """With loader workers, a run killed right after the step-3 checkpoint, resumed, killed
+    again mid-epoch after step 7 (2 steps past the step-6 checkpoint) and resumed once more ends
+    with the weights and metrics of the uninterrupted run without workers."""
+    config = _write(tmp_path, "run", tiny_data, EXACT["model"], data={"num_workers": workers})
+    run = tmp_path / "run"
+    train_killed_at(config, run / "checkpoints" / "iter_00000003.pt")
+    assert _steps(run) == [3]
+    train_killed_after_step(config, run, 7, "--resume")
+    assert _steps(run)[-1] in (4, 6)  # the epoch's validation checkpoint, then the step-6 one
+    train(config, "--resume")
+    _assert_same_weights(run, reference["exact"])
+    assert metrics(run) == metrics(reference["exact"])
 
 
 def test_a_run_in_a_used_folder_keeps_and_resumes_its_own_checkpoints(tmp_path, tiny_data, reference):
