@@ -71,7 +71,8 @@ def to_coco_results(
         raise InvalidValueError(f"{len(outputs)} outputs for {len(image_ids)} image ids")
     results: list[dict[str, Any]] = []
     for out, image_id in zip(outputs, image_ids, strict=True):
-        boxes = _cpu(out["boxes"]).double().reshape(-1, 4)
+        # a copy: .double() of a float64 CPU tensor is that tensor, and xyxy -> xywh below is in place
+        boxes = _cpu(out["boxes"]).to(torch.float64, copy=True).reshape(-1, 4)
         if not len(boxes):
             continue
         boxes[:, 2:] -= boxes[:, :2]
