@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
@@ -251,3 +252,38 @@ def test_the_index_lists_every_page():
     linked = {link.partition("#")[0] for link in re.findall(r"\]\(([^)\s]+)\)", index)}
     missing = {p.name for p in DOCS.glob("*.md")} - {"README.md"} - linked
     assert not missing, f"docs/README.md does not list {sorted(missing)}"
+
+
+def test_detection_norm_table_names_the_code_default():
+    """docs/detection.md's ``nonlocal_norm`` table marks the default the config, the builder and
+    the shipped recipe use, and lists every norm the block accepts."""
+    from nonlocalnet.engine.config import DetectionConfig
+    from nonlocalnet.layers.norm import NORMS
+
+    table = _table((DOCS / "detection.md").read_text(), "| `nonlocal_norm` |")
+    names = [re.fullmatch(r"`(\w+)`( \(default\))?", row[0]) for row in table]
+    assert all(names), [row[0] for row in table]
+    assert sorted(m.group(1) for m in names) == sorted(NORMS)
+    marked = [m.group(1) for m in names if m.group(2)]
+    recipe = yaml.safe_load((ROOT / "configs" / "detection" / "coco.yaml").read_text())
+    assert marked == [DetectionConfig().nonlocal_norm] == [recipe["detection"]["nonlocal_norm"]]
+    if importlib.util.find_spec("torchvision") is not None:
+        from nonlocalnet.detection import build_detector
+
+        assert inspect.signature(build_detector).parameters["nonlocal_norm"].default == marked[0]
+
+
+def test_multi_scale_sizes_are_drawn_per_image_as_the_docs_say():
+    """docs/detection.md says torchvision's transform draws one training size per image (not per
+    batch): two equal images of one batch come out of it at different sizes."""
+    pytest.importorskip("torchvision")
+    from nonlocalnet.detection import build_detector
+
+    text = " ".join((DOCS / "detection.md").read_text().split())
+    assert "one size drawn per image" in text and "drawn per batch" not in text
+    model = build_detector("maskrcnn_tiny_fpn", num_classes=2, min_size=(32, 48, 64), max_size=64)
+    model.transform.train()
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        batch, _ = model.transform([torch.rand(3, 40, 40) for _ in range(8)])
+    assert len(set(batch.image_sizes)) > 1, batch.image_sizes

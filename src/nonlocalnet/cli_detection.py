@@ -68,15 +68,20 @@ def _detect_eval(args: argparse.Namespace) -> int:
     _require_extra()
     from nonlocalnet.detection.coco import CocoDetection
     from nonlocalnet.detection.evaluate import evaluate_detector, write_coco_results
-    from nonlocalnet.detection.trained import build_detector_from_config, load_trained_detector
+    from nonlocalnet.detection.models import detector_info
+    from nonlocalnet.detection.trained import (
+        build_detector_from_config,
+        detector_label_space,
+        load_trained_detector,
+    )
     from nonlocalnet.engine import init_distributed, load_config
-    from nonlocalnet.engine.config import apply_overrides, config_from_dict, config_to_dict
 
     _setup_logging()
-    if args.checkpoint:
-        trained = load_trained_detector(args.checkpoint)
-        cfg = config_from_dict(apply_overrides(config_to_dict(trained.config), args.overrides))
-        model = trained.model
+    if args.checkpoint:  # the overrides apply to the model too (its transform, its heads)
+        trained = load_trained_detector(args.checkpoint, overrides=args.overrides)
+        cfg, model = trained.config, trained.model
+        for change in trained.changes:
+            print(f"override changes the model: {change}")
     elif args.config:
         cfg = load_config(args.config, args.overrides)
         if not cfg.detection.weights:
@@ -91,18 +96,19 @@ def _detect_eval(args: argparse.Namespace) -> int:
         raise InvalidValueError(
             "detection.val_images and detection.val_annotations name the images to evaluate"
         )
-    dataset = CocoDetection(det.val_images, det.val_annotations, train=False)
-    if args.checkpoint and trained.category_ids and list(dataset.category_ids) != list(trained.category_ids):
-        raise InvalidValueError(
-            f"{det.val_annotations} has the categories {list(dataset.category_ids)} but "
-            f"{args.checkpoint} was trained on the categories {list(trained.category_ids)}"
-        )
+    masks = detector_info(det.model).has_masks  # as in training: a mask model's instances need a mask
+    dataset = CocoDetection(det.val_images, det.val_annotations, train=False, masks=masks)
     if model is None:
+        data = str(det.val_annotations)
+        space = detector_label_space(det, dataset.category_ids, data=data, evaluating=True)
         keypoints = len(dataset.keypoint_names) or None
-        model, report = build_detector_from_config(
-            det, det.num_classes or len(dataset.class_names) + 1, keypoints
-        )
+        model, report = build_detector_from_config(det, space.num_classes, keypoints)
         print(report)
+    else:
+        trained.check_categories(dataset.category_ids, f"{det.val_annotations} ({args.checkpoint})")
+        space = trained.label_space
+    dataset.set_labels(space.kind)
+    print(space.summary())
     ctx = init_distributed(cfg.device, cfg.train.dist_timeout_s)
     model.to(ctx.device)
     result = evaluate_detector(
@@ -124,57 +130,64 @@ def _detect_eval(args: argparse.Namespace) -> int:
     write_coco_results(out / "detections.json", result.results)
     (out / "stats.json").write_text(json.dumps({"images": result.images, **result.stats}, indent=2))
     print(format_stats(result.stats))
+    if space.kind == "category_ids":
+        counts = ", ".join(f"label {label}: {n}" for label, n in result.dropped.items())
+        print(
+            f"{sum(result.dropped.values())} detections of labels without a category in "
+            f"{det.val_annotations} left out of the evaluation" + (f" ({counts})" if counts else "")
+        )
     print(
         f"{result.images} images, {len(result.bad)} unreadable"
         + "".join(f"\n  BAD {b.path}: {b.reason}" for b in result.bad)
     )
+    (out / "data_report.json").write_text(json.dumps(dataset.data_report(), indent=2) + "\n")
+    print(f"{len(dataset.dropped_annotations)} unusable annotations dropped (see {out / 'data_report.json'})")
     print(f"wrote {out / 'detections.json'} (COCO results) and {out / 'stats.json'}")
     return 0
 
 
 def _detect_predict(args: argparse.Namespace) -> int:
     _require_extra()
-    from nonlocalnet.detection.trained import load_trained_detector, predict_image, read_image
-    from nonlocalnet.viz.detections import save_detections
+    from nonlocalnet.detection.predict import FailedImage, choose_device, find_images, predict_path
+    from nonlocalnet.detection.trained import load_trained_detector
 
     if not 0.0 <= args.score_threshold <= 1.0:
         raise InvalidValueError(f"--score-threshold must be in [0, 1], got {args.score_threshold}")
-    trained = load_trained_detector(args.checkpoint)
-    image = read_image(args.image)
-    pred = predict_image(trained.model, image)
-    keep = pred["scores"] >= args.score_threshold
-    names = ["background", *trained.class_names]
-    print(f"{args.image}: {int(keep.sum())} detections with score >= {args.score_threshold}")
-    rows = []
-    for i in keep.nonzero().flatten().tolist():
-        box = [round(v, 1) for v in pred["boxes"][i].tolist()]
-        label = int(pred["labels"][i])
-        rows.append(
-            {
-                "label": names[label],
-                "category_id": trained.category_ids[label - 1],
-                "score": float(pred["scores"][i]),
-                "box_xyxy": box,
-            }
-        )
-        if "keypoints" in pred:
-            rows[-1]["keypoints"] = [[round(v, 1) for v in kp] for kp in pred["keypoints"][i].tolist()]
-        print(f"  {names[label]:<20s} {float(pred['scores'][i]):.3f}  box {box}")
-    output = Path(args.output or Path(args.image).with_suffix(".detections.png"))
-    save_detections(
-        output,
-        image,
-        pred,
-        class_names=names,
+    device = choose_device(args.device)
+    folder = Path(args.source).is_dir()
+    find_images(args.source)  # a missing path or an empty folder fails before the model loads
+    trained = load_trained_detector(args.checkpoint, device)
+
+    def show(item) -> None:
+        if isinstance(item, FailedImage):
+            print(f"FAILED {item.path}: {item.reason}")
+            return
+        print(f"{item.path}: {len(item.detections)} detections with score >= {args.score_threshold}")
+        for row in item.detections if not folder else ():
+            print(f"  {row['label']:<20s} {row['score']:.3f}  box {row['box_xyxy']}")
+
+    report = predict_path(
+        trained,
+        args.source,
+        output=args.output,
+        json_path=args.json,
         score_threshold=args.score_threshold,
-        keypoint_names=trained.keypoint_names or None,
-        mask_threshold=trained.config.detection.mask_threshold,
+        on_image=show,
     )
-    print(f"wrote {output}")
-    if args.json:
-        Path(args.json).write_text(json.dumps({"image": str(args.image), "detections": rows}, indent=2))
-        print(f"wrote {args.json}")
-    return 0
+    drawn = [r.drawing for r in report.images]
+    if drawn and not folder:
+        print(f"wrote {drawn[0]}")
+    elif drawn:
+        print(f"wrote {len(drawn)} drawings to {drawn[0].parent}")
+    if report.json_path is not None:
+        print(f"wrote {report.json_path}")
+    if folder:
+        print(
+            f"{len(report.images) + len(report.failed)} images on {device}: {len(report.images)} predicted, "
+            f"{len(report.failed)} failed"
+            + "".join(f"\n  FAILED {f.path}: {f.reason}" for f in report.failed)
+        )
+    return 1 if report.failed else 0
 
 
 def _detect_demo(args: argparse.Namespace) -> int:
@@ -219,12 +232,30 @@ def add_detection_commands(sub: argparse._SubParsersAction) -> None:
     ev.add_argument("overrides", nargs="*", help="section.key=value, e.g. detection.val_images=DIR")
     ev.set_defaults(func=_detect_eval)
 
-    pr = sub.add_parser("detect-predict", help="detect in one image; draw boxes, masks, keypoints")
-    pr.add_argument("image")
+    pr = sub.add_parser(
+        "detect-predict", help="detect in an image or a folder of images; draw boxes, masks, keypoints"
+    )
+    pr.add_argument(
+        "source",
+        metavar="IMAGE_OR_FOLDER",
+        help="an image file, or a folder: its .jpg/.jpeg/.png/.bmp/.tif/.tiff/.webp files (any case), "
+        "sorted; read upright by their EXIF orientation",
+    )
     pr.add_argument("--checkpoint", required=True, help="a detection training checkpoint (.pt)")
-    pr.add_argument("--output", default=None, help="the drawn image (default: IMAGE.detections.png)")
+    pr.add_argument(
+        "--output",
+        default=None,
+        help="an image: the drawn PNG (default IMAGE.detections.png); a folder: the folder for "
+        "NAME.png per image and detections.json (default FOLDER.detections)",
+    )
     pr.add_argument("--score-threshold", type=float, default=0.5)
-    pr.add_argument("--json", default=None, help="also write the detections as JSON")
+    pr.add_argument(
+        "--json",
+        default=None,
+        help="write the detections (boxes, masks as COCO RLE, keypoints and their scores) as JSON "
+        "here (a folder's default: OUTPUT/detections.json)",
+    )
+    pr.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: CUDA if present)")
     pr.set_defaults(func=_detect_predict)
 
     de = sub.add_parser(

@@ -116,6 +116,7 @@ def _write_config(
         "train_annotations": str(train_split / "annotations.json"),
         # every proposal kept (an untrained detector scores low), few per image: detections to check
         "model_options": {"box_score_thresh": 0.0, "box_detections_per_img": 6},
+        "min_keypoints_per_image": 0,  # the tiny sets' images have fewer than torchvision's 10
     }
     detection |= {  # None: no validation (the recipe's COCO paths unset)
         "val_images": str(val_split / "images") if val_split is not None else None,
@@ -205,7 +206,8 @@ def test_detect_train_writes_the_run_and_reports_broken_images(reference, data):
     assert (run / "classes.txt").read_text() == "match\nmismatch\n"
     ckpts = run / "checkpoints"
     assert sorted(p.name for p in ckpts.glob("iter_*.pt")) == [
-        f"iter_{s:08d}.pt" for s in (4, 8, 12, 16, STEPS)
+        f"iter_{s:08d}.pt"
+        for s in (4, 8, 9, 12, 16, STEPS)  # 9: the epoch's validation, checkpointed first
     ]
     assert (ckpts / "best.pt").is_file()
 
@@ -453,8 +455,8 @@ def test_detect_predict_draws_and_lists_the_detections(tmp_path, data, reference
     with Image.open(drawn) as im:
         assert im.format == "PNG" and im.size[0] > 0
     report = json.loads(listed.read_text())
-    assert report["image"] == str(image)
-    rows = report["detections"]
+    assert [entry["image"] for entry in report["images"]] == [str(image)] and report["failed"] == []
+    rows = report["images"][0]["detections"]
     assert 0 < len(rows) <= 6  # box_detections_per_img
     assert f"{len(rows)} detections with score >= 0.0" in out.splitlines()[0]
     for row in rows:
@@ -685,7 +687,7 @@ def test_two_process_torchrun_shards_the_images_and_survives_all_broken_micro_ba
 
 @pytest.mark.parametrize("amp", ["none", "bf16"])
 def test_multi_scale_training_resumes_exactly_also_under_bf16_autocast(tmp_path, data, amp):
-    """Multi-scale training draws a size per batch inside torchvision's transform (from torch's
+    """Multi-scale training draws a size per image inside torchvision's transform (from torch's
     RNG): a run stopped after step 4 and resumed gives the uninterrupted run's weights bit for
     bit, in float32 and under bf16 autocast on the CPU (whose losses are finite)."""
 

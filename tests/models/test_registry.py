@@ -4,7 +4,7 @@ import torch
 from nonlocalnet import NonLocalBlock, build_model, list_models
 from nonlocalnet.models import get_model_info, measure_complexity, model_spec
 
-# REFERENCE.md section 3: T x H x W after each stage, 32-frame input 32x224x224
+# the paper's Table 1: T x H x W after each stage, 32-frame input 32x224x224
 EXPECTED_32 = {
     "pool1": (8, 56, 56),
     "res2": (8, 56, 56),

@@ -148,6 +148,7 @@ def detection_demo_config(
                 "flip": True,
                 "aspect_ratio_grouping": False,
                 "oks_sigmas": list(KEYPOINT_OKS_SIGMAS),
+                "min_keypoints_per_image": 0,  # 1-2 objects of 4 keypoints: under torchvision's 10
             },
             "data": {"num_workers": recipe.num_workers},
             "optim": {

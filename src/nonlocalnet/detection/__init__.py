@@ -23,6 +23,7 @@ from nonlocalnet.detection.evaluate import (
     to_coco_results,
     write_coco_results,
 )
+from nonlocalnet.detection.labels import LabelSpace, resolve_label_space
 from nonlocalnet.detection.models import (
     DetectorInfo,
     WeightsReport,
@@ -32,6 +33,7 @@ from nonlocalnet.detection.models import (
     load_detector_weights,
     nonlocal_blocks,
 )
+from nonlocalnet.detection.predict import PredictionReport, predict_images, predict_path
 from nonlocalnet.detection.sampler import GroupedBatchSampler, build_detection_loader
 from nonlocalnet.detection.trained import TrainedDetector, load_trained_detector, predict_image, read_image
 
@@ -42,6 +44,8 @@ __all__ = [
     "DetectionSample",
     "DetectorInfo",
     "GroupedBatchSampler",
+    "LabelSpace",
+    "PredictionReport",
     "TrainedDetector",
     "WeightsReport",
     "build_detection_loader",
@@ -55,7 +59,10 @@ __all__ = [
     "load_trained_detector",
     "nonlocal_blocks",
     "predict_image",
+    "predict_images",
+    "predict_path",
     "read_image",
+    "resolve_label_space",
     "to_coco_results",
     "write_coco_results",
 ]

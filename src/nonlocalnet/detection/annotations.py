@@ -1,9 +1,18 @@
 """Reading and checking a COCO-format annotation file before anything trains on it.
 
-A broken file fails at once with :class:`~nonlocalnet.errors.InvalidValueError` naming the file
-and the first problem (not JSON, a missing key, an annotation of an unknown image or category,
-a non-positive image size, a box, segmentation or keypoint list of the wrong form), rather than
+A file that is broken as a whole fails at once with :class:`~nonlocalnet.errors.InvalidValueError`
+naming the file and the first problem (not JSON, a missing key, an annotation of an unknown image
+or category, a non-positive image size, a box or keypoint list of the wrong form), rather than
 deep inside a data-loader worker or COCOeval.
+
+An annotation whose segmentation pycocotools would misread (a polygon of fewer than 3 points or
+an odd number of coordinates, an RLE of another size than its image, RLE run lengths that do not
+sum to ``height * width``, a compressed RLE string that is not one) is one unusable instance: it
+is dropped, from training and from the evaluation's ground truth alike, and listed as a
+:class:`DroppedAnnotation` (file, annotation id, field, reason). pycocotools checks none of
+this: its decoder shifts the masks decoded after a short RLE and leaves bytes of uninitialised
+memory in them, and COCOeval fails on a 2-point polygon. ``"segmentation": []`` (or ``null``)
+means "no mask" (box-only exports) and is removed from the record.
 
 Fields COCOeval needs but that some hand-made files omit are filled in place: ``iscrowd`` (0),
 ``area`` (the segmentation's area, else the box's) and ``num_keypoints`` (the visible ones).
@@ -15,14 +24,20 @@ import json
 import math
 from os import PathLike
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from pycocotools import mask as mask_utils
 
 from nonlocalnet.errors import InvalidValueError, MissingFileError
 
-__all__ = ["load_coco_json", "segmentation_to_rle"]
+__all__ = [
+    "DroppedAnnotation",
+    "load_coco_json",
+    "rle_string_counts",
+    "segmentation_problem",
+    "segmentation_to_rle",
+]
 
 
 def _is_int(value: Any) -> bool:
@@ -33,34 +48,125 @@ def _is_number(value: Any) -> bool:
     return (isinstance(value, (int, float)) and not isinstance(value, bool)) and math.isfinite(value)
 
 
-def segmentation_to_rle(segm: Any, height: int, width: int) -> dict[str, Any] | None:
-    """A COCO segmentation (polygons, uncompressed or compressed RLE) as compressed RLE, or
-    ``None`` for polygons that all have fewer than 3 points (an empty mask)."""
+class DroppedAnnotation(NamedTuple):
+    """An annotation left out of training and of the evaluation's ground truth: the annotation
+    ``file``, the annotation's id, the ``field`` at fault (``segmentation[1]``,
+    ``segmentation.counts``...) and the ``reason``."""
+
+    file: str
+    annotation_id: int
+    field: str
+    reason: str
+
+
+def segmentation_to_rle(segm: Any, height: int, width: int) -> dict[str, Any]:
+    """A COCO segmentation (polygons, uncompressed or compressed RLE) as compressed RLE. Only for
+    segmentations :func:`segmentation_problem` accepts: pycocotools reads others wrongly."""
     if isinstance(segm, list):
-        polygons = [p for p in segm if len(p) >= 6]
-        if not polygons:
-            return None
-        return mask_utils.merge(mask_utils.frPyObjects(polygons, height, width))
+        return mask_utils.merge(mask_utils.frPyObjects(segm, height, width))
     if isinstance(segm["counts"], list):
         return mask_utils.frPyObjects(segm, height, width)
     return segm
 
 
-def _check_segmentation(fail, segm: Any, height: int, width: int) -> None:
+def rle_string_counts(counts: str | bytes) -> np.ndarray | str:
+    """The run lengths (int64) a compressed COCO RLE ``counts`` string holds, read as
+    pycocotools' ``rleFrString`` reads it, or why it is not such a string.
+
+    The format: characters ``'0'`` to ``'o'``, each 5 bits of a number and a continuation bit
+    (0x20), the last character's 0x10 bit the number's sign; from the fourth run on, a number is
+    the difference to the run two before. pycocotools itself accepts any string (reading past its
+    end when the last character continues)."""
+    try:
+        raw = counts.encode("ascii") if isinstance(counts, str) else bytes(counts)
+    except UnicodeEncodeError:
+        return "a character outside compressed RLE's alphabet '0' to 'o'"
+    c = np.frombuffer(raw, dtype=np.uint8).astype(np.int64) - 48
+    if not c.size:
+        return np.zeros(0, dtype=np.int64)
+    outside = (c < 0) | (c > 63)
+    if outside.any():
+        bad = chr(raw[int(outside.argmax())])
+        return f"character {bad!r} is outside compressed RLE's alphabet '0' to 'o'"
+    more = (c & 0x20) != 0
+    if more[-1]:
+        return "the string ends inside a number"
+    ends = np.flatnonzero(~more)
+    starts = np.concatenate(([0], ends[:-1] + 1))
+    lengths = ends - starts + 1
+    if lengths.max() > 7:
+        return f"a number of {lengths.max()} characters (32-bit run lengths take at most 7)"
+    shifts = 5 * (np.arange(c.size) - np.repeat(starts, lengths))
+    numbers = np.add.reduceat((c & 0x1F) << shifts, starts)
+    negative = (c[ends] & 0x10) != 0
+    if negative.any():
+        numbers[negative] -= np.int64(1) << (5 * lengths[negative])
+    numbers[1::2] = np.cumsum(numbers[1::2])
+    numbers[2::2] = np.cumsum(numbers[2::2])
+    return numbers
+
+
+def _uncompressed_counts(counts: list) -> np.ndarray | None:
+    """The run lengths of an uncompressed RLE as int64, or ``None`` unless they are whole,
+    non-negative numbers."""
+    try:
+        arr = np.asarray(counts)
+    except (ValueError, OverflowError):
+        return None
+    if arr.ndim != 1 or arr.dtype.kind not in "iuf":
+        return None
+    if arr.dtype.kind == "f" and arr.size and not (np.isfinite(arr).all() and (arr == np.round(arr)).all()):
+        return None
+    if arr.size and arr.min() < 0:
+        return None
+    return arr.astype(np.int64)
+
+
+def segmentation_problem(segm: Any, height: int, width: int) -> tuple[str, str] | None:
+    """``(field, reason)`` when pycocotools would not read ``segmentation`` correctly as a mask of
+    a ``height x width`` image, else ``None``. Polygons: lists of at least 3 points (an even number
+    of finite coordinates, at least 6). RLE: ``size`` the image's ``[height, width]``; ``counts``
+    non-negative whole run lengths (a list, or pycocotools' compressed string: see
+    :func:`rle_string_counts`) that sum to ``height * width``."""
     if isinstance(segm, list):
-        if not segm or not all(isinstance(p, list) and p and all(map(_is_number, p)) for p in segm):
-            fail("segmentation must be a non-empty list of polygons [x1, y1, x2, y2, ...] or an RLE dict")
-        if any(len(p) % 2 for p in segm):
-            fail("a segmentation polygon has an odd number of coordinates")
-    elif isinstance(segm, dict):
-        if "counts" not in segm or "size" not in segm:
-            fail("an RLE segmentation needs 'counts' and 'size'")
-        if list(segm["size"]) != [height, width]:
-            fail(f"RLE size {segm['size']} differs from the image's [height, width] [{height}, {width}]")
-        if not isinstance(segm["counts"], (list, str, bytes)):
-            fail(f"RLE counts must be a list or a string, got {type(segm['counts']).__name__}")
+        for n, poly in enumerate(segm):
+            where = f"segmentation[{n}]"
+            if not isinstance(poly, list) or not all(map(_is_number, poly)):
+                return where, f"a polygon is a list of numbers [x1, y1, x2, y2, ...], got {poly!r:.60}"
+            if len(poly) % 2:
+                return where, f"a polygon has an odd number of coordinates ({len(poly)})"
+            if len(poly) < 6:
+                return where, f"a polygon needs at least 3 points (6 coordinates), got {len(poly)} numbers"
+        return None
+    if not isinstance(segm, dict):
+        return "segmentation", f"expected a list of polygons or an RLE dict, got {type(segm).__name__}"
+    if "counts" not in segm or "size" not in segm:
+        return "segmentation", f"an RLE needs 'counts' and 'size', got the keys {sorted(segm)}"
+    size = segm["size"]
+    if not isinstance(size, list) or size != [height, width]:
+        expected = f"the image's [height, width] [{height}, {width}]"
+        return "segmentation.size", f"RLE size {size!r} differs from {expected}"
+    counts = segm["counts"]
+    if isinstance(counts, list):
+        runs, kind = _uncompressed_counts(counts), "uncompressed"
+        if runs is None:
+            return "segmentation.counts", "uncompressed RLE counts must be non-negative whole numbers"
+    elif isinstance(counts, (str, bytes)):
+        runs, kind = rle_string_counts(counts), "compressed"
+        if isinstance(runs, str):
+            return "segmentation.counts", f"not a compressed RLE string: {runs}"
+        if runs.size and runs.min() < 0:
+            return "segmentation.counts", "the compressed RLE string holds a negative run length"
     else:
-        fail(f"segmentation must be a list of polygons or an RLE dict, got {type(segm).__name__}")
+        return "segmentation.counts", f"RLE counts must be a list or a string, got {type(counts).__name__}"
+    total = int(runs.sum())
+    if total != height * width:
+        return (
+            "segmentation.counts",
+            f"{kind} RLE run lengths sum to {total}, not height * width = {height} * {width} = "
+            f"{height * width} (pycocotools would decode a wrong mask or fail)",
+        )
+    return None
 
 
 def _records(data: dict, key: str, path: Path, required: dict[str, Any]) -> dict[int, dict]:
@@ -84,9 +190,11 @@ def _records(data: dict, key: str, path: Path, required: dict[str, Any]) -> dict
     return out
 
 
-def load_coco_json(path: str | PathLike) -> dict[str, Any]:
+def load_coco_json(path: str | PathLike) -> tuple[dict[str, Any], list[DroppedAnnotation]]:
     """The checked content of a COCO annotation file (``images``, ``annotations``,
-    ``categories``), with ``iscrowd``, ``area`` and ``num_keypoints`` filled where missing."""
+    ``categories``), with ``iscrowd``, ``area`` and ``num_keypoints`` filled where missing, and
+    the annotations left out of it because their segmentation is unusable
+    (:func:`segmentation_problem`). ``"segmentation": []`` or ``null`` (no mask) is removed."""
     path = Path(path)
     if not path.is_file():
         raise MissingFileError(f"no such annotation file: {path}")
@@ -132,7 +240,7 @@ def load_coco_json(path: str | PathLike) -> dict[str, Any]:
             "bbox": lambda v: isinstance(v, list) and len(v) == 4 and all(map(_is_number, v)),
         },
     )
-    with_segm = sum("segmentation" in a for a in anns.values())
+    dropped: list[DroppedAnnotation] = []
     for aid, ann in anns.items():
 
         def fail(problem: str, aid: int = aid) -> None:
@@ -146,13 +254,6 @@ def load_coco_json(path: str | PathLike) -> dict[str, Any]:
         ann.setdefault("iscrowd", 0)
         if ann["iscrowd"] not in (0, 1):
             fail(f"iscrowd must be 0 or 1, got {ann['iscrowd']!r}")
-        if "segmentation" in ann:
-            _check_segmentation(fail, ann["segmentation"], img["height"], img["width"])
-        elif with_segm:
-            fail(
-                "has no segmentation while other annotations have one; masks (training and segm evaluation) "
-                "need one for every annotation"
-            )
         if "keypoints" in ann:
             k, kps = num_kp[ann["category_id"]], ann["keypoints"]
             if not k:
@@ -160,10 +261,20 @@ def load_coco_json(path: str | PathLike) -> dict[str, Any]:
             if not isinstance(kps, list) or len(kps) != 3 * k or not all(map(_is_number, kps)):
                 fail(f"keypoints must be {3 * k} numbers (x, y, v for {k} keypoints), got {kps!r:.80}")
             ann.setdefault("num_keypoints", sum(1 for v in kps[2::3] if v > 0))
+        if "area" in ann and not _is_number(ann["area"]):
+            fail(f"invalid area {ann['area']!r}")
+        if "segmentation" in ann and (ann["segmentation"] is None or ann["segmentation"] == []):
+            del ann["segmentation"]  # box-only exports: no mask
+        if "segmentation" in ann:
+            problem = segmentation_problem(ann["segmentation"], img["height"], img["width"])
+            if problem is not None:
+                dropped.append(DroppedAnnotation(str(path), aid, *problem))
+                continue
         if "area" not in ann:
             segm = ann.get("segmentation")
             rle = segmentation_to_rle(segm, img["height"], img["width"]) if segm is not None else None
             ann["area"] = float(mask_utils.area(rle)) if rle is not None else float(np.prod(ann["bbox"][2:]))
-        elif not _is_number(ann["area"]):
-            fail(f"invalid area {ann['area']!r}")
-    return data
+    if dropped:
+        gone = {d.annotation_id for d in dropped}
+        data["annotations"] = [a for a in data["annotations"] if a["id"] not in gone]
+    return data, dropped

@@ -4,17 +4,21 @@ keypoint AP in percent (the paper's units).
 :func:`evaluate_detector` runs the model over each rank's share of the images, gathers the
 detections on every rank and evaluates them there: every rank returns the same numbers, and no
 collective waits for a minutes-long COCOeval. Images that could not be read are left out of the
-evaluation (not counted as missed) and reported in :attr:`DetectionEvaluation.bad`.
+evaluation (not counted as missed) and reported in :attr:`DetectionEvaluation.bad`. With labels
+that are category ids (``dataset.labels == "category_ids"``, :mod:`nonlocalnet.detection.labels`)
+the detections of labels that are no category of the data are dropped before COCOeval and
+counted in :attr:`DetectionEvaluation.dropped`.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 from tqdm import tqdm
 
 from nonlocalnet.data.bad_data import BadSample
@@ -66,13 +70,29 @@ def detector_iou_types(model: nn.Module) -> tuple[str, ...]:
 @dataclass
 class DetectionEvaluation:
     """``stats`` as :func:`coco_evaluate` returns it, the COCO ``results``, the unreadable images
-    (``bad``), the number of ``images`` evaluated and COCOeval's ``summary_lines``."""
+    (``bad``), the number of ``images`` evaluated, COCOeval's ``summary_lines`` and ``dropped``:
+    per label without a category (category-id labels only), how many detections were left out."""
 
     stats: dict[str, dict[str, float]]
     results: list[dict[str, Any]]
     bad: list[BadSample]
     images: int
     summary_lines: list[str] = field(default_factory=list)
+    dropped: dict[int, int] = field(default_factory=dict)
+
+
+def _drop_labels_without_category(
+    out: dict[str, Tensor], known: dict[int, int]
+) -> tuple[dict[str, Tensor], Counter[int]]:
+    """``out`` without its detections whose label is not in ``known``, and how many per label."""
+    labels = out["labels"].tolist()
+    keep = [label in known for label in labels]
+    if all(keep):
+        return out, Counter()
+    mask = torch.tensor(keep, dtype=torch.bool, device=out["labels"].device)
+    n = len(labels)
+    kept = {k: v[mask] if isinstance(v, Tensor) and v.dim() and len(v) == n else v for k, v in out.items()}
+    return kept, Counter(label for label, k in zip(labels, keep, strict=True) if not k)
 
 
 def evaluate_detector(
@@ -93,6 +113,8 @@ def evaluate_detector(
 
     ``iou_types`` default: :func:`detector_iou_types`. The ranks' padded repeats are dropped by
     dataset index; unreadable images are left out of COCOeval's image list and listed in ``bad``.
+    With ``dataset.labels == "category_ids"``, detections of labels that are no category of the
+    data are left out and counted in ``dropped``; in the contiguous space such a label is an error.
     """
     ctx = ctx if ctx is not None else DistContext()
     iou_types = tuple(iou_types) if iou_types is not None else detector_iou_types(model)
@@ -102,9 +124,10 @@ def evaluate_detector(
         dataset, batch_size=batch_size, shuffle=False, seed=0, num_workers=num_workers,
         distributed=(ctx.rank, ctx.world_size) if ctx.distributed else None, train=False,
     )  # fmt: skip
-    mine: dict[int, tuple[int, list[dict[str, Any]]]] = {}  # index -> (image id, results)
+    mine: dict[int, tuple[int, list[dict[str, Any]], Counter[int]]] = {}  # index -> (id, results, dropped)
     bad: dict[int, BadSample] = {}
     labels = dataset.label_to_category
+    drop = dataset.labels == "category_ids"
     was_training = model.training
     model.eval()
     try:
@@ -122,11 +145,12 @@ def evaluate_detector(
                     )
                 for n, out in zip(todo, outputs, strict=True):
                     image_id = batch.image_ids[n]
+                    out, dropped = _drop_labels_without_category(out, labels) if drop else (out, Counter())
                     found = to_coco_results([out], [image_id], labels, mask_threshold=mask_threshold)
-                    mine[batch.indices[n]] = (image_id, found)
+                    mine[batch.indices[n]] = (image_id, found, dropped)
     finally:
         model.train(was_training)
-    done: dict[int, tuple[int, list[dict[str, Any]]]] = {}
+    done: dict[int, tuple[int, list[dict[str, Any]], Counter[int]]] = {}
     all_bad: dict[int, BadSample] = {}
     for part, part_bad in ctx.gather_objects((mine, list(bad.values()))):
         for index, value in part.items():
@@ -138,4 +162,8 @@ def evaluate_detector(
     image_ids = [done[index][0] for index in order]
     stats = coco_evaluate(dataset.coco, results, iou_types, oks_sigmas=oks_sigmas, image_ids=image_ids)
     bad_list = [all_bad[i] for i in sorted(all_bad)]
-    return DetectionEvaluation(dict(stats), results, bad_list, len(image_ids), list(stats.summary_lines))
+    dropped = sum((done[index][2] for index in order), Counter())
+    lines = list(stats.summary_lines)
+    return DetectionEvaluation(
+        dict(stats), results, bad_list, len(image_ids), lines, dict(sorted(dropped.items()))
+    )

@@ -78,7 +78,7 @@ def _numbers(prefix: str, *values: float) -> dict[str, float]:
     return dict(zip((f"{prefix}_AP", f"{prefix}_AP50", f"{prefix}_AP75"), values, strict=True))
 
 
-_PAPER: dict[str, dict[str, float]] = {  # REFERENCE.md section 7 (paper Table 5 and the keypoint rows)
+_PAPER: dict[str, dict[str, float]] = {  # the paper, Tables 5 and 6 (box, mask and keypoint AP)
     "maskrcnn_r50_fpn": _numbers("box", 38.0, 59.6, 41.0) | _numbers("mask", 34.6, 56.4, 36.5),
     "maskrcnn_r50_fpn_nl": _numbers("box", 39.0, 61.1, 41.9) | _numbers("mask", 35.5, 58.0, 37.4),
     "maskrcnn_r101_fpn": _numbers("box", 39.5, 61.4, 42.9) | _numbers("mask", 36.0, 58.1, 38.3),
@@ -223,8 +223,9 @@ def build_detector(
             g, and ``use_scale=True``, logits divided by ``sqrt(inter_channels)`` as the released
             code does: unscaled, the softmax over backbone features starts saturated).
         min_size: the transform's short side; a tuple trains multi-scale (one size drawn per
-            batch; evaluation uses the last). Default 800 (tiny models: 128). torchvision's own
-            keypoint builder trains at ``(640, 672, 704, 736, 768, 800)``: pass that to match.
+            image by torchvision's ``GeneralizedRCNNTransform``; evaluation uses the last).
+            Default 800 (tiny models: 128). torchvision's own keypoint builder trains at
+            ``(640, 672, 704, 736, 768, 800)``: pass that to match.
         max_size: the long side's limit (default 1333; tiny models 128).
         pretrained: build as for fine-tuning from weights (FrozenBatchNorm2d, torchvision's
             default of 3 trainable layers) although no file is given here, for weights loaded

@@ -83,7 +83,7 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    """Where the videos are and how clips are sampled and transformed (REFERENCE.md section 4).
+    """Where the videos are and how clips are sampled and transformed (the paper, Sec. 4).
 
     Give ``train_list``/``val_list`` (``path label`` or CSV lines) or ``train_folder``/
     ``val_folder`` (one folder per class). ``root``: base for relative paths in list files.
@@ -180,11 +180,13 @@ class DetectionConfig:
     apply, except ``data.num_workers`` and ``data.bad_data_threshold``).
 
     ``model``: a detector name (``nonlocalnet models``); ``num_classes`` counts the background
-    as torchvision does (0: the data's categories + 1). ``weights``: a whole detector's state
+    as torchvision does (0: the weights' class count, else the label space's: the data's
+    categories + 1, or the largest category id + 1). ``weights``: a whole detector's state
     dict file (torchvision's COCO ``.pth`` loads into the ``_nl`` models with only the block's
     keys new; predictors of another class count are re-initialised); ``weights_backbone``: an
     ImageNet ResNet state dict file. Nothing is downloaded. ``min_size``: one short side, or
-    several for multi-scale training (one drawn per batch); evaluation uses the last.
+    several for multi-scale training (one drawn per image, by torchvision's
+    ``GeneralizedRCNNTransform``); evaluation uses the last.
     ``oks_sigmas``: one per keypoint (COCO's 17 when unset and the data has 17).
     ``model_options``: more torchvision constructor keywords (``rpn_batch_size_per_image``...).
     """
@@ -196,11 +198,20 @@ class DetectionConfig:
     nonlocal_options: dict = field(default_factory=dict)
     model_options: dict = field(default_factory=dict)
     weights: str | None = None
+    ``keypoint_flip_map``: pairs of keypoint names a horizontal flip swaps (detectron2's
+    ``keypoint_flip_map``; unset: paired by their left/right names, an ambiguous set is an error).
+    ``min_keypoints_per_image``: keypoint training leaves out the images with fewer visible
+    keypoints (torchvision's reference: 10; 0 keeps every image with an object).
     weights_backbone: str | None = None
+    ``labels``: what a class index means (:mod:`nonlocalnet.detection.labels`): ``contiguous``
+    (label k = the k-th category by id, ``K + 1`` classes), ``category_ids`` (label = the COCO
+    category id, max id + 1 classes, as torchvision's COCO weights) or ``auto`` (chosen from
+    ``num_classes`` or the weights' class count; an ambiguous count is an error).
     trainable_backbone_layers: int | None = None
     min_size: list = field(default_factory=lambda: [800])
     max_size: int = 1333
     train_images: str | None = None
+    labels: str = "auto"
     train_annotations: str | None = None
     val_images: str | None = None
     val_annotations: str | None = None
@@ -217,6 +228,8 @@ class Config:
 
     task: str = "video_classification"
     output_dir: str = "runs/default"
+    keypoint_flip_map: list | None = None
+    min_keypoints_per_image: int = 10
     seed: int = 0
     device: str = "auto"
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -245,6 +258,7 @@ _POSITIVE = {
     "data.min_short",
     "data.max_short",
     "data.crop",
+    "detection.labels": ("auto", "contiguous", "category_ids"),
     "data.test_short",
     "data.test_crop",
     "data.num_crops",
@@ -279,6 +293,7 @@ def _type_name(tp: Any) -> str:
 
 
 def _coerce(key: str, value: Any, tp: Any) -> Any:
+    "detection.min_keypoints_per_image",
     """Check ``value`` against annotation ``tp``; ints are accepted for floats, nothing else."""
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
@@ -362,7 +377,7 @@ def _validate_detection(det: DetectionConfig) -> None:
     if det.num_classes == 1 or det.num_classes < 0:
         raise ConfigError(
             f"detection.num_classes: {det.num_classes} (it counts the background: >= 2, or 0 for the "
-            "data's categories + 1)"
+            "weights' class count, else the data's by detection.labels)"
         )
     sizes = det.min_size
     if not sizes or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in sizes):
@@ -385,6 +400,15 @@ def _validate_detection(det: DetectionConfig) -> None:
             )
 
 
+    pairs = det.keypoint_flip_map
+    if pairs is not None and not all(
+        isinstance(p, list) and len(p) == 2 and all(isinstance(n, str) for n in p) and p[0] != p[1]
+        for p in pairs
+    ):
+        raise ConfigError(
+            f"detection.keypoint_flip_map: expected pairs of two different keypoint names, e.g. "
+            f"[[l_eye, r_eye], [l_ear, r_ear]], got {pairs!r}"
+        )
 def _validate_model_choice(model: ModelConfig) -> None:
     """A registry ``name`` or a whole ``spec``, not both; a spec is checked here."""
     if not model.spec:

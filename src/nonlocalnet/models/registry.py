@@ -99,7 +99,7 @@ class ModelInfo:
     paper_top1_top5: tuple[float, float] | None
 
 
-_PAPER_RESULTS = {  # Kinetics-400 val, 32 frames, REFERENCE.md section 3
+_PAPER_RESULTS = {  # Kinetics-400 val, 32 frames: the paper, Tables 2-3
     ("c2d", "", 50): (71.8, 89.7),
     ("c2d", "", 101): (73.1, 91.0),
     ("c2d", "nl1", 50): (72.7, 90.5),

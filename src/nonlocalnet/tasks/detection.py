@@ -11,6 +11,7 @@ Needs the ``detection`` extra (torchvision, pycocotools).
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +22,9 @@ from torch.utils.data import DataLoader
 from nonlocalnet.detection.batch import DetectionBatch
 from nonlocalnet.detection.coco import CocoDetection
 from nonlocalnet.detection.evaluate import DetectionEvaluation, evaluate_detector
-from nonlocalnet.detection.models import detector_info
+from nonlocalnet.detection.models import DetectorInfo, detector_info, list_detectors
 from nonlocalnet.detection.sampler import build_detection_loader
-from nonlocalnet.detection.trained import build_detector_from_config
+from nonlocalnet.detection.trained import build_detector_from_config, detector_label_space
 from nonlocalnet.engine.config import Config, ConfigError, DetectionConfig
 from nonlocalnet.engine.distributed import DistContext
 from nonlocalnet.engine.task import Evaluation, StepLoss
@@ -34,22 +35,56 @@ _LOSSES = ("loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_r
 _IOU_NAMES = {"bbox": "box", "segm": "mask", "keypoints": "kp"}
 
 
-def _dataset(det: DetectionConfig, split: str, *, train: bool, seed: int) -> CocoDetection:
+def _dataset(
+    det: DetectionConfig, split: str, *, train: bool, seed: int, info: DetectorInfo
+) -> CocoDetection:
+    """The ``split`` data as the detector ``info`` uses it: masks only for a mask head (whose
+    instances without a mask are dropped), keypoints only for a keypoint head (and training's
+    ``detection.min_keypoints_per_image``)."""
     images, annotations = getattr(det, f"{split}_images"), getattr(det, f"{split}_annotations")
     for key, path in ((f"{split}_images", images), (f"{split}_annotations", annotations)):
         if not Path(path).exists():
             raise ConfigError(f"detection.{key}: no such file or folder: {path}")
-    return CocoDetection(images, annotations, train=train, flip=det.flip and train, seed=seed)
+    keypoints = info.kind == "keypoints"
+    dataset = CocoDetection(
+        images,
+        annotations,
+        train=train,
+        flip=det.flip and train,
+        seed=seed,
+        masks=None if info.has_masks else False,
+        keypoints=None if keypoints else False,
+        keypoint_flip_map=det.keypoint_flip_map,
+        min_keypoints_per_image=det.min_keypoints_per_image if train and keypoints else 0,
+    )
+    if info.has_masks and not dataset.masks:
+        boxes_only = [n for n in list_detectors() if n.startswith("fasterrcnn")]
+        same = info.name.replace("maskrcnn", "fasterrcnn", 1)
+        suggestion = f"{same!r}" if same in boxes_only else " or ".join(map(repr, boxes_only))
+        raise ConfigError(
+            f"detection.model {info.name!r} trains masks but detection.{split}_annotations {annotations} has "
+            "no segmentation (box-only data: every segmentation missing or []); train a Faster R-CNN "
+            f"model on it, e.g. detection.model={suggestion} (nonlocalnet models lists them)"
+        )
+    if train and not len(dataset):
+        reasons = "; ".join(f"{n} {r}" for r, n in dataset.data_report()["skipped_images"].items())
+        raise ConfigError(
+            f"detection.train_annotations: no image of {annotations} is left to train on ({reasons}); "
+            "detection.min_keypoints_per_image (torchvision's reference: 10) sets the keypoint rule"
+        )
+    return dataset
 
 
 def evaluation_record(evaluation: DetectionEvaluation) -> dict[str, Any]:
     """The flat log record of an evaluation: ``box_AP``, ``box_AP50``, ..., ``mask_AP``, ...,
-    ``kp_AP`` (percent, COCOeval's summaries), the images and the unreadable ones."""
+    ``kp_AP`` (percent, COCOeval's summaries), the images, the unreadable ones and the
+    detections dropped for labels without a category (category-id labels)."""
     record: dict[str, Any] = {}
     for iou_type, stats in evaluation.stats.items():
         record |= {f"{_IOU_NAMES[iou_type]}_{name}": value for name, value in stats.items()}
     record["images"] = evaluation.images
     record["bad_images"] = sorted({b.path for b in evaluation.bad})
+    record["dropped_detections"] = sum(evaluation.dropped.values())
     return record
 
 
@@ -91,8 +126,10 @@ class Detection:
             )
         self.info = detector_info(det.model)
         self.label = det.model
-        self._train_set = _dataset(det, "train", train=True, seed=cfg.seed)
-        self.val_set = _dataset(det, "val", train=False, seed=cfg.seed) if det.val_images else None
+        self._train_set = _dataset(det, "train", train=True, seed=cfg.seed, info=self.info)
+        self.val_set = (
+            _dataset(det, "val", train=False, seed=cfg.seed, info=self.info) if det.val_images else None
+        )
         self.has_validation = self.val_set is not None
         self.validation_files = (det.val_annotations, det.val_images) if self.has_validation else ()
         self.class_names = list(self._train_set.class_names)
@@ -101,12 +138,14 @@ class Detection:
                 f"detection: the validation categories {self.val_set.category_ids} are not the training "
                 f"categories {self._train_set.category_ids}"
             )
-        self.num_classes = det.num_classes or len(self.class_names) + 1
-        if self.num_classes != len(self.class_names) + 1:
-            raise ConfigError(
-                f"detection.num_classes is {self.num_classes} but the data has {len(self.class_names)} "
-                f"categories ({len(self.class_names) + 1} with the background; 0 takes it from the data)"
-            )
+        # what a label means (detection.labels): contiguous 1..K, or the category ids themselves
+        self.label_space = detector_label_space(
+            det, self._train_set.category_ids, data=str(det.train_annotations)
+        )
+        for dataset in (self._train_set, self.val_set):
+            if dataset is not None:
+                dataset.set_labels(self.label_space.kind)
+        self.num_classes = self.label_space.num_classes
         self.keypoint_names = list(self._train_set.keypoint_names)
         if self.info.kind == "keypoints" and not self.keypoint_names:
             raise ConfigError(
@@ -127,7 +166,8 @@ class Detection:
 
     def build_model(self) -> tuple[nn.Module, str]:
         keypoints = len(self.keypoint_names) if self.info.kind == "keypoints" else None
-        return build_detector_from_config(self.cfg.detection, self.num_classes, keypoints)
+        model, report = build_detector_from_config(self.cfg.detection, self.num_classes, keypoints)
+        return model, f"{report}; {self.label_space.summary()}"
 
     def train_loader(
         self, *, distributed: tuple[int, int] | None, num_workers: int, epoch: int = 0, start_batch: int = 0
@@ -214,7 +254,14 @@ class Detection:
             "class_names": list(self.class_names),
             "category_ids": list(self._train_set.category_ids),
             "keypoint_names": list(self.keypoint_names),
+            "labels": self.label_space.kind,  # eval and predict map labels as training did
+            "num_classes": self.num_classes,
         }
 
     def write_run_files(self, folder: Path) -> None:
         (folder / "classes.txt").write_text("\n".join(self.class_names) + "\n")
+        # the annotations left out as unusable and the images training skips (CocoDetection.data_report)
+        report = {"train": self._train_set.data_report()}
+        if self.val_set is not None:
+            report["val"] = self.val_set.data_report()
+        (folder / "data_report.json").write_text(json.dumps(report, indent=2) + "\n")
