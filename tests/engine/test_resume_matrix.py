@@ -259,4 +259,4 @@ def test_resuming_another_folders_checkpoint_in_a_used_folder(tmp_path, tiny_dat
     assert metrics(tmp_path / "run") == [r for r in metrics(reference["exact"]) if r["step"] > 6]
     (aside,) = ckpts.glob("superseded-*")
     assert sorted(p.name for p in aside.iterdir()) == old_files
-    assert _steps(tmp_path / "run") == [9, 12]
+    assert _steps(tmp_path / "run") == [8, 9, 12]  # 8: the epoch's validation, checkpointed first
