@@ -25,3 +25,23 @@ def force_query_groups(monkeypatch):
         monkeypatch.setattr(pairwise, "_threads", torch.compiler.assume_constant_result(lambda: threads))
 
     return force
+
+
+@pytest.fixture(scope="session")
+def released_cache(tmp_path_factory):
+    """``(cache_dir, state)``: a weights cache in which the authors' c2d_baseline_8x8 file (made by
+    the exporter in the released layout, ``weights_server.released_pickle``) was downloaded from a
+    127.0.0.1 server and converted once; ``state``: the weights it holds."""
+    from weights_server import RELEASED, WeightsServer, released_pickle
+
+    from nonlocalnet.models import weights_file
+
+    data, state = released_pickle("c2d_r50_8x8")
+    cache = tmp_path_factory.mktemp("weights_cache")
+    server = WeightsServer()
+    server.files[f"/{RELEASED}.pkl"] = data
+    try:
+        weights_file(RELEASED, cache_dir=cache, mirror=server.base, progress=False)
+    finally:
+        server.close()
+    return cache, state

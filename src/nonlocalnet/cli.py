@@ -18,6 +18,7 @@ from nonlocalnet.engine.distributed import DistributedError
 from nonlocalnet.errors import InvalidValueError, NonLocalNetError
 from nonlocalnet.layers import NonLocalBlock
 from nonlocalnet.models import VARIANTS
+from nonlocalnet.models.resnet3d import BACKBONE_NORMS
 from nonlocalnet.ops import MODES
 
 
@@ -101,13 +102,20 @@ def _info(args: argparse.Namespace) -> int:
 
 def _convert_caffe2(args: argparse.Namespace) -> int:
     """Released .pkl -> safetensors for a registry model."""
-    from nonlocalnet.models import build_model, load_caffe2_checkpoint, save_weights
+    from nonlocalnet.models import convert_caffe2_checkpoint
 
-    model = build_model(args.model, num_classes=args.num_classes, variant="released")
-    report = load_caffe2_checkpoint(model, args.input, strict=not args.allow_partial)
+    report, meta = convert_caffe2_checkpoint(
+        args.input,
+        args.output,
+        model=args.model,
+        norm=args.norm,
+        num_classes=args.num_classes,
+        strict=not args.allow_partial,
+        keys={"name": "--model", "norm": "--norm"},
+    )
     print(report.summary())
-    save_weights(model, args.output, metadata={"model": args.model, "variant": "released"})
-    print(f"wrote {args.output}")
+    bn = "frozen BN" if meta["norm"] == "affine" else "BatchNorm"
+    print(f"wrote {args.output} ({meta['model']}, released variant, {bn})")
     return 0
 
 
@@ -138,6 +146,70 @@ def _denoise(args: argparse.Namespace) -> int:
     )
     print(summary)
     return 0
+
+
+def _weights(args: argparse.Namespace) -> int:
+    """The weights catalogue; one entry in full; downloads."""
+    from nonlocalnet.models import get_weights, list_weights, weights_file
+    from nonlocalnet.models.zoo import cache_paths
+
+    if args.download and not args.names:
+        raise InvalidValueError("--download needs the weights names (`nonlocalnet weights` lists them)")
+    if args.download:
+        for name in args.names:
+            path = weights_file(name, cache_dir=args.cache_dir, progress=not args.no_progress)
+            print(f"{get_weights(name).name}: {path}")
+        return 0
+    if args.names:
+        for name in args.names:
+            _print_entry(get_weights(name), cache_paths(name, cache_dir=args.cache_dir))
+        return 0
+    names = list_weights(model=args.model)
+    if not names:
+        raise InvalidValueError(f"no weights for model {args.model!r} (`nonlocalnet weights` lists them all)")
+    print(f"{'name':<42s} {'model':<20s} {'clips':<6s} {'BN':<6s} {'reported':<22s} cached")
+    for name in names:
+        e = get_weights(name)
+        what = _METRIC_LABELS.get(next(iter(e.metrics), ""), "")
+        reported = f"{what} {'/'.join(str(v) for v in e.metrics.values())}" if e.metrics else "-"
+        clips = f"{e.frames}x{e.sample_rate}" if e.frames else "-"
+        bn = {"affine": "frozen", "batchnorm": "BN"}.get(e.norm or "", "-")
+        cached = "yes" if cache_paths(e, cache_dir=args.cache_dir)[1].is_file() else ""
+        print(f"{e.name:<42s} {e.model or e.kind:<20s} {clips:<6s} {bn:<6s} {reported:<22s} {cached}")
+    print("# nonlocalnet weights NAME: details; --download NAME: fetch (and convert) into the cache")
+    return 0
+
+
+_METRIC_LABELS = {"top1": "top-1/5", "acc@1": "ImageNet", "box_map": "COCO AP"}
+
+
+def _print_entry(e, paths) -> None:
+    raw, usable = paths
+    model = e.model or ("any registry model of its depth (inflated)" if e.kind == "imagenet" else None)
+    if e.sha256:
+        digest = e.sha256
+    else:
+        digest = f"prefix {e.hash_prefix} (in the file name)" if e.hash_prefix else "not published"
+    print(e.name)
+    rows = [
+        ("url", e.url + (f" (member {e.member})" if e.member else "")),
+        ("kind", f"{e.kind} ({e.dataset}, {e.num_classes} classes)"),
+        ("model", model),
+        ("variant / BN", f"{e.variant} / {e.norm}" if e.variant else None),
+        ("clips", f"{e.frames} frames every {e.sample_rate}" if e.frames else None),
+        ("reported", ", ".join(f"{k} {v}" for k, v in e.metrics.items()) or "not published"),
+        ("in the paper", ", ".join(f"{k} {v}" for k, v in e.paper_metrics.items()) or None),
+        ("sha256", digest),
+        ("licence", e.licence),
+        ("source", e.reference),
+        ("notes", e.notes or None),
+        ("download to", f"{raw}{'  (present)' if raw.is_file() else ''}"),
+        ("loaded from", f"{usable}{'  (present)' if usable.is_file() else ''}"),
+        ("aliases", ", ".join(e.aliases) or None),
+    ]
+    for key, value in rows:
+        if value:
+            print(f"  {key:<13s} {value}")
 
 
 def _models(args: argparse.Namespace) -> int:
@@ -183,7 +255,16 @@ def build_parser() -> argparse.ArgumentParser:
     conv = sub.add_parser("convert-caffe2", help="convert the authors' .pkl weights to safetensors")
     conv.add_argument("input", help="released Caffe2 .pkl")
     conv.add_argument("output", help="output .safetensors")
-    conv.add_argument("--model", required=True, help="registry name, e.g. i3d_nl5_r50")
+    conv.add_argument(
+        "--model", default=None, help="registry name, e.g. i3d_nl5_r50 (default: the released file's)"
+    )
+    conv.add_argument(
+        "--norm",
+        choices=BACKBONE_NORMS,
+        default=None,
+        help="affine: frozen BN, the *_32x4_* and *_128x1_* files (default: the released file's, "
+        "else read from the file: no BN statistics means affine)",
+    )
     conv.add_argument("--num-classes", type=int, default=400)
     conv.add_argument("--allow-partial", action="store_true", help="load what fits, report the rest")
     conv.set_defaults(func=_convert_caffe2)
@@ -203,6 +284,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     models = sub.add_parser("models", help="list the registry models")
     models.set_defaults(func=_models)
+
+    we = sub.add_parser(
+        "weights",
+        help="the named weights: the authors' released models, ImageNet and COCO files; download them",
+    )
+    we.add_argument("names", nargs="*", help="weights names: show each in full (or download with --download)")
+    we.add_argument("--model", default=None, help="list only the weights of this registry/detector model")
+    we.add_argument("--download", action="store_true", help="download (and convert) NAMES into the cache")
+    we.add_argument(
+        "--cache-dir",
+        default=None,
+        help="weights cache (default: $NONLOCALNET_CACHE_DIR, else $TORCH_HOME/hub/checkpoints)",
+    )
+    we.add_argument("--no-progress", action="store_true")
+    we.set_defaults(func=_weights)
     add_video_commands(sub)
     add_detection_commands(sub)
     return parser

@@ -8,8 +8,12 @@ import logging
 import os
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from nonlocalnet.errors import InvalidValueError
+
+if TYPE_CHECKING:
+    from nonlocalnet.data import VideoList
 
 __all__ = ["add_demo_run_arguments", "add_video_commands", "parse_train", "split_resume"]
 
@@ -55,7 +59,7 @@ def _train(args: argparse.Namespace) -> int:
             f"{args.config} is a {cfg.task!r} config; train takes video classification configs "
             "(detection configs: nonlocalnet detect-train)"
         )
-    result = train(cfg, resume=resume)
+    result = train(cfg, resume=resume, extend=args.extend)
     if int(os.environ.get("RANK", "0")) != 0:
         return 0  # under torchrun only rank 0 writes, so only rank 0 reports
     if result.final_eval is not None:
@@ -71,24 +75,23 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from nonlocalnet.engine import config_from_dict, load_config, read_model_file, run_evaluation
-    from nonlocalnet.engine.config import apply_overrides
+    from nonlocalnet.engine import inference_config, load_config, read_model_file, run_evaluation
 
     _setup_logging()
-    if args.config:
-        cfg = load_config(args.config, args.overrides)
+    if args.config and args.model:
+        raise InvalidValueError("give --config or --model, not both")
+    if args.config:  # the weights are read by run_evaluation
+        cfg, weights = load_config(args.config, args.overrides), args.checkpoint
     else:
         weights = read_model_file(args.checkpoint)
-        if weights.config is None:
-            raise InvalidValueError(f"--config is required with a {weights.kind} file (it holds no config)")
-        saved = weights.config
-        saved["model"].update(init="none", init_path=None)
-        cfg = config_from_dict(apply_overrides(saved, args.overrides))
-    result = run_evaluation(cfg, args.checkpoint, output_dir=args.output)
+        cfg = inference_config(weights, model=args.model, overrides=args.overrides)
+    result = run_evaluation(cfg, weights, output_dir=args.output, save_scores=args.save_scores)
     if int(os.environ.get("RANK", "0")) != 0:
         return 0  # under torchrun only rank 0 writes, so only rank 0 reports
     print(result.summary())
     print(f"wrote {args.output or Path(cfg.output_dir) / 'eval'}")
+    if args.save_scores:
+        print(f"per-video scores written to {args.save_scores}")
     return 0
 
 
@@ -97,7 +100,12 @@ def _predict(args: argparse.Namespace) -> int:
 
     from nonlocalnet.engine import load_trained_model, predict_video
 
-    model, cfg, names = load_trained_model(args.checkpoint)
+    model, cfg, names = load_trained_model(
+        args.checkpoint,
+        config=args.config,
+        model=args.model,
+        class_names=args.class_names,
+    )
     if args.clips is not None:  # 0 too: an error below, not the config's value
         cfg.data.num_clips = args.clips
     if args.crops is not None:
@@ -122,10 +130,13 @@ def _check_data(args: argparse.Namespace) -> int:
     if bool(args.list) == bool(args.folder):
         raise InvalidValueError("give exactly one of --list FILE and --folder DIR")
     if args.folder:
-        samples, _ = scan_class_folders(args.folder)
+        listed = scan_class_folders(args.folder)
     else:
         names = read_class_names(args.class_names) if args.class_names else None
-        samples = read_video_list(args.list, root=args.root, class_names=names)
+        listed = read_video_list(args.list, root=args.root, class_names=names)
+    missing = {m.index for m in listed.missing}
+    samples = [s for i, s in enumerate(listed.samples) if i not in missing]
+    _print_unlisted(listed)
     report = check_dataset(
         samples, decode=args.decode, num_workers=args.workers, progress=not args.no_progress
     )
@@ -135,13 +146,42 @@ def _check_data(args: argparse.Namespace) -> int:
         print(f"COUNT {note.path}: {note.detail}")
     for note in report.slow:
         print(f"SLOW {note.path}: {note.detail} (every read decodes from the start)")
+    for note in report.rotated:
+        print(f"ROTATED {note.path}: {note.detail}")
+    for note in report.anamorphic:
+        print(f"ASPECT {note.path}: {note.detail}")
+    if report.rotated or report.anamorphic:
+        print(
+            f"display orientation: {len(report.rotated)} rotated by a display matrix, "
+            f"{len(report.anamorphic)} with non-square pixels (docs/training.md, Decoding)"
+        )
     print(
         f"checked {report.total} videos in {report.seconds:.1f} s: {len(report.bad)} bad, "
         f"{len(report.corrected)} with a corrected frame count, {len(report.slow)} slow to read"
     )
+    print(
+        f"read {len(listed.samples)} videos ({listed.format}): {len(listed.missing)} listed videos not "
+        f"found, {len(listed.skipped)} files skipped (not videos)"
+    )
     if args.json:
-        Path(args.json).write_text(json.dumps(report.to_dict(), indent=2))
-    return 0 if report.ok else 1
+        missed = [{"where": m.where, "looked_for": m.looked_for} for m in listed.missing]
+        skipped = [{"path": f.path, "reason": f.reason} for f in listed.skipped]
+        Path(args.json).write_text(
+            json.dumps({**report.to_dict(), "missing": missed, "skipped": skipped}, indent=2)
+        )
+    return 0 if report.ok and not listed.missing else 1
+
+
+def _print_unlisted(listed: VideoList, limit: int = 50) -> None:
+    """The files a folder scan skipped and the listed videos not found (``limit`` of each)."""
+    for what, notes in (
+        ("SKIPPED", [f"{f.path}: {f.reason}" for f in listed.skipped]),
+        ("MISSING", [f"{m.where}: no {m.looked_for}" for m in listed.missing]),
+    ):
+        for note in notes[:limit]:
+            print(f"{what} {note}")
+        if len(notes) > limit:
+            print(f"{what} ... and {len(notes) - limit} more (--json lists them all)")
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -200,19 +240,59 @@ def add_video_commands(sub: argparse._SubParsersAction) -> None:
         help="continue from a checkpoint (default: the newest in output_dir/checkpoints); "
         "may stand before or after the overrides",
     )
+    tr.add_argument(
+        "--extend",
+        action="store_true",
+        help="with --resume: let train.epochs/train.iterations grow (train longer than the checkpoint's "
+        "run); the lr milestones keep their steps, the added steps continue at the last lr",
+    )
     tr.add_argument("overrides", nargs="*", help="section.key=value (YAML values), e.g. train.batch_size=4")
     tr.set_defaults(func=_train)
 
     ev = sub.add_parser("eval", help="clip and video accuracy, per class, confusion matrix")
-    ev.add_argument("--checkpoint", required=True, help="training checkpoint (.pt) or weights (.safetensors)")
-    ev.add_argument("--config", default=None, help="default: the config saved in the checkpoint")
+    ev.add_argument(
+        "--checkpoint",
+        required=True,
+        help="training checkpoint (.pt), a run's model.safetensors, or converted weights (with --model)",
+    )
+    ev.add_argument(
+        "--config",
+        default=None,
+        help="default: the checkpoint's config, or the config.yaml of the run folder the weights lie in",
+    )
+    ev.add_argument(
+        "--model", default=None, help="registry name, for converted weights (convert-caffe2; no config)"
+    )
     ev.add_argument("--output", default=None, help="default: <output_dir>/eval")
+    ev.add_argument(
+        "--save-scores",
+        default=None,
+        metavar="FILE.csv|FILE.npz",
+        help="also write every video's scores: softmax averaged over its views, prediction, top-5, views",
+    )
     ev.add_argument("overrides", nargs="*", help="section.key=value, e.g. data.num_clips=10")
     ev.set_defaults(func=_eval)
 
     pr = sub.add_parser("predict", help="top-5 labels (and pooled features) for one video")
     pr.add_argument("video")
-    pr.add_argument("--checkpoint", required=True, help="training checkpoint (.pt)")
+    pr.add_argument(
+        "--checkpoint",
+        required=True,
+        help="training checkpoint (.pt), a run's model.safetensors, or converted weights (with --model)",
+    )
+    pr.add_argument(
+        "--config",
+        default=None,
+        help="default: the checkpoint's config, or the config.yaml of the run folder the weights lie in",
+    )
+    pr.add_argument(
+        "--model", default=None, help="registry name, for converted weights (convert-caffe2; no config)"
+    )
+    pr.add_argument(
+        "--class-names",
+        default=None,
+        help="class names, one per line (default: the checkpoint's, the run's classes.txt, data.class_names)",
+    )
     pr.add_argument("--topk", type=int, default=5)
     pr.add_argument("--clips", type=int, default=None, help="clips in time (default: the config's)")
     pr.add_argument("--crops", type=int, default=None, help="spatial crops (default: the config's)")
@@ -251,7 +331,9 @@ def add_video_commands(sub: argparse._SubParsersAction) -> None:
         "check-data",
         help="scan a dataset: unreadable videos, wrong header frame counts, videos slow to read",
     )
-    ck.add_argument("--list", default=None, help="list file (path label per line, or CSV)")
+    ck.add_argument(
+        "--list", default=None, help="list file (path label lines, raw-frame lines, CSV, a Kinetics CSV)"
+    )
     ck.add_argument("--root", default=None, help="base folder of relative paths in the list")
     ck.add_argument("--class-names", default=None, help="class names file, for name labels")
     ck.add_argument("--folder", default=None, help="class-per-folder tree instead of a list")

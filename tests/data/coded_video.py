@@ -48,14 +48,18 @@ def write_video(
     height: int = H,
     faststart: bool = False,
     pts: list[int] | None = None,
+    sar: Fraction | None = None,
 ) -> Path:
-    """Encode ``num_frames`` coded frames (``pts`` in 1/1000 s overrides the regular timestamps)."""
+    """Encode ``num_frames`` coded frames (``pts`` in 1/1000 s overrides the regular timestamps;
+    ``sar``: the sample aspect ratio the encoder writes into the bitstream)."""
     import av
 
     options = {"movflags": "faststart"} if faststart else {}
     with av.open(str(path), "w", format=fmt, options=options) as c:
         s = c.add_stream(codec, rate=fps)
         s.width, s.height, s.pix_fmt, s.gop_size = width, height, "yuv420p", gop
+        if sar is not None:
+            s.codec_context.sample_aspect_ratio = sar
         if codec == "libx264":
             s.options = {"crf": "18", "keyint": str(gop), "min-keyint": str(gop), "scenecut": "0"}
         if pts is not None:
@@ -68,4 +72,23 @@ def write_video(
                 c.mux(p)
         for p in s.encode():
             c.mux(p)
+    return path
+
+
+def set_display_matrix(path: Path, matrix: tuple[int, ...]) -> Path:
+    """Write a display matrix into an MP4/MOV file's only track header (``tkhd``), as a phone
+    records its orientation: 9 ints in FFmpeg's layout (``a b u c d v x y w``; 16.16 fixed point,
+    2.30 for ``u v w``), a display point being ``(x y 1) @ matrix``. Independent of the PyAV version
+    (no muxer option is needed)."""
+    import struct
+
+    data = bytearray(path.read_bytes())
+    at = data.find(b"tkhd")
+    assert at > 0 and data.find(b"tkhd", at + 4) < 0, "expected exactly one track header"
+    version = data[at + 4]
+    # size, type, version+flags, creation, modification, track id, reserved, duration (4 or 8 bytes
+    # each by version), 8 reserved, layer, group, volume, 2 reserved: then the matrix
+    offset = at - 4 + (60 if version == 1 else 48)
+    data[offset : offset + 36] = struct.pack(">9i", *matrix)
+    path.write_bytes(bytes(data))
     return path

@@ -37,24 +37,24 @@ def test_read_class_names(tmp_path):
 def test_read_video_list_space_separated(tmp_path):
     f = tmp_path / "train.txt"
     f.write_text("a/x.mp4 0\n\nb/my video.mp4 3\n/abs/z.avi 1\n")
-    samples = read_video_list(f)
+    samples = read_video_list(f).samples
     assert samples == [
         VideoSample(str(tmp_path / "a/x.mp4"), 0),
         VideoSample(str(tmp_path / "b/my video.mp4"), 3),
         VideoSample("/abs/z.avi", 1),
     ]
-    assert read_video_list(f, root="/data")[0].path == "/data/a/x.mp4"
+    assert read_video_list(f, root="/data").samples[0].path == "/data/a/x.mp4"
 
 
 def test_read_video_list_csv_with_header_and_class_names(tmp_path):
     f = tmp_path / "val.csv"
     f.write_text('path,label\nx.mp4,archery\n"y,1.mp4",0\n')
-    samples = read_video_list(f, class_names=["abseiling", "archery"])
+    samples = read_video_list(f, class_names=["abseiling", "archery"]).samples
     assert samples == [VideoSample(str(tmp_path / "x.mp4"), 1), VideoSample(str(tmp_path / "y,1.mp4"), 0)]
     f.write_text("x.mp4,1\ny.mp4,0\n")  # no header
-    assert [s.label for s in read_video_list(f)] == [1, 0]
+    assert [s.label for s in read_video_list(f).samples] == [1, 0]
     f.write_text("label,id,path\n2,a,x.mp4\n")  # more columns, picked by name
-    assert read_video_list(f) == [VideoSample(str(tmp_path / "x.mp4"), 2)]
+    assert read_video_list(f).samples == [VideoSample(str(tmp_path / "x.mp4"), 2)]
 
 
 @pytest.mark.parametrize(
@@ -81,9 +81,9 @@ def test_scan_class_folders(tmp_path):
     for rel in ["b/1.mp4", "a/2.MKV", "a/sub/1.avi", "a/notes.txt", "c/.hidden.mp4", ".git/x.mp4"]:
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / rel).write_bytes(b"x")
-    samples, classes = scan_class_folders(tmp_path)
-    assert classes == ["a", "b", "c"]
-    assert samples == [
+    scan = scan_class_folders(tmp_path)
+    assert scan.class_names == ["a", "b", "c"]
+    assert scan.samples == [
         VideoSample(str(tmp_path / "a/2.MKV"), 0),
         VideoSample(str(tmp_path / "a/sub/1.avi"), 0),
         VideoSample(str(tmp_path / "b/1.mp4"), 1),

@@ -30,9 +30,9 @@ def _labels(samples: list[VideoSample]) -> dict[str, set[int]]:
 
 def test_scan_with_a_class_list_labels_by_the_list_and_rejects_unknown_folders(tmp_path):
     root = _tree(tmp_path / "val", {"red": 2, "blue": 1})
-    samples, classes = scan_class_folders(root, class_names=["red", "green", "blue"])
-    assert classes == ["red", "green", "blue"]
-    assert _labels(samples) == {"red": {0}, "blue": {2}}
+    scan = scan_class_folders(root, class_names=["red", "green", "blue"])
+    assert scan.class_names == ["red", "green", "blue"]
+    assert _labels(scan.samples) == {"red": {0}, "blue": {2}}
     with pytest.raises(ValueError, match=r"'blue'.*not in the class list"):
         scan_class_folders(root, class_names=["red", "green"])
 

@@ -84,4 +84,4 @@ def test_predict_loads_a_checkpoint_written_before_both_were_refused(tmp_path, t
     path = save_checkpoint(tmp_path / "old.pt", {"model": model.state_dict(), "config": saved})
     _, loaded, names = load_trained_model(path)
     assert (loaded.train.iterations, loaded.train.epochs) == (6, 0)
-    assert names == ["0", "1"]
+    assert names == ["red", "blue"]  # no names in the checkpoint: its config's data.class_names

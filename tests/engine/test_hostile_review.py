@@ -203,7 +203,9 @@ def test_eval_under_torchrun_reports_on_rank_0_only(config_file, capsys, monkeyp
             return "video accuracy ..."
 
     monkeypatch.setattr(
-        nonlocalnet.engine, "run_evaluation", lambda cfg, checkpoint, output_dir=None: Result()
+        nonlocalnet.engine,
+        "run_evaluation",
+        lambda cfg, checkpoint, output_dir=None, save_scores=None: Result(),
     )
     argv = ["eval", "--checkpoint", "best.pt", "--config", config_file]
     for rank, printed in (("1", False), ("0", True)):

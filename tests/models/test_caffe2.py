@@ -33,9 +33,16 @@ def _released_fixture(model_name, path, seed=0):
     return model, blobs
 
 
-@pytest.mark.parametrize("released,model_name", sorted(RELEASED_CHECKPOINTS.items()))
-def test_round_trip_of_every_released_model(released, model_name, tmp_path):
-    path = tmp_path / f"{released}.pkl"
+# one released BatchNorm file per network (the frozen-BN ones: test_affine_models_round_trip_strictly)
+_BN_RELEASES = sorted(
+    {c.model: c.file_name for c in RELEASED_CHECKPOINTS.values() if c.norm == "batchnorm"}.items()
+)
+
+
+@pytest.mark.parametrize("model_name,released", _BN_RELEASES)
+def test_round_trip_of_every_released_model(model_name, released, tmp_path):
+    assert len(_BN_RELEASES) == 8
+    path = tmp_path / released  # the released name: the load checks the network first
     src, blobs = _released_fixture(model_name, path)
     assert "conv1_w" in blobs and "res_conv1_bn_riv" in blobs and "pred_w" in blobs
     assert blobs["res2_0_branch1_w"].shape == (256, 64, 1, 1, 1)
@@ -159,15 +166,15 @@ def test_info_cli(capsys):
 
 
 def test_affine_models_round_trip_strictly(tmp_path):
-    """The authors' affine (frozen-BN) models: only _bn_s/_bn_b blobs, res3 attention within
-    groups of 4 frames; they load strictly into build_model(..., norm="affine")."""
+    """The authors' affine (frozen-BN) models: only _bn_s/_bn_b blobs, non-local blocks without
+    an output norm (their affine config: NONLOCAL.USE_BN False, W_z zero-initialised), res3
+    attention within groups of 4 frames; they load strictly into build_model(..., norm="affine")."""
     from nonlocalnet import NonLocalBlock
-    from nonlocalnet.layers import AffineChannel
 
     model = build_model("i3d_nl5_r50_8x8", variant="released", norm="affine")
     assert not any(isinstance(m, torch.nn.BatchNorm3d) for m in model.modules())
     blocks = {n: m for n, m in model.named_modules() if isinstance(m, NonLocalBlock)}
-    assert all(isinstance(b.norm, AffineChannel) for b in blocks.values())
+    assert all(isinstance(b.norm, torch.nn.Identity) and not b.out.weight.any() for b in blocks.values())
     assert [n for n, b in blocks.items() if b.temporal_group == 4] == ["layer2.1.nl", "layer2.3.nl"]
     x = torch.randn(1, 3, 8, 64, 64)
     with torch.no_grad():  # identity at init: the same output as the affine baseline
@@ -177,7 +184,7 @@ def test_affine_models_round_trip_strictly(tmp_path):
     randomise(model, seed=2)
     blobs = export_caffe2_blobs(model)
     assert "res_conv1_bn_s" in blobs and not any(k.endswith(("_rm", "_riv")) for k in blobs)
-    assert "nonlocal_conv3_1_bn_s" in blobs
+    assert "nonlocal_conv3_1_out_w" in blobs and not any(k.startswith("nonlocal_conv3_1_bn") for k in blobs)
     path = tmp_path / "affine.pkl"
     save_caffe2_pickle(blobs, path)
     fresh = build_model("i3d_nl5_r50_8x8", variant="released", norm="affine")

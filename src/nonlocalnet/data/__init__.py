@@ -15,8 +15,12 @@ from nonlocalnet.data.decode import (
     read_frames,
 )
 from nonlocalnet.data.frame_cache import FrameCache
+from nonlocalnet.data.frame_folder import FrameFolderReader
 from nonlocalnet.data.lists import (
     VIDEO_EXTENSIONS,
+    MissingVideo,
+    SkippedFile,
+    VideoList,
     VideoSample,
     read_class_names,
     read_video_list,
@@ -48,11 +52,15 @@ __all__ = [
     "DataQualityError",
     "EpochSampler",
     "FrameCache",
+    "FrameFolderReader",
     "FrameIndex",
+    "MissingVideo",
+    "SkippedFile",
     "TransformConfig",
     "VideoClipDataset",
     "VideoDecodeError",
     "VideoInfo",
+    "VideoList",
     "VideoNote",
     "VideoReader",
     "VideoSample",

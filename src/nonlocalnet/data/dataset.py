@@ -17,12 +17,19 @@ from torch.utils.data import Dataset
 from nonlocalnet.data.bad_data import BadSample
 from nonlocalnet.data.decode import VideoDecodeError, VideoInfo, VideoReader
 from nonlocalnet.data.frame_cache import FrameCache
+from nonlocalnet.data.frame_folder import FrameFolderReader
 from nonlocalnet.data.lists import VideoSample
-from nonlocalnet.data.sampling import ClipSampling, mix_seeds, test_clip_indices, train_clip_indices
+from nonlocalnet.data.sampling import (
+    ClipSampling,
+    mix_seeds,
+    test_clip_indices,
+    train_clip_indices,
+    window_frames,
+)
 from nonlocalnet.data.transforms import TransformConfig, test_views, train_transform
 from nonlocalnet.errors import InvalidValueError
 
-__all__ = ["VideoClipDataset"]
+__all__ = ["VideoClipDataset", "sample_frames"]
 
 
 class VideoClipDataset(Dataset):
@@ -32,6 +39,11 @@ class VideoClipDataset(Dataset):
     ``video`` of shape ``(3, T, crop, crop)``. ``mode="test"``: item ``i`` is clip
     ``i % num_clips`` (:func:`test_clip_indices`) of video ``i // num_clips`` with all its crops,
     ``video`` of shape ``(num_crops, 3, T, test_crop, test_crop)``.
+
+    A sample with ``start``/``end`` is sampled within that window of its video only; one with
+    ``num_frames`` is a folder of frame images (:class:`FrameFolderReader`). Video frames are read
+    upright and with square pixels unless ``autorotate``/``square_pixels`` say otherwise
+    (:func:`read_frames`).
 
     An item is ``{"video", "label", "index" (video index), "clip"}`` (train: ``clip`` is 0), or a
     :class:`BadSample` when the video is missing, empty, truncated or undecodable. Randomness comes
@@ -52,6 +64,8 @@ class VideoClipDataset(Dataset):
         seed: int = 0,
         threads: int = 1,
         frame_cache: FrameCache | None = None,
+        autorotate: bool = True,
+        square_pixels: bool = True,
     ) -> None:
         if mode not in ("train", "test"):
             raise InvalidValueError(f"mode must be 'train' or 'test', got {mode!r}")
@@ -64,6 +78,8 @@ class VideoClipDataset(Dataset):
         self.seed = seed
         self.threads = threads
         self.frame_cache = frame_cache
+        self.autorotate = autorotate  # video frames upright / with square pixels (read_frames)
+        self.square_pixels = square_pixels
         self.epoch = 0
         self._infos: dict[int, VideoInfo] = {}  # per process (worker); headers never change
 
@@ -98,10 +114,10 @@ class VideoClipDataset(Dataset):
         gen = self.generator(index, epoch) if self.mode == "train" else None
         try:
             cache = self.frame_cache
-            if cache is not None and (cache.get(sample.path) is not None or not cache.full):
-                frames = self._cached(sample.path, gen, clip)
+            if cache is not None and (cache.get(_cache_key(sample)) is not None or not cache.full):
+                frames = self._cached(sample, gen, clip)
             else:
-                frames = self._read(sample.path, video_index, gen, clip)
+                frames = self._read(sample, video_index, gen, clip)
         except VideoDecodeError as e:
             return BadSample(video_index, sample.path, e.reason, self.item_shape)
         if gen is not None:
@@ -116,22 +132,63 @@ class VideoClipDataset(Dataset):
             return train_clip_indices(num_frames, s.clip_length, s.stride, generator=gen)
         return test_clip_indices(num_frames, s.clip_length, s.stride, s.num_clips)[clip]
 
-    def _cached(self, path: str, gen: torch.Generator | None, clip: int) -> Tensor:
-        frames = self.frame_cache.get(path)
+    def _open(self, sample: VideoSample, video_index: int | None) -> VideoReader | FrameFolderReader:
+        if sample.num_frames is not None:
+            return FrameFolderReader(sample.path, listed_frames=sample.num_frames)
+        info = self._infos.get(video_index) if video_index is not None else None
+        return VideoReader(
+            sample.path,
+            threads=self.threads,
+            info=info,
+            autorotate=self.autorotate,
+            square_pixels=self.square_pixels,
+        )
+
+    def _cached(self, sample: VideoSample, gen: torch.Generator | None, clip: int) -> Tensor:
+        key = _cache_key(sample)
+        frames = self.frame_cache.get(key)
         if frames is None:
-            with VideoReader(path, threads=self.threads) as reader:
+            with self._open(sample, None) as reader:
                 expected = reader.info(exact=True).num_frames
                 frames = reader.read_all()
-            if len(frames) < expected:
-                raise VideoDecodeError(path, f"truncated: decoded {len(frames)} of {expected} frames")
-            self.frame_cache.put(path, frames)
+                if len(frames) < expected:
+                    raise VideoDecodeError(
+                        sample.path, f"truncated: decoded {len(frames)} of {expected} frames"
+                    )
+                window = sample_frames(sample, reader)
+            frames = frames[window.start : window.stop]
+            self.frame_cache.put(key, frames)
         return frames[self._indices(len(frames), gen, clip)]
 
-    def _read(self, path: str, video_index: int, gen: torch.Generator | None, clip: int) -> Tensor:
+    def _read(self, sample: VideoSample, video_index: int, gen: torch.Generator | None, clip: int) -> Tensor:
         # the exact info (frame count and index) is built on first use and kept per process
-        with VideoReader(path, threads=self.threads, info=self._infos.get(video_index)) as reader:
-            info = reader.info(exact=True)
+        with self._open(sample, video_index) as reader:
+            window = sample_frames(sample, reader)
             try:
-                return reader.read(self._indices(info.num_frames, gen, clip))
+                return reader.read([window[i] for i in self._indices(len(window), gen, clip)])
             finally:
                 self._infos[video_index] = reader.info()  # a read may have learnt the index is unusable
+
+
+def _cache_key(sample: VideoSample) -> str:
+    """A sample's key in a :class:`FrameCache`: its path, with its time window if it has one."""
+    return sample.path if sample.start is None else f"{sample.path}#t={sample.start},{sample.end}"
+
+
+def sample_frames(sample: VideoSample, reader: VideoReader | FrameFolderReader) -> range:
+    """The frames a sample may use: all of them, or those in its ``[start, end)`` window."""
+    info = reader.info(exact=True)
+    if sample.start is None or sample.end is None:
+        frames = range(info.num_frames)
+    else:
+        pts = reader.index().pts
+        time_base = reader.stream.time_base if pts is not None else None
+        frames = window_frames(
+            sample.start, sample.end, num_frames=info.num_frames, pts=pts, time_base=time_base, fps=info.fps
+        )
+    if not frames:
+        raise VideoDecodeError(
+            sample.path,
+            f"no frame in the window [{sample.start}, {sample.end}) s of its {info.num_frames} frames",
+        )
+    return frames

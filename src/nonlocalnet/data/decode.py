@@ -35,12 +35,26 @@ A video that fails a check is read by decoding from the start and counting (slow
 videos, from decoding), so a clip sampler is never promised frames that do not exist;
 :func:`probe_video` without ``exact=True`` only reads headers and says when its count is an
 estimate.
+
+**Display orientation.** Frames are returned as a player shows them. A display matrix (the
+rotation a phone records in MP4/MOV, or a flip) is applied as ffmpeg's command line applies it
+by default (``-autorotate``): the same transpose/flip for each matrix, read from the decoded frames
+(FFmpeg 7 attaches the stream's matrix to every frame); a video whose frames change orientation is
+an error. A non-square sample aspect ratio (SAR; anamorphic DVD, HDV, some camcorders) is resampled
+to square pixels, enlarging one side (bilinear) as players do: width x SAR when SAR > 1, height / SAR
+when SAR < 1, so no pixel is dropped. ffmpeg's command line, PySlowFast and mmaction2 keep the coded
+pixels instead: ``square_pixels=False`` (``data.square_pixels: false``) does the same, and
+``autorotate=False`` (``data.autorotate: false``, ffmpeg's ``-noautorotate``) ignores the matrix.
+:class:`VideoInfo` reports the coded size, the SAR, the rotation and the display size.
 """
 
 from __future__ import annotations
 
+import itertools
+import math
 import operator
 import os
+import struct
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from fractions import Fraction
@@ -66,6 +80,9 @@ _VERIFY_FRAMES = 12
 # Seeks tried per run of frames (the keyframe before the run, then earlier ones) before decoding
 # from the start.
 _SEEK_ATTEMPTS = 4
+# The largest factor by which square_pixels enlarges a side (SAR 4:1 or 1:4); a larger SAR is a
+# broken header, not a video to blow up in memory.
+_MAX_SAR = 4
 
 
 class VideoDecodeError(NonLocalNetError, RuntimeError):
@@ -141,6 +158,14 @@ class VideoInfo:
     ``index``); otherwise it is the header's count or ``duration x fps``, an estimate that
     Matroska, WebM, MPEG-TS and variable-rate videos often get wrong. ``header_frames`` is what the
     header said (``None``: nothing), so ``corrected`` tells when the two differ.
+
+    ``width`` and ``height`` are the coded frame size (ffprobe's). ``sample_aspect_ratio`` is the
+    shape of a coded pixel (width / height; 1 when the file says nothing), ``rotation`` the
+    clockwise degrees and ``flip`` the left-right mirroring (after the rotation) that the video's
+    display matrix asks for, as ffmpeg's command line applies it (read from the first decoded frame;
+    ``rotation`` is 0, 90, 180 or 270, anything else an odd angle that reads refuse to apply).
+    ``display_width`` x ``display_height`` is what a player shows and what :func:`read_frames`
+    returns by default (:meth:`frame_size` for other settings).
     """
 
     path: str
@@ -151,7 +176,42 @@ class VideoInfo:
     codec: str
     exact: bool = False
     header_frames: int | None = None
+    sample_aspect_ratio: Fraction = Fraction(1)
+    rotation: int = 0
+    flip: bool = False
     index: FrameIndex | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def rotated(self) -> bool:
+        """The display matrix turns or mirrors the coded picture."""
+        return self.rotation != 0 or self.flip
+
+    @property
+    def orientation(self) -> str:
+        """The display matrix's transform in words: ``"turned 90 degrees clockwise, mirrored"``."""
+        return _describe(self.rotation, self.flip)
+
+    def frame_size(self, *, autorotate: bool = True, square_pixels: bool = True) -> tuple[int, int]:
+        """``(height, width)`` of the frames read with these settings (see the module docstring):
+        the coded size, with ``square_pixels`` resampled to square pixels, with ``autorotate``
+        turned by the display matrix."""
+        h, w = self.height, self.width
+        sar = self.sample_aspect_ratio
+        if square_pixels and sar > 1:
+            w = math.floor(w * sar + Fraction(1, 2))
+        elif square_pixels and sar < 1:
+            h = math.floor(h / sar + Fraction(1, 2))
+        return (w, h) if autorotate and self.rotation % 180 == 90 else (h, w)
+
+    @property
+    def display_width(self) -> int:
+        """Width as a player shows the video (square pixels, turned upright)."""
+        return self.frame_size()[1]
+
+    @property
+    def display_height(self) -> int:
+        """Height as a player shows the video (square pixels, turned upright)."""
+        return self.frame_size()[0]
 
     @property
     def corrected(self) -> bool:
@@ -183,17 +243,83 @@ def _errors() -> tuple[type[BaseException], ...]:
     return (_av().FFmpegError, OSError, ValueError, IndexError, UnicodeDecodeError)
 
 
+def _display_matrix(frame) -> bytes | None:
+    """The frame's display matrix (FFmpeg's 9 native int32), ``None`` if it has none."""
+    from av.sidedata.sidedata import Type
+
+    sd = frame.side_data.get(Type.DISPLAYMATRIX)
+    data = bytes(sd) if sd is not None else b""
+    return data[:36] if len(data) >= 36 else None
+
+
+def _c_round(x: float) -> float:
+    return math.copysign(math.floor(abs(x) + 0.5), x)  # C's round(): halves away from zero
+
+
+def _orientation(matrix: bytes | None) -> tuple[int, bool]:
+    """``(clockwise degrees, mirrored after turning)`` that ffmpeg's command line applies for a
+    display matrix (``fftools``' ``get_rotation`` and its transpose/hflip/vflip choice); an angle
+    that is not a multiple of 90 comes back as is (ffmpeg would rotate by it, filling corners)."""
+    if matrix is None:
+        return 0, False
+    m = struct.unpack("=9i", matrix)
+    s0, s1 = math.hypot(m[0], m[3]), math.hypot(m[1], m[4])
+    if s0 == 0 or s1 == 0:  # no angle (ffmpeg's NaN): only its vflip test applies
+        return (180, True) if m[4] < 0 else (0, False)
+    ccw = -math.degrees(math.atan2(m[1] / s1, m[0] / s0))  # av_display_rotation_get
+    theta = -_c_round(ccw)
+    theta -= 360 * math.floor(theta / 360 + 0.9 / 360)
+    if abs(theta - 90) < 1:
+        return 90, m[3] > 0  # transpose=cclock_flip (a transpose), else transpose=clock
+    if abs(theta - 180) < 1:  # hflip if m[0] < 0, vflip if m[4] < 0
+        return {(True, True): (180, False), (True, False): (0, True), (False, True): (180, True)}.get(
+            (m[0] < 0, m[4] < 0), (0, False)
+        )
+    if abs(theta - 270) < 1:
+        return 270, m[3] < 0  # transpose=clock_flip, else transpose=cclock
+    if abs(theta) > 1:
+        return int(theta), False
+    return (180, True) if m[4] < 0 else (0, False)  # vflip
+
+
+def _describe(rotation: int, flip: bool) -> str:
+    if not rotation:
+        return "mirrored" if flip else "not turned"
+    return f"turned {rotation} degrees clockwise" + (", mirrored" if flip else "")
+
+
+def _orient(rgb: np.ndarray, rotation: int, flip: bool) -> np.ndarray:
+    """Turn an ``(H, W, 3)`` frame clockwise by ``rotation`` degrees, then mirror it left-right."""
+    out = np.rot90(rgb, -(rotation // 90)) if rotation else rgb
+    return out[:, ::-1] if flip else out
+
+
 class VideoReader:
     """One open video: probing, indexing and reading share it.
 
     ``with VideoReader(path) as r: r.read([0, 5, 9])``. ``info`` (an exact :class:`VideoInfo` from
     an earlier reader or :func:`probe_video`) skips indexing again. ``threads`` is the decoder's
-    thread count (1 suits DataLoader workers, 0 lets FFmpeg choose).
+    thread count (1 suits DataLoader workers, 0 lets FFmpeg choose). ``autorotate`` applies the
+    display matrix and ``square_pixels`` the sample aspect ratio to the frames read (module
+    docstring).
     """
 
-    def __init__(self, path: str | os.PathLike, *, threads: int = 1, info: VideoInfo | None = None) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        threads: int = 1,
+        info: VideoInfo | None = None,
+        autorotate: bool = True,
+        square_pixels: bool = True,
+    ) -> None:
         self.path = os.fspath(path)
         self.threads = threads
+        for name, value in (("autorotate", autorotate), ("square_pixels", square_pixels)):
+            if not isinstance(value, bool):
+                raise InvalidTypeError(f"{name} must be a bool, got {type(value).__name__} ({value!r})")
+        self.autorotate = autorotate
+        self.square_pixels = square_pixels
         if not os.path.exists(self.path):
             raise VideoDecodeError(self.path, "file not found")
         if not os.path.isfile(self.path):
@@ -205,6 +331,8 @@ class VideoReader:
         self.container = None
         self._reformatter = None
         self._check_packets: FrameIndex | None = None
+        self._turn: tuple[int, bool] | None = None  # the orientation _rgb applies (None: as coded)
+        self._first_turn: tuple[int, bool] | None = None  # the first frame's, once decoded
         self._open()
         self._info: VideoInfo | None = info
 
@@ -237,7 +365,7 @@ class VideoReader:
     def info(self, *, exact: bool = False) -> VideoInfo:
         """The stream's :class:`VideoInfo`; ``exact=True`` indexes the video for a true count."""
         if self._info is None:
-            self._info = self._header_info()
+            self._info = self._header_info(exact)
         if exact and not self._info.exact:
             index = self._build_index()
             self._info = replace(self._info, num_frames=index.num_frames, exact=True, index=index)
@@ -251,7 +379,7 @@ class VideoReader:
             self._info = replace(self._info, num_frames=index.num_frames, index=index)
         return index
 
-    def _header_info(self) -> VideoInfo:
+    def _header_info(self, exact: bool = False) -> VideoInfo:
         s, cc = self.stream, self.stream.codec_context
         rate = next((Fraction(r) for r in (s.average_rate, s.guessed_rate, s.base_rate) if r), None)
         fps = float(rate) if rate else 0.0
@@ -263,11 +391,34 @@ class VideoReader:
                 estimate = round(self.container.duration / 1_000_000 * fps) or None  # AV_TIME_BASE
         if cc.width <= 0 or cc.height <= 0:
             raise VideoDecodeError(self.path, "the video stream has no frame size in its header")
-        info = VideoInfo(self.path, estimate or 0, fps, cc.width, cc.height, cc.name, header_frames=estimate)
-        if estimate is None:  # nothing to estimate from: count
-            index = self._build_index()
+        sar = s.sample_aspect_ratio  # av_guess_sample_aspect_ratio: the container's, else the codec's
+        sar = Fraction(sar) if sar is not None and sar > 0 else Fraction(1)
+        info = VideoInfo(
+            self.path,
+            estimate or 0,
+            fps,
+            cc.width,
+            cc.height,
+            cc.name,
+            header_frames=estimate,
+            sample_aspect_ratio=sar,
+        )
+        if estimate is None or exact:  # nothing to estimate from, or asked: count
+            index = self._build_index()  # (decodes the first frames: the orientation comes with them)
             info = replace(info, num_frames=index.num_frames, exact=True, index=index)
-        return info
+        rotation, flip = self._first_orientation()
+        return replace(info, rotation=rotation, flip=flip)
+
+    def _first_orientation(self) -> tuple[int, bool]:
+        """The display orientation of the stream's first decoded frame (PyAV has no reader for the
+        stream's display matrix; FFmpeg puts it on every frame). :meth:`_frames` notes it."""
+        if self._first_turn is None:
+            self._rewind()
+            for _ in self._frames():
+                break
+        if self._first_turn is None:
+            raise VideoDecodeError(self.path, "no frame could be decoded")
+        return self._first_turn
 
     def _packets(self) -> list[tuple[int | None, int | None, bool]]:
         """``(pts, dts, keyframe)`` of every video packet in decode order (demuxed, not decoded),
@@ -408,6 +559,8 @@ class VideoReader:
                         continue
                     raise
                 for frame in frames:
+                    if self._fresh:  # the stream's first frame: its display orientation is the video's
+                        self._first_turn = _orientation(_display_matrix(frame))
                     at_start = self._fresh = False
                     yield frame
         except _av().error.EOFError:
@@ -434,11 +587,47 @@ class VideoReader:
 
                 self._reformatter = VideoReformatter()
             rgb = self._reformatter.reformat(frame, format="rgb24", width=size[1], height=size[0])
-            return rgb.to_ndarray()
+            rgb = rgb.to_ndarray()
         except _errors() as e:
             raise VideoDecodeError(
                 self.path, f"cannot convert a {frame.format.name} frame to RGB ({e})"
             ) from e
+        if self._turn is None:
+            return rgb
+        turn = _orientation(_display_matrix(frame))
+        if turn != self._turn:
+            raise VideoDecodeError(
+                self.path,
+                f"the frame at pts {frame.pts} has another display orientation ({_describe(*turn)}) "
+                f"than the first frame ({_describe(*self._turn)}); pass autorotate=False "
+                "(data.autorotate: false) to read the frames as coded",
+            )
+        return _orient(rgb, *turn)
+
+    def _output_size(self, info: VideoInfo) -> tuple[int, int]:
+        """The size frames are converted to (square pixels when asked, before turning them), after
+        checking that the settings can be applied; sets the orientation :meth:`_rgb` applies."""
+        self._turn = None
+        if self.autorotate:
+            if info.rotation % 90:
+                raise VideoDecodeError(
+                    self.path,
+                    f"its display matrix turns the picture by {info.rotation} degrees; only multiples "
+                    "of 90 are applied: pass autorotate=False (data.autorotate: false) to read the "
+                    "frames as coded",
+                )
+            self._turn = (info.rotation, info.flip)
+        size = info.frame_size(autorotate=False, square_pixels=self.square_pixels)
+        if size[0] > _MAX_SAR * info.height or size[1] > _MAX_SAR * info.width:
+            sar = info.sample_aspect_ratio
+            raise VideoDecodeError(
+                self.path,
+                f"its sample aspect ratio {sar.numerator}:{sar.denominator} would stretch "
+                f"{info.width}x{info.height} frames to {size[1]}x{size[0]} (more than {_MAX_SAR}x: a "
+                "broken header?); pass square_pixels=False (data.square_pixels: false) to read the "
+                "coded pixels",
+            )
+        return size
 
     def _read_run(self, index: FrameIndex, run: list[int], size: tuple[int, int]) -> dict[int, np.ndarray]:
         """Frames ``run`` (sorted, unique): seek to the keyframe at or before ``run[0]``, decode
@@ -564,11 +753,12 @@ class VideoReader:
     def read(self, indices: Sequence[int], *, max_gap: int = 32) -> Tensor:
         """Frames ``indices`` as uint8 RGB ``(len(indices), H, W, 3)``, in that order (see
         :func:`read_frames`)."""
-        info = self.info()
-        size = (info.height, info.width)
         idx = _check_indices(indices)
+        info = self.info(exact=True)  # (indexing decodes the first frame: no decode for the orientation)
+        size = self._output_size(info)
         if not idx:
-            return torch.empty((0, *size, 3), dtype=torch.uint8)
+            out = info.frame_size(autorotate=self.autorotate, square_pixels=self.square_pixels)
+            return torch.empty((0, *out, 3), dtype=torch.uint8)
         index = self.index()
         beyond = max(idx)
         if beyond >= index.num_frames:
@@ -598,13 +788,18 @@ class VideoReader:
 
     def read_all(self) -> Tensor:
         """Every frame, decoded from the start: uint8 RGB ``(N, H, W, 3)``."""
-        info = self.info()
-        size = (info.height, info.width)
         self._rewind()
-        frames = [self._rgb(f, size) for f in self._frames()]
-        if not frames:
+        container, frames = self.container, self._frames()
+        first = next(frames, None)  # gives the orientation, so that info() decodes nothing more
+        size = self._output_size(self.info())
+        if self.container is not container:  # info() had to index the video (re-opened it): again
+            self._rewind()
+            frames = self._frames()
+            first = next(frames, None)
+        if first is None:
             raise VideoDecodeError(self.path, "no frame could be decoded")
-        return torch.from_numpy(np.stack(frames))
+        out = [self._rgb(f, size) for f in itertools.chain([first], frames)]
+        return torch.from_numpy(np.stack(out))
 
 
 def _check_indices(indices: Sequence[int]) -> list[int]:
@@ -627,9 +822,10 @@ def _check_indices(indices: Sequence[int]) -> list[int]:
 def probe_video(path: str | os.PathLike, *, exact: bool = False) -> VideoInfo:
     """A video's :class:`VideoInfo`.
 
-    By default only headers are read (nothing decoded): ``num_frames`` is the stream header's
-    frame count, else ``round(duration * fps)``, an estimate (``info.exact`` is false) that
-    Matroska, WebM, MPEG-TS and variable-rate videos often get wrong. ``exact=True`` builds the
+    By default only headers and the first frame (for its display matrix) are read: ``num_frames``
+    is the stream header's frame count, else ``round(duration * fps)``, an estimate (``info.exact``
+    is false) that Matroska, WebM, MPEG-TS and variable-rate videos often get wrong. The
+    orientation, sample aspect ratio and display size are in the info. ``exact=True`` builds the
     video's :class:`FrameIndex` (demuxes every packet and decodes the first few frames; a video
     whose timestamps cannot be used is decoded whole) and counts exactly; pass that info to
     :func:`read_frames` to reuse the index. Raises :class:`VideoDecodeError` for a missing, empty
@@ -646,6 +842,8 @@ def read_frames(
     info: VideoInfo | None = None,
     max_gap: int = 32,
     threads: int = 1,
+    autorotate: bool = True,
+    square_pixels: bool = True,
 ) -> Tensor:
     """Frames ``indices`` of a video as uint8 RGB ``(len(indices), H, W, 3)``, in that order.
 
@@ -655,20 +853,26 @@ def read_frames(
     for each run the reader seeks to the keyframe at or before its first frame and decodes forward
     to its last. ``info`` from ``probe_video(path, exact=True)`` (or a reader's ``info()``) reuses
     that video's index instead of building it again, and sets the output's frame size (frames of
-    another size are rescaled to it). ``threads`` is the decoder's thread count. Raises
-    :class:`VideoDecodeError`, naming the file and the frame, when the file cannot be read or a
-    requested frame does not exist (beyond the end, truncated file).
+    another size are rescaled to it). ``threads`` is the decoder's thread count. Frames come upright
+    and with square pixels, as a player shows them (``H, W`` = ``info.frame_size(...)``):
+    ``autorotate=False`` ignores the display matrix and ``square_pixels=False`` the sample aspect
+    ratio (module docstring). Raises :class:`VideoDecodeError`, naming the file and the frame, when
+    the file cannot be read or a requested frame does not exist (beyond the end, truncated file).
     """
-    with VideoReader(path, threads=threads, info=info) as reader:
+    with VideoReader(
+        path, threads=threads, info=info, autorotate=autorotate, square_pixels=square_pixels
+    ) as reader:
         return reader.read(indices, max_gap=max_gap)
 
 
-def read_all_frames(path: str | os.PathLike, *, threads: int = 1) -> Tensor:
+def read_all_frames(
+    path: str | os.PathLike, *, threads: int = 1, autorotate: bool = True, square_pixels: bool = True
+) -> Tensor:
     """Every frame of a video, decoded from the start: uint8 RGB ``(N, H, W, 3)``.
 
     Decodes until the data ends: a file cut short gives fewer frames than its header's count
     (:func:`read_frames` reports the missing ones instead). ``threads`` is the decoder's thread
-    count (0: FFmpeg chooses).
+    count (0: FFmpeg chooses); ``autorotate`` and ``square_pixels`` as in :func:`read_frames`.
     """
-    with VideoReader(path, threads=threads) as reader:
+    with VideoReader(path, threads=threads, autorotate=autorotate, square_pixels=square_pixels) as reader:
         return reader.read_all()

@@ -10,13 +10,16 @@ than the window is looped: indices wrap around modulo ``num_frames``.
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass
+from fractions import Fraction
 
+import numpy as np
 import torch
 
 from nonlocalnet.errors import InvalidValueError
 
-__all__ = ["ClipSampling", "mix_seeds", "test_clip_indices", "train_clip_indices"]
+__all__ = ["ClipSampling", "mix_seeds", "test_clip_indices", "train_clip_indices", "window_frames"]
 
 
 @dataclass(frozen=True)
@@ -86,3 +89,27 @@ def test_clip_indices(num_frames: int, clip_length: int, stride: int, num_clips:
 
 
 test_clip_indices.__test__ = False  # type: ignore[attr-defined]  # not a pytest test
+
+
+def window_frames(
+    start: float,
+    end: float,
+    *,
+    num_frames: int,
+    pts: np.ndarray | None = None,
+    time_base: float | Fraction | None = None,
+    fps: float = 0.0,
+) -> range:
+    """The frames of a video shown in ``[start, end)`` seconds after its first frame (a Kinetics
+    clip's ``[time_start, time_end]`` inside its whole YouTube video, as ``ffmpeg -ss start -t
+    (end - start)`` cuts it): found by the frames' timestamps (``pts``, frame ``i``'s in row
+    ``i``, in ``time_base`` seconds) when known, else by ``fps``. May be empty."""
+    eps = 1e-6  # a frame stamped at exactly ``start`` (in float seconds) belongs to the window
+    if pts is not None and len(pts) and time_base:
+        seconds = (np.asarray(pts, dtype=np.int64) - int(pts[0])) * float(time_base)
+        first, stop = (int(i) for i in np.searchsorted(seconds, [start - eps, end - eps]))
+    elif fps > 0:
+        first, stop = math.ceil(start * fps - eps), math.ceil(end * fps - eps)
+    else:
+        raise InvalidValueError("window_frames needs the frames' timestamps or a frame rate")
+    return range(min(first, num_frames), min(stop, num_frames))

@@ -17,13 +17,13 @@ from nonlocalnet.engine.config import (
     save_config,
 )
 from nonlocalnet.engine.distributed import DistContext, DistributedError, init_distributed
-from nonlocalnet.engine.evaluate import evaluate, run_evaluation
+from nonlocalnet.engine.evaluate import EvalReport, evaluate, run_evaluation, write_video_scores
 from nonlocalnet.engine.layout import choose_memory_format
 from nonlocalnet.engine.metrics import EvalResult, ViewScores, topk_correct
-from nonlocalnet.engine.model_file import ModelFile, read_model_file
-from nonlocalnet.engine.optim import build_optimizer, lr_at, scaled_lr, set_lr
+from nonlocalnet.engine.model_file import ModelFile, load_model_file, read_model_file
+from nonlocalnet.engine.optim import build_optimizer, lr_at, milestone_steps, scaled_lr, set_lr
 from nonlocalnet.engine.precise_bn import update_bn_stats
-from nonlocalnet.engine.predict import Prediction, load_trained_model, predict_video
+from nonlocalnet.engine.predict import Prediction, inference_config, load_trained_model, predict_video
 from nonlocalnet.engine.runlog import RunLog, read_jsonl
 from nonlocalnet.engine.setup import build_dataset, build_model_from_config, initialise_model, load_samples
 from nonlocalnet.engine.task import TASKS, Evaluation, StepLoss, Task, build_task, register_task
@@ -39,6 +39,7 @@ __all__ = [
     "DistContext",
     "DistributedError",
     "EvalConfig",
+    "EvalReport",
     "EvalResult",
     "Evaluation",
     "ModelConfig",
@@ -60,13 +61,16 @@ __all__ = [
     "config_from_dict",
     "config_to_dict",
     "evaluate",
+    "inference_config",
     "init_distributed",
     "initialise_model",
     "load_checkpoint",
     "load_config",
+    "load_model_file",
     "load_samples",
     "load_trained_model",
     "lr_at",
+    "milestone_steps",
     "predict_video",
     "read_jsonl",
     "read_model_file",
@@ -79,4 +83,5 @@ __all__ = [
     "topk_correct",
     "train",
     "update_bn_stats",
+    "write_video_scores",
 ]

@@ -25,6 +25,7 @@ from nonlocalnet.models import VARIANTS, StageSpec, VideoResNetSpec
 from nonlocalnet.models.resnet3d import BACKBONE_NORMS, TEMPORAL_PADDINGS
 
 __all__ = [
+    "INIT_KINDS",
     "CheckpointConfig",
     "Config",
     "ConfigError",
@@ -57,7 +58,11 @@ class ModelConfig:
 
     ``init``: ``none``; ``imagenet`` (a 2D ResNet state dict, torchvision or Caffe2 names,
     inflated to 3D); ``caffe2`` (the authors' released ``.pkl``); ``weights`` (our safetensors);
-    ``checkpoint`` (a training checkpoint's model). ``overrides``: fields of VideoResNetSpec.
+    ``checkpoint`` (a training checkpoint's model); each of these reads the file ``init_path``.
+    Or a weights name (``nonlocalnet weights``, e.g. ``i3d_nonlocal_32x2_IN_pretrain_400k`` or
+    ``resnet50_imagenet1k_v1``), with ``init_path`` unset: downloaded once into the weights
+    cache (``$NONLOCALNET_CACHE_DIR``, else ``$TORCH_HOME/hub/checkpoints``) and loaded
+    (:func:`~nonlocalnet.models.load_named_weights`). ``overrides``: fields of VideoResNetSpec.
 
     ``spec``: the whole network as a :class:`~nonlocalnet.models.VideoResNetSpec` mapping
     (``stages`` a list of :class:`~nonlocalnet.models.StageSpec` mappings) instead of a registry
@@ -87,6 +92,9 @@ class DataConfig:
 
     Give ``train_list``/``val_list`` (``path label`` or CSV lines) or ``train_folder``/
     ``val_folder`` (one folder per class). ``root``: base for relative paths in list files.
+    ``autorotate``: turn frames upright by the video's display matrix (ffmpeg's default);
+    ``square_pixels``: resample non-square pixels to the display aspect ratio (as players show
+    them; false keeps the coded pixels, as ffmpeg's command line, PySlowFast and mmaction2 do).
     """
 
     train_list: str | None = None
@@ -110,6 +118,8 @@ class DataConfig:
     num_workers: int = 4
     bad_data_threshold: float = 0.01
     cache_frames: bool = False
+    autorotate: bool = True
+    square_pixels: bool = True
 
 
 @dataclass
@@ -188,36 +198,38 @@ class DetectionConfig:
     several for multi-scale training (one drawn per image, by torchvision's
     ``GeneralizedRCNNTransform``); evaluation uses the last.
     ``oks_sigmas``: one per keypoint (COCO's 17 when unset and the data has 17).
+    ``keypoint_flip_map``: pairs of keypoint names a horizontal flip swaps (detectron2's
+    ``keypoint_flip_map``; unset: paired by their left/right names, an ambiguous set is an error).
+    ``min_keypoints_per_image``: keypoint training leaves out the images with fewer visible
+    keypoints (torchvision's reference: 10; 0 keeps every image with an object).
     ``model_options``: more torchvision constructor keywords (``rpn_batch_size_per_image``...).
+    ``labels``: what a class index means (:mod:`nonlocalnet.detection.labels`): ``contiguous``
+    (label k = the k-th category by id, ``K + 1`` classes), ``category_ids`` (label = the COCO
+    category id, max id + 1 classes, as torchvision's COCO weights) or ``auto`` (chosen from
+    ``num_classes`` or the weights' class count; an ambiguous count is an error).
     """
 
     model: str = "maskrcnn_r50_fpn_nl"
     num_classes: int = 0
+    labels: str = "auto"
     nonlocal_mode: str = "embedded_gaussian"
     nonlocal_norm: str = "none"
     nonlocal_options: dict = field(default_factory=dict)
     model_options: dict = field(default_factory=dict)
     weights: str | None = None
-    ``keypoint_flip_map``: pairs of keypoint names a horizontal flip swaps (detectron2's
-    ``keypoint_flip_map``; unset: paired by their left/right names, an ambiguous set is an error).
-    ``min_keypoints_per_image``: keypoint training leaves out the images with fewer visible
-    keypoints (torchvision's reference: 10; 0 keeps every image with an object).
     weights_backbone: str | None = None
-    ``labels``: what a class index means (:mod:`nonlocalnet.detection.labels`): ``contiguous``
-    (label k = the k-th category by id, ``K + 1`` classes), ``category_ids`` (label = the COCO
-    category id, max id + 1 classes, as torchvision's COCO weights) or ``auto`` (chosen from
-    ``num_classes`` or the weights' class count; an ambiguous count is an error).
     trainable_backbone_layers: int | None = None
     min_size: list = field(default_factory=lambda: [800])
     max_size: int = 1333
     train_images: str | None = None
-    labels: str = "auto"
     train_annotations: str | None = None
     val_images: str | None = None
     val_annotations: str | None = None
     flip: bool = True
     aspect_ratio_grouping: bool = True
     oks_sigmas: list | None = None
+    keypoint_flip_map: list | None = None
+    min_keypoints_per_image: int = 10
     mask_threshold: float = 0.5
 
 
@@ -228,8 +240,6 @@ class Config:
 
     task: str = "video_classification"
     output_dir: str = "runs/default"
-    keypoint_flip_map: list | None = None
-    min_keypoints_per_image: int = 10
     seed: int = 0
     device: str = "auto"
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -242,13 +252,13 @@ class Config:
 
 
 _CHOICES = {
-    "model.init": ("none", "imagenet", "caffe2", "weights", "checkpoint"),
     "model.variant": VARIANTS,
     "model.norm": BACKBONE_NORMS,
     "model.temporal_padding": TEMPORAL_PADDINGS,
     "train.amp": ("none", "bf16", "fp16"),
     "train.memory_format": ("contiguous", "channels_last", "auto"),
     "eval.views": ("clip", "video"),
+    "detection.labels": ("auto", "contiguous", "category_ids"),
 }
 _POSITIVE = {
     "model.num_classes",
@@ -258,7 +268,6 @@ _POSITIVE = {
     "data.min_short",
     "data.max_short",
     "data.crop",
-    "detection.labels": ("auto", "contiguous", "category_ids"),
     "data.test_short",
     "data.test_crop",
     "data.num_crops",
@@ -284,6 +293,7 @@ _NON_NEGATIVE = {
     "train.precise_bn_batches",
     "checkpoint.every_iters",
     "eval.every_epochs",
+    "detection.min_keypoints_per_image",
 }
 _ABOVE_ZERO = {"train.dist_timeout_s"}
 
@@ -293,7 +303,6 @@ def _type_name(tp: Any) -> str:
 
 
 def _coerce(key: str, value: Any, tp: Any) -> Any:
-    "detection.min_keypoints_per_image",
     """Check ``value`` against annotation ``tp``; ints are accepted for floats, nothing else."""
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
@@ -362,8 +371,7 @@ def _validate(cfg: Config) -> None:
         raise ConfigError(f"data.bad_data_threshold must be in [0, 1], got {cfg.data.bad_data_threshold}")
     if any(not isinstance(m, int | float) or not 0 < m < 1 for m in cfg.optim.lr_milestones):
         raise ConfigError(f"optim.lr_milestones: expected fractions in (0, 1), got {cfg.optim.lr_milestones}")
-    if cfg.model.init != "none" and not cfg.model.init_path:
-        raise ConfigError(f"model.init is {cfg.model.init!r} but model.init_path is not set")
+    _validate_init(cfg.model)
     _validate_model_choice(cfg.model)
     _validate_detection(cfg.detection)
     from nonlocalnet.engine.task import TASKS  # the task table imports this module
@@ -392,14 +400,6 @@ def _validate_detection(det: DetectionConfig) -> None:
         isinstance(v, int | float) and not isinstance(v, bool) and v > 0 for v in det.oks_sigmas
     ):
         raise ConfigError(f"detection.oks_sigmas: expected positive numbers, got {det.oks_sigmas!r}")
-    for split in ("train", "val"):
-        images, annotations = getattr(det, f"{split}_images"), getattr(det, f"{split}_annotations")
-        if bool(images) != bool(annotations):
-            raise ConfigError(
-                f"detection.{split}_images and detection.{split}_annotations go together: set both or neither"
-            )
-
-
     pairs = det.keypoint_flip_map
     if pairs is not None and not all(
         isinstance(p, list) and len(p) == 2 and all(isinstance(n, str) for n in p) and p[0] != p[1]
@@ -409,6 +409,41 @@ def _validate_detection(det: DetectionConfig) -> None:
             f"detection.keypoint_flip_map: expected pairs of two different keypoint names, e.g. "
             f"[[l_eye, r_eye], [l_ear, r_ear]], got {pairs!r}"
         )
+    for split in ("train", "val"):
+        images, annotations = getattr(det, f"{split}_images"), getattr(det, f"{split}_annotations")
+        if bool(images) != bool(annotations):
+            raise ConfigError(
+                f"detection.{split}_images and detection.{split}_annotations go together: set both or neither"
+            )
+
+
+INIT_KINDS = ("none", "imagenet", "caffe2", "weights", "checkpoint")
+"""The file kinds ``model.init`` reads from ``model.init_path``; any other value names weights."""
+
+
+def _validate_init(model: ModelConfig) -> None:
+    """``model.init``: a kind with ``model.init_path``, or a weights name without it."""
+    from nonlocalnet.models.zoo import get_weights, is_weights_name
+
+    if model.init in INIT_KINDS:
+        if model.init != "none" and not model.init_path:
+            raise ConfigError(f"model.init is {model.init!r} but model.init_path is not set")
+        return
+    if not is_weights_name(model.init):
+        try:
+            get_weights(model.init)
+        except ValueError as err:
+            raise ConfigError(
+                f"model.init: {model.init!r} is neither one of {INIT_KINDS} (with model.init_path) nor a "
+                f"weights name: {err}"
+            ) from None
+    if model.init_path:
+        raise ConfigError(
+            f"model.init names the weights {model.init!r}, so model.init_path ({model.init_path!r}) must "
+            "stay unset (a file goes with model.init: caffe2, weights, imagenet or checkpoint)"
+        )
+
+
 def _validate_model_choice(model: ModelConfig) -> None:
     """A registry ``name`` or a whole ``spec``, not both; a spec is checked here."""
     if not model.spec:

@@ -74,6 +74,11 @@ class ViewScores:
             raise InvalidValueError(
                 f"expected probabilities of shape ({self.num_classes},), got {tuple(probs.shape)}"
             )
+        if not 0 <= label < self.num_classes:
+            raise InvalidValueError(
+                f"video {video}: label {label} is not one of the {self.num_classes} classes (0 to "
+                f"{self.num_classes - 1}): the evaluated labels must come from the model's class list"
+            )
         self.scores.setdefault(video, {})[view] = probs.detach().float().cpu()
         self.labels[video] = label
 

@@ -11,7 +11,7 @@ from torch import nn
 from nonlocalnet.engine.config import OptimConfig
 from nonlocalnet.layers import AffineChannel, NonLocalBlock
 
-__all__ = ["build_optimizer", "lr_at", "scaled_lr", "set_lr"]
+__all__ = ["build_optimizer", "lr_at", "milestone_steps", "scaled_lr", "set_lr"]
 
 _NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, AffineChannel)
 
@@ -21,12 +21,20 @@ def scaled_lr(cfg: OptimConfig, total_batch_size: int) -> float:
     return cfg.base_lr * total_batch_size / cfg.base_batch_size
 
 
+def milestone_steps(cfg: OptimConfig, total_steps: int) -> list[int]:
+    """The optimiser steps at which the learning rate drops: ``lr_milestones`` (fractions) of
+    ``total_steps``, rounded."""
+    return [round(m * total_steps) for m in sorted(cfg.lr_milestones)]
+
+
 def lr_at(step: int, total_steps: int, peak_lr: float, cfg: OptimConfig) -> float:
     """Learning rate at optimiser step ``step`` (0-based): ``peak_lr * gamma ** k`` after the
-    k-th milestone (fractions of ``total_steps``), ramped linearly from ``warmup_factor *`` over
-    the first ``warmup_iters`` steps."""
-    milestones = [round(m * total_steps) for m in sorted(cfg.lr_milestones)]
-    lr = peak_lr * cfg.lr_gamma ** bisect.bisect_right(milestones, step)
+    k-th milestone (fractions of ``total_steps``, :func:`milestone_steps`), ramped linearly from
+    ``warmup_factor *`` over the first ``warmup_iters`` steps. ``total_steps`` is the length of
+    the schedule, not necessarily of the run: a run extended on resume keeps its first length
+    here, so its milestones keep their steps and the steps past that length stay at the last
+    milestone's rate."""
+    lr = peak_lr * cfg.lr_gamma ** bisect.bisect_right(milestone_steps(cfg, total_steps), step)
     if step < cfg.warmup_iters:
         alpha = step / cfg.warmup_iters
         lr *= cfg.warmup_factor * (1 - alpha) + alpha

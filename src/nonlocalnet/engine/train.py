@@ -39,7 +39,7 @@ from nonlocalnet.engine.checkpoint import (
 from nonlocalnet.engine.config import Config, ConfigError, check_config, config_to_dict, save_config
 from nonlocalnet.engine.distributed import DistContext, init_distributed, is_out_of_memory
 from nonlocalnet.engine.layout import choose_memory_format
-from nonlocalnet.engine.optim import build_optimizer, lr_at, scaled_lr, set_lr
+from nonlocalnet.engine.optim import build_optimizer, lr_at, milestone_steps, scaled_lr, set_lr
 from nonlocalnet.engine.precise_bn import update_bn_stats
 from nonlocalnet.engine.runlog import RunLog
 from nonlocalnet.engine.task import Evaluation, Task, build_task
@@ -49,6 +49,9 @@ from nonlocalnet.models import save_weights
 __all__ = ["TrainResult", "train"]
 
 log = logging.getLogger("nonlocalnet.train")
+
+# the run's length: the settings a resume with ``extend`` may change (the schedule grows)
+EXTEND_SETTINGS = ("train.epochs", "train.iterations")
 
 
 @dataclass
@@ -176,6 +179,8 @@ def _resume_position(
     spe: int,
     num_videos: int,
     model: nn.Module,
+    *,
+    extend: bool = False,
 ) -> tuple[int, bool]:
     """Check that the checkpoint at ``path`` can be continued exactly under ``cfg`` and
     ``layout`` (``spe`` steps per epoch over ``num_videos`` videos); returns the step to continue
@@ -183,7 +188,8 @@ def _resume_position(
 
     The continuation is exact when every setting that shapes the weights is the checkpoint's
     (logging, checkpointing, evaluation and loading settings may change:
-    :data:`RESUME_FREE_SETTINGS`). The step layout (``train.batch_size``, ``train.grad_accum``,
+    :data:`RESUME_FREE_SETTINGS`; with ``extend``, the run's length too: :data:`EXTEND_SETTINGS`,
+    checked by :func:`_resume_schedule`). The step layout (``train.batch_size``, ``train.grad_accum``,
     processes) may change only if the clips per step stay the same and the model is not
     split-sensitive (no BatchNorm, no dropout): each step then sees the same clips, and the run
     equals the uninterrupted one up to floating-point rounding. Otherwise a :class:`ConfigError`
@@ -191,12 +197,18 @@ def _resume_position(
     """
     old, progress = _saved_position(state, path, layout, num_videos)
     free = (*RESUME_FREE_SETTINGS, "train.batch_size", "train.grad_accum")
+    free += EXTEND_SETTINGS if extend else ()
     changed = changed_settings(
         state.get("config", {}), config_to_dict(cfg), free=free, defaults=config_to_dict(Config())
     )
     layout_changes, refused, why = _layout_problems(old, layout, model)
     problems = [f"{key} {a!r} -> {b!r}" for key, a, b in changed] + refused
     if problems:
+        if any(key in EXTEND_SETTINGS for key, _, _ in changed):
+            why += (
+                " To train longer from this checkpoint, ask for it: train --extend (train(..., "
+                "extend=True)) lets train.epochs / train.iterations grow; the lr milestones keep their steps."
+            )
         raise ConfigError(
             f"cannot resume exactly from {path}: changed since the checkpoint: {', '.join(problems)}."
             f"{why} Resume with the checkpoint's settings, or start a new run from its weights "
@@ -218,6 +230,48 @@ def _resume_position(
     return step, old == layout and len(state.get("rng_per_rank", [])) == layout.processes
 
 
+def _resume_schedule(
+    state: dict[str, Any], path: Path, cfg: Config, total: int, spe: int, peak_lr: float
+) -> int:
+    """The length of the lr schedule (what :func:`lr_at` takes as ``total_steps``) for a run of
+    ``total`` steps resumed from the checkpoint ``state`` at ``path`` (``spe`` steps per epoch,
+    ``peak_lr`` for the log).
+
+    A run keeps the schedule it started with: the milestones are fractions of its first length,
+    recorded in each checkpoint (``schedule``). Extended (:data:`EXTEND_SETTINGS` changed, which
+    :func:`_resume_position` allows only with ``extend``), the run is longer than the
+    checkpoint's; the milestones then keep their steps, so every step up to the checkpoint had
+    the lr it had, and the added steps continue at the lr of the checkpoint's last step (as
+    PySlowFast's absolute ``SOLVER.STEPS`` do when ``MAX_EPOCH`` grows). A shorter run is refused."""
+    saved = state.get("schedule")
+    if saved is not None:
+        old_total, schedule = saved["steps"], saved["lr_schedule_steps"]
+    else:  # written before the schedule was recorded: its config's length (iterations win)
+        length = state.get("config", {}).get("train", {})
+        old_total = length.get("iterations") or length.get("epochs", 0) * spe or total
+        schedule = old_total
+    if total < old_total:
+        raise ConfigError(
+            f"cannot resume from {path} with a shorter run: train.epochs {cfg.train.epochs} / "
+            f"train.iterations {cfg.train.iterations} give {total} steps, the checkpoint's run has "
+            f"{old_total}. --extend only lengthens a run; to stop earlier, use the checkpoint of "
+            "that step (model.init=checkpoint for a new run)"
+        )
+    if total > old_total:
+        cut = milestone_steps(cfg.optim, schedule)
+        log.info(
+            "extending the run from %d to %d steps: the lr milestones stay at steps %s (of the "
+            "%d-step schedule); the steps after %d have lr %.4g",
+            old_total,
+            total,
+            cut,
+            schedule,
+            old_total,
+            lr_at(old_total, schedule, peak_lr, cfg.optim),
+        )
+    return schedule
+
+
 @dataclass
 class _Run:
     """One run's state, passed from step to step: what the set-up built, and the position
@@ -233,6 +287,7 @@ class _Run:
     layout: _Layout
     steps_per_epoch: int
     total: int
+    schedule_steps: int  # the length the lr milestones are fractions of (total, unless extended)
     peak_lr: float
     init_report: str
     manager: CheckpointManager
@@ -261,6 +316,7 @@ def train(
     progress_desc: str | None = None,
     progress_position: int | None = None,
     task: Task | None = None,
+    extend: bool = False,
 ) -> TrainResult:
     """Train the task ``cfg.task`` names (default: video classification of ``cfg.model`` on
     ``cfg.data``) and write everything under ``cfg.output_dir``.
@@ -272,6 +328,9 @@ def train(
     step's clips over ``train.batch_size``/``train.grad_accum``/processes may change, and only
     for models without BatchNorm or dropout (then equal up to rounding); anything else is a
     :class:`ConfigError` naming the changed settings (e.g. ``train.batch_size 2 -> 4``).
+    ``extend``: the resumed run may also be longer (``train.epochs``/``train.iterations``
+    grown): the steps up to the checkpoint stay as they were, the lr milestones keep their steps
+    and the added steps continue at the checkpoint's last lr (docs/training.md).
     Checkpoints in the folder that are not this run's past (a new run in a used folder: all; a
     resume at step S: those after S) are moved to ``checkpoints/superseded-<time>/`` first, so
     neither rotation nor ``resume=True`` confuses them with this run's. ``frame_cache``: a
@@ -281,6 +340,8 @@ def train(
     instead of the one ``cfg.task`` names.
     """
     check_config(cfg, "train(cfg)")
+    if extend and not resume:
+        raise ConfigError("extend (train --extend) lengthens a resumed run: give the checkpoint (--resume)")
     started = time.perf_counter()
     own_ctx = ctx is None
     ctx = ctx or init_distributed(cfg.device, cfg.train.dist_timeout_s)
@@ -290,16 +351,18 @@ def train(
         torch.use_deterministic_algorithms(True)
     task = task if task is not None else build_task(cfg, frame_cache=frame_cache)
     bar = {"desc": progress_desc or f"train {task.label}", "position": progress_position}
-    result = _train(_set_up(cfg, ctx, task), resume, started, bar)
+    result = _train(_set_up(cfg, ctx, task), resume, started, bar, extend)
     if own_ctx:
         ctx.shutdown()
     return result
 
 
-def _train(run: _Run, resume: str | Path | bool | None, started: float, bar_options: dict) -> TrainResult:
+def _train(
+    run: _Run, resume: str | Path | bool | None, started: float, bar_options: dict, extend: bool
+) -> TrainResult:
     """The loop: resume, then optimisation steps (each followed by logging, validation and
     checkpoints as due) until ``run.total``, then the finish."""
-    _resume(run, resume)
+    _resume(run, resume, extend)
     if run.pending is not None:
         _pending_validation(run, run.pending)
     bar = _progress_bar(run, bar_options)
@@ -330,6 +393,7 @@ def _set_up(cfg: Config, ctx: DistContext, task: Task) -> _Run:
             f"{ctx.world_size} processes)"
         )
     peak_lr = scaled_lr(cfg.optim, layout.clips_per_step)
+    total = _total_steps(cfg, steps_per_epoch)
     return _Run(
         cfg=cfg,
         ctx=ctx,
@@ -340,7 +404,8 @@ def _set_up(cfg: Config, ctx: DistContext, task: Task) -> _Run:
         fmt=fmt,
         layout=layout,
         steps_per_epoch=steps_per_epoch,
-        total=_total_steps(cfg, steps_per_epoch),
+        total=total,
+        schedule_steps=total,
         peak_lr=peak_lr,
         init_report=init_report,
         manager=CheckpointManager(Path(cfg.output_dir) / "checkpoints", cfg.checkpoint.keep_last),
@@ -359,9 +424,10 @@ def _build_model(cfg: Config, ctx: DistContext, task: Task) -> tuple[nn.Module, 
     return model, _memory_format(model, cfg, task, ctx.device), init_report
 
 
-def _resume(run: _Run, resume: str | Path | bool | None) -> None:
+def _resume(run: _Run, resume: str | Path | bool | None, extend: bool) -> None:
     """Restore the checkpoint ``resume`` names (if any) and every RNG, set aside the folder's
-    checkpoints that are not this run's past, wrap the model for DDP and open the run folder."""
+    checkpoints that are not this run's past, wrap the model for DDP and open the run folder.
+    ``extend``: the run may be longer than the checkpoint's (:func:`_resume_schedule`)."""
     cfg, ctx, manager = run.cfg, run.ctx, run.manager
     path = manager.latest() if resume is True else (Path(resume) if resume else None)
     if resume is True and path is None:
@@ -370,15 +436,24 @@ def _resume(run: _Run, resume: str | Path | bool | None) -> None:
     if path is not None:
         state = load_checkpoint(path)
         run.step, own_rng = _resume_position(
-            state, path, cfg, run.layout, run.steps_per_epoch, len(run.task.train_set), run.model
+            state,
+            path,
+            cfg,
+            run.layout,
+            run.steps_per_epoch,
+            len(run.task.train_set),
+            run.model,
+            extend=extend,
         )
+        run.schedule_steps = _resume_schedule(state, path, cfg, run.total, run.steps_per_epoch, run.peak_lr)
         run.model.load_state_dict(state["model"])
         run.optimizer.load_state_dict(state["optimizer"])
         if run.scaler is not None and state["scaler"]:
             run.scaler.load_state_dict(state["scaler"])
         run.best = state["best_metric"]
         run.bad_log.merge(state["bad_data"]["bad"])
-        run.finished = bool(state.get("finished", False))
+        # an extended run is not finished at the old end: precise BN runs again at the new one
+        run.finished = bool(state.get("finished", False)) and run.step >= run.total
         run.pending = path if state.get("pending_validation", False) and not run.finished else None
     torch.manual_seed(cfg.seed + 1000003 * ctx.rank + run.step)  # dropout masks differ per rank
     if own_rng:
@@ -446,7 +521,7 @@ def _optimisation_step(run: _Run, batches: Iterator) -> float:
     """One optimiser step over ``train.grad_accum`` micro-batches (gradients all-reduced on the
     last one), with the bad-data accounting; returns the step's learning rate."""
     cfg, ctx, layout = run.cfg, run.ctx, run.layout
-    lr = lr_at(run.step, run.total, run.peak_lr, cfg.optim)
+    lr = lr_at(run.step, run.schedule_steps, run.peak_lr, cfg.optim)
     set_lr(run.optimizer, lr)
     for micro in range(cfg.train.grad_accum):
         batch = next(batches)
@@ -519,6 +594,7 @@ def _pending_validation(run: _Run, checkpoint: Path) -> None:
     if run.ctx.is_main:
         state = load_checkpoint(checkpoint)
         state |= {"pending_validation": False, "best_metric": run.best, "config": config_to_dict(run.cfg)}
+        state["schedule"] = _schedule_record(run)  # with the config: an extended run's
         run.manager.save(state, run.step)
     run.ctx.barrier()
 
@@ -623,6 +699,7 @@ def _checkpoint_state(run: _Run) -> dict[str, Any]:
         "rng": rng[0],
         "rng_per_rank": rng,
         "step": run.step,
+        "schedule": _schedule_record(run),
         "progress": {
             "epoch": epoch,
             "samples": in_epoch * layout.clips_per_step,
@@ -635,6 +712,12 @@ def _checkpoint_state(run: _Run) -> dict[str, Any]:
         "bad_data": run.bad_log.summary(),
         "best_metric": run.best,
     }
+
+
+def _schedule_record(run: _Run) -> dict[str, int]:
+    """The run's length and the length its lr milestones are fractions of (they differ once a
+    resume extended the run): what :func:`_resume_schedule` reads back."""
+    return {"steps": run.total, "lr_schedule_steps": run.schedule_steps}
 
 
 def _set_aside_other_checkpoints(manager: CheckpointManager, resumed_at: int | None) -> None:

@@ -79,9 +79,9 @@ class NonLocalBlock(nn.Module):
             as the released code does (``BLOCK_PRESETS["released"]``). The attribute
             ``use_scale`` holds the resolved bool. (``scale=`` is its deprecated old name.)
         norm: ``"batchnorm"`` after ``W_z`` with gamma initialised to 0, ``"affine"`` (frozen-BN
-            scale and shift, the released affine models) with scale 0, ``"groupnorm"``
-            (GroupNorm with up to 32 groups: per-sample statistics, for 1-2 images per batch)
-            with gamma 0, or ``"none"`` with ``W_z`` initialised to 0. Either way the block is
+            scale and shift) with scale 0, ``"groupnorm"`` (GroupNorm with up to 32 groups:
+            per-sample statistics, for 1-2 images per batch) with gamma 0, or ``"none"`` with
+            ``W_z`` initialised to 0 (the released frozen-BN models). Either way the block is
             the identity at initialisation. The name is kept as ``norm_kind``; the layer is the
             submodule ``norm``.
         init: ``"msra"`` (paper, He-normal, fan-out) or ``"normal"`` (released code, std

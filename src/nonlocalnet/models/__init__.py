@@ -1,8 +1,9 @@
 """The paper's video models, insertion of blocks into any network, and weight import/export."""
 
 from nonlocalnet.models.caffe2 import (
-    RELEASED_CHECKPOINTS,
     Caffe2LoadReport,
+    caffe2_norm,
+    convert_caffe2_checkpoint,
     export_caffe2_blobs,
     load_caffe2_checkpoint,
     read_caffe2_pickle,
@@ -19,34 +20,68 @@ from nonlocalnet.models.registry import (
     list_models,
     model_spec,
 )
+from nonlocalnet.models.released import (
+    RELEASE_URL,
+    RELEASED_CHECKPOINTS,
+    ReleasedCheckpoint,
+    ReleasedModelMismatchError,
+    check_bn_form,
+    check_model_matches,
+    released_checkpoint_info,
+    released_info_from_metadata,
+)
 from nonlocalnet.models.resnet3d import Bottleneck3d, StageSpec, VideoResNet, VideoResNetSpec
-from nonlocalnet.models.weights import load_weights, save_weights
+from nonlocalnet.models.weights import load_weights, read_weights_metadata, save_weights
+from nonlocalnet.models.zoo import (
+    WeightsEntry,
+    get_weights,
+    list_weights,
+    load_named_weights,
+    resolve_weights,
+    weights_file,
+)
 
 __all__ = [
     "RELEASED_CHECKPOINTS",
+    "RELEASE_URL",
     "VARIANTS",
     "Bottleneck3d",
     "Caffe2LoadReport",
     "Complexity",
     "InflationReport",
     "ModelInfo",
+    "ReleasedCheckpoint",
+    "ReleasedModelMismatchError",
     "StageSpec",
     "VideoResNet",
     "VideoResNetSpec",
+    "WeightsEntry",
     "add_nonlocal",
     "build_model",
+    "caffe2_norm",
+    "check_bn_form",
+    "check_model_matches",
+    "convert_caffe2_checkpoint",
     "export_caffe2_blobs",
     "get_model_info",
+    "get_weights",
     "inflate_2d_to_3d",
     "inflate_kernel",
     "list_models",
+    "list_weights",
     "load_caffe2_checkpoint",
+    "load_named_weights",
     "load_weights",
     "measure_complexity",
     "model_spec",
     "read_caffe2_pickle",
+    "read_weights_metadata",
+    "released_checkpoint_info",
+    "released_info_from_metadata",
+    "resolve_weights",
     "save_caffe2_pickle",
     "save_weights",
+    "weights_file",
 ]
 
 

@@ -24,30 +24,23 @@ from nonlocalnet.atomic import atomic_write
 from nonlocalnet.deprecation import check_module, warn_deprecated
 from nonlocalnet.errors import InvalidTypeError, InvalidValueError, NonLocalNetError
 from nonlocalnet.models.insert import NONLOCAL_ATTR
+from nonlocalnet.models.registry import build_model
+from nonlocalnet.models.released import check_bn_form, check_model_matches, released_checkpoint_info
+from nonlocalnet.models.resnet3d import VideoResNet
+from nonlocalnet.models.weights import save_weights
 
 __all__ = [
-    "RELEASED_CHECKPOINTS",
     "Caffe2LoadReport",
     "UnsafePickleError",
+    "caffe2_norm",
     "caffe2_to_torch_name",
+    "convert_caffe2_checkpoint",
     "export_caffe2_blobs",
     "load_caffe2_checkpoint",
     "read_caffe2_pickle",
     "save_caffe2_pickle",
     "torch_to_caffe2_name",
 ]
-
-RELEASED_CHECKPOINTS: dict[str, str] = {
-    "c2d_baseline_32x2": "c2d_r50",
-    "c2d_nonlocal_32x2": "c2d_nl5_r50",
-    "i3d_baseline_32x2": "i3d_r50",
-    "i3d_nonlocal_32x2": "i3d_nl5_r50",
-    "c2d_baseline_8x8": "c2d_r50_8x8",
-    "c2d_nonlocal_8x8": "c2d_nl5_r50_8x8",
-    "i3d_baseline_8x8": "i3d_r50_8x8",
-    "i3d_nonlocal_8x8": "i3d_nl5_r50_8x8",
-}
-"""Released R50 Kinetics-400 files and the registry model (``variant="released"``) they fit."""
 
 _NUMPY_CORE = "numpy._core" if int(np.__version__.split(".")[0]) >= 2 else "numpy.core"
 _ALLOWED = {
@@ -199,6 +192,33 @@ class Caffe2LoadReport:
         return "\n".join(lines)
 
 
+def caffe2_norm(blobs: Mapping[str, np.ndarray]) -> str:
+    """The BN form of a checkpoint's blobs: ``"affine"`` when its BN layers hold a scale and a
+    shift only (``_bn_s``/``_bn_b``: the frozen-BN releases), else ``"batchnorm"``."""
+    scales = any(name.endswith("_bn_s") for name in blobs)
+    statistics = any(name.endswith(("_bn_rm", "_bn_riv")) for name in blobs)
+    return "affine" if scales and not statistics else "batchnorm"
+
+
+def _norm_hint(model: nn.Module, blobs: Mapping[str, np.ndarray], report: Caffe2LoadReport) -> str:
+    """The fix when a load failed because the file's BN form is not the model's."""
+    file_norm = caffe2_norm(blobs)
+    model_norm = getattr(model, "norm_kind", None)
+    stats = ("_bn_rm", "_bn_riv")
+    if file_norm == "affine" and any(name.endswith(stats) for name in report.missing):
+        return (
+            "\nthe file holds no BN statistics, only affine scale and shift (a frozen-BN release): build "
+            "the model with norm='affine' (nonlocalnet convert-caffe2 --norm affine; model.norm: affine "
+            "in a config)"
+        )
+    if model_norm == "affine" and any(name.endswith(stats) for name in report.unexpected):
+        return (
+            "\nthe file holds BN statistics, the model is frozen-BN: build the model with norm='batchnorm' "
+            "(nonlocalnet convert-caffe2 --norm batchnorm; model.norm: batchnorm in a config)"
+        )
+    return ""
+
+
 def _fits(array: np.ndarray, target: torch.Tensor) -> bool:
     """Same shape, or the same up to trailing singleton dims (e.g. a 5-D ``pred_w``)."""
     if tuple(array.shape) == tuple(target.shape):
@@ -237,12 +257,22 @@ def load_caffe2_checkpoint(
     statistics absent from affine-only files count as missing under ``strict``; without it a
     layer whose scale and shift were loaded from the file but whose statistics are absent gets
     mean 0, variance 1 (listed in ``defaulted``). Statistics of layers the file does not touch
-    are left as they are (listed in ``missing``).
+    are left as they are (listed in ``missing``). A load that fails because the file's BN form is
+    not the model's says so and names the fix (``norm="affine"`` for the frozen-BN releases).
+
+    A path named as one of the authors' files (:data:`RELEASED_CHECKPOINTS`) is first checked,
+    before it is read, against a :class:`VideoResNet` ``model``: it must be the network the file
+    belongs to (:func:`check_model_matches`), else :class:`ReleasedModelMismatchError` names
+    each setting that differs.
     """
     if isinstance(path, nn.Module) and not isinstance(model, nn.Module):
         warn_deprecated("load_caffe2_checkpoint(path, model)", "load_caffe2_checkpoint(model, path)")
         model, path = path, model
     check_module(model, "load_caffe2_checkpoint(model, path)")
+    if not isinstance(path, Mapping) and isinstance(model, VideoResNet):
+        info = released_checkpoint_info(path)
+        if info is not None:
+            check_model_matches(model, info)
     blobs = path if isinstance(path, Mapping) else read_caffe2_pickle(path)
     state = model.state_dict()
     report = Caffe2LoadReport()
@@ -278,12 +308,62 @@ def load_caffe2_checkpoint(
             report.missing.append(c2)
     if strict and not report.ok:
         raise InvalidValueError(
-            "Caffe2 checkpoint does not match the model; nothing was loaded.\n" + report.summary()
+            "Caffe2 checkpoint does not match the model; nothing was loaded.\n"
+            + report.summary()
+            + _norm_hint(model, blobs, report)
         )
     with torch.no_grad():
         for key, value in new.items():
             state[key].copy_(value)
     return report
+
+
+def convert_caffe2_checkpoint(
+    path: str | os.PathLike,
+    output: str | os.PathLike,
+    *,
+    model: str | None = None,
+    norm: str | None = None,
+    num_classes: int = 400,
+    strict: bool = True,
+    keys: Mapping[str, str] | None = None,
+) -> tuple[Caffe2LoadReport, dict[str, str]]:
+    """Convert a released ``.pkl`` into our safetensors file ``output`` for the registry
+    ``model`` (``variant="released"``); returns the load report and the metadata written
+    (``model``, ``variant: released``, ``norm``, ``source_file``, and for the authors' files
+    ``frames`` and ``sample_rate``), which every loader reads back and checks.
+
+    For one of the authors' files (:data:`RELEASED_CHECKPOINTS`, by name) ``model`` and ``norm``
+    default to the table's, and a ``model`` or ``norm`` that contradicts it is an error before
+    the file is read. Otherwise ``model`` is required and ``norm`` defaults to the file's own BN
+    form (:func:`caffe2_norm`: ``"affine"`` for frozen-BN files, which have no BN statistics);
+    a ``norm`` the file contradicts is an error unless ``strict`` is off. ``keys``: how the
+    caller spells ``model`` and ``norm`` in messages (e.g. ``{"name": "--model", "norm": "--norm"}``)."""
+    path = Path(path)
+    keys = {"name": "model", "norm": "norm", **(keys or {})}
+    info = released_checkpoint_info(path)
+    name = model or (info.model if info is not None else None)
+    if name is None:
+        raise InvalidValueError(
+            f"{path.name} is not one of the authors' released files (their names are in "
+            f"RELEASED_CHECKPOINTS): name the registry model it belongs to ({keys['name']})"
+        )
+    if info is not None:
+        with torch.device("meta"):  # the shape of the network only: checked before reading the file
+            probe = build_model(name, num_classes, variant="released", norm=norm or info.norm)
+        check_model_matches(probe, info, source=path.name, keys=keys)
+    blobs = read_caffe2_pickle(path)
+    file_norm = caffe2_norm(blobs)
+    norm = norm or (info.norm if info is not None else file_norm)
+    net = build_model(name, num_classes, variant="released", norm=norm)
+    if strict:
+        check_bn_form(net, file_norm, source=path.name, keys=keys)
+    report = load_caffe2_checkpoint(net, blobs, strict=strict)
+    metadata = {"model": name, "variant": "released", "norm": norm, "source_file": path.name}
+    if info is not None:
+        metadata |= {"frames": str(info.frames), "sample_rate": str(info.sample_rate)}
+    save_weights(net, output, metadata=metadata)
+    return report, metadata
 
 
 def export_caffe2_blobs(model_or_state: nn.Module | Mapping[str, torch.Tensor]) -> dict[str, np.ndarray]:

@@ -159,9 +159,10 @@ def model_spec(
 ) -> VideoResNetSpec:
     """The :class:`VideoResNetSpec` behind a registry name.
 
-    With ``norm="affine"`` (frozen BN, the authors' affine models) the non-local blocks use an
-    affine output norm too, and with ``variant="released"`` the res3 blocks attend within groups
-    of 4 frames, as the released code does for those models."""
+    With ``norm="affine"`` (frozen BN, the authors' affine models) and ``variant="released"``
+    the non-local blocks have no output norm (``W_z`` starts at 0) and the res3 blocks attend
+    within groups of 4 frames, as the released code trains those models (its affine config sets
+    ``NONLOCAL.USE_BN: False``); with ``variant="paper"`` they use an affine output norm."""
     e = _entry(name)
     arch, nl, depth, fast = e.arch, e.nonlocal_, e.depth, e.fast
     if variant not in VARIANTS:
@@ -189,7 +190,7 @@ def model_spec(
             )
         )
     pool1, pool2, pool1_padding = _POOLING[variant]
-    affine = {"norm": "affine"} if norm == "affine" else {}
+    affine = {"norm": "none" if variant == "released" else "affine"} if norm == "affine" else {}
     options = {**BLOCK_PRESETS[variant], **affine, "mode": nonlocal_mode, **(nonlocal_options or {})}
     return VideoResNetSpec(
         stages=tuple(stages),
@@ -205,18 +206,45 @@ def model_spec(
 
 def build_model(
     name: str,
-    num_classes: int = 400,
+    num_classes: int | None = None,
     *,
-    variant: str = "paper",
+    variant: str | None = None,
     nonlocal_mode: str = "embedded_gaussian",
     nonlocal_options: dict[str, Any] | None = None,
     dropout: float = 0.5,
     temporal_padding: str = "zeros",
-    norm: str = "batchnorm",
+    norm: str | None = None,
+    weights: str | None = None,
+    progress: bool = True,
     **spec_overrides: Any,
 ) -> VideoResNet:
     """Build a registry model; ``spec_overrides`` replace fields of its :class:`VideoResNetSpec`
-    (e.g. ``pool2_temporal=0``). ``norm``: ``"batchnorm"`` or ``"affine"`` (frozen BN)."""
+    (e.g. ``pool2_temporal=0``). ``num_classes`` 400, ``variant`` ``"paper"`` and ``norm``
+    ``"batchnorm"`` (or ``"affine"``: frozen BN) unless given.
+
+    ``weights``: a name from :func:`~nonlocalnet.models.list_weights` (torchvision's manner):
+    the file is downloaded once (``progress``: a progress bar) and loaded. The authors' Kinetics
+    weights also choose ``num_classes``, ``variant`` and ``norm`` (one given otherwise is an
+    error naming it); ImageNet weights are inflated into the model."""
+    if weights is not None:
+        from nonlocalnet.models.zoo import build_with_weights
+
+        return build_with_weights(
+            name,
+            weights,
+            num_classes=num_classes,
+            variant=variant,
+            norm=norm,
+            progress=progress,
+            nonlocal_mode=nonlocal_mode,
+            nonlocal_options=nonlocal_options,
+            dropout=dropout,
+            temporal_padding=temporal_padding,
+            **spec_overrides,
+        )
+    num_classes = 400 if num_classes is None else num_classes
+    variant = "paper" if variant is None else variant
+    norm = "batchnorm" if norm is None else norm
     spec = model_spec(
         name, variant=variant, nonlocal_mode=nonlocal_mode, nonlocal_options=nonlocal_options, norm=norm
     )

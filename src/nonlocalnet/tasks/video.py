@@ -23,6 +23,7 @@ from nonlocalnet.engine.evaluate import evaluate_samples
 from nonlocalnet.engine.setup import (
     build_dataset,
     build_model_from_config,
+    class_list_source,
     initialise_model,
     load_samples,
     model_label,
@@ -33,9 +34,10 @@ __all__ = ["VideoClassification"]
 
 
 class VideoClassification:
-    """The video task of ``cfg``: reads the sample lists (and checks ``model.num_classes``
-    against the class list) when built. ``frame_cache``: decoded videos shared with other runs
-    in this process (else ``data.cache_frames`` decides)."""
+    """The video task of ``cfg``: reads the sample lists when built, and checks there that
+    ``model.num_classes`` is the class list's length and that every validation label is in the
+    training split's class list (not after an epoch). ``frame_cache``: decoded videos shared
+    with other runs in this process (else ``data.cache_frames`` decides)."""
 
     def __init__(self, cfg: Config, *, frame_cache: FrameCache | None = None) -> None:
         self.cfg = cfg
@@ -43,7 +45,12 @@ class VideoClassification:
         self.label = model_label(cfg.model)
         self.train_samples, self.class_names = load_samples(cfg.data, "train")
         has_val = bool(cfg.data.val_list or cfg.data.val_folder)
-        self.val_samples = load_samples(cfg.data, "val")[0] if has_val else []
+        source = class_list_source(cfg.data, self.class_names)
+        self.val_samples = (
+            load_samples(cfg.data, "val", class_names=self.class_names, class_source=source)[0]
+            if has_val
+            else []
+        )
         self.has_validation = bool(self.val_samples)
         self.validation_files = tuple(str(f) for f in (cfg.data.val_list, cfg.data.val_folder) if f)
         if cfg.model.num_classes != len(self.class_names):
