@@ -119,3 +119,29 @@ def test_video_models_and_the_cli_work_without_torchvision():
     assert "c2d_nl1_r50" in out.stdout
     assert "nonlocalnet[detection]" in out.stdout
     assert "nonlocalnet[detection]" in out.stderr  # detect-demo: one line naming the extra
+
+
+def test_detector_weights_take_a_file_or_a_weights_name(tmp_path, monkeypatch):
+    """``detection.weights`` / ``weights_backbone``: a path as it is, a catalogue name through the
+    weights cache (``resolve_weights``), anything else an error naming the key."""
+    from nonlocalnet.detection import trained
+    from nonlocalnet.engine.config import DetectionConfig
+    from nonlocalnet.errors import MissingFileError
+
+    file = tmp_path / "coco.pth"
+    file.write_bytes(b"x")
+    fetched = tmp_path / "cache" / "maskrcnn_resnet50_fpn_coco-bf2d0c1e.pth"
+    asked = []
+
+    def weights_file(name, **_):
+        asked.append(name)
+        return fetched
+
+    monkeypatch.setattr("nonlocalnet.models.zoo.weights_file", weights_file)
+    assert trained.weights_path(DetectionConfig(weights=str(file)), "weights") == file
+    assert trained.weights_path(DetectionConfig(), "weights") is None
+    name = "maskrcnn_resnet50_fpn_coco_v1"
+    assert trained.weights_path(DetectionConfig(weights_backbone=name), "weights_backbone") == fetched
+    assert asked == [name]
+    with pytest.raises(MissingFileError, match=r"detection.weights: 'nope.pth' is neither a file nor"):
+        trained.weights_path(DetectionConfig(weights="nope.pth"), "weights")

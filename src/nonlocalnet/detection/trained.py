@@ -28,6 +28,7 @@ from nonlocalnet.engine.config import (
 )
 from nonlocalnet.engine.model_file import read_model_file
 from nonlocalnet.errors import InvalidValueError, MissingFileError
+from nonlocalnet.models.zoo import resolve_weights
 
 __all__ = [
     "TrainedDetector",
@@ -37,6 +38,22 @@ __all__ = [
     "predict_image",
     "read_image",
 ]
+
+
+def weights_path(det: DetectionConfig, key: str) -> Path | None:
+    """``detection.<key>`` (``weights`` or ``weights_backbone``) as a file: a path, or a weights
+    name (``nonlocalnet weights``, e.g. ``maskrcnn_resnet50_fpn_coco_v1``) downloaded once into
+    the weights cache; ``None`` when unset."""
+    value = getattr(det, key)
+    if not value:
+        return None
+    try:
+        return resolve_weights(value)
+    except MissingFileError:
+        raise MissingFileError(
+            f"detection.{key}: {value!r} is neither a file nor a weights name (`nonlocalnet weights` "
+            "lists the names)"
+        ) from None
 
 
 def build_detector_from_config(
@@ -59,11 +76,12 @@ def build_detector_from_config(
     sizes = tuple(det.min_size)
     if pretrained is None:
         pretrained = bool(det.weights or det.weights_backbone)  # frozen BN, as torchvision with weights
+    backbone = weights_path(det, "weights_backbone")
     try:
         model = build_detector(
             det.model,
             num_classes=num_classes,
-            weights_backbone=det.weights_backbone,
+            weights_backbone=backbone,
             trainable_backbone_layers=det.trainable_backbone_layers,
             nonlocal_mode=det.nonlocal_mode,
             nonlocal_norm=det.nonlocal_norm,
@@ -78,12 +96,11 @@ def build_detector_from_config(
             raise
         raise ConfigError(f"detection.model_options {det.model_options}: {err}") from None
     if det.weights and load_weights:
-        if not Path(det.weights).is_file():
-            raise MissingFileError(f"detection.weights: file not found: {det.weights}")
-        report = load_detector_weights(model, det.weights)
-        return model, f"detector weights from {det.weights}: {report.summary()}"
+        path = weights_path(det, "weights")
+        report = load_detector_weights(model, path)
+        return model, f"detector weights from {path}: {report.summary()}"
     if det.weights_backbone:
-        return model, f"ImageNet backbone from {det.weights_backbone}; heads and non-local blocks new"
+        return model, f"ImageNet backbone from {backbone}; heads and non-local blocks new"
     return model, "random initialisation (identity non-local blocks)"
 
 
@@ -96,9 +113,8 @@ def detector_label_space(
     space's own. Training (``evaluating`` false) may fine-tune weights of another class count
     (their predictors re-initialised); evaluating them with predictors other than the file's is
     an error."""
-    if det.weights and not Path(det.weights).is_file():
-        raise MissingFileError(f"detection.weights: file not found: {det.weights}")
-    in_file = weights_num_classes(det.weights) if det.weights else None
+    path = weights_path(det, "weights")
+    in_file = weights_num_classes(path) if path is not None else None
     if det.num_classes:
         if evaluating and in_file is not None and in_file != det.num_classes:
             raise ConfigError(

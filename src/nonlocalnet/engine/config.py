@@ -194,7 +194,9 @@ class DetectionConfig:
     categories + 1, or the largest category id + 1). ``weights``: a whole detector's state
     dict file (torchvision's COCO ``.pth`` loads into the ``_nl`` models with only the block's
     keys new; predictors of another class count are re-initialised); ``weights_backbone``: an
-    ImageNet ResNet state dict file. Nothing is downloaded. ``min_size``: one short side, or
+    ImageNet ResNet state dict file. Either may also be a weights name (``nonlocalnet weights``:
+    ``maskrcnn_resnet50_fpn_coco_v1``, ``resnet50_imagenet1k_v1``...), downloaded once into the
+    weights cache. ``min_size``: one short side, or
     several for multi-scale training (one drawn per image, by torchvision's
     ``GeneralizedRCNNTransform``); evaluation uses the last.
     ``oks_sigmas``: one per keypoint (COCO's 17 when unset and the data has 17).
