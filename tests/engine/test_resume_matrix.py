@@ -131,7 +131,7 @@ def test_a_run_in_a_used_folder_keeps_and_resumes_its_own_checkpoints(tmp_path, 
 def test_resuming_from_an_older_checkpoint_sets_the_discarded_future_aside(
     tmp_path, tiny_data, reference, one_thread, monkeypatch
 ):
-    # A finished run's folder (checkpoints 3, 6, 9, 12 and best.pt), resumed from step 3 with
+    # A finished run's folder (checkpoints 3, 4, 6, 8, 9, 12 and best.pt), resumed from step 3 with
     # other checkpoint settings: every checkpoint this run writes must stay, and be the newest.
     shutil.copytree(reference["exact"], tmp_path / "run")
     listings = []
@@ -146,11 +146,15 @@ def test_resuming_from_an_older_checkpoint_sets_the_discarded_future_aside(
     cfg = _config(tmp_path, "run", tiny_data, EXACT["model"], checkpoint={"every_iters": 5, "keep_last": 2})
     ckpts = tmp_path / "run" / "checkpoints"
     train_in_process(config_from_dict(cfg), resume=ckpts / "iter_00000003.pt")
-    assert listings == [(5, [3, 5]), (10, [5, 10]), (12, [10, 12])]
+    # 4, 8, 12 validate: written before the validation, then again with its outcome
+    assert listings == [
+        (4, [3, 4]), (4, [3, 4]), (5, [4, 5]), (8, [5, 8]), (8, [5, 8]), (10, [8, 10]), (12, [10, 12]),
+        (12, [10, 12]),
+    ]  # fmt: skip
     _assert_same_weights(tmp_path / "run", reference["exact"])
     assert metrics(tmp_path / "run") == metrics(reference["exact"])
     (aside,) = ckpts.glob("superseded-*")
-    future = {"iter_00000006.pt", "iter_00000009.pt", "iter_00000012.pt"}
+    future = {f"iter_{s:08d}.pt" for s in (4, 6, 8, 9, 12)}
     assert future <= {p.name for p in aside.iterdir()}
     best_step = load_checkpoint(reference["exact"] / "checkpoints" / "best.pt")["step"]
     assert ((aside / "best.pt").is_file()) == (best_step > 3)
