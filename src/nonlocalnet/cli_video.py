@@ -74,6 +74,19 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _config_weights(cfg, config: str) -> str:
+    """The weights name ``cfg.model.init`` gives (``configs/released/``: the file it evaluates),
+    for ``eval --config CFG`` without ``--checkpoint``."""
+    from nonlocalnet.engine.config import INIT_KINDS
+
+    if cfg.model.init in INIT_KINDS:
+        raise InvalidValueError(
+            f"eval --config {config}: give --checkpoint FILE_OR_NAME (model.init is {cfg.model.init!r}, "
+            "not a weights name)"
+        )
+    return cfg.model.init
+
+
 def _eval(args: argparse.Namespace) -> int:
     from nonlocalnet.engine import inference_config, load_config, read_model_file, run_evaluation
 
@@ -81,7 +94,10 @@ def _eval(args: argparse.Namespace) -> int:
     if args.config and args.model:
         raise InvalidValueError("give --config or --model, not both")
     if args.config:  # the weights are read by run_evaluation
-        cfg, weights = load_config(args.config, args.overrides), args.checkpoint
+        cfg = load_config(args.config, args.overrides)
+        weights = args.checkpoint or _config_weights(cfg, args.config)
+    elif not args.checkpoint:
+        raise InvalidValueError("give --checkpoint (a weights file or name), or --config CFG")
     else:
         weights = read_model_file(args.checkpoint)
         cfg = inference_config(weights, model=args.model, overrides=args.overrides)
@@ -252,8 +268,9 @@ def add_video_commands(sub: argparse._SubParsersAction) -> None:
     ev = sub.add_parser("eval", help="clip and video accuracy, per class, confusion matrix")
     ev.add_argument(
         "--checkpoint",
-        required=True,
-        help="training checkpoint (.pt), a run's model.safetensors, or converted weights (with --model)",
+        default=None,
+        help="training checkpoint (.pt), a run's model.safetensors, converted weights (with --model) "
+        "or a weights name; with --config, default: the weights its model.init names",
     )
     ev.add_argument(
         "--config",

@@ -46,10 +46,12 @@ def test_each_config_is_the_network_and_test_of_its_file(path):
         3,
         224,
     )
-    assert cfg.model.num_classes == 400 and cfg.model.init == "none"
+    assert cfg.model.num_classes == 400 and cfg.model.init == path.stem  # the weights it evaluates
     entry = get_weights(path.stem)
     text = path.read_text()
-    assert f"top-1 {entry.top1}, top-5 {entry.top5}" in text and f"--checkpoint {path.stem}" in text
+    assert (
+        f"top-1 {entry.top1}, top-5 {entry.top5}" in text and f"--config configs/released/{path.name}" in text
+    )
     with torch.device("meta"):  # shapes only: the full networks, built in no time
         model = build_model_from_config(cfg.model)
         released = build_model(info.model, variant="released", norm=info.norm)
@@ -113,11 +115,35 @@ def test_reproduce_page_has_every_command_and_the_authors_numbers():
     text = (ROOT / "docs" / "reproduce.md").read_text()
     for path in CONFIGS:
         e = get_weights(path.stem)
-        assert (
-            f"nonlocalnet eval --config configs/released/{path.stem}.yaml --checkpoint {path.stem} $DATA"
-            in text
-        )
+        assert f"nonlocalnet eval --config configs/released/{path.stem}.yaml $DATA" in text
         paper = str(e.paper_metrics["top1"]) if e.paper_metrics else "-"
         clips, bn = f"{e.frames}x{e.sample_rate}", "frozen" if e.norm == "affine" else "BN"
         row = f"| `{path.stem}` | `{e.model}` | {clips} | {bn} |"
         assert row in text and f"| {e.top1} | {e.top5} | {paper} |" in text.split(row, 1)[1].split("\n", 1)[0]
+
+
+def test_eval_with_a_released_config_takes_the_weights_its_model_init_names(monkeypatch, tmp_path):
+    """``nonlocalnet eval --config configs/released/NAME.yaml`` evaluates the weights NAME (the
+    config's ``model.init``); ``--checkpoint`` still wins; a config without a weights name needs it."""
+    import nonlocalnet.engine as engine
+    from nonlocalnet.cli import main
+
+    asked = []
+
+    class Report:
+        def summary(self) -> str:
+            return "summary"
+
+    def run_evaluation(cfg, weights, **_):
+        asked.append(weights)
+        return Report()
+
+    monkeypatch.setattr(engine, "run_evaluation", run_evaluation)
+    config = str(ROOT / "configs" / "released" / f"{RELEASED}.yaml")
+    out = f"output_dir={tmp_path}"
+    assert main(["eval", "--config", config, out]) == 0
+    assert main(["eval", "--config", config, "--checkpoint", "other.safetensors", out]) == 0
+    assert asked == [RELEASED, "other.safetensors"]
+    plain = ROOT / "configs" / "c2d_r50.yaml"
+    assert main(["eval", "--config", str(plain), out]) == 2
+    assert len(asked) == 2
