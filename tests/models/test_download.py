@@ -126,6 +126,42 @@ def test_two_processes_at_once_download_once(weights_server, tmp_path):
     assert (tmp_path / "a.bin").read_bytes() == DATA
 
 
+_TORCHRUN_FETCH = """
+import sys
+import torch.distributed as dist
+from nonlocalnet.models.download import download_file
+
+dist.init_process_group("gloo")
+dist.barrier()  # both ranks ask at once
+path = download_file(sys.argv[1], sys.argv[2], sha256=sys.argv[3], progress=False)
+print("rank", dist.get_rank(), path, flush=True)
+dist.destroy_process_group()
+"""
+
+
+def test_torchrun_ranks_asking_at_once_download_once(weights_server, tmp_path):
+    """``torchrun --nproc-per-node 2``: both ranks ask for the file together, one downloads and
+    the other waits for it; the server sees one GET and both ranks get the file."""
+    import subprocess
+    import sys
+
+    weights_server.files["/a.bin"] = DATA
+    weights_server.delay = 0.3
+    script = tmp_path / "fetch.py"
+    script.write_text(_TORCHRUN_FETCH)
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+         str(script), weights_server.url("a.bin"), str(tmp_path / "a.bin"), DIGEST],
+        env={**env, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    ranks = sorted(line.split()[1] for line in done.stdout.splitlines() if line.startswith("rank "))
+    assert ranks == ["0", "1"]
+    assert weights_server.gets["/a.bin"] == 1
+    assert (tmp_path / "a.bin").read_bytes() == DATA
+
+
 def test_cache_folder_follows_torch_hub_and_can_be_set(monkeypatch, tmp_path):
     monkeypatch.delenv(CACHE_DIR_ENV, raising=False)
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
