@@ -1,7 +1,8 @@
 """configs/released: one config per file the authors released, evaluating it as they tested it.
 Every config builds the network its file belongs to and takes the file's every blob (the released
-layout, as the exporter names it); one runs ``nonlocalnet eval`` on synthetic videos with a file
-made by the exporter, downloaded by name from a 127.0.0.1 server and converted."""
+layout, as the exporter names it) and runs ``nonlocalnet eval`` on synthetic videos from a file
+the exporter writes under the released name; one file is also downloaded by name from a
+127.0.0.1 server and converted."""
 
 import json
 from pathlib import Path
@@ -147,3 +148,39 @@ def test_eval_with_a_released_config_takes_the_weights_its_model_init_names(monk
     plain = ROOT / "configs" / "c2d_r50.yaml"
     assert main(["eval", "--config", str(plain), out]) == 2
     assert len(asked) == 2
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
+def test_each_config_evaluates_a_file_in_the_released_layout(path, tmp_path, monkeypatch):
+    """Every released config runs ``eval`` (its network, clip geometry and 10 x 3 protocol made
+    small) on 2 synthetic videos from a file the exporter writes in the authors' layout under the
+    released name (which loads only into its own network): both views of every video scored,
+    a softmax average over the 400 classes."""
+    import pickle
+
+    from nonlocalnet.models.caffe2 import export_caffe2_blobs
+
+    monkeypatch.setenv(MIRROR_ENV, "http://127.0.0.1:9")  # the file is given: nothing to download
+    tiny = _tiny_val(tmp_path / "k400")
+    small = [
+        "data.test_short=32",
+        "data.test_crop=32",
+        "data.crop=32",
+        "data.num_clips=2",
+        "data.num_crops=1",
+    ]
+    small += ["data.num_workers=0", "train.progress=false", f"output_dir={tmp_path / 'run'}"]
+    cfg = load_config(path, [f"{k}={v}" for k, v in tiny.items()] + small)
+    torch.manual_seed(0)
+    model = build_model_from_config(cfg.model)
+    file = tmp_path / f"{path.stem}.pkl"
+    with open(file, "wb") as f:  # protocol 4: the same blobs, written faster than the release's 2
+        pickle.dump({"blobs": export_caffe2_blobs(model)}, f, protocol=4)
+    scores = tmp_path / "scores.npz"
+    result = run_evaluation(cfg, file, save_scores=scores)
+    report = json.loads((tmp_path / "run" / "eval" / "eval.json").read_text())
+    assert result.views_per_video == 2 and report["num_videos"] == 2 and report["incomplete_videos"] == []
+    saved = np.load(scores)
+    assert saved["scores"].shape == (2, 400) and np.isfinite(saved["scores"]).all()
+    assert np.allclose(saved["scores"].sum(1), 1.0, atol=1e-4)  # softmax averaged over the views
