@@ -80,7 +80,7 @@ def test_a_short_rle_is_dropped_and_cannot_shift_the_other_masks(tiny_coco, capl
     assert dropped[:3] == (str(ann), 10, "segmentation.counts")
     assert "sum to 350, not height * width = 48 * 64 = 3072" in dropped.reason
     assert 10 not in ds.coco.anns and 10 not in {a["id"] for a in ds.coco.dataset["annotations"]}
-    assert "1 unusable annotations dropped" in caplog.text
+    assert "1 unusable annotations (or polygons of them) left out" in caplog.text
     assert "annotation 10 segmentation.counts" in caplog.text
 
 
@@ -99,7 +99,6 @@ BAD_SEGMENTATIONS = [  # on image 3, 40 x 40 = 1600 pixels
     ({"size": [1, 1], "counts": [1]}, "segmentation.size", "RLE size [1, 1] differs"),
     ({"counts": [1600]}, "segmentation", "needs 'counts' and 'size'"),
     ([[1, 1, 10, 10]], "segmentation[0]", "at least 3 points"),
-    ([[1, 1, 10, 1, 10, 10], [3, 3]], "segmentation[1]", "at least 3 points"),
     ([[1, 1, 10, 1, 10]], "segmentation[0]", "odd number of coordinates (5)"),
     ([[]], "segmentation[0]", "at least 3 points"),
     ([["a", 1, 10, 1, 10, 10]], "segmentation[0]", "a polygon is a list of numbers"),
@@ -163,6 +162,23 @@ def test_a_degenerate_polygon_no_longer_breaks_cocoeval(tiny_coco):
     stats = coco_evaluate(ds.coco, [result], ["bbox", "segm"], image_ids=[3])
     assert stats["bbox"]["AP"] == -1.0  # image 3 has no ground truth of category 7 left
     assert [d.annotation_id for d in ds.dropped_annotations] == [91]
+
+
+def test_a_degenerate_polygon_part_is_left_out_and_the_instance_kept(tiny_coco):
+    """As detectron2's COCO loader: an instance with a 3-point polygon and a 2-point one keeps the
+    first (training and evaluation ground truth alike); the part left out is listed."""
+    images, ann = tiny_coco
+    record = _two_points(92, 3)
+    record["segmentation"] = [[1, 1, 9, 1, 9, 9, 1, 9], [1, 1, 10, 10]]
+    _add(ann, record)
+    ds = CocoDetection(images, ann, train=False)
+    assert ds.coco.anns[92]["segmentation"] == [[1, 1, 9, 1, 9, 9, 1, 9]]
+    (d,) = ds.dropped_annotations
+    assert (d.annotation_id, d.field) == (92, "segmentation[1]") and "keeps its other polygons" in d.reason
+    masks = _target(ds, 3)["masks"]
+    assert int(masks[-1].sum()) == int(
+        mask_utils.area(mask_utils.frPyObjects([[1, 1, 9, 1, 9, 9, 1, 9]], 40, 40))[0]
+    )
 
 
 # ---- 3. box-only data ----

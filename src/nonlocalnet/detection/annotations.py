@@ -49,7 +49,8 @@ def _is_number(value: Any) -> bool:
 
 
 class DroppedAnnotation(NamedTuple):
-    """An annotation left out of training and of the evaluation's ground truth: the annotation
+    """An annotation left out of training and of the evaluation's ground truth (or, where the
+    reason ends with "the instance keeps its other polygons", one polygon of it): the annotation
     ``file``, the annotation's id, the ``field`` at fault (``segmentation[1]``,
     ``segmentation.counts``...) and the ``reason``."""
 
@@ -57,6 +58,24 @@ class DroppedAnnotation(NamedTuple):
     annotation_id: int
     field: str
     reason: str
+
+
+_KEPT = "; the instance keeps its other polygons"
+
+
+def _trim_degenerate_polygons(file: str, aid: int, ann: dict[str, Any]) -> list[DroppedAnnotation]:
+    """Remove from ``ann``'s polygons those of fewer than 3 points (an even number of numeric
+    coordinates) when a polygon of 3 or more points remains, as detectron2's COCO loader does;
+    one entry per removed polygon (the instance itself stays)."""
+    segm = ann["segmentation"]
+    if not isinstance(segm, list) or not all(isinstance(p, list) and all(map(_is_number, p)) for p in segm):
+        return []
+    short = [n for n, poly in enumerate(segm) if len(poly) < 6 and len(poly) % 2 == 0]
+    if not short or len(short) == len(segm) or any(len(poly) % 2 for poly in segm):
+        return []
+    ann["segmentation"] = [poly for n, poly in enumerate(segm) if n not in short]
+    why = "a polygon of {} point(s) left out" + _KEPT
+    return [DroppedAnnotation(file, aid, f"segmentation[{n}]", why.format(len(segm[n]) // 2)) for n in short]
 
 
 def segmentation_to_rle(segm: Any, height: int, width: int) -> dict[str, Any]:
@@ -266,6 +285,7 @@ def load_coco_json(path: str | PathLike) -> tuple[dict[str, Any], list[DroppedAn
         if "segmentation" in ann and (ann["segmentation"] is None or ann["segmentation"] == []):
             del ann["segmentation"]  # box-only exports: no mask
         if "segmentation" in ann:
+            dropped += _trim_degenerate_polygons(str(path), aid, ann)
             problem = segmentation_problem(ann["segmentation"], img["height"], img["width"])
             if problem is not None:
                 dropped.append(DroppedAnnotation(str(path), aid, *problem))
@@ -275,6 +295,6 @@ def load_coco_json(path: str | PathLike) -> tuple[dict[str, Any], list[DroppedAn
             rle = segmentation_to_rle(segm, img["height"], img["width"]) if segm is not None else None
             ann["area"] = float(mask_utils.area(rle)) if rle is not None else float(np.prod(ann["bbox"][2:]))
     if dropped:
-        gone = {d.annotation_id for d in dropped}
+        gone = {d.annotation_id for d in dropped if not d.reason.endswith(_KEPT)}
         data["annotations"] = [a for a in data["annotations"] if a["id"] not in gone]
     return data, dropped

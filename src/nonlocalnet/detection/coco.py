@@ -320,7 +320,7 @@ class CocoDetection(Dataset):
             first = "; ".join(f"annotation {d.annotation_id} {d.field}: {d.reason}" for d in dropped[:5])
             more = f"; and {len(dropped) - 5} more" if len(dropped) > 5 else ""
             _log.warning(
-                "%s: %d unusable annotations dropped (from training and evaluation alike): %s%s",
+                "%s: %d unusable annotations (or polygons of them) left out of training and evaluation: %s%s",
                 self.annotation_file, len(dropped), first, more,
             )  # fmt: skip
         if self.skipped_images:
