@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 pytest.importorskip("torchvision")
 pytest.importorskip("pycocotools")
@@ -17,3 +18,13 @@ from coco_files import write_tiny_coco
 def tiny_coco(tmp_path: Path) -> tuple[Path, Path]:
     """``(images folder, annotation file)`` of the tiny COCO set."""
     return write_tiny_coco(tmp_path / "coco")
+
+
+@pytest.fixture(scope="module")
+def one_thread_module():
+    """One thread for a whole module: in-process runs compute alike (bit-exact comparisons) and
+    leave the shared cores alone."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

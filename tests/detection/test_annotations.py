@@ -174,7 +174,8 @@ def test_a_degenerate_polygon_part_is_left_out_and_the_instance_kept(tiny_coco):
     ds = CocoDetection(images, ann, train=False)
     assert ds.coco.anns[92]["segmentation"] == [[1, 1, 9, 1, 9, 9, 1, 9]]
     (d,) = ds.dropped_annotations
-    assert (d.annotation_id, d.field) == (92, "segmentation[1]") and "keeps its other polygons" in d.reason
+    assert (d.annotation_id, d.field, d.instance_kept) == (92, "segmentation[1]", True)
+    assert "keeps its other polygons" in d.reason
     masks = _target(ds, 3)["masks"]
     assert int(masks[-1].sum()) == int(
         mask_utils.area(mask_utils.frPyObjects([[1, 1, 9, 1, 9, 9, 1, 9]], 40, 40))[0]

@@ -48,13 +48,7 @@ LOSSES = ("loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_re
 STEPS = 18
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Every in-process run computes alike (and leaves the shared cores alone)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread_module")  # bit-exact comparisons
 
 
 def _add_broken_images(split: Path, out: Path, names: list[str]) -> None:

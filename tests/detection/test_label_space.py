@@ -40,13 +40,7 @@ COCO_IDS = [*range(1, 12), *range(13, 26), 27, 28, *range(31, 45), *range(46, 66
             *range(72, 83), *range(84, 91)]  # fmt: skip
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Both sides of a comparison compute alike (and leave the shared cores alone)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread_module")  # bit-exact comparisons
 
 
 def _run(*argv: str) -> tuple[int, str, str]:

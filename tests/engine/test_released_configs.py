@@ -85,21 +85,20 @@ def _tiny_val(root: Path) -> dict[str, str]:
     }
 
 
+def _tiny_eval(tmp_path: Path) -> list[str]:
+    """Overrides that evaluate a released config on :func:`_tiny_val`'s videos, 2 views of 32 px."""
+    tiny = _tiny_val(tmp_path / "k400")
+    small = ["data.test_short=32", "data.test_crop=32", "data.crop=32", "data.num_clips=2"]
+    small += ["data.num_crops=1", "data.num_workers=0", "train.progress=false"]
+    return [f"{k}={v}" for k, v in tiny.items()] + small + [f"output_dir={tmp_path / 'run'}"]
+
+
 @pytest.mark.slow
 def test_the_released_config_evaluates_the_file_by_name(released_cache, monkeypatch, tmp_path):
     cache, _ = released_cache
     monkeypatch.setenv(CACHE_DIR_ENV, str(cache))
     monkeypatch.setenv(MIRROR_ENV, "http://127.0.0.1:9")  # nothing to download: converted once
-    tiny = _tiny_val(tmp_path / "k400")
-    small = [
-        "data.test_short=32",
-        "data.test_crop=32",
-        "data.crop=32",
-        "data.num_clips=2",
-        "data.num_crops=1",
-    ]
-    small += ["data.num_workers=0", "train.progress=false", f"output_dir={tmp_path / 'run'}"]
-    overrides = [f"{k}={v}" for k, v in tiny.items()] + small
+    overrides = _tiny_eval(tmp_path)
     cfg = load_config(ROOT / "configs" / "released" / f"{RELEASED}.yaml", overrides)
     result = run_evaluation(cfg, RELEASED)
     report = json.loads((tmp_path / "run" / "eval" / "eval.json").read_text())
@@ -162,16 +161,7 @@ def test_each_config_evaluates_a_file_in_the_released_layout(path, tmp_path, mon
     from nonlocalnet.models.caffe2 import export_caffe2_blobs
 
     monkeypatch.setenv(MIRROR_ENV, "http://127.0.0.1:9")  # the file is given: nothing to download
-    tiny = _tiny_val(tmp_path / "k400")
-    small = [
-        "data.test_short=32",
-        "data.test_crop=32",
-        "data.crop=32",
-        "data.num_clips=2",
-        "data.num_crops=1",
-    ]
-    small += ["data.num_workers=0", "train.progress=false", f"output_dir={tmp_path / 'run'}"]
-    cfg = load_config(path, [f"{k}={v}" for k, v in tiny.items()] + small)
+    cfg = load_config(path, _tiny_eval(tmp_path))
     torch.manual_seed(0)
     model = build_model_from_config(cfg.model)
     file = tmp_path / f"{path.stem}.pkl"

@@ -49,8 +49,8 @@ def _is_number(value: Any) -> bool:
 
 
 class DroppedAnnotation(NamedTuple):
-    """An annotation left out of training and of the evaluation's ground truth (or, where the
-    reason ends with "the instance keeps its other polygons", one polygon of it): the annotation
+    """An annotation left out of training and of the evaluation's ground truth (with
+    ``instance_kept``, one polygon of it; the instance stays): the annotation
     ``file``, the annotation's id, the ``field`` at fault (``segmentation[1]``,
     ``segmentation.counts``...) and the ``reason``."""
 
@@ -58,9 +58,7 @@ class DroppedAnnotation(NamedTuple):
     annotation_id: int
     field: str
     reason: str
-
-
-_KEPT = "; the instance keeps its other polygons"
+    instance_kept: bool = False
 
 
 def _trim_degenerate_polygons(file: str, aid: int, ann: dict[str, Any]) -> list[DroppedAnnotation]:
@@ -74,8 +72,11 @@ def _trim_degenerate_polygons(file: str, aid: int, ann: dict[str, Any]) -> list[
     if not short or len(short) == len(segm) or any(len(poly) % 2 for poly in segm):
         return []
     ann["segmentation"] = [poly for n, poly in enumerate(segm) if n not in short]
-    why = "a polygon of {} point(s) left out" + _KEPT
-    return [DroppedAnnotation(file, aid, f"segmentation[{n}]", why.format(len(segm[n]) // 2)) for n in short]
+    why = "a polygon of {} point(s) left out; the instance keeps its other polygons"
+    return [
+        DroppedAnnotation(file, aid, f"segmentation[{n}]", why.format(len(segm[n]) // 2), instance_kept=True)
+        for n in short
+    ]
 
 
 def segmentation_to_rle(segm: Any, height: int, width: int) -> dict[str, Any]:
@@ -295,6 +296,6 @@ def load_coco_json(path: str | PathLike) -> tuple[dict[str, Any], list[DroppedAn
             rle = segmentation_to_rle(segm, img["height"], img["width"]) if segm is not None else None
             ann["area"] = float(mask_utils.area(rle)) if rle is not None else float(np.prod(ann["bbox"][2:]))
     if dropped:
-        gone = {d.annotation_id for d in dropped if not d.reason.endswith(_KEPT)}
+        gone = {d.annotation_id for d in dropped if not d.instance_kept}
         data["annotations"] = [a for a in data["annotations"] if a["id"] not in gone]
     return data, dropped

@@ -338,6 +338,7 @@ class CocoDetection(Dataset):
             "annotations": str(self.annotation_file),
             "dropped_annotations": [
                 {"annotation_id": d.annotation_id, "field": d.field, "reason": d.reason}
+                | ({"instance_kept": True} if d.instance_kept else {})
                 for d in self.dropped_annotations
             ],
             "skipped_images": dict(Counter(self.skipped_images.values())),
