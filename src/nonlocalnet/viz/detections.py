@@ -16,8 +16,8 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-from nonlocalnet.atomic import atomic_write
 from nonlocalnet.errors import InvalidTypeError, InvalidValueError
+from nonlocalnet.viz.png import save_png
 
 __all__ = ["draw_detections", "plot_detection_attention", "save_detections"]
 
@@ -195,7 +195,7 @@ def draw_detections(
 def save_detections(path: str | os.PathLike, image: Any, prediction: Mapping[str, Any], **kw: Any) -> Path:
     """:func:`draw_detections` written atomically to ``path`` as a PNG; returns ``path``."""
     fig = draw_detections(image, prediction, **kw)
-    return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
+    return save_png(fig, path, dpi=120)
 
 
 def plot_detection_attention(
