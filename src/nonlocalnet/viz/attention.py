@@ -36,8 +36,8 @@ def nonlocal_inputs(model: nn.Module, clip: Tensor) -> dict[str, tuple[NonLocalB
     for name, module in model.named_modules():
         if isinstance(module, NonLocalBlock):
 
-            def hook(mod: nn.Module, args: tuple, name: str = name) -> None:
-                captured[name] = (mod, args[0].detach())
+            def hook(_: nn.Module, args: tuple, name: str = name, block: NonLocalBlock = module) -> None:
+                captured[name] = (block, args[0].detach())
 
             handles.append(module.register_forward_pre_hook(hook))
     if not handles:

@@ -71,7 +71,7 @@ def _prediction_arrays(
     if boxes.ndim != 2 or boxes.shape[1] != 4:
         raise InvalidValueError(f"boxes must have shape (n, 4) (x0, y0, x1, y1), got {tuple(boxes.shape)}")
     n = len(boxes)
-    out = {"boxes": boxes}
+    out: dict[str, np.ndarray] = {"boxes": boxes}
     labels = _numpy(prediction["labels"], "labels")
     scores = _numpy(prediction["scores"], "scores") if "scores" in prediction else np.ones(n)
     for key, value in (("labels", labels), ("scores", scores)):
