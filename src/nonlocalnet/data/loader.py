@@ -126,7 +126,8 @@ def build_loader(
     ``pin_memory`` defaults to whether CUDA is available.
     """
     if not isinstance(dataset, Sized):
-        raise InvalidTypeError(f"dataset must have a length (a map-style Dataset), got {type(dataset).__name__}")
+        kind = type(dataset).__name__
+        raise InvalidTypeError(f"dataset must have a length (a map-style Dataset), got {kind}")
     rank, world = distributed if distributed is not None else (0, 1)
     sampler = EpochSampler(
         len(dataset),
