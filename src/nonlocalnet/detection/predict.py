@@ -191,9 +191,8 @@ def predict_images(
         raise InvalidValueError(f"score_threshold must be in [0, 1], got {score_threshold}")
     if drawings is not None and len(drawings) != len(images):
         raise InvalidValueError(f"{len(drawings)} drawing paths for {len(images)} images")
-    model = trained.model
+    model, label_names = trained.model, trained.label_names
     device = next(model.parameters()).device
-    label_names = trained.label_names
     names = _drawn_names(model, label_names)
     mask_threshold = trained.config.detection.mask_threshold
     report = PredictionReport(score_threshold)
