@@ -28,6 +28,7 @@ over a second (its pick's column times it).
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import statistics
@@ -37,6 +38,7 @@ from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
 
+import numpy as np
 import torch
 from _harness import hold_write_lock, machine, measure, measure_in_turn, spawn, write_json
 
@@ -579,11 +581,23 @@ def summarise_grid(points: list[dict]) -> tuple[str, dict]:
     return "\n".join(lines), summary
 
 
+def nnls(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """argmin ||a x - b|| over x >= 0, exactly, for a few columns: the optimum is the least-squares
+    solution on its own support, so the best non-negative one over every support is it."""
+    best, best_residual = np.zeros(a.shape[1]), float(np.sum(b**2))
+    for k in range(1, a.shape[1] + 1):
+        for support in itertools.combinations(range(a.shape[1]), k):
+            coef = np.linalg.lstsq(a[:, support], b, rcond=None)[0]
+            residual = float(np.sum((a[:, support] @ coef - b) ** 2))
+            if coef.min() >= 0 and residual < best_residual:
+                best = np.zeros(a.shape[1])
+                best[list(support)] = coef
+                best_residual = residual
+    return best
+
+
 def fit_costs(points: list[dict]) -> dict[tuple[str, str, str], tuple[float, ...]]:
     """Non-negative least squares on relative error, per (algorithm, pass, precision)."""
-    import numpy as np
-    from scipy.optimize import nnls
-
     rows: dict[tuple[str, str, str], tuple[list, list]] = {}
     for r in points:
         if "error" in r:
@@ -603,7 +617,7 @@ def fit_costs(points: list[dict]) -> dict[tuple[str, str, str], tuple[float, ...
         a = np.array(xs)
         norm = a.max(axis=0)
         norm[norm == 0] = 1.0
-        coef, _ = nnls(a / norm, np.array(ys))
+        coef = nnls(a / norm, np.array(ys))
         costs[key] = tuple(float(c) for c in coef / norm)
     return costs
 

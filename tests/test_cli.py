@@ -78,3 +78,14 @@ def test_library_errors_print_one_line_and_bugs_keep_their_traceback(capsys, mon
     with pytest.raises(TypeError) as info:
         main(["models"])
     assert not isinstance(info.value, NonLocalNetError)
+
+
+@pytest.mark.parametrize(
+    ("option", "match"),
+    [(["--frames", "0"], "--frames must be >= 1, got 0"), (["--size", "0"], "--size must be >= 1, got 0")],
+)
+def test_info_refuses_zero_sizes(capsys, option, match):
+    """``info MODEL --frames 0`` measured the default 32 frames; ``--size 0`` was a RuntimeError
+    traceback from a convolution."""
+    assert main(["info", "c2d_r50", *option]) == 2
+    assert match in capsys.readouterr().err

@@ -6,6 +6,7 @@ import json
 from dataclasses import replace
 
 import pytest
+from png_header import png_size
 
 from nonlocalnet.cli import main
 from nonlocalnet.demo import DEMO_MODELS, QUICK_MODELS, full_recipe, model_section, quick_recipe
@@ -23,8 +24,11 @@ def quick_demo(tmp_path_factory):
 def test_quick_demo_writes_every_output(quick_demo, capsys):
     code, out = quick_demo
     assert code == 0
-    for name in ("results.md", "results.json", "runs.json", "curves.png", "attention.png"):
+    for name in ("results.md", "results.json", "runs.json"):
         assert (out / name).is_file(), name
+    assert png_size(out / "curves.png") == (1100, 396)  # one figure of 10 x 3.6 in at 110 dpi
+    # one axes per frame of a clip, 1.9 x 2.4 in each, at 120 dpi
+    assert png_size(out / "attention.png") == (round(1.9 * quick_recipe().clip_length * 120), 288)
     results = json.loads((out / "results.json").read_text())
     keys = [row["key"] for row in results["rows"]]
     assert keys == [m.key for m in QUICK_MODELS] and results["jobs"] == 2
@@ -33,7 +37,7 @@ def test_quick_demo_writes_every_output(quick_demo, capsys):
     for row in results["rows"]:
         assert 0.0 <= row["accuracy_mean"] <= 1.0 and row["params"] > 0 and row["gflops"] > 0
         run = out / "runs" / row["key"] / "seed0"
-        assert (run / "model.safetensors").is_file() and (run / "curves.png").is_file()
+        assert (run / "model.safetensors").is_file() and png_size(run / "curves.png") == (1210, 374)
     table = (out / "results.md").read_text()
     assert "| C2D baseline | 0 |" in table and "held-out video top-1" in table
     data = load_synthetic_dataset(out / "data")

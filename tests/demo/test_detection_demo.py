@@ -7,6 +7,7 @@ import json
 
 import pytest
 import torch
+from png_header import png_size
 
 pytest.importorskip("torchvision")
 pytest.importorskip("pycocotools")
@@ -37,8 +38,10 @@ def quick_detect_demo(tmp_path_factory):
 def test_quick_detect_demo_writes_every_output(quick_detect_demo, capsys):
     code, out = quick_detect_demo
     assert code == 0
-    for name in ("results.md", "results.json", "curves.png", "attention.png"):
+    for name in ("results.md", "results.json"):
         assert (out / name).is_file(), name
+    assert png_size(out / "curves.png") == (1100, 396)  # one figure of 10 x 3.6 in at 110 dpi
+    assert png_size(out / "attention.png")[0] == 840  # image and heat map side by side, 7 in at 120 dpi
     results = json.loads((out / "results.json").read_text())
     assert [r["model"] for r in results["rows"]] == list(quick_detection_recipe().models)
     assert results["evaluated_on"] == "val" and results["jobs"] == 2

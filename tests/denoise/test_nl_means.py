@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from nonlocalnet.denoise import estimate_sigma, nl_means, nl_means_video, psnr
+from nonlocalnet.errors import InvalidValueError
 
 
 def brute_force(frames, sigma, h, p, sw, tw=1, weights="gaussian", centre="max"):
@@ -267,3 +268,11 @@ def test_numpy_video_and_one_set_of_checks_for_images_and_videos():
         ValueError, match=r"video must be \(T, C, H, W\) or \(B, T, C, H, W\), got shape \(20, 20\)"
     ):
         nl_means_video(tchw[0, 0])
+
+
+@pytest.mark.parametrize("h", [None, 0.1])
+def test_nl_means_refuses_a_negative_sigma(h):
+    """``nl_means(x, sigma=-1)`` said "h must be > 0, got [-0.8]" (the default h of a sigma the
+    user gave), and with an explicit h a negative sigma was used as it was."""
+    with pytest.raises(InvalidValueError, match=r"sigma must be >= 0, got \[-1.0\]"):
+        nl_means(torch.rand(8, 8), sigma=-1.0, h=h, patch_size=3, search_window=5)

@@ -1,6 +1,7 @@
 from pathlib import Path
 
 import pytest
+from tiny_video import tiny_config
 
 from nonlocalnet.engine import ConfigError, config_from_dict, load_config, save_config
 from nonlocalnet.models import get_model_info, list_models
@@ -85,3 +86,26 @@ def test_saved_config_round_trips(tmp_path):
     save_config(cfg, tmp_path / "config.yaml")
     again = load_config(tmp_path / "config.yaml")
     assert again == cfg
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value", "match"),
+    [
+        ("optim", "base_lr", -1, "optim.base_lr: must be >= 0"),
+        ("optim", "momentum", -0.5, "optim.momentum: must be >= 0"),
+        ("optim", "weight_decay", -1e-4, "optim.weight_decay: must be >= 0"),
+        ("optim", "lr_gamma", -0.1, "optim.lr_gamma: must be >= 0"),
+        ("optim", "base_lr", float("nan"), "optim.base_lr: must be >= 0"),
+        ("optim", "warmup_iters", -5, "optim.warmup_iters: must be >= 0"),
+        ("data", "num_workers", -1, "data.num_workers: must be >= 0"),
+        ("train", "precise_bn_batches", -1, "train.precise_bn_batches: must be >= 0"),
+        ("train", "dist_timeout_s", 0, "train.dist_timeout_s: must be > 0"),
+        ("checkpoint", "every_iters", -1, "checkpoint.every_iters: must be >= 0"),
+        ("eval", "every_epochs", -1, "eval.every_epochs: must be >= 0"),
+    ],
+)
+def test_out_of_range_settings_are_config_errors(tiny_data, tmp_path, section, key, value, match):
+    """These were accepted silently (a negative weight decay trained) or failed deep inside
+    torch with a traceback (SGD's "Invalid learning rate", DataLoader's num_workers)."""
+    with pytest.raises(ConfigError, match=match):
+        config_from_dict(tiny_config(tiny_data, tmp_path, **{section: {key: value}}))

@@ -85,3 +85,19 @@ def test_predict_loads_a_checkpoint_written_before_both_were_refused(tmp_path, t
     _, loaded, names = load_trained_model(path)
     assert (loaded.train.iterations, loaded.train.epochs) == (6, 0)
     assert names == ["red", "blue"]  # no names in the checkpoint: its config's data.class_names
+
+
+def test_a_config_file_giving_epochs_replaces_its_bases_iterations(tiny_data, tmp_path):
+    """Every shipped config inherits ``iterations: 400000`` from kinetics400.yaml, so a user's
+    ``base: kinetics400.yaml`` + ``train: {epochs: 30}`` was "train.iterations (400000) and
+    train.epochs (30) are both set ... on the command line"; a file now wins over its base as the
+    command line wins over the file. Both in one file stays an error."""
+    base = tiny_config(tiny_data, tmp_path / "run", train={"iterations": 400, "epochs": 0})
+    write_config(tmp_path / "base.yaml", base)
+    (tmp_path / "epochs.yaml").write_text("base: base.yaml\ntrain:\n  epochs: 3\n")
+    cfg = load_config(tmp_path / "epochs.yaml")
+    assert (cfg.train.epochs, cfg.train.iterations) == (3, 0)
+    assert load_config(tmp_path / "epochs.yaml", ["train.iterations=7"]).train.iterations == 7
+    (tmp_path / "both.yaml").write_text("base: base.yaml\ntrain:\n  epochs: 3\n  iterations: 5\n")
+    with pytest.raises(ConfigError, match="are both set"):
+        load_config(tmp_path / "both.yaml")

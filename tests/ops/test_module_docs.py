@@ -28,12 +28,36 @@ def test_no_orphan_docstrings(path):
         assert not (_is_str(prev) and _is_str(node)), f"{path.name}:{node.lineno}: a string follows a string"
 
 
-def test_modes_docstring_follows_modes():
-    body = ast.parse((SRC / "ops" / "pairwise.py").read_text()).body
-    docs = {}
-    for node, nxt in itertools.pairwise(body):
-        if isinstance(node, (ast.Assign, ast.AnnAssign)) and _is_str(nxt):
-            target = node.targets[0] if isinstance(node, ast.Assign) else node.target
-            docs[target.id] = nxt.value.value
-    assert "four instantiations" in docs["MODES"]
-    assert "softmax" in docs["SOFTMAX_MODES"]
+def _public_constants(body: list[ast.stmt]) -> list[tuple[ast.stmt, str]]:
+    out = []
+    for node in body:
+        targets = (
+            node.targets
+            if isinstance(node, ast.Assign)
+            else [node.target]
+            if isinstance(node, ast.AnnAssign)
+            else []
+        )
+        out += [
+            (node, t.id)
+            for t in targets
+            if isinstance(t, ast.Name) and t.id.isupper() and not t.id.startswith("_")
+        ]
+    return out
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_every_public_constant_has_a_docstring(path):
+    body = ast.parse(path.read_text()).body
+    following = dict(itertools.pairwise(body))
+    missing = [name for node, name in _public_constants(body) if not _is_str(following.get(node, node))]
+    assert not missing, f"{path.name}: no docstring after {missing}"
+
+
+def test_the_constant_check_sees_a_missing_docstring():
+    body = ast.parse('A = 1\n"""A."""\nB: int = 2\n_c = 3\nD = 4\n').body
+    following = dict(itertools.pairwise(body))
+    assert [name for node, name in _public_constants(body) if not _is_str(following.get(node, node))] == [
+        "B",
+        "D",
+    ]

@@ -101,6 +101,7 @@ def _check_one(sample: VideoSample, decode: bool) -> VideoInfo | str:
     """The video's exact :class:`VideoInfo`, or why it cannot be read (a frame folder: why its
     images cannot; a time window: also when it holds no frame)."""
     try:
+        opened: VideoReader | FrameFolderReader
         if sample.num_frames is not None:
             opened = FrameFolderReader(sample.path, listed_frames=sample.num_frames)
         else:
@@ -134,8 +135,8 @@ def check_dataset(
 
     if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
         raise InvalidValueError(f"num_workers must be an int >= 0, got {num_workers!r}")
-    samples = [s if isinstance(s, VideoSample) else VideoSample(os.fspath(s), 0) for s in samples]
-    paths = [s.path for s in samples]
+    videos = [s if isinstance(s, VideoSample) else VideoSample(os.fspath(s), 0) for s in samples]
+    paths = [s.path for s in videos]
     start = time.perf_counter()
     bar = tqdm(total=len(paths), desc="check videos", unit="video", disable=not progress)
     report = CheckReport(len(paths), [], 0.0)
@@ -147,7 +148,7 @@ def check_dataset(
         else:
             if result.corrected:
                 detail = f"the header says {result.header_frames} frames, {result.num_frames} decode"
-                if samples[i].num_frames is not None:
+                if videos[i].num_frames is not None:
                     detail = (
                         f"the list says {result.header_frames} frames, the folder has {result.num_frames}"
                     )
@@ -163,10 +164,10 @@ def check_dataset(
     try:
         if num_workers > 0:
             with ThreadPoolExecutor(num_workers) as pool:
-                for i, result in enumerate(pool.map(lambda s: _check_one(s, decode), samples)):
+                for i, result in enumerate(pool.map(lambda s: _check_one(s, decode), videos)):
                     note(i, result)
         else:
-            for i, s in enumerate(samples):
+            for i, s in enumerate(videos):
                 note(i, _check_one(s, decode))
     finally:
         bar.close()

@@ -115,7 +115,7 @@ class VideoClipDataset(Dataset):
         try:
             cache = self.frame_cache
             if cache is not None and (cache.get(_cache_key(sample)) is not None or not cache.full):
-                frames = self._cached(sample, gen, clip)
+                frames = self._cached(cache, sample, gen, clip)
             else:
                 frames = self._read(sample, video_index, gen, clip)
         except VideoDecodeError as e:
@@ -144,9 +144,11 @@ class VideoClipDataset(Dataset):
             square_pixels=self.square_pixels,
         )
 
-    def _cached(self, sample: VideoSample, gen: torch.Generator | None, clip: int) -> Tensor:
+    def _cached(
+        self, cache: FrameCache, sample: VideoSample, gen: torch.Generator | None, clip: int
+    ) -> Tensor:
         key = _cache_key(sample)
-        frames = self.frame_cache.get(key)
+        frames = cache.get(key)
         if frames is None:
             with self._open(sample, None) as reader:
                 expected = reader.info(exact=True).num_frames
@@ -157,7 +159,7 @@ class VideoClipDataset(Dataset):
                     )
                 window = sample_frames(sample, reader)
             frames = frames[window.start : window.stop]
-            self.frame_cache.put(key, frames)
+            cache.put(key, frames)
         return frames[self._indices(len(frames), gen, clip)]
 
     def _read(self, sample: VideoSample, video_index: int, gen: torch.Generator | None, clip: int) -> Tensor:
@@ -181,8 +183,9 @@ def sample_frames(sample: VideoSample, reader: VideoReader | FrameFolderReader) 
     if sample.start is None or sample.end is None:
         frames = range(info.num_frames)
     else:
-        pts = reader.index().pts
-        time_base = reader.stream.time_base if pts is not None else None
+        # a video's frame timestamps where known; frame folders and unusable indexes go by fps
+        pts = reader.index().pts if isinstance(reader, VideoReader) else None
+        time_base = reader.stream.time_base if isinstance(reader, VideoReader) and pts is not None else None
         frames = window_frames(
             sample.start, sample.end, num_frames=info.num_frames, pts=pts, time_base=time_base, fps=info.fps
         )

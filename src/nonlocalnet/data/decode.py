@@ -58,12 +58,17 @@ import struct
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from fractions import Fraction
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from nonlocalnet.errors import InvalidTypeError, InvalidValueError, NonLocalNetError
+
+if TYPE_CHECKING:  # PyAV is imported on first use
+    from av.container import InputContainer
+    from av.video.reformatter import VideoReformatter
 
 __all__ = [
     "FrameIndex",
@@ -133,7 +138,7 @@ class FrameIndex:
     def known_packet(self, pts: int | None, size: int) -> bool:
         """Whether the video held a packet with this ``pts`` and ``size`` when it was indexed
         (true when the index keeps no packet table)."""
-        if self.packet_pts is None:
+        if self.packet_pts is None or self.packet_size is None:
             return True
         if pts is None:
             return False
@@ -294,6 +299,22 @@ def _orient(rgb: np.ndarray, rotation: int, flip: bool) -> np.ndarray:
     return out[:, ::-1] if flip else out
 
 
+def _seek_targets(index: FrameIndex, first: int) -> list[tuple[int, int]]:
+    """Where to seek to read from frame ``first``, in order: ``(timestamp, keyframe)``. A container
+    seeks by pts (Matroska) or by dts (MP4, AVI, MPEG-TS): the keyframe's pts, then its dts, then
+    earlier keyframes' (none for frame 0's keyframe, read from the start; none without timestamps)."""
+    targets: list[tuple[int, int]] = []
+    if index.pts is None:
+        return targets
+    for j in range(index.keyframe_before(first), -1, -1):
+        if index.keyframes[j] == 0 or len(targets) >= _SEEK_ATTEMPTS:
+            break
+        key = int(index.keyframes[j])
+        key_pts, key_dts = int(index.pts[key]), int(index.seek_ts[j])
+        targets += [(key_pts, key)] if key_dts == key_pts else [(key_pts, key), (key_dts, key)]
+    return targets
+
+
 class VideoReader:
     """One open video: probing, indexing and reading share it.
 
@@ -328,8 +349,9 @@ class VideoReader:
             raise VideoDecodeError(self.path, "empty file (0 bytes)")
         if info is not None and not isinstance(info, VideoInfo):
             raise InvalidTypeError(f"info must be a VideoInfo, got {type(info).__name__}")
-        self.container = None
-        self._reformatter = None
+        self.container: InputContainer | None = None
+        self._reformatter: VideoReformatter | None = None
+        self._packet_table: list[tuple[int, int]] | None = None
         self._check_packets: FrameIndex | None = None
         self._turn: tuple[int, bool] | None = None  # the orientation _rgb applies (None: as coded)
         self._first_turn: tuple[int, bool] | None = None  # the first frame's, once decoded
@@ -348,6 +370,11 @@ class VideoReader:
         self.stream = self.container.streams.video[0]
         self.stream.codec_context.thread_count = self.threads
         self._fresh = True  # positioned at the start, nothing decoded yet
+
+    def _input(self) -> InputContainer:
+        if self.container is None:
+            raise VideoDecodeError(self.path, "the reader is closed")
+        return self.container
 
     def __enter__(self) -> VideoReader:
         return self
@@ -373,10 +400,11 @@ class VideoReader:
 
     def index(self) -> FrameIndex:
         """The video's :class:`FrameIndex` (built on first use)."""
-        index = self.info(exact=True).index
+        info = self.info(exact=True)
+        index = info.index
         if index is None:  # an exact info made without an index (by hand): index it now
             index = self._build_index()
-            self._info = replace(self._info, num_frames=index.num_frames, index=index)
+            self._info = replace(info, num_frames=index.num_frames, index=index)
         return index
 
     def _header_info(self, exact: bool = False) -> VideoInfo:
@@ -384,11 +412,12 @@ class VideoReader:
         rate = next((Fraction(r) for r in (s.average_rate, s.guessed_rate, s.base_rate) if r), None)
         fps = float(rate) if rate else 0.0
         estimate = s.frames or None
+        container_duration = self._input().duration  # in AV_TIME_BASE units (microseconds)
         if estimate is None and fps > 0:
             if s.duration and s.time_base:
                 estimate = round(float(s.duration * s.time_base) * fps) or None
-            elif self.container.duration:
-                estimate = round(self.container.duration / 1_000_000 * fps) or None  # AV_TIME_BASE
+            elif container_duration:
+                estimate = round(container_duration / 1_000_000 * fps) or None
         if cc.width <= 0 or cc.height <= 0:
             raise VideoDecodeError(self.path, "the video stream has no frame size in its header")
         sar = s.sample_aspect_ratio  # av_guess_sample_aspect_ratio: the container's, else the codec's
@@ -454,7 +483,7 @@ class VideoReader:
         return out
 
     def _build_index(self) -> FrameIndex:
-        self._packet_table: list[tuple[int, int]] | None = None
+        self._packet_table = None
         packets = self._packets()
         table = self._packet_table
         if not packets:
@@ -515,7 +544,7 @@ class VideoReader:
         if not seen:
             raise VideoDecodeError(self.path, "no frame could be decoded")
         drop = seen[0]
-        if drop == 0:
+        if drop == 0 or index.pts is None:  # (frames were located: the index has timestamps)
             return index
         kept = index.keyframes >= drop
         return replace(
@@ -548,7 +577,7 @@ class VideoReader:
         # MPEG-2 decoders drop such frames themselves)
         at_start = self._fresh
         try:
-            for packet in self.container.demux(self.stream):
+            for packet in self._input().demux(self.stream):
                 if check is not None and packet.size and not check.known_packet(packet.pts, packet.size):
                     raise _BadLanding(f"a packet (pts {packet.pts}, {packet.size} bytes) is not in the index")
                 at_start = at_start and not packet.is_keyframe
@@ -575,7 +604,7 @@ class VideoReader:
     def _seek(self, ts: int, frame: int) -> None:
         self._fresh = False
         try:
-            self.container.seek(int(ts), backward=True, any_frame=False, stream=self.stream)
+            self._input().seek(int(ts), backward=True, any_frame=False, stream=self.stream)
         except _errors() as e:
             raise VideoDecodeError(self.path, f"seek to frame {frame} failed ({e})") from e
 
@@ -586,8 +615,8 @@ class VideoReader:
                 from av.video.reformatter import VideoReformatter
 
                 self._reformatter = VideoReformatter()
-            rgb = self._reformatter.reformat(frame, format="rgb24", width=size[1], height=size[0])
-            rgb = rgb.to_ndarray()
+            converted = self._reformatter.reformat(frame, format="rgb24", width=size[1], height=size[0])
+            rgb = converted.to_ndarray()
         except _errors() as e:
             raise VideoDecodeError(
                 self.path, f"cannot convert a {frame.format.name} frame to RGB ({e})"
@@ -638,16 +667,7 @@ class VideoReader:
         video was indexed with (containers that seek by byte position, MPEG-PS and MPEG-TS, can
         resume mid-packet and give the next frames the wrong timestamps)."""
         first, last, wanted = run[0], run[-1], set(run)
-        # a container seeks by pts (Matroska) or by dts (MP4, AVI, MPEG-TS): try the keyframe's pts,
-        # then its dts, then earlier keyframes', then the start
-        targets: list[tuple[int, int] | None] = []
-        for j in range(index.keyframe_before(first), -1, -1):
-            if index.keyframes[j] == 0 or len(targets) >= _SEEK_ATTEMPTS:
-                break
-            key = int(index.keyframes[j])
-            key_pts, key_dts = int(index.pts[key]), int(index.seek_ts[j])
-            targets += [(key_pts, key)] if key_dts == key_pts else [(key_pts, key), (key_dts, key)]
-        for target in (*targets, None):
+        for target in (*_seek_targets(index, first), None):
             if target is None:
                 self._rewind()
             else:

@@ -448,21 +448,7 @@ def scan_class_folders(
     ]
     samples = []
     for name in classes:
-        found = []
-        for folder, dirs, files in os.walk(root / name):
-            skipped += [
-                SkippedFile(os.path.join(folder, d), "hidden folder") for d in sorted(dirs) if d[0] == "."
-            ]
-            dirs[:] = sorted(d for d in dirs if d[0] != ".")
-            for f in files:
-                p = os.path.join(folder, f)
-                suffix = os.path.splitext(f)[1].lower()
-                if f.startswith("."):
-                    skipped.append(SkippedFile(p, "hidden file"))
-                elif suffix not in exts:
-                    skipped.append(SkippedFile(p, f"not a video extension ({suffix or 'none'})"))
-                else:
-                    found.append(p)
+        found = _videos_under(root / name, exts, skipped)
         samples += [VideoSample(p, labels[name]) for p in sorted(found)]
     if not samples:
         raise InvalidValueError(
@@ -473,6 +459,26 @@ def scan_class_folders(
     return VideoList(
         samples, classes if class_names is None else list(class_names), "class folders", skipped=skipped
     )
+
+
+def _videos_under(folder: Path, exts: tuple[str, ...], skipped: list[SkippedFile]) -> list[str]:
+    """The files under ``folder`` with a suffix in ``exts`` (lower case); hidden files and folders
+    and other files are added to ``skipped``."""
+    found = []
+    for current, dirs, files in os.walk(folder):
+        hidden = [d for d in sorted(dirs) if d[0] == "."]
+        skipped += [SkippedFile(os.path.join(current, d), "hidden folder") for d in hidden]
+        dirs[:] = sorted(d for d in dirs if d[0] != ".")
+        for f in files:
+            p = os.path.join(current, f)
+            suffix = os.path.splitext(f)[1].lower()
+            if f.startswith("."):
+                skipped.append(SkippedFile(p, "hidden file"))
+            elif suffix not in exts:
+                skipped.append(SkippedFile(p, f"not a video extension ({suffix or 'none'})"))
+            else:
+                found.append(p)
+    return found
 
 
 def _preview(names: Sequence[str], limit: int = 10) -> str:

@@ -5,14 +5,14 @@ batches as a single uninterrupted one."""
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sized
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from nonlocalnet.data.batch import collate_clips
 from nonlocalnet.data.sampling import mix_seeds
-from nonlocalnet.errors import InvalidValueError
+from nonlocalnet.errors import InvalidTypeError, InvalidValueError
 
 __all__ = ["EpochSampler", "build_loader"]
 
@@ -125,6 +125,9 @@ def build_loader(
     pass (resuming mid-epoch). Workers persist between epochs when ``num_workers > 0``;
     ``pin_memory`` defaults to whether CUDA is available.
     """
+    if not isinstance(dataset, Sized):
+        kind = type(dataset).__name__
+        raise InvalidTypeError(f"dataset must have a length (a map-style Dataset), got {kind}")
     rank, world = distributed if distributed is not None else (0, 1)
     sampler = EpochSampler(
         len(dataset),

@@ -17,7 +17,9 @@ the same patch weights and centre rule, without the ``2 sigma^2`` clamp.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -30,6 +32,7 @@ from nonlocalnet.ops import softmax_attention
 __all__ = ["default_h", "estimate_sigma", "nl_means", "nl_means_video", "psnr"]
 
 _MAD_TO_STD = 0.6744897501960817  # the median of |N(0, 1)|
+_Sigma = TypeVar("_Sigma", float, Tensor)
 
 
 def estimate_sigma(image: Tensor) -> Tensor:
@@ -52,7 +55,7 @@ def estimate_sigma(image: Tensor) -> Tensor:
     return sigma.mean(dim=1)
 
 
-def default_h(sigma: float) -> float:
+def default_h(sigma: _Sigma) -> _Sigma:
     """``h = 0.8 sigma``: scikit-image's documented choice for this (fast-mode) weight form."""
     return 0.8 * sigma
 
@@ -63,15 +66,18 @@ def _from_user(
     """Check a user's image or video (torch or NumPy) and bring its channels to dim -3; returns
     it and the function that gives a result back in the user's type and layout."""
     numpy = isinstance(x, np.ndarray)
-    if not numpy and not isinstance(x, Tensor):
+    if isinstance(x, np.ndarray):
+        floating = bool(np.issubdtype(x.dtype, np.floating))
+        t = torch.from_numpy(np.ascontiguousarray(x))
+    elif isinstance(x, Tensor):
+        floating, t = x.is_floating_point(), x
+    else:
         raise InvalidTypeError(f"{name} must be a torch.Tensor or a NumPy array, got {type(x).__name__}")
-    dtype = x.dtype
-    if not (np.issubdtype(dtype, np.floating) if numpy else x.is_floating_point()):
+    if not floating:
         raise InvalidTypeError(
-            f"{name} must be floating point (e.g. uint8 / 255 for [0, 1] images), got dtype {dtype}: "
+            f"{name} must be floating point (e.g. uint8 / 255 for [0, 1] images), got dtype {x.dtype}: "
             "integer images are ambiguous about their range"
         )
-    t = torch.from_numpy(np.ascontiguousarray(x)) if numpy else x
     if channel_axis is None and numpy and t.dim() > min(ranks):
         raise InvalidValueError(
             f"{name}: a {t.dim()}-D NumPy array needs channel_axis (-1 for channels last, as "
@@ -96,8 +102,10 @@ def _from_user(
     return t, back
 
 
-def _check_fit(patch_size: int, search_window: int | None, height: int, width: int, thing: str) -> None:
-    """The patch (and the search window) must fit inside ``thing`` (an image, frames)."""
+def _check_fit(patch_size: int, search_window: int | None, size: Sequence[int], thing: str) -> None:
+    """The patch (and the search window) must fit inside ``thing`` (an image, frames) of ``size``
+    ``(height, width)``."""
+    height, width = size
     need = patch_size // 2 + (search_window // 2 if search_window is not None else 0)
     if need >= min(height, width):
         what = f"patch_size {patch_size}" + (f" + search_window {search_window}" if search_window else "")
@@ -165,6 +173,8 @@ def _resolve(frames: Tensor, sigma: float | Tensor | None, h: float | None) -> t
         s = torch.as_tensor(sigma, dtype=frames.dtype).expand(b)
         if not (s >= 0).all():  # NaN too
             raise InvalidValueError(f"sigma must be >= 0, got {s.tolist()}")
+    hh: Tensor
+    unchanged: Tensor
     if h is None:
         hh = default_h(s)
         unchanged = hh == 0
@@ -185,6 +195,62 @@ def _per_item(x: Tensor, unchanged: Tensor, denoise: Callable[[Tensor, Tensor | 
     if todo.numel():
         y[todo] = denoise(x[todo], todo)
     return y
+
+
+@dataclass(frozen=True)
+class _Sums:
+    """The windowed NL-means accumulators ``(B, T, C or 1, H, W + 2 rs)``: weighted sums, weight
+    sums and the largest weight of each pixel."""
+
+    num: Tensor
+    den: Tensor
+    wmax: Tensor
+
+
+@dataclass(frozen=True)
+class _Shift:
+    """One band of pixel pairs: rows ``y0..y1`` of frame ``t0`` against the same rows shifted by
+    ``dy`` and by each of ``dxs`` in frame ``t1``."""
+
+    t0: int
+    t1: int
+    dy: int
+    dxs: range
+    y0: int
+    y1: int
+
+
+def _shift_weights(
+    padded: Tensor, s: _Shift, kernel: Tensor, rp: int, rs: int, two_s2: Tensor, inv_h2: Tensor
+) -> tuple[Tensor, Tensor]:
+    """The pairs' weights ``(len(dxs), B, y1 - y0, W)``, ``exp(-max(d^2 - 2 sigma^2, 0) / h^2)`` of
+    the patch distances ``d^2``, and the candidates' padded patches ``(len(dxs), B, C, ., .)``."""
+    width = padded.shape[-1] - 2 * rp - 2 * rs
+    ref = padded[:, s.t0, :, s.y0 : s.y1 + 2 * rp, rs : rs + width + 2 * rp]
+    band = padded[:, s.t1, :, s.y0 + s.dy : s.y1 + s.dy + 2 * rp]
+    cand = torch.stack([band[..., rs + dx : rs + dx + width + 2 * rp] for dx in s.dxs])
+    d2 = _patch_mean((cand - ref).square().sum(dim=2), kernel) / padded.shape[2]  # (S, B, n, W)
+    return torch.exp(-(d2 - two_s2).clamp_(min=0) * inv_h2), cand
+
+
+def _accumulate(acc: _Sums, padded: Tensor, s: _Shift, w: Tensor, cand: Tensor, rp: int, rs: int) -> None:
+    """Add the weights ``w`` of one band both ways: ``i -> j`` (the candidates' centres into rows
+    ``y0..y1`` of frame ``t0``) and ``j -> i`` (the band's own pixels into the candidates' places
+    in frame ``t1``)."""
+    width = padded.shape[-1] - 2 * rp - 2 * rs
+    n = s.y1 - s.y0
+    centre = cand[..., rp : rp + n, rp : rp + width]
+    acc.num[:, s.t0, :, s.y0 : s.y1, rs : rs + width] += (w[:, :, None] * centre).sum(dim=0)
+    acc.den[:, s.t0, 0, s.y0 : s.y1, rs : rs + width] += w.sum(dim=0)
+    top = acc.wmax[:, s.t0, 0, s.y0 : s.y1, rs : rs + width]
+    torch.maximum(top, w.amax(dim=0), out=top)
+    mine = padded[:, s.t0, :, s.y0 + rp : s.y0 + rp + n, rs + rp : rs + rp + width]  # (B, C, n, W)
+    for k, dx in enumerate(s.dxs):
+        rows, cols = slice(s.y0 + s.dy, s.y1 + s.dy), slice(rs + dx, rs + dx + width)
+        acc.num[:, s.t1, :, rows, cols].addcmul_(w[k, :, None], mine)
+        acc.den[:, s.t1, 0, rows, cols].add_(w[k])
+        top = acc.wmax[:, s.t1, 0, rows, cols]
+        torch.maximum(top, w[k], out=top)
 
 
 def _windowed(
@@ -222,37 +288,18 @@ def _windowed(
         torch.arange(width, device=frames.device) + torch.arange(-rs, rs + 1, device=frames.device)[:, None]
     )
     inside = ((reach >= 0) & (reach < width)).to(frames.dtype)[:, None, None]
+    acc = _Sums(num, den, wmax)
     for t0 in range(t):
         for dt in range(0, min(rt, t - 1 - t0) + 1):
-            t1 = t0 + dt
             for dy in range(0 if dt == 0 else -rs, rs + 1):
                 first = rs + 1 if (dt == 0 and dy == 0) else 0  # the pixel's own row: dx > 0 only
-                dxs, valid = range(first - rs, rs + 1), inside[first:]
-                if not dxs:
+                if first - rs > rs:
                     continue
                 lo, hi = max(0, -dy), min(height, height - dy)  # rows i whose i + dy is inside
                 for y0 in range(lo, hi, tile):
-                    y1 = min(hi, y0 + tile)
-                    n = y1 - y0
-                    ref = padded[:, t0, :, y0 : y1 + 2 * rp, rs : rs + width + 2 * rp]
-                    band = padded[:, t1, :, y0 + dy : y1 + dy + 2 * rp]
-                    cand = torch.stack([band[..., rs + dx : rs + dx + width + 2 * rp] for dx in dxs])
-                    d2 = _patch_mean((cand - ref).square().sum(dim=2), kernel) / c  # (S, B, n, W)
-                    w = torch.exp(-(d2 - two_s2).clamp_(min=0) * inv_h2) * valid
-                    # i -> j: the candidates' centres weighted into row band y0..y1 of frame t0
-                    centre = cand[..., rp : rp + n, rp : rp + width]
-                    num[:, t0, :, y0:y1, rs : rs + width] += (w[:, :, None] * centre).sum(dim=0)
-                    den[:, t0, 0, y0:y1, rs : rs + width] += w.sum(dim=0)
-                    top = wmax[:, t0, 0, y0:y1, rs : rs + width]
-                    torch.maximum(top, w.amax(dim=0), out=top)
-                    # j -> i: the same weights scattered to the candidates' positions in frame t1
-                    mine = ref[..., rp : rp + n, rp : rp + width]  # (B, C, n, W)
-                    for k, dx in enumerate(dxs):
-                        region = (slice(y0 + dy, y1 + dy), slice(rs + dx, rs + dx + width))
-                        num[:, t1, :, region[0], region[1]].addcmul_(w[k, :, None], mine)
-                        den[:, t1, 0, region[0], region[1]].add_(w[k])
-                        top = wmax[:, t1, 0, region[0], region[1]]
-                        torch.maximum(top, w[k], out=top)
+                    shift = _Shift(t0, t0 + dt, dy, range(first - rs, rs + 1), y0, min(hi, y0 + tile))
+                    w, cand = _shift_weights(padded, shift, kernel, rp, rs, two_s2, inv_h2)
+                    _accumulate(acc, padded, shift, w * inside[first:], cand, rp, rs)
     num, den, wmax = (a[..., rs : rs + width] for a in (num, den, wmax))
     # Buades et al.: the pixel itself weighs as its best match (1 if every match underflowed)
     self_w = torch.where(wmax > 0, wmax, 1.0) if centre_weight == "max" else 1.0
@@ -345,7 +392,7 @@ def nl_means(
     shape = x.shape
     x = x.reshape(-1, *shape[-3:]) if x.dim() >= 3 else x[None, None]
     _check_options(patch_size, search_window, patch_weights, centre_weight, tile_size)
-    _check_fit(patch_size, None if fully_nonlocal else search_window, *x.shape[-2:], "an image")
+    _check_fit(patch_size, None if fully_nonlocal else search_window, x.shape[-2:], "an image")
     s, hh, unchanged = _resolve(x[:, None], sigma, h)
 
     def denoise(items: Tensor, idx: Tensor | slice) -> Tensor:
@@ -393,7 +440,7 @@ def nl_means_video(
         raise InvalidValueError(
             f"temporal_window {temporal_window} needs more than {temporal_window // 2} frames, got {t}"
         )
-    _check_fit(patch_size, search_window, *v.shape[-2:], "frames")
+    _check_fit(patch_size, search_window, v.shape[-2:], "frames")
     s, hh, unchanged = _resolve(v, sigma, h)
     y = _per_item(
         v,

@@ -24,7 +24,7 @@ import json
 import math
 from os import PathLike
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, NoReturn
 
 import numpy as np
 from pycocotools import mask as mask_utils
@@ -172,9 +172,10 @@ def segmentation_problem(segm: Any, height: int, width: int) -> tuple[str, str] 
         if runs is None:
             return "segmentation.counts", "uncompressed RLE counts must be non-negative whole numbers"
     elif isinstance(counts, (str, bytes)):
-        runs, kind = rle_string_counts(counts), "compressed"
-        if isinstance(runs, str):
-            return "segmentation.counts", f"not a compressed RLE string: {runs}"
+        decoded, kind = rle_string_counts(counts), "compressed"
+        if isinstance(decoded, str):
+            return "segmentation.counts", f"not a compressed RLE string: {decoded}"
+        runs = decoded
         if runs.size and runs.min() < 0:
             return "segmentation.counts", "the compressed RLE string holds a negative run length"
     else:
@@ -210,12 +211,8 @@ def _records(data: dict, key: str, path: Path, required: dict[str, Any]) -> dict
     return out
 
 
-def load_coco_json(path: str | PathLike) -> tuple[dict[str, Any], list[DroppedAnnotation]]:
-    """The checked content of a COCO annotation file (``images``, ``annotations``,
-    ``categories``), with ``iscrowd``, ``area`` and ``num_keypoints`` filled where missing, and
-    the annotations left out of it because their segmentation is unusable
-    (:func:`segmentation_problem`). ``"segmentation": []`` or ``null`` (no mask) is removed."""
-    path = Path(path)
+def _read_json_object(path: Path) -> dict[str, Any]:
+    """The JSON object of a COCO annotation file, which must have its three lists."""
     if not path.is_file():
         raise MissingFileError(f"no such annotation file: {path}")
     try:
@@ -230,6 +227,16 @@ def load_coco_json(path: str | PathLike) -> tuple[dict[str, Any], list[DroppedAn
             raise InvalidValueError(
                 f"{path}: missing key '{key}' (a COCO annotation file has images, annotations and categories)"
             )
+    return data
+
+
+def load_coco_json(path: str | PathLike) -> tuple[dict[str, Any], list[DroppedAnnotation]]:
+    """The checked content of a COCO annotation file (``images``, ``annotations``,
+    ``categories``), with ``iscrowd``, ``area`` and ``num_keypoints`` filled where missing, and
+    the annotations left out of it because their segmentation is unusable
+    (:func:`segmentation_problem`). ``"segmentation": []`` or ``null`` (no mask) is removed."""
+    path = Path(path)
+    data = _read_json_object(path)
     positive = lambda v: _is_int(v) and v > 0  # noqa: E731
     images = _records(
         data,
@@ -262,40 +269,49 @@ def load_coco_json(path: str | PathLike) -> tuple[dict[str, Any], list[DroppedAn
     )
     dropped: list[DroppedAnnotation] = []
     for aid, ann in anns.items():
-
-        def fail(problem: str, aid: int = aid) -> None:
-            raise InvalidValueError(f"{path}: annotation {aid}: {problem}")
-
-        img = images.get(ann["image_id"])
-        if img is None:
-            fail(f"unknown image_id {ann['image_id']}")
-        if ann["category_id"] not in categories:
-            fail(f"unknown category_id {ann['category_id']} (categories: {sorted(categories)})")
-        ann.setdefault("iscrowd", 0)
-        if ann["iscrowd"] not in (0, 1):
-            fail(f"iscrowd must be 0 or 1, got {ann['iscrowd']!r}")
-        if "keypoints" in ann:
-            k, kps = num_kp[ann["category_id"]], ann["keypoints"]
-            if not k:
-                fail(f"has keypoints but its category {ann['category_id']} names none")
-            if not isinstance(kps, list) or len(kps) != 3 * k or not all(map(_is_number, kps)):
-                fail(f"keypoints must be {3 * k} numbers (x, y, v for {k} keypoints), got {kps!r:.80}")
-            ann.setdefault("num_keypoints", sum(1 for v in kps[2::3] if v > 0))
-        if "area" in ann and not _is_number(ann["area"]):
-            fail(f"invalid area {ann['area']!r}")
-        if "segmentation" in ann and (ann["segmentation"] is None or ann["segmentation"] == []):
-            del ann["segmentation"]  # box-only exports: no mask
-        if "segmentation" in ann:
-            dropped += _trim_degenerate_polygons(str(path), aid, ann)
-            problem = segmentation_problem(ann["segmentation"], img["height"], img["width"])
-            if problem is not None:
-                dropped.append(DroppedAnnotation(str(path), aid, *problem))
-                continue
-        if "area" not in ann:
-            segm = ann.get("segmentation")
-            rle = segmentation_to_rle(segm, img["height"], img["width"]) if segm is not None else None
-            ann["area"] = float(mask_utils.area(rle)) if rle is not None else float(np.prod(ann["bbox"][2:]))
+        dropped += _check_annotation(path, aid, ann, images, num_kp)
     if dropped:
         gone = {d.annotation_id for d in dropped if not d.instance_kept}
         data["annotations"] = [a for a in data["annotations"] if a["id"] not in gone]
     return data, dropped
+
+
+def _check_annotation(
+    path: Path, aid: int, ann: dict[str, Any], images: dict[Any, dict[str, Any]], num_kp: dict[int, int]
+) -> list[DroppedAnnotation]:
+    """Check one annotation (``num_kp``: keypoints per category id) and fill in its defaults;
+    returns what is dropped of it (the whole annotation, or degenerate polygons)."""
+
+    def fail(problem: str) -> NoReturn:
+        raise InvalidValueError(f"{path}: annotation {aid}: {problem}")
+
+    img = images.get(ann["image_id"])
+    if img is None:
+        fail(f"unknown image_id {ann['image_id']}")
+    if ann["category_id"] not in num_kp:
+        fail(f"unknown category_id {ann['category_id']} (categories: {sorted(num_kp)})")
+    ann.setdefault("iscrowd", 0)
+    if ann["iscrowd"] not in (0, 1):
+        fail(f"iscrowd must be 0 or 1, got {ann['iscrowd']!r}")
+    if "keypoints" in ann:
+        k, kps = num_kp[ann["category_id"]], ann["keypoints"]
+        if not k:
+            fail(f"has keypoints but its category {ann['category_id']} names none")
+        if not isinstance(kps, list) or len(kps) != 3 * k or not all(map(_is_number, kps)):
+            fail(f"keypoints must be {3 * k} numbers (x, y, v for {k} keypoints), got {kps!r:.80}")
+        ann.setdefault("num_keypoints", sum(1 for v in kps[2::3] if v > 0))
+    if "area" in ann and not _is_number(ann["area"]):
+        fail(f"invalid area {ann['area']!r}")
+    if "segmentation" in ann and (ann["segmentation"] is None or ann["segmentation"] == []):
+        del ann["segmentation"]  # box-only exports: no mask
+    dropped: list[DroppedAnnotation] = []
+    if "segmentation" in ann:
+        dropped += _trim_degenerate_polygons(str(path), aid, ann)
+        problem = segmentation_problem(ann["segmentation"], img["height"], img["width"])
+        if problem is not None:
+            return [*dropped, DroppedAnnotation(str(path), aid, *problem)]
+    if "area" not in ann:
+        segm = ann.get("segmentation")
+        rle = segmentation_to_rle(segm, img["height"], img["width"]) if segm is not None else None
+        ann["area"] = float(mask_utils.area(rle)) if rle is not None else float(np.prod(ann["bbox"][2:]))
+    return dropped

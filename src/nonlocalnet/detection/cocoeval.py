@@ -143,6 +143,25 @@ def _check_results(coco_gt: COCO, results: Sequence[dict[str, Any]]) -> None:
             raise InvalidValueError(f"a result has category {r['category_id']}, which the ground truth lacks")
 
 
+def _checked_keypoint_setup(
+    coco_gt: COCO, results: Sequence[dict[str, Any]], oks_sigmas: Sequence[float] | None
+) -> tuple[list[int], np.ndarray]:
+    """:func:`_keypoint_setup`, after checking that the ground truth of those categories and every
+    keypoint result have the keypoints."""
+    cats, sigmas = _keypoint_setup(coco_gt, oks_sigmas)
+    anns = coco_gt.anns.values()
+    lacking = [a["id"] for a in anns if a["category_id"] in cats and "keypoints" not in a]
+    if lacking:
+        raise InvalidValueError(
+            f"keypoint evaluation: ground-truth annotations {lacking[:10]} of categories with "
+            "keypoints have no keypoints"
+        )
+    k = len(sigmas)
+    if any(len(r["keypoints"]) != 3 * k for r in results if "keypoints" in r):
+        raise InvalidValueError(f"keypoint results must have {3 * k} values (x, y, v for {k} keypoints)")
+    return cats, sigmas
+
+
 def coco_evaluate(
     coco_gt: COCO,
     results: Sequence[dict[str, Any]],
@@ -176,19 +195,7 @@ def coco_evaluate(
         if iou_type == "segm" and any("segmentation" not in a for a in coco_gt.anns.values()):
             raise InvalidValueError("segm evaluation: the ground truth has annotations without segmentation")
         if iou_type == "keypoints":
-            cats, sigmas = _keypoint_setup(coco_gt, oks_sigmas)
-            anns = coco_gt.anns.values()
-            lacking = [a["id"] for a in anns if a["category_id"] in cats and "keypoints" not in a]
-            if lacking:
-                raise InvalidValueError(
-                    f"keypoint evaluation: ground-truth annotations {lacking[:10]} of categories with "
-                    "keypoints have no keypoints"
-                )
-            k = len(sigmas)
-            if any(len(r["keypoints"]) != 3 * k for r in results if key in r):
-                raise InvalidValueError(
-                    f"keypoint results must have {3 * k} values (x, y, v for {k} keypoints)"
-                )
+            cats, sigmas = _checked_keypoint_setup(coco_gt, results, oks_sigmas)
         typed = [
             {"image_id": r["image_id"], "category_id": r["category_id"], "score": r["score"], key: r[key]}
             for r in results

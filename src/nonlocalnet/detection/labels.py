@@ -80,6 +80,33 @@ def weights_num_classes(path: str | os.PathLike) -> int | None:
     return None if weight is None else int(weight.shape[0])
 
 
+def _auto_space(
+    ids: tuple[int, ...], n: int | None, counted: str, data: str, strict: bool
+) -> tuple[str, str, int | None]:
+    """``auto``'s choice for sorted category ``ids`` and ``n`` classes: ``(kind, reason, n)``,
+    ``n`` None when the count fits neither space and ``strict`` is false."""
+    k, top = len(ids), ids[-1]
+    contiguous, by_id = k + 1, top + 1
+    if n is None:
+        return "contiguous", "auto: no class count given", n
+    if n == contiguous:
+        return "contiguous", f"auto: {counted} = {k} categories + background", n
+    if n == by_id:
+        return "category_ids", f"auto: {counted} = the largest category id {top} + 1", n
+    if not strict:
+        return "contiguous", f"auto: {counted}, fitting neither space: its predictors are new", None
+    hint = (
+        f"set detection.labels=category_ids if its labels are COCO category ids (labels without "
+        f"a category in {data} are then dropped and counted)"
+        if n > by_id
+        else "these weights were trained on other categories"
+    )
+    raise ConfigError(
+        f"detection.labels auto: {counted}, neither the {k} categories of {data} + 1 ({contiguous}, "
+        f"contiguous labels) nor their largest id {top} + 1 ({by_id}, labels = category ids); {hint}"
+    )
+
+
 def resolve_label_space(
     labels: str,
     category_ids: Sequence[int],
@@ -112,26 +139,7 @@ def resolve_label_space(
     n = num_classes
     counted = f"{source} has {n} classes"
     if labels == "auto":
-        if n is None:
-            kind, reason = "contiguous", "auto: no class count given"
-        elif n == contiguous:
-            kind, reason = "contiguous", f"auto: {counted} = {k} categories + background"
-        elif n == by_id:
-            kind, reason = "category_ids", f"auto: {counted} = the largest category id {top} + 1"
-        elif not strict:
-            kind, reason = "contiguous", f"auto: {counted}, fitting neither space: its predictors are new"
-            n = None
-        else:
-            hint = (
-                f"set detection.labels=category_ids if its labels are COCO category ids (labels without "
-                f"a category in {data} are then dropped and counted)"
-                if n > by_id
-                else "these weights were trained on other categories"
-            )
-            raise ConfigError(
-                f"detection.labels auto: {counted}, neither the {k} categories of {data} + 1 ({contiguous}, "
-                f"contiguous labels) nor their largest id {top} + 1 ({by_id}, labels = category ids); {hint}"
-            )
+        kind, reason, n = _auto_space(ids, n, counted, data, strict)
         if same and kind == "contiguous":
             reason += f" (ids 1..{k}: contiguous labels are the category ids)"
     else:

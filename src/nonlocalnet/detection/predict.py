@@ -23,7 +23,7 @@ from torch import Tensor
 from nonlocalnet.atomic import atomic_write_bytes
 from nonlocalnet.detection.trained import TrainedDetector, predict_image, read_image
 from nonlocalnet.engine.distributed import resolve_device
-from nonlocalnet.errors import InvalidValueError, MissingFileError
+from nonlocalnet.errors import InvalidTypeError, InvalidValueError, MissingFileError
 from nonlocalnet.viz.detections import save_detections
 
 __all__ = [
@@ -163,6 +163,16 @@ def detections_to_json(
     return rows
 
 
+def _drawn_names(model: torch.nn.Module, label_names: Mapping[int, str]) -> list[str]:
+    """The drawing's names, indexed by label (0 the background), for every label the detector's
+    box predictor has."""
+    cls_score = model.get_submodule("roi_heads.box_predictor.cls_score")
+    if not isinstance(cls_score, torch.nn.Linear):
+        kind = type(cls_score).__name__
+        raise InvalidTypeError(f"the detector's box classifier must be an nn.Linear, got {kind}")
+    return ["background"] + [label_names.get(i, f"label {i}") for i in range(1, cls_score.out_features)]
+
+
 def predict_images(
     trained: TrainedDetector,
     images: Sequence[str | os.PathLike],
@@ -181,12 +191,9 @@ def predict_images(
         raise InvalidValueError(f"score_threshold must be in [0, 1], got {score_threshold}")
     if drawings is not None and len(drawings) != len(images):
         raise InvalidValueError(f"{len(drawings)} drawing paths for {len(images)} images")
-    model = trained.model
+    model, label_names = trained.model, trained.label_names
     device = next(model.parameters()).device
-    label_names = trained.label_names
-    # the drawing's names, indexed by label (0 the background), for every label the box predictor has
-    num_classes = model.roi_heads.box_predictor.cls_score.out_features
-    names = ["background"] + [label_names.get(i, f"label {i}") for i in range(1, num_classes)]
+    names = _drawn_names(model, label_names)
     mask_threshold = trained.config.detection.mask_threshold
     report = PredictionReport(score_threshold)
     for index, path in enumerate(images):
@@ -209,7 +216,8 @@ def predict_images(
             score_threshold=score_threshold,
             mask_threshold=mask_threshold,
         )
-        drawing = None if drawings is None or drawings[index] is None else Path(drawings[index])
+        target = drawings[index] if drawings is not None else None
+        drawing = Path(target) if target is not None else None
         if drawing is not None:
             save_detections(
                 drawing,

@@ -3,7 +3,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Sequence, Sized
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
@@ -96,6 +97,13 @@ class GroupedBatchSampler(Sampler):
         return max(len(self._order) // self.batch_size - self.skipped_batches, 0)
 
 
+@runtime_checkable
+class _AspectGrouped(Protocol):
+    """A dataset whose items have aspect-ratio groups (:meth:`CocoDetection.aspect_groups`)."""
+
+    def aspect_groups(self) -> list[int]: ...
+
+
 def build_detection_loader(
     dataset: Dataset,
     *,
@@ -123,7 +131,10 @@ def build_detection_loader(
     epoch_keys = bool(getattr(dataset, "epoch_keys", False))
     if hasattr(dataset, "set_epoch"):
         dataset.set_epoch(epoch)
-    common = {
+    if not isinstance(dataset, Sized):
+        kind = type(dataset).__name__
+        raise InvalidTypeError(f"dataset must have a length (a map-style Dataset), got {kind}")
+    common: dict[str, Any] = {  # DataLoader's keywords
         "num_workers": num_workers,
         "collate_fn": collate_detection,
         "pin_memory": torch.cuda.is_available() if pin_memory is None else pin_memory,
@@ -132,11 +143,12 @@ def build_detection_loader(
         "generator": torch.Generator().manual_seed(mix_seeds(seed, -1)),
     }
     if train:
-        if aspect_ratio_grouping and not hasattr(dataset, "aspect_groups"):
-            raise InvalidTypeError(
-                f"aspect_ratio_grouping needs a dataset with aspect_groups(), got {type(dataset).__name__}"
-            )
-        groups = dataset.aspect_groups() if aspect_ratio_grouping else [0] * len(dataset)
+        groups = [0] * len(dataset)
+        if aspect_ratio_grouping:
+            if not isinstance(dataset, _AspectGrouped):
+                kind = type(dataset).__name__
+                raise InvalidTypeError(f"aspect_ratio_grouping needs a dataset with aspect_groups(): {kind}")
+            groups = dataset.aspect_groups()
         batch_sampler = GroupedBatchSampler(
             groups, batch_size=batch_size, shuffle=shuffle, seed=seed, rank=rank, world=world,
             start_batch=start_batch, epoch=epoch, epoch_keys=epoch_keys,

@@ -42,8 +42,6 @@ __all__ = [
 SOFTMAX_CANDIDATES = ("fused", "flash", "chunked")
 """The exact, linear-memory softmax algorithms ``"auto"`` chooses from (in tie order)."""
 
-# (algorithm, pass, precision) -> (c_pair, c_flop, c_io, c_call), seconds per unit; fitted by
-# ``python benchmarks/block.py --fit`` from benchmarks/results/block_calibration.json.
 COSTS: dict[tuple[str, str, str], tuple[float, float, float, float]] = {
     ("chunked", "forward", "fp32"): (1.468e-09, 3.771e-12, 2.266e-09, 0.000447),
     ("chunked", "forward", "low"): (1.463e-09, 3.603e-12, 2.633e-09, 0.0006127),
@@ -58,6 +56,8 @@ COSTS: dict[tuple[str, str, str], tuple[float, float, float, float]] = {
     ("fused", "training", "fp32"): (3.77e-10, 4.214e-12, 3.604e-09, 0.001256),
     ("fused", "training", "low"): (1.959e-09, 1.089e-12, 2.218e-09, 0.002265),
 }
+"""(algorithm, pass, precision) -> (c_pair, c_flop, c_io, c_call), seconds per unit; fitted by
+``python benchmarks/block.py --fit`` from ``benchmarks/results/block_calibration.json``."""
 
 _CHUNK_BYTES = 1 << 23  # a chunk's (B, rows, M) logit block: 8 MiB in float32, a quarter of L3
 _MIN_ROWS = 256  # fewer query rows per product run the GEMMs far below their peak

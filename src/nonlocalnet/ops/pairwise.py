@@ -439,6 +439,40 @@ def _count_not_greater(keys: Tensor, queries: Tensor) -> Tensor:
     return torch.empty_like(keys_so_far).scatter_(1, order, keys_so_far)[:, m:]
 
 
+def _relu_sum_sorted(a: Tensor, b: Tensor, v: Tensor, *, one_chunk: bool) -> Tensor:
+    """``y_i = sum_j ReLU(a_i + b_j) g_j / M`` for ``a`` ``(B, N)``, ``b`` ``(B, M)``, ``v = g``
+    ``(B, M, Cv)``, by sorting ``b`` and prefix sums (:func:`concatenation`'s ``"sorted"``).
+    ``one_chunk``: all channels at once (under symbolic shapes, a step computed from the sizes
+    would fix them)."""
+    m, n = b.shape[1], a.shape[1]
+    # Channel-major (B, Cv, M): cumsum and gather run along the contiguous last axis (about
+    # 10x faster than along positions), and g from a conv is already laid out this way.
+    v_cm = v.transpose(1, 2)
+    b_sorted, order = b.sort(dim=1, descending=True)
+    count = m - _count_not_greater(b, -a)  # k_i = #{j: a_i + b_j > 0}: the first k_i columns
+    last = (count - 1).clamp(min=0)
+    # 1/M where k_i > 0, else 0; NaN for every row if b has a NaN (it may sort outside every
+    # prefix, yet the formula makes every y NaN).
+    weight_i = (count > 0).to(a.dtype) / m
+    weight_i = torch.where(torch.isnan(b).any(dim=1, keepdim=True), torch.nan, weight_i)
+    # Channel chunks bound the temporaries (sorted g, two prefix tables, two lookups) to
+    # about _CHUNK_ELEMENTS each; the output is the only full-size allocation.
+    cv = v_cm.shape[1]
+    if one_chunk:
+        step = cv
+    else:
+        step = max(1, min(cv, _CHUNK_ELEMENTS // (4 * v_cm.shape[0] * max(m, n))))
+    y = a.new_empty(v_cm.shape[0], cv, n)
+    for s in range(0, cv, step):
+        c = min(step, cv - s)
+        g_sorted = v_cm[:, s : s + c].gather(2, order[:, None, :].expand(-1, c, -1))
+        prefix_bg = (g_sorted * b_sorted[:, None, :]).cumsum(2)
+        prefix_g = g_sorted.cumsum(2)
+        idx = last[:, None, :].expand(-1, c, -1)
+        y[:, s : s + c] = torch.addcmul(prefix_bg.gather(2, idx), a[:, None, :], prefix_g.gather(2, idx))
+    return y.mul_(weight_i[:, None, :]).transpose(1, 2)
+
+
 def concatenation(
     theta: Tensor,
     phi: Tensor,
@@ -482,32 +516,7 @@ def concatenation(
         if algorithm == "pairwise":
             f = torch.relu(a[:, :, None] + b[:, None, :])
             return torch.bmm(f, v).div(m).to(out_dtype)
-        # Channel-major (B, Cv, M): cumsum and gather run along the contiguous last axis (about
-        # 10x faster than along positions), and g from a conv is already laid out this way.
-        v_cm = v.transpose(1, 2)
-        b_sorted, order = b.sort(dim=1, descending=True)
-        count = m - _count_not_greater(b, -a)  # k_i = #{j: a_i + b_j > 0}: the first k_i columns
-        last = (count - 1).clamp(min=0)
-        # 1/M where k_i > 0, else 0; NaN for every row if b has a NaN (it may sort outside every
-        # prefix, yet the formula makes every y NaN).
-        weight_i = (count > 0).to(a.dtype) / m
-        weight_i = torch.where(torch.isnan(b).any(dim=1, keepdim=True), torch.nan, weight_i)
-        # Channel chunks bound the temporaries (sorted g, two prefix tables, two lookups) to
-        # about _CHUNK_ELEMENTS each; the output is the only full-size allocation.
-        cv = v_cm.shape[1]
-        if _shape_agnostic(t, p):  # one chunk: a step computed from symbolic sizes fixes them
-            step = cv
-        else:
-            step = max(1, min(cv, _CHUNK_ELEMENTS // (4 * v_cm.shape[0] * max(m, n))))
-        y = a.new_empty(v_cm.shape[0], cv, n)
-        for s in range(0, cv, step):
-            c = min(step, cv - s)
-            g_sorted = v_cm[:, s : s + c].gather(2, order[:, None, :].expand(-1, c, -1))
-            prefix_bg = (g_sorted * b_sorted[:, None, :]).cumsum(2)
-            prefix_g = g_sorted.cumsum(2)
-            idx = last[:, None, :].expand(-1, c, -1)
-            y[:, s : s + c] = torch.addcmul(prefix_bg.gather(2, idx), a[:, None, :], prefix_g.gather(2, idx))
-        y = y.mul_(weight_i[:, None, :]).transpose(1, 2)
+        y = _relu_sum_sorted(a, b, v, one_chunk=_shape_agnostic(t, p))
     return y.to(out_dtype)
 
 

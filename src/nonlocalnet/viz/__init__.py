@@ -2,16 +2,20 @@
 
 from nonlocalnet.viz.attention import (
     attention_map,
+    draw_attention,
     key_argmax_pixel,
     nonlocal_inputs,
     plot_attention,
     query_to_grid,
 )
-from nonlocalnet.viz.confusion import plot_confusion, write_confusion_csv
-from nonlocalnet.viz.curves import plot_training_curves, read_jsonl
+from nonlocalnet.viz.confusion import draw_confusion, plot_confusion, write_confusion_csv
+from nonlocalnet.viz.curves import draw_training_curves, plot_training_curves, read_jsonl
 
 __all__ = [
     "attention_map",
+    "draw_attention",
+    "draw_confusion",
+    "draw_training_curves",
     "key_argmax_pixel",
     "nonlocal_inputs",
     "plot_attention",

@@ -15,8 +15,16 @@ from torch import Tensor, nn
 
 from nonlocalnet.errors import InvalidValueError
 from nonlocalnet.layers import NonLocalBlock
+from nonlocalnet.viz.png import save_png
 
-__all__ = ["attention_map", "key_argmax_pixel", "nonlocal_inputs", "plot_attention", "query_to_grid"]
+__all__ = [
+    "attention_map",
+    "draw_attention",
+    "key_argmax_pixel",
+    "nonlocal_inputs",
+    "plot_attention",
+    "query_to_grid",
+]
 
 
 @torch.no_grad()
@@ -28,8 +36,8 @@ def nonlocal_inputs(model: nn.Module, clip: Tensor) -> dict[str, tuple[NonLocalB
     for name, module in model.named_modules():
         if isinstance(module, NonLocalBlock):
 
-            def hook(mod: nn.Module, args: tuple, name: str = name) -> None:
-                captured[name] = (mod, args[0].detach())
+            def hook(_: nn.Module, args: tuple, name: str = name, block: NonLocalBlock = module) -> None:
+                captured[name] = (block, args[0].detach())
 
             handles.append(module.register_forward_pre_hook(hook))
     if not handles:
@@ -69,19 +77,18 @@ def key_argmax_pixel(weights: Tensor, video_shape: Sequence[int]) -> tuple[float
     )
 
 
-def plot_attention(
+def draw_attention(
     frames: np.ndarray,
     weights: Tensor,
     query: tuple[float, float, float],
-    path: str | os.PathLike,
     *,
     show: Sequence[int] | None = None,
     boxes: Sequence[tuple[int, int, int, int, int, str]] = (),
     title: str = "",
-) -> Path:
-    """Frames ``(T, H, W, 3)`` uint8 with the attention ``(T', H', W')`` of the query at pixel
-    ``(t, y, x)`` as a heat map on every shown frame, the query marked, and an arrow from the
-    query to the most attended position. ``boxes``: ``(t0, t1, y, x, size, label)`` outlines
+) -> Figure:
+    """One axes per shown frame: frames ``(T, H, W, 3)`` uint8 with the attention ``(T', H', W')``
+    of the query at pixel ``(t, y, x)`` as a heat map on every shown frame, the query marked, and
+    an arrow from the query to the most attended position. ``boxes``: ``(t0, t1, y, x, size, label)`` outlines
     drawn on frames ``t0 <= t < t1`` (e.g. the planted objects)."""
     T, H, W = frames.shape[:3]
     show = list(show) if show is not None else list(range(T))
@@ -117,7 +124,19 @@ def plot_attention(
     fig.suptitle(
         title or "attention of the query (cyan) over the clip; arrow: most attended position", fontsize=9
     )
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    return path
+    return fig
+
+
+def plot_attention(
+    frames: np.ndarray,
+    weights: Tensor,
+    query: tuple[float, float, float],
+    path: str | os.PathLike,
+    *,
+    show: Sequence[int] | None = None,
+    boxes: Sequence[tuple[int, int, int, int, int, str]] = (),
+    title: str = "",
+) -> Path:
+    """:func:`draw_attention` written to ``path`` as a PNG (120 dpi); returns ``path``."""
+    fig = draw_attention(frames, weights, query, show=show, boxes=boxes, title=title)
+    return save_png(fig, path, dpi=120)

@@ -10,7 +10,9 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
-__all__ = ["plot_confusion", "write_confusion_csv"]
+from nonlocalnet.viz.png import save_png
+
+__all__ = ["draw_confusion", "plot_confusion", "write_confusion_csv"]
 
 
 def write_confusion_csv(confusion: np.ndarray, class_names: Sequence[str], path: str | os.PathLike) -> Path:
@@ -25,10 +27,9 @@ def write_confusion_csv(confusion: np.ndarray, class_names: Sequence[str], path:
     return path
 
 
-def plot_confusion(
-    confusion: np.ndarray, class_names: Sequence[str], path: str | os.PathLike, title: str = ""
-) -> Path:
-    """Row-normalised confusion matrix image; class labels drawn when there are at most 40."""
+def draw_confusion(confusion: np.ndarray, class_names: Sequence[str], title: str = "") -> Figure:
+    """The row-normalised confusion matrix ``(K, K)`` (rows: true class) as an image; class labels
+    drawn when there are at most 40."""
     k = len(class_names)
     rates = confusion / np.maximum(confusion.sum(1, keepdims=True), 1)
     size = min(4 + 0.25 * k, 30)
@@ -40,7 +41,11 @@ def plot_confusion(
         ax.set_xticks(range(k), class_names, rotation=90, fontsize=7)
         ax.set_yticks(range(k), class_names, fontsize=7)
     ax.set(xlabel="predicted", ylabel="true", title=title or "confusion (video level)")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    return path
+    return fig
+
+
+def plot_confusion(
+    confusion: np.ndarray, class_names: Sequence[str], path: str | os.PathLike, title: str = ""
+) -> Path:
+    """:func:`draw_confusion` written to ``path`` as a PNG (110 dpi); returns ``path``."""
+    return save_png(draw_confusion(confusion, class_names, title), path, dpi=110)

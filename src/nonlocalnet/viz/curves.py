@@ -10,7 +10,9 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
-__all__ = ["plot_training_curves", "read_jsonl"]
+from nonlocalnet.viz.png import save_png
+
+__all__ = ["draw_training_curves", "plot_training_curves", "read_jsonl"]
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
@@ -32,9 +34,10 @@ _VAL_CURVES = (  # (key of a "val" record, label, factor to percent)
 )
 
 
-def plot_training_curves(records: list[dict[str, Any]], path: str | os.PathLike, title: str = "") -> Path:
-    """Loss and lr against the optimiser step (``kind == "train"`` records), and validation
-    accuracy or, for detectors, COCO AP (``kind == "val"``), as one PNG."""
+def draw_training_curves(records: list[dict[str, Any]], title: str = "") -> Figure:
+    """Three axes against the optimiser step: loss, accuracy (train top-1 and validation, in %)
+    or, for detectors, COCO AP, and the learning rate; from the ``kind == "train"`` and
+    ``kind == "val"`` records of the metrics log."""
     train = [r for r in records if r.get("kind") == "train"]
     val = [r for r in records if r.get("kind") == "val"]
     fig = Figure(figsize=(11, 3.4), layout="constrained")
@@ -60,7 +63,9 @@ def plot_training_curves(records: list[dict[str, Any]], path: str | os.PathLike,
     ax_lr.set(xlabel="step", ylabel="lr", title="learning rate")
     if title:
         fig.suptitle(title)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    return path
+    return fig
+
+
+def plot_training_curves(records: list[dict[str, Any]], path: str | os.PathLike, title: str = "") -> Path:
+    """:func:`draw_training_curves` written to ``path`` as a PNG (110 dpi); returns ``path``."""
+    return save_png(draw_training_curves(records, title), path, dpi=110)

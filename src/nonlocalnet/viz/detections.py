@@ -13,11 +13,12 @@ from typing import Any
 
 import matplotlib
 import numpy as np
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-from nonlocalnet.atomic import atomic_write
 from nonlocalnet.errors import InvalidTypeError, InvalidValueError
+from nonlocalnet.viz.png import save_png
 
 __all__ = ["draw_detections", "plot_detection_attention", "save_detections"]
 
@@ -71,7 +72,7 @@ def _prediction_arrays(
     if boxes.ndim != 2 or boxes.shape[1] != 4:
         raise InvalidValueError(f"boxes must have shape (n, 4) (x0, y0, x1, y1), got {tuple(boxes.shape)}")
     n = len(boxes)
-    out = {"boxes": boxes}
+    out: dict[str, np.ndarray] = {"boxes": boxes}
     labels = _numpy(prediction["labels"], "labels")
     scores = _numpy(prediction["scores"], "scores") if "scores" in prediction else np.ones(n)
     for key, value in (("labels", labels), ("scores", scores)):
@@ -135,12 +136,7 @@ def draw_detections(
     pred = _prediction_arrays(prediction, height, width, len(class_names))
     keep = np.flatnonzero(pred["scores"] >= score_threshold)
     num_kp = pred["keypoints"].shape[1] if "keypoints" in pred else 0
-    if keypoint_names is not None and "keypoints" in pred and len(keypoint_names) != num_kp:
-        raise InvalidValueError(f"keypoint_names has {len(keypoint_names)} names for {num_kp} keypoints")
-    pairs = [tuple(int(i) for i in p) for p in skeleton] if skeleton is not None and num_kp else []
-    if any(len(p) != 2 or not all(0 <= i < num_kp for i in p) for p in pairs):
-        raise InvalidValueError(f"skeleton must be 0-based pairs of keypoint indices < {num_kp}, got {pairs}")
-
+    pairs = _skeleton_pairs(num_kp if "keypoints" in pred else None, keypoint_names, skeleton)
     size = 5.0
     fig = Figure(figsize=(size * width / max(height, width) + 0.2, size * height / max(height, width) + 0.5))
     fig.set_layout_engine("constrained")
@@ -157,31 +153,14 @@ def draw_detections(
     fontsize = 7 if len(keep) < 30 else 5
     for i in keep:
         label = int(pred["labels"][i])
-        color = _class_color(label)
-        x0, y0, x1, y1 = pred["boxes"][i]
-        ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, ec=color, lw=1.5))
         text = (
             class_names[label]
             if "scores" not in prediction
             else f"{class_names[label]} {pred['scores'][i]:.2f}"
         )
-        ax.text(
-            x0,
-            y0,
-            text,
-            color="white",
-            fontsize=fontsize,
-            va="bottom",
-            bbox={"facecolor": color, "alpha": 0.8, "pad": 1, "edgecolor": "none"},
-            clip_on=True,
-        )
+        _draw_box(ax, pred["boxes"][i], text, _class_color(label), fontsize)
         if "keypoints" in pred:
-            kp = pred["keypoints"][i]
-            seen = kp[:, 2] > 0
-            for a, b in pairs:
-                if seen[a] and seen[b]:
-                    ax.plot(kp[[a, b], 0], kp[[a, b], 1], color=color, lw=1.0, alpha=0.9)
-            ax.plot(kp[seen, 0], kp[seen, 1], ls="none", marker="o", ms=3, mfc=color, mec="white", mew=0.6)
+            _draw_keypoints(ax, pred["keypoints"][i], pairs, _class_color(label))
     if keypoint_names is not None and num_kp:
         ax.set_xlabel("keypoints: " + ", ".join(keypoint_names), fontsize=7)
     ax.set_xlim(0, width)
@@ -192,10 +171,54 @@ def draw_detections(
     return fig
 
 
+def _skeleton_pairs(
+    num_kp: int | None, keypoint_names: Sequence[str] | None, skeleton: Sequence[tuple[int, int]] | None
+) -> list[tuple[int, ...]]:
+    """The skeleton's pairs of keypoint indices, checked against ``num_kp`` keypoints (None: the
+    prediction has none, nothing is joined), as are the keypoint names."""
+    if keypoint_names is not None and num_kp is not None and len(keypoint_names) != num_kp:
+        raise InvalidValueError(f"keypoint_names has {len(keypoint_names)} names for {num_kp} keypoints")
+    if skeleton is None or not num_kp:
+        return []
+    pairs = [tuple(int(i) for i in p) for p in skeleton]
+    if any(len(p) != 2 or not all(0 <= i < num_kp for i in p) for p in pairs):
+        raise InvalidValueError(f"skeleton must be 0-based pairs of keypoint indices < {num_kp}, got {pairs}")
+    return pairs
+
+
+def _draw_box(
+    ax: Axes, box: np.ndarray, text: str, color: tuple[float, float, float], fontsize: float
+) -> None:
+    """An xyxy box outlined in ``color`` with ``text`` on a label above its top-left corner."""
+    x0, y0, x1, y1 = box
+    ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, ec=color, lw=1.5))
+    ax.text(
+        x0,
+        y0,
+        text,
+        color="white",
+        fontsize=fontsize,
+        va="bottom",
+        bbox={"facecolor": color, "alpha": 0.8, "pad": 1, "edgecolor": "none"},
+        clip_on=True,
+    )
+
+
+def _draw_keypoints(
+    ax: Axes, kp: np.ndarray, pairs: list[tuple[int, ...]], color: tuple[float, float, float]
+) -> None:
+    """Keypoints ``(K, 3)`` with visibility > 0 as dots, joined where both ends of a pair are."""
+    seen = kp[:, 2] > 0
+    for a, b in pairs:
+        if seen[a] and seen[b]:
+            ax.plot(kp[[a, b], 0], kp[[a, b], 1], color=color, lw=1.0, alpha=0.9)
+    ax.plot(kp[seen, 0], kp[seen, 1], ls="none", marker="o", ms=3, mfc=color, mec="white", mew=0.6)
+
+
 def save_detections(path: str | os.PathLike, image: Any, prediction: Mapping[str, Any], **kw: Any) -> Path:
     """:func:`draw_detections` written atomically to ``path`` as a PNG; returns ``path``."""
     fig = draw_detections(image, prediction, **kw)
-    return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
+    return save_png(fig, path, dpi=120)
 
 
 def plot_detection_attention(

@@ -1,7 +1,8 @@
-"""Frame exactness on inputs that broke it in review (issue 13): containers that seek by byte
-position (MPEG-PS, MPEG-TS) and land off the keyframe or give the next frames the wrong timestamps,
-damaged frames whose concealment depends on where decoding started, and decoder errors that must
-name the frame. Every read is compared with the sequential decode by the code drawn in each frame."""
+"""Frame exactness of seeking reads (``nonlocalnet.data.decode``) on hard inputs: containers that
+seek by byte position (MPEG-PS, MPEG-TS) and land off the keyframe or give the next frames the wrong
+timestamps, damaged frames whose concealment depends on where decoding started, and decoder errors
+that must name the frame. Every read is compared with the sequential decode by the code drawn in
+each frame."""
 
 from __future__ import annotations
 
