@@ -28,11 +28,12 @@ from nonlocalnet.detection.batch import DetectionSample
 from nonlocalnet.detection.coco import CocoDetection
 from nonlocalnet.detection.evaluate import evaluate_detector
 from nonlocalnet.detection.labels import resolve_label_space
-from nonlocalnet.detection.trained import load_trained_detector
-from nonlocalnet.engine import ConfigError, config_from_dict
+from nonlocalnet.engine import ConfigError
 from nonlocalnet.engine.config import config_to_dict
 from nonlocalnet.errors import InvalidValueError
+from nonlocalnet.tasks import config_from_dict
 from nonlocalnet.tasks.detection import Detection
+from nonlocalnet.tasks.detection.setup import load_trained_detector
 
 ROOT = Path(__file__).resolve().parents[2]
 # COCO's 80 category ids: 1..90 with 10 gaps (12, 26, 29, 30, 45, 66, 68, 69, 71, 83)

@@ -2,8 +2,9 @@ from pathlib import Path
 
 import pytest
 
-from nonlocalnet.engine import ConfigError, config_from_dict, load_config, save_config
+from nonlocalnet.engine import ConfigError, save_config
 from nonlocalnet.models import get_model_info, list_models
+from nonlocalnet.tasks import config_from_dict, load_config
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 

@@ -4,9 +4,10 @@ import pytest
 from tiny_video import tiny_config, write_config
 
 from nonlocalnet.cli import main
-from nonlocalnet.engine import ConfigError, config_from_dict
+from nonlocalnet.engine import ConfigError
 from nonlocalnet.errors import InvalidTypeError, NonLocalNetError
 from nonlocalnet.models import build_model
+from nonlocalnet.tasks import config_from_dict
 
 
 @pytest.fixture
@@ -95,7 +96,7 @@ def test_nl_means_refuses_a_negative_sigma(h):
 def test_a_missing_class_names_file_names_the_key(tiny_data, tmp_path):
     """``eval`` from another folder than training's, with a relative ``data.class_names`` in the
     saved config, printed only "[Errno 2] No such file or directory: 'data/classes.txt'"."""
-    from nonlocalnet.engine.setup import load_samples
+    from nonlocalnet.tasks.video import load_samples
 
     cfg = config_from_dict(tiny_config(tiny_data, tmp_path, data={"class_names": str(tmp_path / "nope.txt")}))
     with pytest.raises(ConfigError, match="data.class_names: no such file: .*nope.txt"):
@@ -149,7 +150,7 @@ def test_predict_refuses_zero_and_negative_counts(tiny_data, tmp_path, capsys, o
     import torch
 
     from nonlocalnet.engine import config_to_dict
-    from nonlocalnet.engine.setup import build_model_from_config
+    from nonlocalnet.tasks.video import build_model_from_config
 
     cfg = config_from_dict(tiny_config(tiny_data, tmp_path))
     model = build_model_from_config(cfg.model)
@@ -170,8 +171,9 @@ def test_api_entry_points_name_a_wrong_argument_type(tmp_path):
     from torch import nn
 
     from nonlocalnet import add_nonlocal
-    from nonlocalnet.engine import run_evaluation, train
+    from nonlocalnet.engine import train
     from nonlocalnet.models import save_weights
+    from nonlocalnet.tasks.video import run_evaluation
 
     for call, match in (
         (lambda: train("configs/c2d_r50.yaml"), r"train\(cfg\): cfg must be a Config .* got str"),
@@ -196,14 +198,14 @@ def test_api_entry_points_name_a_wrong_argument_type(tmp_path):
 def test_eval_under_torchrun_reports_on_rank_0_only(config_file, capsys, monkeypatch):
     """``torchrun ... -m nonlocalnet.cli eval`` printed the accuracy and "wrote ..." once per
     process, as ``train`` did before issue 14 (only rank 0 writes the files)."""
-    import nonlocalnet.engine
+    import nonlocalnet.tasks.video
 
     class Result:
         def summary(self):
             return "video accuracy ..."
 
     monkeypatch.setattr(
-        nonlocalnet.engine,
+        nonlocalnet.tasks.video,
         "run_evaluation",
         lambda cfg, checkpoint, output_dir=None, save_scores=None: Result(),
     )
@@ -220,7 +222,7 @@ def test_a_config_file_giving_epochs_replaces_its_bases_iterations(tiny_data, tm
     ``base: kinetics400.yaml`` + ``train: {epochs: 30}`` was "train.iterations (400000) and
     train.epochs (30) are both set ... on the command line"; a file now wins over its base as the
     command line wins over the file. Both in one file stays an error."""
-    from nonlocalnet.engine import load_config
+    from nonlocalnet.tasks import load_config
 
     base = tiny_config(tiny_data, tmp_path / "run", train={"iterations": 400, "epochs": 0})
     write_config(tmp_path / "base.yaml", base)

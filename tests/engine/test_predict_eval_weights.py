@@ -17,20 +17,19 @@ import torch
 from tiny_video import tiny_config, write_config
 
 from nonlocalnet.cli import main
-from nonlocalnet.engine import (
+from nonlocalnet.engine import read_model_file, save_config
+from nonlocalnet.engine.config import ConfigError
+from nonlocalnet.errors import InvalidValueError
+from nonlocalnet.models import build_model, save_weights
+from nonlocalnet.tasks import config_from_dict
+from nonlocalnet.tasks.video import (
     EvalReport,
-    config_from_dict,
+    build_model_from_config,
     inference_config,
     load_trained_model,
     predict_video,
-    read_model_file,
     run_evaluation,
-    save_config,
 )
-from nonlocalnet.engine.config import ConfigError
-from nonlocalnet.engine.setup import build_model_from_config
-from nonlocalnet.errors import InvalidValueError
-from nonlocalnet.models import build_model, save_weights
 
 
 def _biased(cfg, favourite: int):

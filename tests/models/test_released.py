@@ -10,9 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from nonlocalnet.cli import main
-from nonlocalnet.engine import config_from_dict, load_model_file, read_model_file
-from nonlocalnet.engine.predict import load_model_weights
-from nonlocalnet.engine.setup import build_model_from_config, initialise_model
+from nonlocalnet.engine import load_model_file, read_model_file
 from nonlocalnet.models import (
     RELEASE_URL,
     RELEASED_CHECKPOINTS,
@@ -28,6 +26,8 @@ from nonlocalnet.models import (
     released_info_from_metadata,
     save_caffe2_pickle,
 )
+from nonlocalnet.tasks import config_from_dict
+from nonlocalnet.tasks.video import build_model_from_config, initialise_model, load_model_weights
 
 # The model zoo of the authors' README (facebookresearch/video-nonlocal-net): file -> registry
 # model, BN form, clips (frames x sample rate), top-1/top-5 on Kinetics-400 val.

@@ -30,8 +30,9 @@ from nonlocalnet.demo.detection_data import (
     context_shapes_splits,
 )
 from nonlocalnet.demo.run import default_jobs
-from nonlocalnet.engine import Config, config_from_dict, read_jsonl, train
+from nonlocalnet.engine import Config, read_jsonl, train
 from nonlocalnet.errors import InvalidValueError
+from nonlocalnet.tasks import config_from_dict
 
 __all__ = [
     "DETECTION_DEMO_MODELS",

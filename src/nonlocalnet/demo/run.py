@@ -24,9 +24,11 @@ from nonlocalnet.demo.models import ABLATIONS, DEMO_MODELS, QUICK_MODELS, DemoMo
 from nonlocalnet.demo.recipe import DemoRecipe, full_recipe, quick_recipe
 from nonlocalnet.demo.report import summarise, write_curves, write_table
 from nonlocalnet.demo.synthetic import SyntheticDataset, generate_long_range_dataset
-from nonlocalnet.engine import Config, build_model_from_config, config_from_dict, train
+from nonlocalnet.engine import Config, train
 from nonlocalnet.errors import InvalidValueError
 from nonlocalnet.models import measure_complexity
+from nonlocalnet.tasks import config_from_dict
+from nonlocalnet.tasks.video import build_model_from_config
 
 __all__ = ["DemoResult", "default_jobs", "demo_config", "run_demo"]
 
