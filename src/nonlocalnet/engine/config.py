@@ -281,13 +281,15 @@ def config_class(task: str) -> type[Config]:
 
 def check_config(cfg: Any, call: str, cls: type[Config] = Config) -> None:
     """Raise ``TypeError`` unless ``cfg`` is a ``cls`` (a task's config class, or any
-    :class:`Config`); ``call`` shows the signature."""
+    :class:`Config`; ``call`` shows the signature), then run its checks (``cfg.validate()``:
+    settings changed after parsing are checked too)."""
     if not isinstance(cfg, cls):
         kind = "" if cls is Config else f"a {cls.__name__}; "
         raise InvalidTypeError(
             f"{call}: cfg must be a Config ({kind}from load_config(path) or config_from_dict(data)), "
             f"got {type(cfg).__name__}"
         )
+    cfg.validate()
 
 
 def config_from_dict(data: dict) -> Config:
