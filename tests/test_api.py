@@ -4,7 +4,8 @@ import pytest
 from torch import nn
 
 from nonlocalnet import add_nonlocal
-from nonlocalnet.engine import run_evaluation, train
+from nonlocalnet.engine import train
+from nonlocalnet.tasks.video import run_evaluation
 from nonlocalnet.errors import InvalidTypeError
 from nonlocalnet.models import save_weights
 

@@ -156,8 +156,8 @@ def _demo_table() -> list[list[str]]:
 def test_demo_table_sizes_match_the_demo_networks():
     from nonlocalnet.demo.models import DEMO_MODELS, model_section
     from nonlocalnet.demo.recipe import full_recipe
-    from nonlocalnet.engine.config import config_from_dict
-    from nonlocalnet.engine.setup import build_model_from_config
+    from nonlocalnet.tasks import config_from_dict
+    from nonlocalnet.tasks.video import build_model_from_config
 
     table = _demo_table()
     assert [r[0] for r in table] == [m.label for m in DEMO_MODELS]
@@ -257,8 +257,8 @@ def test_the_index_lists_every_page():
 def test_detection_norm_table_names_the_code_default():
     """docs/detection.md's ``nonlocal_norm`` table marks the default the config, the builder and
     the shipped recipe use, and lists every norm the block accepts."""
-    from nonlocalnet.engine.config import DetectionConfig
     from nonlocalnet.layers.norm import NORMS
+    from nonlocalnet.tasks.detection import DetectionConfig
 
     table = _table((DOCS / "detection.md").read_text(), "| `nonlocal_norm` |")
     names = [re.fullmatch(r"`(\w+)`( \(default\))?", row[0]) for row in table]

@@ -36,7 +36,8 @@ def _example(args: argparse.Namespace) -> int:
     )
     x = torch.randn(args.batch, args.channels, *size, generator=gen)
     n = math.prod(size)
-    m = math.prod(s // k for s, k in zip(size, block.pool_kernel, strict=True))
+    kernel = block.pool_kernel or (1,) * len(size)  # no sub-sampling: every position is a key
+    m = math.prod(s // k for s, k in zip(size, kernel, strict=True))
     params = sum(p.numel() for p in block.parameters())
     print(f"nonlocalnet {__version__}: NonLocalBlock({block.extra_repr()})")
     print(f"  parameters           {params:,}")
@@ -134,12 +135,14 @@ def _denoise(args: argparse.Namespace) -> int:
             if args.sigma is not None
             else first_sigma.setdefault("sigma", estimate_sigma(chunk).mean().item())
         )
-        return nl_means_video(chunk, sigma=sigma, temporal_window=args.temporal_window, **opts)
+        return torch.as_tensor(
+            nl_means_video(chunk, sigma=sigma, temporal_window=args.temporal_window, **opts)
+        )
 
     summary = denoise_file(
         args.input,
         args.output,
-        image_fn=lambda image: nl_means(image, sigma=args.sigma, **opts),
+        image_fn=lambda image: torch.as_tensor(nl_means(image, sigma=args.sigma, **opts)),
         video_fn=video_fn,
         temporal_context=args.temporal_window // 2,
         progress=not args.no_progress,
@@ -231,7 +234,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nonlocalnet", description=__doc__)
     parser.add_argument("--version", action="version", version=f"nonlocalnet {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
+    _add_model_commands(sub)
+    _add_tool_commands(sub)
+    add_video_commands(sub)
+    add_detection_commands(sub)
+    return parser
 
+
+def _add_model_commands(sub: argparse._SubParsersAction) -> None:
+    """``example``, ``info``, ``convert-caffe2``."""
     ex = sub.add_parser("example", help="build a non-local block and show what it does")
     ex.add_argument("--mode", choices=MODES, default="embedded_gaussian")
     ex.add_argument("--channels", type=int, default=64)
@@ -269,6 +280,9 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("--allow-partial", action="store_true", help="load what fits, report the rest")
     conv.set_defaults(func=_convert_caffe2)
 
+
+def _add_tool_commands(sub: argparse._SubParsersAction) -> None:
+    """``denoise``, ``models``, ``weights``."""
     den = sub.add_parser("denoise", help="non-local means on an image (PNG/JPEG/...) or a video")
     den.add_argument("input")
     den.add_argument("-o", "--output", required=True)
@@ -299,9 +313,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     we.add_argument("--no-progress", action="store_true")
     we.set_defaults(func=_weights)
-    add_video_commands(sub)
-    add_detection_commands(sub)
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -4,23 +4,13 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from pathlib import Path
 
 from nonlocalnet.cli_video import _setup_logging, add_demo_run_arguments
 from nonlocalnet.errors import InvalidValueError, MissingDependencyError
 
-__all__ = ["add_detection_commands", "format_stats"]
-
-
-def format_stats(stats: dict[str, dict[str, float]]) -> str:
-    """COCOeval's summaries, one line per IoU type: ``bbox  AP 38.0  AP50 59.6 ...``."""
-    lines = []
-    for iou_type, values in stats.items():
-        cells = "  ".join(f"{name} {value:.1f}" for name, value in values.items())
-        lines.append(f"{iou_type:<9s} {cells}")
-    return "\n".join(lines)
+__all__ = ["add_detection_commands"]
 
 
 def _require_extra() -> None:
@@ -41,7 +31,8 @@ def _is_main() -> bool:
 
 def _detect_train(args: argparse.Namespace) -> int:
     _require_extra()
-    from nonlocalnet.engine import load_config, train
+    from nonlocalnet.engine import train
+    from nonlocalnet.tasks import load_config
 
     _setup_logging()
     cfg = load_config(args.config, args.overrides)
@@ -66,90 +57,40 @@ def _detect_train(args: argparse.Namespace) -> int:
 
 def _detect_eval(args: argparse.Namespace) -> int:
     _require_extra()
-    from nonlocalnet.detection.coco import CocoDetection
-    from nonlocalnet.detection.evaluate import evaluate_detector, write_coco_results
-    from nonlocalnet.detection.models import detector_info
-    from nonlocalnet.detection.trained import (
-        build_detector_from_config,
-        detector_label_space,
-        load_trained_detector,
-    )
-    from nonlocalnet.engine import init_distributed, load_config
+    from nonlocalnet.tasks import DetectionTaskConfig, load_config
+    from nonlocalnet.tasks.detection.evaluate import run_detection_evaluation
 
     _setup_logging()
+    cfg: DetectionTaskConfig | None = None
     if args.checkpoint:  # the overrides apply to the model too (its transform, its heads)
-        trained = load_trained_detector(args.checkpoint, overrides=args.overrides)
-        cfg, model = trained.config, trained.model
-        for change in trained.changes:
-            print(f"override changes the model: {change}")
+        overrides = args.overrides
     elif args.config:
-        cfg = load_config(args.config, args.overrides)
-        if not cfg.detection.weights:
+        loaded, overrides = load_config(args.config, args.overrides), []
+        if not isinstance(loaded, DetectionTaskConfig):
             raise InvalidValueError(
-                "detect-eval --config needs detection.weights=FILE (or give --checkpoint)"
+                f"{args.config} is a {loaded.task!r} config; detect-eval takes a detection config"
             )
-        model = None
+        cfg = loaded
     else:
         raise InvalidValueError("give --checkpoint CKPT (a detection training checkpoint) or --config CFG")
-    det = cfg.detection
-    if not det.val_images or not det.val_annotations:
-        raise InvalidValueError(
-            "detection.val_images and detection.val_annotations name the images to evaluate"
-        )
-    masks = detector_info(det.model).has_masks  # as in training: a mask model's instances need a mask
-    dataset = CocoDetection(det.val_images, det.val_annotations, train=False, masks=masks)
-    if model is None:
-        data = str(det.val_annotations)
-        space = detector_label_space(det, dataset.category_ids, data=data, evaluating=True)
-        keypoints = len(dataset.keypoint_names) or None
-        model, report = build_detector_from_config(det, space.num_classes, keypoints)
-        print(report)
-    else:
-        trained.check_categories(dataset.category_ids, f"{det.val_annotations} ({args.checkpoint})")
-        space = trained.label_space
-    dataset.set_labels(space.kind)
-    print(space.summary())
-    ctx = init_distributed(cfg.device, cfg.train.dist_timeout_s)
-    model.to(ctx.device)
-    result = evaluate_detector(
-        model,
-        dataset,
-        device=ctx.device,
-        batch_size=cfg.eval.batch_size,
-        num_workers=cfg.data.num_workers,
-        ctx=ctx,
-        oks_sigmas=det.oks_sigmas,
-        mask_threshold=det.mask_threshold,
+    report = run_detection_evaluation(
+        cfg,
+        checkpoint=args.checkpoint,
+        overrides=overrides,
+        output_dir=args.output,
         progress=_is_main() and not args.no_progress,
     )
-    ctx.shutdown()
     if not _is_main():
         return 0
-    out = Path(args.output or Path(cfg.output_dir) / "eval")
-    out.mkdir(parents=True, exist_ok=True)
-    write_coco_results(out / "detections.json", result.results)
-    (out / "stats.json").write_text(json.dumps({"images": result.images, **result.stats}, indent=2))
-    print(format_stats(result.stats))
-    if space.kind == "category_ids":
-        counts = ", ".join(f"label {label}: {n}" for label, n in result.dropped.items())
-        print(
-            f"{sum(result.dropped.values())} detections of labels without a category in "
-            f"{det.val_annotations} left out of the evaluation" + (f" ({counts})" if counts else "")
-        )
-    print(
-        f"{result.images} images, {len(result.bad)} unreadable"
-        + "".join(f"\n  BAD {b.path}: {b.reason}" for b in result.bad)
-    )
-    (out / "data_report.json").write_text(json.dumps(dataset.data_report(), indent=2) + "\n")
-    print(f"{len(dataset.dropped_annotations)} unusable annotations dropped (see {out / 'data_report.json'})")
-    print(f"wrote {out / 'detections.json'} (COCO results) and {out / 'stats.json'}")
+    print("\n".join(report.notes))
+    print(report.summary())
     return 0
 
 
 def _detect_predict(args: argparse.Namespace) -> int:
     _require_extra()
     from nonlocalnet.detection.predict import FailedImage, choose_device, find_images, predict_path
-    from nonlocalnet.detection.trained import load_trained_detector
+    from nonlocalnet.tasks.detection.setup import load_trained_detector
 
     if not 0.0 <= args.score_threshold <= 1.0:
         raise InvalidValueError(f"--score-threshold must be in [0, 1], got {args.score_threshold}")
@@ -174,7 +115,7 @@ def _detect_predict(args: argparse.Namespace) -> int:
         score_threshold=args.score_threshold,
         on_image=show,
     )
-    drawn = [r.drawing for r in report.images]
+    drawn = [r.drawing for r in report.images if r.drawing is not None]
     if drawn and not folder:
         print(f"wrote {drawn[0]}")
     elif drawn:
@@ -210,6 +151,12 @@ def _detect_demo(args: argparse.Namespace) -> int:
 
 def add_detection_commands(sub: argparse._SubParsersAction) -> None:
     """Register the detection commands on the ``nonlocalnet`` parser."""
+    _add_train_and_eval(sub)
+    _add_predict(sub)
+    _add_demo(sub)
+
+
+def _add_train_and_eval(sub: argparse._SubParsersAction) -> None:
     tr = sub.add_parser(
         "detect-train", help="train a detector (task: detection config; torchrun for many processes)"
     )
@@ -232,6 +179,8 @@ def add_detection_commands(sub: argparse._SubParsersAction) -> None:
     ev.add_argument("overrides", nargs="*", help="section.key=value, e.g. detection.val_images=DIR")
     ev.set_defaults(func=_detect_eval)
 
+
+def _add_predict(sub: argparse._SubParsersAction) -> None:
     pr = sub.add_parser(
         "detect-predict", help="detect in an image or a folder of images; draw boxes, masks, keypoints"
     )
@@ -258,6 +207,8 @@ def add_detection_commands(sub: argparse._SubParsersAction) -> None:
     pr.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: CUDA if present)")
     pr.set_defaults(func=_detect_predict)
 
+
+def _add_demo(sub: argparse._SubParsersAction) -> None:
     de = sub.add_parser(
         "detect-demo", help="the built-in detection task: Mask R-CNN with and without a non-local block"
     )

@@ -49,12 +49,13 @@ def parse_train(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Na
 
 
 def _train(args: argparse.Namespace) -> int:
-    from nonlocalnet.engine import load_config, train
+    from nonlocalnet.engine import train
+    from nonlocalnet.tasks import VideoConfig, load_config
 
     _setup_logging()
     resume = True if args.resume == "latest" else args.resume
     cfg = load_config(args.config, args.overrides)
-    if cfg.task != "video_classification":
+    if not isinstance(cfg, VideoConfig):
         raise InvalidValueError(
             f"{args.config} is a {cfg.task!r} config; train takes video classification configs "
             "(detection configs: nonlocalnet detect-train)"
@@ -74,28 +75,22 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _config_weights(cfg, config: str) -> str:
-    """The weights name ``cfg.model.init`` gives (``configs/released/``: the file it evaluates),
-    for ``eval --config CFG`` without ``--checkpoint``."""
-    from nonlocalnet.engine.config import INIT_KINDS
-
-    if cfg.model.init in INIT_KINDS:
-        raise InvalidValueError(
-            f"eval --config {config}: give --checkpoint FILE_OR_NAME (model.init is {cfg.model.init!r}, "
-            "not a weights name)"
-        )
-    return cfg.model.init
-
-
 def _eval(args: argparse.Namespace) -> int:
-    from nonlocalnet.engine import inference_config, load_config, read_model_file, run_evaluation
+    from nonlocalnet.engine import read_model_file
+    from nonlocalnet.tasks import VideoConfig, load_config
+    from nonlocalnet.tasks.video import config_weights, inference_config, run_evaluation
 
     _setup_logging()
     if args.config and args.model:
         raise InvalidValueError("give --config or --model, not both")
     if args.config:  # the weights are read by run_evaluation
         cfg = load_config(args.config, args.overrides)
-        weights = args.checkpoint or _config_weights(cfg, args.config)
+        if not isinstance(cfg, VideoConfig):
+            raise InvalidValueError(
+                f"{args.config} is a {cfg.task!r} config; eval takes video classification configs "
+                "(detection configs: nonlocalnet detect-eval)"
+            )
+        weights = args.checkpoint or config_weights(cfg)
     elif not args.checkpoint:
         raise InvalidValueError("give --checkpoint (a weights file or name), or --config CFG")
     else:
@@ -114,7 +109,7 @@ def _eval(args: argparse.Namespace) -> int:
 def _predict(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from nonlocalnet.engine import load_trained_model, predict_video
+    from nonlocalnet.tasks.video import load_trained_model, predict_video
 
     model, cfg, names = load_trained_model(
         args.checkpoint,
@@ -130,7 +125,7 @@ def _predict(args: argparse.Namespace) -> int:
     print(f"{pred.path} ({pred.views} views averaged)")
     for rank, (name, score) in enumerate(pred.top, start=1):
         print(f"  {rank}. {name:<30s} {score:.4f}")
-    if args.features is not None:
+    if args.features is not None and pred.features is not None:
         np.save(args.features, pred.features.numpy())
         print(f"pooled features {tuple(pred.features.shape)} written to {args.features}")
     if args.json:
@@ -246,6 +241,14 @@ def add_demo_run_arguments(parser: argparse.ArgumentParser, samples: str) -> Non
 
 def add_video_commands(sub: argparse._SubParsersAction) -> None:
     """Register the video training/evaluation commands on the ``nonlocalnet`` parser."""
+    _add_train(sub)
+    _add_eval(sub)
+    _add_predict(sub)
+    _add_demo(sub)
+    _add_check_data(sub)
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
     tr = sub.add_parser("train", help="train a video model from a YAML config (torchrun for many processes)")
     tr.add_argument("--config", required=True, help="YAML config, e.g. configs/c2d_nl5_r50.yaml")
     tr.add_argument(
@@ -265,6 +268,8 @@ def add_video_commands(sub: argparse._SubParsersAction) -> None:
     tr.add_argument("overrides", nargs="*", help="section.key=value (YAML values), e.g. train.batch_size=4")
     tr.set_defaults(func=_train)
 
+
+def _add_eval(sub: argparse._SubParsersAction) -> None:
     ev = sub.add_parser("eval", help="clip and video accuracy, per class, confusion matrix")
     ev.add_argument(
         "--checkpoint",
@@ -290,6 +295,8 @@ def add_video_commands(sub: argparse._SubParsersAction) -> None:
     ev.add_argument("overrides", nargs="*", help="section.key=value, e.g. data.num_clips=10")
     ev.set_defaults(func=_eval)
 
+
+def _add_predict(sub: argparse._SubParsersAction) -> None:
     pr = sub.add_parser("predict", help="top-5 labels (and pooled features) for one video")
     pr.add_argument("video")
     pr.add_argument(
@@ -317,6 +324,8 @@ def add_video_commands(sub: argparse._SubParsersAction) -> None:
     pr.add_argument("--json", default=None, help="also write the prediction as JSON")
     pr.set_defaults(func=_predict)
 
+
+def _add_demo(sub: argparse._SubParsersAction) -> None:
     de = sub.add_parser(
         "demo", help="the built-in long-range video task: C2D/I3D with and without non-local blocks"
     )
@@ -344,6 +353,8 @@ def add_video_commands(sub: argparse._SubParsersAction) -> None:
     add_demo_run_arguments(de, "videos")
     de.set_defaults(func=_demo)
 
+
+def _add_check_data(sub: argparse._SubParsersAction) -> None:
     ck = sub.add_parser(
         "check-data",
         help="scan a dataset: unreadable videos, wrong header frame counts, videos slow to read",

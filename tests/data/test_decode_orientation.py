@@ -191,9 +191,9 @@ TINY_DATA = {"clip_length": 2, "stride": 2, "num_clips": 2, "crop": 28, "test_sh
 @pytest.mark.parametrize("autorotate", [True, False])
 def test_the_data_settings_reach_datasets_and_predict(phone_video, monkeypatch, autorotate):
     from nonlocalnet.data import VideoSample, test_clip_indices, test_views
-    from nonlocalnet.engine import predict as P
-    from nonlocalnet.engine.config import config_from_dict
-    from nonlocalnet.engine.setup import build_dataset, build_model_from_config
+    from nonlocalnet.tasks import config_from_dict
+    from nonlocalnet.tasks.video import build_dataset, build_model_from_config
+    from nonlocalnet.tasks.video import predict as P
 
     cfg = config_from_dict({"model": TINY_MODEL, "data": {**TINY_DATA, "autorotate": autorotate}})
     dataset = build_dataset(cfg.data, [VideoSample(str(phone_video), 0)], train=False, seed=0)

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from nonlocalnet.data import VideoSample, scan_class_folders
-from nonlocalnet.engine.config import ConfigError, DataConfig
-from nonlocalnet.engine.setup import load_samples
+from nonlocalnet.engine.config import ConfigError
+from nonlocalnet.tasks.video import VideoDataConfig, load_samples
 
 
 def _tree(root: Path, classes: dict[str, int]) -> Path:
@@ -40,7 +40,7 @@ def test_scan_with_a_class_list_labels_by_the_list_and_rejects_unknown_folders(t
 def test_a_validation_tree_with_fewer_classes_uses_the_training_trees_labels(tmp_path):
     train = _tree(tmp_path / "train", {"blue": 2, "red": 2})
     val = _tree(tmp_path / "val", {"red": 2})
-    data = DataConfig(train_folder=str(train), val_folder=str(val))
+    data = VideoDataConfig(train_folder=str(train), val_folder=str(val))
     train_samples, train_names = load_samples(data, "train")
     val_samples, val_names = load_samples(data, "val")
     assert train_names == val_names == ["blue", "red"]
@@ -53,7 +53,7 @@ def test_class_names_file_defines_the_labels_of_folder_trees(tmp_path):
     val = _tree(tmp_path / "val", {"red": 1})
     names = tmp_path / "classes.txt"
     names.write_text("red\nblue\n")  # not sorted: the file's order is the label order
-    data = DataConfig(train_folder=str(train), val_folder=str(val), class_names=str(names))
+    data = VideoDataConfig(train_folder=str(train), val_folder=str(val), class_names=str(names))
     train_samples, train_names = load_samples(data, "train")
     val_samples, val_names = load_samples(data, "val")
     assert train_names == val_names == ["red", "blue"]
@@ -64,12 +64,12 @@ def test_class_names_file_defines_the_labels_of_folder_trees(tmp_path):
 def test_a_folder_missing_from_the_class_list_is_an_error_naming_it(tmp_path):
     train = _tree(tmp_path / "train", {"blue": 1, "red": 1})
     val = _tree(tmp_path / "val", {"red": 1, "green": 1})
-    data = DataConfig(train_folder=str(train), val_folder=str(val))
+    data = VideoDataConfig(train_folder=str(train), val_folder=str(val))
     with pytest.raises(ConfigError, match=r"data\.val_folder.*'green'"):
         load_samples(data, "val")
     names = tmp_path / "classes.txt"
     names.write_text("red\n")
-    data = DataConfig(train_folder=str(train), val_folder=str(val), class_names=str(names))
+    data = VideoDataConfig(train_folder=str(train), val_folder=str(val), class_names=str(names))
     with pytest.raises(ConfigError, match=r"data\.train_folder.*'blue'"):
         load_samples(data, "train")
 
@@ -78,7 +78,7 @@ def test_a_val_folder_next_to_an_integer_labelled_train_list_needs_class_names(t
     listed = tmp_path / "train.txt"
     listed.write_text("a.mp4 0\nb.mp4 1\n")
     val = _tree(tmp_path / "val", {"0": 1, "1": 1})
-    data = DataConfig(train_list=str(listed), val_folder=str(val))
+    data = VideoDataConfig(train_list=str(listed), val_folder=str(val))
     with pytest.raises(ConfigError, match=r"data\.class_names"):
         load_samples(data, "val")
 
@@ -87,7 +87,7 @@ def test_a_val_list_after_a_train_folder_takes_the_trees_class_names(tmp_path):
     train = _tree(tmp_path / "train", {"blue": 1, "red": 1})
     listed = tmp_path / "val.txt"
     listed.write_text("x.mp4 red\ny.mp4 0\n")
-    data = DataConfig(train_folder=str(train), val_list=str(listed))
+    data = VideoDataConfig(train_folder=str(train), val_list=str(listed))
     samples, names = load_samples(data, "val")
     assert names == ["blue", "red"]
     assert [s.label for s in samples] == [1, 0]
@@ -98,7 +98,7 @@ def test_a_val_list_after_a_train_folder_takes_the_trees_class_names(tmp_path):
 
 def test_an_explicit_class_list_defines_the_labels_and_must_match_the_file(tmp_path):
     val = _tree(tmp_path / "val", {"red": 1})
-    data = DataConfig(val_folder=str(val))
+    data = VideoDataConfig(val_folder=str(val))
     samples, names = load_samples(data, "val", class_names=["blue", "red"])
     assert names == ["blue", "red"] and _labels(samples) == {"red": {1}}
     (tmp_path / "classes.txt").write_text("red\nblue\n")

@@ -7,9 +7,10 @@ import pytest
 import torch
 
 from nonlocalnet.demo import DEMO_MODELS, full_recipe, model_section
-from nonlocalnet.engine import build_model_from_config, config_from_dict
 from nonlocalnet.models import StageSpec, build_model
 from nonlocalnet.ops import SOFTMAX_MODES
+from nonlocalnet.tasks import config_from_dict
+from nonlocalnet.tasks.video import build_model_from_config
 
 
 def _borrowed_name_network(model, recipe, num_classes):

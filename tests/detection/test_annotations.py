@@ -19,8 +19,9 @@ from pycocotools import mask as mask_utils
 from nonlocalnet.detection.annotations import rle_string_counts, segmentation_problem
 from nonlocalnet.detection.coco import CocoDetection, flip_indices
 from nonlocalnet.detection.cocoeval import coco_evaluate
-from nonlocalnet.engine.config import ConfigError, config_from_dict
+from nonlocalnet.engine.config import ConfigError
 from nonlocalnet.errors import InvalidValueError
+from nonlocalnet.tasks import config_from_dict
 from nonlocalnet.tasks.detection import Detection
 
 COCO_KEYPOINTS = [
@@ -359,7 +360,12 @@ def test_a_malformed_flip_map_setting_is_a_config_error(value):
     with pytest.raises(ConfigError, match="detection.keypoint_flip_map: expected pairs"):
         config_from_dict({"task": "detection", "detection": {"keypoint_flip_map": value}})
     pairs = [["l_eye", "r_eye"]]
-    assert config_from_dict({"detection": {"keypoint_flip_map": pairs}}).detection.keypoint_flip_map == pairs
+    assert (
+        config_from_dict(
+            {"task": "detection", "detection": {"keypoint_flip_map": pairs}}
+        ).detection.keypoint_flip_map
+        == pairs
+    )
 
 
 # ---- 5. torchvision's min_keypoints_per_image ----

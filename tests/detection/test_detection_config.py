@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from nonlocalnet.engine import ConfigError, config_from_dict, load_config
+from nonlocalnet.engine import ConfigError
 from nonlocalnet.engine.checkpoint import changed_settings
 from nonlocalnet.engine.config import config_to_dict
+from nonlocalnet.tasks import config_from_dict, load_config
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "detection"
 
@@ -78,10 +79,12 @@ def test_a_resume_may_change_the_evaluation_data_and_weights_paths_but_not_the_m
     assert [k for k, *_ in changed_settings(a, c)] == ["detection.model"]
 
 
-def test_a_config_written_before_the_detection_section_still_compares():
-    old = config_to_dict(config_from_dict({}))
-    old.pop("detection")
-    assert changed_settings(old, config_to_dict(config_from_dict({}))) == []
+def test_a_video_config_written_with_a_detection_section_still_compares():
+    """Video configs once held the ``detection`` section; a section only one side has is not compared."""
+    new = config_to_dict(config_from_dict({}))
+    assert "detection" not in new
+    old = {**new, "detection": config_to_dict(config_from_dict({"task": "detection"}))["detection"]}
+    assert changed_settings(old, new) == []
 
 
 _BLOCK_TORCHVISION = """
@@ -124,9 +127,9 @@ def test_video_models_and_the_cli_work_without_torchvision():
 def test_detector_weights_take_a_file_or_a_weights_name(tmp_path, monkeypatch):
     """``detection.weights`` / ``weights_backbone``: a path as it is, a catalogue name through the
     weights cache (``resolve_weights``), anything else an error naming the key."""
-    from nonlocalnet.detection import trained
-    from nonlocalnet.engine.config import DetectionConfig
     from nonlocalnet.errors import MissingFileError
+    from nonlocalnet.tasks.detection import DetectionConfig
+    from nonlocalnet.tasks.detection import setup as trained
 
     file = tmp_path / "coco.pth"
     file.write_bytes(b"x")

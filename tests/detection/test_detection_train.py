@@ -31,8 +31,9 @@ from safetensors.torch import load_file
 
 from nonlocalnet.cli import main
 from nonlocalnet.demo.detection_data import ContextShapesConfig, generate_context_shapes
-from nonlocalnet.engine import CheckpointManager, load_checkpoint, load_config
+from nonlocalnet.engine import CheckpointManager, load_checkpoint
 from nonlocalnet.engine.task import build_task
+from nonlocalnet.tasks import load_config
 
 # the module: ``nonlocalnet.engine.train`` as an attribute is the function `train`
 engine_train = importlib.import_module("nonlocalnet.engine.train")

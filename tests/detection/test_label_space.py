@@ -28,11 +28,12 @@ from nonlocalnet.detection.batch import DetectionSample
 from nonlocalnet.detection.coco import CocoDetection
 from nonlocalnet.detection.evaluate import evaluate_detector
 from nonlocalnet.detection.labels import resolve_label_space
-from nonlocalnet.detection.trained import load_trained_detector
-from nonlocalnet.engine import ConfigError, config_from_dict
+from nonlocalnet.engine import ConfigError
 from nonlocalnet.engine.config import config_to_dict
 from nonlocalnet.errors import InvalidValueError
+from nonlocalnet.tasks import config_from_dict
 from nonlocalnet.tasks.detection import Detection
+from nonlocalnet.tasks.detection.setup import load_trained_detector
 
 ROOT = Path(__file__).resolve().parents[2]
 # COCO's 80 category ids: 1..90 with 10 gaps (12, 26, 29, 30, 45, 66, 68, 69, 71, 83)
@@ -448,3 +449,34 @@ def test_torchvision_coco_weights_give_torchvisions_own_ap(tmp_path):
     assert code == 2 and "detection.num_classes is 81 but the box predictor" in err and "91 classes" in err
     code, _, err = _run("detect-eval", "--config", str(config), *overrides, "detection.labels=contiguous")
     assert code == 2 and "81 classes with the background" in err and "detection.labels=category_ids" in err
+
+
+def test_the_detection_task_loads_a_checkpoint_predicts_and_evaluates(tiny_coco, tmp_path):
+    """The Task members the engine's evaluate/predict use, and ``detect-eval`` as a library call."""
+    from nonlocalnet.detection.predict import detections_to_json
+    from nonlocalnet.detection.trained import predict_image
+    from nonlocalnet.tasks.detection.evaluate import run_detection_evaluation
+
+    ckpt = _checkpoint(tiny_coco, tmp_path, labels="category_ids")
+    task = Detection(config_from_dict(_config(tiny_coco, tmp_path, labels="category_ids")))
+    model, _ = task.build_model()
+    assert task.load_weights(model, ckpt) == f"model weights of training checkpoint {ckpt}"
+    assert task.memory_format(model, torch.device("cpu")) == torch.contiguous_format
+    with torch.no_grad():
+        model.roi_heads.box_predictor.cls_score.bias[3] = 20.0  # label 3, category 3 ("ball")
+    image = tiny_coco[0] / task.val_set.coco.imgs[task.val_set.image_ids[0]]["file_name"]
+    [found] = task.predict(model.eval(), [image], device=torch.device("cpu"))
+    trained = load_trained_detector(ckpt)
+    rows = detections_to_json(
+        predict_image(model, image),
+        label_names=trained.label_names,
+        label_to_category=trained.label_to_category,
+    )
+    assert found == {"image": str(image), "detections": rows}
+    assert rows and {(r["label"], r["category_id"]) for r in rows} == {("ball", 3)}
+    report = run_detection_evaluation(checkpoint=ckpt, output_dir=tmp_path / "e", progress=False)
+    assert report.label_space.kind == "category_ids" and report.output_dir == tmp_path / "e"
+    assert json.loads((tmp_path / "e" / "stats.json").read_text())["images"] == report.evaluation.images
+    assert report.summary().startswith("bbox") and "left out of the evaluation" in report.summary()
+    with pytest.raises(ConfigError, match="a detection training checkpoint .* or a detection config"):
+        run_detection_evaluation(task.cfg, checkpoint=ckpt)

@@ -23,14 +23,11 @@ from nonlocalnet.detection.predict import (
     predict_images,
     predict_path,
 )
-from nonlocalnet.detection.trained import (
-    build_detector_from_config,
-    load_trained_detector,
-    predict_image,
-    read_image,
-)
-from nonlocalnet.engine.config import config_from_dict, config_to_dict
+from nonlocalnet.detection.trained import predict_image, read_image
+from nonlocalnet.engine.config import config_to_dict
 from nonlocalnet.errors import InvalidValueError
+from nonlocalnet.tasks import config_from_dict
+from nonlocalnet.tasks.detection.setup import build_detector_from_config, load_trained_detector
 
 CLASSES, CATEGORY_IDS = ["cat", "dog"], [4, 9]
 KEYPOINTS = ["nose", "tail", "left_ear", "right_ear"]

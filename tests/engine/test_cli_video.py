@@ -5,7 +5,8 @@ import pytest
 from tiny_video import tiny_config, write_config
 
 from nonlocalnet.cli import main
-from nonlocalnet.engine import ConfigError, config_from_dict
+from nonlocalnet.engine import ConfigError
+from nonlocalnet.tasks import config_from_dict
 from nonlocalnet.errors import NonLocalNetError
 
 
@@ -48,7 +49,7 @@ def test_predict_refuses_zero_and_negative_counts(tiny_data, tmp_path, capsys, o
     import torch
 
     from nonlocalnet.engine import config_to_dict
-    from nonlocalnet.engine.setup import build_model_from_config
+    from nonlocalnet.tasks.video import build_model_from_config
 
     cfg = config_from_dict(tiny_config(tiny_data, tmp_path))
     model = build_model_from_config(cfg.model)
@@ -65,14 +66,14 @@ def test_predict_refuses_zero_and_negative_counts(tiny_data, tmp_path, capsys, o
 def test_eval_under_torchrun_reports_on_rank_0_only(config_file, capsys, monkeypatch):
     """``torchrun ... -m nonlocalnet.cli eval`` printed the accuracy and "wrote ..." once per
     process, as ``train`` did before issue 14 (only rank 0 writes the files)."""
-    import nonlocalnet.engine
+    import nonlocalnet.tasks.video
 
     class Result:
         def summary(self):
             return "video accuracy ..."
 
     monkeypatch.setattr(
-        nonlocalnet.engine,
+        nonlocalnet.tasks.video,
         "run_evaluation",
         lambda cfg, checkpoint, output_dir=None, save_scores=None: Result(),
     )

@@ -3,8 +3,9 @@ from pathlib import Path
 import pytest
 from tiny_video import tiny_config
 
-from nonlocalnet.engine import ConfigError, config_from_dict, load_config, save_config
+from nonlocalnet.engine import ConfigError, save_config
 from nonlocalnet.models import get_model_info, list_models
+from nonlocalnet.tasks import config_from_dict, load_config
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
@@ -109,3 +110,41 @@ def test_out_of_range_settings_are_config_errors(tiny_data, tmp_path, section, k
     torch with a traceback (SGD's "Invalid learning rate", DataLoader's num_workers)."""
     with pytest.raises(ConfigError, match=match):
         config_from_dict(tiny_config(tiny_data, tmp_path, **{section: {key: value}}))
+
+
+def test_the_task_chooses_the_config_class_and_its_sections():
+    from nonlocalnet.tasks import DetectionTaskConfig, VideoConfig
+
+    assert type(config_from_dict({})) is VideoConfig
+    assert type(config_from_dict({"task": "detection"})) is DetectionTaskConfig
+    with pytest.raises(ConfigError, match="unknown config key 'detection'"):
+        config_from_dict({"detection": {"model": "maskrcnn_r50_fpn_nl"}})  # a video config
+    with pytest.raises(ConfigError, match="unknown config key 'model'"):
+        config_from_dict({"task": "detection", "model": {"name": "c2d_r50"}})
+    with pytest.raises(ConfigError, match="unknown config key 'data.clip_length'"):
+        config_from_dict({"task": "detection", "data": {"clip_length": 8}})
+    with pytest.raises(ConfigError, match=r"eval.views: 'all' is not one of \('clip', 'video'\)"):
+        config_from_dict({"eval": {"views": "all"}})
+
+
+def test_the_video_data_defaults_are_the_data_layers():
+    from nonlocalnet.data import ClipSampling, TransformConfig
+    from nonlocalnet.tasks.video import VideoDataConfig
+
+    data = VideoDataConfig()
+    assert data.transform() == TransformConfig() and data.sampling() == ClipSampling()
+    assert data.transform("clip").num_crops == 1 and data.sampling("clip").num_clips == 1
+
+
+def test_check_config_checks_settings_changed_after_parsing():
+    from nonlocalnet.engine.config import check_config
+    from nonlocalnet.tasks import DetectionTaskConfig
+
+    cfg = config_from_dict({})
+    cfg.train.iterations, cfg.train.epochs = 10, 2
+    with pytest.raises(ConfigError, match="train.iterations .* and train.epochs .* are both set"):
+        check_config(cfg, "train(cfg)")
+    with pytest.raises(
+        TypeError, match=r"f\(cfg\): cfg must be a Config \(a DetectionTaskConfig; .* got VideoConfig"
+    ):
+        check_config(cfg, "f(cfg)", DetectionTaskConfig)

@@ -11,8 +11,9 @@ import pytest
 from tiny_video import tiny_config, write_config
 
 from nonlocalnet.cli import main
-from nonlocalnet.engine.config import ConfigError, apply_overrides, config_from_dict, load_config
+from nonlocalnet.engine.config import ConfigError, apply_overrides
 from nonlocalnet.engine.train import _total_steps
+from nonlocalnet.tasks import config_from_dict, load_config
 
 CONFIGS = sorted((Path(__file__).parents[2] / "configs").glob("*.yaml"))
 
@@ -72,10 +73,9 @@ def test_train_epochs_on_the_command_line_sets_the_length_of_a_run(tmp_path, tin
 
 
 def test_predict_loads_a_checkpoint_written_before_both_were_refused(tmp_path, tiny_data):
-    from nonlocalnet.engine import load_trained_model
     from nonlocalnet.engine.checkpoint import save_checkpoint
     from nonlocalnet.engine.config import config_to_dict
-    from nonlocalnet.engine.setup import build_model_from_config
+    from nonlocalnet.tasks.video import build_model_from_config, load_trained_model
 
     cfg = config_from_dict(tiny_config(tiny_data, tmp_path / "run"))
     saved = config_to_dict(cfg)

@@ -13,9 +13,10 @@ import torch.nn.functional as F
 from launch import metrics, train, weights
 from tiny_video import tiny_config, write_config
 
-from nonlocalnet.engine import config_from_dict, load_checkpoint
+from nonlocalnet.engine import load_checkpoint
 from nonlocalnet.engine import train as train_in_process
 from nonlocalnet.engine.distributed import DistContext, DistributedError
+from nonlocalnet.tasks import config_from_dict
 
 
 def _broken_list(tmp_path: Path, tiny_data) -> dict:
@@ -131,8 +132,8 @@ def test_out_of_memory_in_a_step_keeps_its_type_and_suggests_a_smaller_batch(
 
 
 def test_the_placeholder_step_changes_no_statistics_and_draws_no_random_numbers(tiny_data, tmp_path):
-    from nonlocalnet.engine.setup import build_model_from_config
     from nonlocalnet.engine.train import _placeholder_backward
+    from nonlocalnet.tasks.video import build_model_from_config
 
     cfg = config_from_dict(tiny_config(tiny_data, tmp_path / "run", model={"dropout": 0.5}))
     model = build_model_from_config(cfg.model)  # BatchNorm and dropout

@@ -11,9 +11,10 @@ import torch
 from safetensors.torch import load_file
 from tiny_video import tiny_config
 
-from nonlocalnet.engine import CheckpointManager, config_from_dict, load_checkpoint, train
+from nonlocalnet.engine import CheckpointManager, load_checkpoint, train
 from nonlocalnet.engine import checkpoint as checkpoint_module
 from nonlocalnet.engine.checkpoint import CheckpointWriteError
+from nonlocalnet.tasks import config_from_dict
 
 # 8 videos, batch 2: 4 steps per epoch, 8 in all; checkpoints at 2, 4, 6 and 8
 SECTIONS = {

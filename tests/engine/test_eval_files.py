@@ -15,12 +15,11 @@ import pytest
 import torch
 from tiny_video import tiny_config
 
-from nonlocalnet.engine import config_from_dict, run_evaluation
 from nonlocalnet.engine.checkpoint import save_checkpoint
 from nonlocalnet.engine.config import ConfigError
-from nonlocalnet.engine.metrics import ViewScores
-from nonlocalnet.engine.setup import build_model_from_config
 from nonlocalnet.models import save_weights
+from nonlocalnet.tasks import config_from_dict
+from nonlocalnet.tasks.video import ViewScores, build_model_from_config, run_evaluation
 
 
 def _strict_json(text: str):

@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from nonlocalnet.engine import ViewScores, topk_correct
+from nonlocalnet.engine import topk_correct
+from nonlocalnet.tasks.video import ViewScores
 
 
 def test_video_accuracy_averages_softmax_over_views_by_hand():

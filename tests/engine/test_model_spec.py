@@ -7,8 +7,10 @@ import pytest
 import torch
 from tiny_video import tiny_config
 
-from nonlocalnet.engine import ConfigError, build_model_from_config, config_from_dict, config_to_dict
+from nonlocalnet.engine import ConfigError, config_to_dict
 from nonlocalnet.models import StageSpec, VideoResNet, VideoResNetSpec
+from nonlocalnet.tasks import config_from_dict
+from nonlocalnet.tasks.video import build_model_from_config
 
 STAGES = [
     {"depth": 1, "width": 4, "stride": 1, "temporal_a": [3], "temporal_b": [1]},

@@ -8,7 +8,6 @@ from torch import nn
 from nonlocalnet.engine import (
     CheckpointManager,
     build_optimizer,
-    config_from_dict,
     load_checkpoint,
     lr_at,
     save_checkpoint,
@@ -18,6 +17,7 @@ from nonlocalnet.engine import (
 from nonlocalnet.engine.checkpoint import capture_rng_state, restore_rng_state
 from nonlocalnet.engine.config import ConfigError
 from nonlocalnet.layers import NonLocalBlock
+from nonlocalnet.tasks import config_from_dict
 
 
 def test_lr_schedule_is_the_papers_step_schedule():

@@ -17,20 +17,19 @@ import torch
 from tiny_video import tiny_config, write_config
 
 from nonlocalnet.cli import main
-from nonlocalnet.engine import (
+from nonlocalnet.engine import read_model_file, save_config
+from nonlocalnet.engine.config import ConfigError
+from nonlocalnet.errors import InvalidValueError
+from nonlocalnet.models import build_model, save_weights
+from nonlocalnet.tasks import VideoClassification, config_from_dict
+from nonlocalnet.tasks.video import (
     EvalReport,
-    config_from_dict,
+    build_model_from_config,
     inference_config,
     load_trained_model,
     predict_video,
-    read_model_file,
     run_evaluation,
-    save_config,
 )
-from nonlocalnet.engine.config import ConfigError
-from nonlocalnet.engine.setup import build_model_from_config
-from nonlocalnet.errors import InvalidValueError
-from nonlocalnet.models import build_model, save_weights
 
 
 def _biased(cfg, favourite: int):
@@ -278,3 +277,29 @@ def test_eval_of_a_run_folder_copied_elsewhere_without_its_config(tmp_path, tiny
     assert main(["eval", "--checkpoint", str(alone / "model.safetensors")]) == 2
     err = capsys.readouterr().err
     assert "without a config" in err and "--config CFG" in err and "--model c2d_r50" in err
+
+
+def test_the_video_task_loads_weights_predicts_and_sets_the_epoch(tmp_path, tiny_data):
+    """The Task members the engine's evaluate/predict use: ``load_weights`` checks the file
+    against the config, ``predict`` gives predict_video's top classes as plain data."""
+    weights = _run_folder(tiny_data, tmp_path / "run")
+    cfg = config_from_dict(tiny_config(tiny_data, tmp_path / "run", data={"num_clips": 1, "num_crops": 1}))
+    task = VideoClassification(cfg)
+    model, _ = task.build_model()
+    assert task.load_weights(model, weights) == f"weights from {weights}"
+    video = str(tiny_data["root"] / "videos" / "red_0.mp4")
+    [found] = task.predict(model.eval(), [video], device=torch.device("cpu"))
+    expected = predict_video(model, video, cfg, task.class_names)
+    assert found == {
+        "path": video,
+        "top": [{"label": name, "score": score} for name, score in expected.top],
+        "views": 1,
+    }
+    assert found["top"][0]["label"] == task.class_names[1]  # the biased class
+    assert task.memory_format(model, torch.device("cpu")) == torch.contiguous_format
+    loader = task.train_loader(distributed=None, num_workers=0)
+    task.set_epoch(loader, 3)
+    assert loader.sampler.epoch == 3
+    three = config_from_dict(tiny_config(tiny_data, tmp_path / "run", model={"num_classes": 3}))
+    with pytest.raises(ConfigError, match="does not fit the model the config builds"):
+        task.load_weights(build_model_from_config(three.model), weights)

@@ -12,7 +12,6 @@ import pytest
 import torch
 from weights_server import RELEASED
 
-from nonlocalnet.engine import build_model_from_config, load_config, run_evaluation
 from nonlocalnet.models import (
     RELEASED_CHECKPOINTS,
     ReleasedModelMismatchError,
@@ -24,6 +23,8 @@ from nonlocalnet.models import (
 from nonlocalnet.models.caffe2 import torch_to_caffe2_name
 from nonlocalnet.models.download import CACHE_DIR_ENV
 from nonlocalnet.models.zoo import MIRROR_ENV
+from nonlocalnet.tasks import load_config
+from nonlocalnet.tasks.video import build_model_from_config, run_evaluation
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = sorted((ROOT / "configs" / "released").glob("*.yaml"))
@@ -125,7 +126,7 @@ def test_reproduce_page_has_every_command_and_the_authors_numbers():
 def test_eval_with_a_released_config_takes_the_weights_its_model_init_names(monkeypatch, tmp_path):
     """``nonlocalnet eval --config configs/released/NAME.yaml`` evaluates the weights NAME (the
     config's ``model.init``); ``--checkpoint`` still wins; a config without a weights name needs it."""
-    import nonlocalnet.engine as engine
+    import nonlocalnet.tasks.video as video
     from nonlocalnet.cli import main
 
     asked = []
@@ -138,7 +139,7 @@ def test_eval_with_a_released_config_takes_the_weights_its_model_init_names(monk
         asked.append(weights)
         return Report()
 
-    monkeypatch.setattr(engine, "run_evaluation", run_evaluation)
+    monkeypatch.setattr(video, "run_evaluation", run_evaluation)
     config = str(ROOT / "configs" / "released" / f"{RELEASED}.yaml")
     out = f"output_dir={tmp_path}"
     assert main(["eval", "--config", config, out]) == 0

@@ -17,8 +17,9 @@ from launch import weights
 from tiny_video import tiny_config, write_config
 
 from nonlocalnet.cli import main
-from nonlocalnet.engine import config_from_dict, load_checkpoint, train
+from nonlocalnet.engine import load_checkpoint, train
 from nonlocalnet.engine.config import ConfigError
+from nonlocalnet.tasks import config_from_dict
 
 # 8 videos, batch 4: 2 steps per epoch. 4 epochs = 8 steps, the lr drops x0.1 at 0.75 of them
 # (step 6). Extended to 8 epochs = 16 steps: a milestone taken as a fraction of the new length

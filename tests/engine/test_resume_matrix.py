@@ -15,9 +15,10 @@ from launch import metrics, train, train_killed_after_step, train_killed_at, wei
 from tiny_video import tiny_config, write_config
 
 from nonlocalnet.cli import main
-from nonlocalnet.engine import CheckpointManager, config_from_dict, load_checkpoint, save_checkpoint
+from nonlocalnet.engine import CheckpointManager, load_checkpoint, save_checkpoint
 from nonlocalnet.engine import train as train_in_process
 from nonlocalnet.engine.config import ConfigError
+from nonlocalnet.tasks import config_from_dict
 
 # 8 videos, batch 2: 4 steps per epoch, 12 in all; checkpoints at 3, 6, 9 (mid-epoch) and 12.
 EXACT = {"model": {"dropout": 0.3}}  # BatchNorm and dropout: only the same layout is exact

@@ -1,10 +1,11 @@
-"""Loading a run's samples (``nonlocalnet.engine.setup``)."""
+"""Loading a run's samples (``nonlocalnet.tasks.video.setup``)."""
 
 import pytest
 from tiny_video import tiny_config
 
-from nonlocalnet.engine import ConfigError, config_from_dict
-from nonlocalnet.engine.setup import load_samples
+from nonlocalnet.engine import ConfigError
+from nonlocalnet.tasks import config_from_dict
+from nonlocalnet.tasks.video import load_samples
 
 
 def test_a_missing_class_names_file_names_the_key(tiny_data, tmp_path):

@@ -21,13 +21,12 @@ from nonlocalnet.engine import (
     StepLoss,
     Task,
     build_task,
-    config_from_dict,
     load_checkpoint,
     read_jsonl,
     train,
 )
 from nonlocalnet.errors import ValidationError
-from nonlocalnet.tasks import VideoClassification
+from nonlocalnet.tasks import VideoClassification, config_from_dict
 
 
 class _Points(torch.utils.data.Dataset):
@@ -80,6 +79,9 @@ class PointTask:
             start_batch=start_batch,
             epoch=epoch,
         )
+
+    def memory_format(self, model, device):
+        return torch.contiguous_format
 
     def model_input(self, batch, device, memory_format):
         return batch.video.to(device)

@@ -7,8 +7,9 @@ import torch
 from safetensors.torch import load_file
 from tiny_video import tiny_config
 
-from nonlocalnet.engine import config_from_dict, train, update_bn_stats
+from nonlocalnet.engine import train, update_bn_stats
 from nonlocalnet.engine.config import ConfigError
+from nonlocalnet.tasks import config_from_dict
 
 
 def _run(tiny_data, out, **sections):
@@ -99,8 +100,8 @@ def test_results_do_not_depend_on_the_number_of_loader_workers(tmp_path, tiny_da
 
 
 def test_init_from_2d_imagenet_weights_and_from_released_caffe2_blobs(tmp_path, tiny_data):
-    from nonlocalnet.engine import build_model_from_config
     from nonlocalnet.models import export_caffe2_blobs, save_caffe2_pickle
+    from nonlocalnet.tasks.video import build_model_from_config
 
     cfg = config_from_dict(tiny_config(tiny_data, tmp_path / "src"))
     torch.manual_seed(5)

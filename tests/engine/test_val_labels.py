@@ -11,11 +11,9 @@ import pytest
 import torch
 from tiny_video import tiny_config
 
-from nonlocalnet.engine import ConfigError, config_from_dict
-from nonlocalnet.engine.config import DataConfig
-from nonlocalnet.engine.metrics import ViewScores
-from nonlocalnet.engine.setup import load_samples
-from nonlocalnet.tasks import VideoClassification
+from nonlocalnet.engine import ConfigError
+from nonlocalnet.tasks import VideoClassification, config_from_dict
+from nonlocalnet.tasks.video import VideoDataConfig, ViewScores, load_samples
 
 
 def _config(tmp_path: Path, train: str, val: str, suffix: str = ".txt"):
@@ -55,7 +53,7 @@ def test_a_validation_class_name_the_training_list_lacks_stops_the_task_at_start
 
 def test_evaluation_names_the_checkpoints_class_list(tmp_path):
     (tmp_path / "val.txt").write_text("c.mp4 cat\n")
-    data = DataConfig(val_list=str(tmp_path / "val.txt"))
+    data = VideoDataConfig(val_list=str(tmp_path / "val.txt"))
     with pytest.raises(
         ConfigError, match=r"unknown class name 'cat'.*\(the class list: the class names saved in"
     ):
@@ -73,7 +71,7 @@ def test_listed_videos_that_are_not_there_are_counted_at_start(tmp_path, caplog)
     (tmp_path / "videos/aaa_000001_000011.mp4").write_bytes(b"x")
     csv = tmp_path / "train.csv"
     csv.write_text("label,youtube_id,time_start,time_end,split\nyoga,aaa,1,11,train\nyoga,bbb,1,11,train\n")
-    data = DataConfig(train_list=str(csv), root=str(tmp_path / "videos"))
+    data = VideoDataConfig(train_list=str(csv), root=str(tmp_path / "videos"))
     with pytest.raises(
         ConfigError,
         match=r"data\.train_list: 1 of 2 listed videos \(50\.00%\) are not under data\.root .*videos "

@@ -202,7 +202,7 @@ def test_bad_input_to_model():
 
 
 def test_choose_memory_format_keeps_outputs():
-    from nonlocalnet.engine import choose_memory_format
+    from nonlocalnet.tasks.video import choose_memory_format
 
     model = build_model("c2d_nl1_r50", num_classes=3).eval()
     x = torch.randn(1, 3, 4, 32, 32)

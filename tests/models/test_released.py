@@ -10,9 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from nonlocalnet.cli import main
-from nonlocalnet.engine import config_from_dict, load_model_file, read_model_file
-from nonlocalnet.engine.predict import load_model_weights
-from nonlocalnet.engine.setup import build_model_from_config, initialise_model
+from nonlocalnet.engine import load_model_file, read_model_file
 from nonlocalnet.models import (
     RELEASE_URL,
     RELEASED_CHECKPOINTS,
@@ -28,6 +26,8 @@ from nonlocalnet.models import (
     released_info_from_metadata,
     save_caffe2_pickle,
 )
+from nonlocalnet.tasks import config_from_dict
+from nonlocalnet.tasks.video import CONFIG_KEYS, build_model_from_config, initialise_model, load_model_weights
 
 # The model zoo of the authors' README (facebookresearch/video-nonlocal-net): file -> registry
 # model, BN form, clips (frames x sample rate), top-1/top-5 on Kinetics-400 val.
@@ -243,7 +243,7 @@ def test_converted_weights_are_checked_by_their_metadata(frozen, converted):
     with pytest.raises(
         ReleasedModelMismatchError, match="model.norm: batchnorm, but i3d_32x4.safetensors is"
     ):
-        load_model_file(_meta("i3d_r50_8x8", variant="released"), weights)
+        load_model_file(_meta("i3d_r50_8x8", variant="released"), weights, keys=CONFIG_KEYS)
     # model.init=weights names the config key
     cfg = _config(variant="paper", init="weights", init_path=str(out))
     with torch.device("meta"):

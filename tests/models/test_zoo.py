@@ -15,7 +15,7 @@ from safetensors import safe_open
 from weights_server import RELEASED, serving
 
 from nonlocalnet.cli import main
-from nonlocalnet.engine import build_model_from_config, config_from_dict, initialise_model, read_model_file
+from nonlocalnet.engine import read_model_file
 from nonlocalnet.engine.config import ConfigError
 from nonlocalnet.models import (
     RELEASED_CHECKPOINTS,
@@ -33,6 +33,8 @@ from nonlocalnet.models import (
 from nonlocalnet.models.download import CACHE_DIR_ENV, ChecksumError, DownloadError
 from nonlocalnet.models.insert import NONLOCAL_ATTR
 from nonlocalnet.models.zoo import MIRROR_ENV, cache_paths
+from nonlocalnet.tasks import config_from_dict
+from nonlocalnet.tasks.video import build_model_from_config, initialise_model
 
 AUTHORS = "https://dl.fbaipublicfiles.com/video-nonlocal/"
 

@@ -11,9 +11,10 @@ import torch
 
 from nonlocalnet.data import normalize, read_all_frames, test_clip_indices, to_float_cthw
 from nonlocalnet.demo.synthetic import SyntheticDataset
-from nonlocalnet.engine import build_model_from_config, load_config
 from nonlocalnet.errors import InvalidValueError
 from nonlocalnet.models import load_weights
+from nonlocalnet.tasks import load_config
+from nonlocalnet.tasks.video import build_model_from_config
 from nonlocalnet.viz import attention_map, key_argmax_pixel, nonlocal_inputs, plot_attention, query_to_grid
 
 __all__ = ["attention_study", "cue_hit"]

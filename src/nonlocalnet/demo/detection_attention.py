@@ -16,9 +16,10 @@ from torchvision.ops import box_iou
 
 from nonlocalnet.demo.detection_data import CocoSplit
 from nonlocalnet.detection.models import nonlocal_blocks
-from nonlocalnet.detection.trained import load_trained_detector, predict_image, read_image
+from nonlocalnet.detection.trained import predict_image, read_image
 from nonlocalnet.engine import CheckpointManager
 from nonlocalnet.errors import InvalidValueError, MissingFileError
+from nonlocalnet.tasks.detection.setup import load_trained_detector
 from nonlocalnet.viz.detections import plot_detection_attention
 
 __all__ = ["attention_study", "block_input", "key_swap_study", "object_attention", "swap_key_colour"]

@@ -35,7 +35,7 @@ from nonlocalnet.detection.models import (
 )
 from nonlocalnet.detection.predict import PredictionReport, predict_images, predict_path
 from nonlocalnet.detection.sampler import GroupedBatchSampler, build_detection_loader
-from nonlocalnet.detection.trained import TrainedDetector, load_trained_detector, predict_image, read_image
+from nonlocalnet.detection.trained import TrainedDetector, predict_image, read_image
 
 __all__ = [
     "CocoDetection",
@@ -56,7 +56,6 @@ __all__ = [
     "evaluate_detector",
     "list_detectors",
     "load_detector_weights",
-    "load_trained_detector",
     "nonlocal_blocks",
     "predict_image",
     "predict_images",

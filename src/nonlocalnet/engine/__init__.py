@@ -1,4 +1,5 @@
-"""Training, evaluation and inference: the paper's recipe as a library (the CLI is a thin layer)."""
+"""The task-free engine: config machinery, the training loop, checkpoints, distributed and AMP
+helpers (the tasks, ``nonlocalnet.tasks``, supply models, data and metrics)."""
 
 from nonlocalnet.engine.checkpoint import CheckpointManager, load_checkpoint, save_checkpoint
 from nonlocalnet.engine.config import (
@@ -7,7 +8,6 @@ from nonlocalnet.engine.config import (
     ConfigError,
     DataConfig,
     EvalConfig,
-    ModelConfig,
     OptimConfig,
     TrainConfig,
     apply_overrides,
@@ -17,15 +17,11 @@ from nonlocalnet.engine.config import (
     save_config,
 )
 from nonlocalnet.engine.distributed import DistContext, DistributedError, init_distributed
-from nonlocalnet.engine.evaluate import EvalReport, evaluate, run_evaluation, write_video_scores
-from nonlocalnet.engine.layout import choose_memory_format
-from nonlocalnet.engine.metrics import EvalResult, ViewScores, topk_correct
+from nonlocalnet.engine.metrics import topk_correct
 from nonlocalnet.engine.model_file import ModelFile, load_model_file, read_model_file
 from nonlocalnet.engine.optim import build_optimizer, lr_at, milestone_steps, scaled_lr, set_lr
 from nonlocalnet.engine.precise_bn import update_bn_stats
-from nonlocalnet.engine.predict import Prediction, inference_config, load_trained_model, predict_video
 from nonlocalnet.engine.runlog import RunLog, read_jsonl
-from nonlocalnet.engine.setup import build_dataset, build_model_from_config, initialise_model, load_samples
 from nonlocalnet.engine.task import TASKS, Evaluation, StepLoss, Task, build_task, register_task
 from nonlocalnet.engine.train import TrainResult, train
 
@@ -39,43 +35,28 @@ __all__ = [
     "DistContext",
     "DistributedError",
     "EvalConfig",
-    "EvalReport",
-    "EvalResult",
     "Evaluation",
-    "ModelConfig",
     "ModelFile",
     "OptimConfig",
-    "Prediction",
     "RunLog",
     "StepLoss",
     "Task",
     "TrainConfig",
     "TrainResult",
-    "ViewScores",
     "apply_overrides",
-    "build_dataset",
-    "build_model_from_config",
     "build_optimizer",
     "build_task",
-    "choose_memory_format",
     "config_from_dict",
     "config_to_dict",
-    "evaluate",
-    "inference_config",
     "init_distributed",
-    "initialise_model",
     "load_checkpoint",
     "load_config",
     "load_model_file",
-    "load_samples",
-    "load_trained_model",
     "lr_at",
     "milestone_steps",
-    "predict_video",
     "read_jsonl",
     "read_model_file",
     "register_task",
-    "run_evaluation",
     "save_checkpoint",
     "save_config",
     "scaled_lr",
@@ -83,5 +64,4 @@ __all__ = [
     "topk_correct",
     "train",
     "update_bn_stats",
-    "write_video_scores",
 ]

@@ -29,17 +29,7 @@ from nonlocalnet.models import (
 )
 from nonlocalnet.models.zoo import is_weights_name
 
-__all__ = ["CONFIG_KEYS", "ModelFile", "load_model_file", "read_model_file"]
-
-CONFIG_KEYS = {
-    "name": "model.name",
-    "variant": "model.variant",
-    "norm": "model.norm",
-    "nonlocal_mode": "model.nonlocal_mode",
-    "temporal_padding": "model.temporal_padding",
-    "overrides": "model.overrides/nonlocal_options/spec",
-}
-"""How a config spells the settings :func:`~nonlocalnet.models.check_model_matches` names."""
+__all__ = ["ModelFile", "load_model_file", "read_model_file"]
 
 
 @dataclass
@@ -101,15 +91,16 @@ def read_model_file(path: str | os.PathLike, *, kinds: tuple[str, ...] | None = 
     return found
 
 
-def load_model_file(model: nn.Module, weights: ModelFile, *, keys: Mapping[str, str] = CONFIG_KEYS) -> str:
+def load_model_file(model: nn.Module, weights: ModelFile, *, keys: Mapping[str, str] | None = None) -> str:
     """Load ``weights`` into ``model`` strictly; returns a one-line report.
 
     The authors' weights (:attr:`ModelFile.released`) go only into the network they belong to:
     a :class:`~nonlocalnet.models.VideoResNet` ``model`` is checked first
     (:func:`~nonlocalnet.models.check_model_matches`: registry model and so frame geometry,
     variant, BN form, ...), and a ``.pkl`` of another name must have the model's BN form; else
-    the error names each setting that differs as ``keys`` spells it (config keys by default)
-    and its fix. The report says which clips (frames x sample rate) the authors used."""
+    the error names each setting that differs as ``keys`` spells it (the library's keywords by
+    default; a task passes its config's spelling, e.g. ``model.variant``) and its fix. The report
+    says which clips (frames x sample rate) the authors used."""
     released = weights.released
     if released is not None and isinstance(model, VideoResNet):
         check_model_matches(model, released, source=weights.path.name, keys=keys)

@@ -38,7 +38,6 @@ from nonlocalnet.engine.checkpoint import (
 )
 from nonlocalnet.engine.config import Config, ConfigError, check_config, config_to_dict, save_config
 from nonlocalnet.engine.distributed import DistContext, init_distributed, is_out_of_memory
-from nonlocalnet.engine.layout import choose_memory_format
 from nonlocalnet.engine.optim import build_optimizer, lr_at, milestone_steps, scaled_lr, set_lr
 from nonlocalnet.engine.precise_bn import update_bn_stats
 from nonlocalnet.engine.runlog import RunLog
@@ -63,16 +62,6 @@ class TrainResult:
     final_eval: dict[str, Any] | None
     bad_data: dict[str, Any]
     seconds: float
-
-
-def _memory_format(model: nn.Module, cfg: Config, task: Task, device: torch.device) -> torch.memory_format:
-    choice = cfg.train.memory_format
-    if choice == "contiguous":
-        return torch.contiguous_format
-    if choice == "channels_last":
-        model.to(memory_format=torch.channels_last_3d)
-        return torch.channels_last_3d
-    return choose_memory_format(model, torch.randn_like(task.example_input(device, torch.contiguous_format)))
 
 
 def _total_steps(cfg: Config, steps_per_epoch: int) -> int:
@@ -199,7 +188,7 @@ def _resume_position(
     free = (*RESUME_FREE_SETTINGS, "train.batch_size", "train.grad_accum")
     free += EXTEND_SETTINGS if extend else ()
     changed = changed_settings(
-        state.get("config", {}), config_to_dict(cfg), free=free, defaults=config_to_dict(Config())
+        state.get("config", {}), config_to_dict(cfg), free=free, defaults=config_to_dict(type(cfg)())
     )
     layout_changes, refused, why = _layout_problems(old, layout, model)
     problems = [f"{key} {a!r} -> {b!r}" for key, a, b in changed] + refused
@@ -421,7 +410,7 @@ def _build_model(cfg: Config, ctx: DistContext, task: Task) -> tuple[nn.Module, 
     if cfg.train.sync_bn and ctx.distributed:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(ctx.device)
-    return model, _memory_format(model, cfg, task, ctx.device), init_report
+    return model, task.memory_format(model, ctx.device), init_report
 
 
 def _resume(run: _Run, resume: str | Path | bool | None, extend: bool) -> None:

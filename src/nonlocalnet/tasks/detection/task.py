@@ -4,102 +4,52 @@ non-local blocks (:func:`nonlocalnet.detection.build_detector`), COCO-format dat
 torchvision losses, and pycocotools' COCOeval.
 
 Reached through ``cfg.task`` (``detection``); the settings are the config's ``detection``
-section (:class:`~nonlocalnet.engine.config.DetectionConfig`) plus the shared ``optim``,
+section (:class:`~nonlocalnet.tasks.detection.DetectionConfig`) plus the shared ``optim``,
 ``train``, ``checkpoint``, ``eval`` sections and ``data.num_workers``/``data.bad_data_threshold``.
-Needs the ``detection`` extra (torchvision, pycocotools).
+Needs the ``detection`` extra (torchvision, pycocotools) when built: this module imports
+``nonlocalnet.detection`` only then, so that the task registers without it.
 """
 
 from __future__ import annotations
 
 import json
+import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from nonlocalnet.detection.batch import DetectionBatch
-from nonlocalnet.detection.coco import CocoDetection
-from nonlocalnet.detection.evaluate import DetectionEvaluation, evaluate_detector
-from nonlocalnet.detection.models import DetectorInfo, detector_info, list_detectors
-from nonlocalnet.detection.sampler import build_detection_loader
-from nonlocalnet.detection.trained import build_detector_from_config, detector_label_space
-from nonlocalnet.engine.config import Config, ConfigError, DetectionConfig
+from nonlocalnet.engine.config import ConfigError, check_config
 from nonlocalnet.engine.distributed import DistContext
 from nonlocalnet.engine.task import Evaluation, StepLoss
+from nonlocalnet.errors import InvalidTypeError
+from nonlocalnet.tasks.detection.config import DetectionTaskConfig
 
-__all__ = ["Detection", "evaluation_record"]
+if TYPE_CHECKING:
+    from nonlocalnet.detection.batch import DetectionBatch
+    from nonlocalnet.detection.coco import CocoDetection
+
+__all__ = ["Detection"]
 
 _LOSSES = ("loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg")
-_IOU_NAMES = {"bbox": "box", "segm": "mask", "keypoints": "kp"}
 
 
-def _dataset(
-    det: DetectionConfig, split: str, *, train: bool, seed: int, info: DetectorInfo
-) -> CocoDetection:
-    """The ``split`` data as the detector ``info`` uses it: masks only for a mask head (whose
-    instances without a mask are dropped), keypoints only for a keypoint head (and training's
-    ``detection.min_keypoints_per_image``)."""
-    images, annotations = getattr(det, f"{split}_images"), getattr(det, f"{split}_annotations")
-    for key, path in ((f"{split}_images", images), (f"{split}_annotations", annotations)):
-        if not Path(path).exists():
-            raise ConfigError(f"detection.{key}: no such file or folder: {path}")
-    keypoints = info.kind == "keypoints"
-    dataset = CocoDetection(
-        images,
-        annotations,
-        train=train,
-        flip=det.flip and train,
-        seed=seed,
-        masks=None if info.has_masks else False,
-        keypoints=None if keypoints else False,
-        keypoint_flip_map=det.keypoint_flip_map,
-        min_keypoints_per_image=det.min_keypoints_per_image if train and keypoints else 0,
-    )
-    if info.has_masks and not dataset.masks:
-        boxes_only = [n for n in list_detectors() if n.startswith("fasterrcnn")]
-        same = info.name.replace("maskrcnn", "fasterrcnn", 1)
-        suggestion = f"{same!r}" if same in boxes_only else " or ".join(map(repr, boxes_only))
+def _check_settings(cfg: DetectionTaskConfig) -> None:
+    """The engine's settings that do not apply to detectors."""
+    if not cfg.detection.train_images:
+        raise ConfigError("task detection needs detection.train_images and detection.train_annotations")
+    if cfg.train.memory_format != "contiguous":
         raise ConfigError(
-            f"detection.model {info.name!r} trains masks but detection.{split}_annotations {annotations} has "
-            "no segmentation (box-only data: every segmentation missing or []); train a Faster R-CNN "
-            f"model on it, e.g. detection.model={suggestion} (nonlocalnet models lists them)"
+            f"train.memory_format: {cfg.train.memory_format!r} is for video models; detectors "
+            "take images of varied sizes and train in the contiguous layout"
         )
-    if train and not len(dataset):
-        reasons = "; ".join(f"{n} {r}" for r, n in dataset.data_report()["skipped_images"].items())
+    if cfg.train.precise_bn_batches:
         raise ConfigError(
-            f"detection.train_annotations: no image of {annotations} is left to train on ({reasons}); "
-            "detection.min_keypoints_per_image (torchvision's reference: 10) sets the keypoint rule"
-        )
-    return dataset
-
-
-def evaluation_record(evaluation: DetectionEvaluation) -> dict[str, Any]:
-    """The flat log record of an evaluation: ``box_AP``, ``box_AP50``, ..., ``mask_AP``, ...,
-    ``kp_AP`` (percent, COCOeval's summaries), the images, the unreadable ones and the
-    detections dropped for labels without a category (category-id labels)."""
-    record: dict[str, Any] = {}
-    for iou_type, stats in evaluation.stats.items():
-        record |= {f"{_IOU_NAMES[iou_type]}_{name}": value for name, value in stats.items()}
-    record["images"] = evaluation.images
-    record["bad_images"] = sorted({b.path for b in evaluation.bad})
-    record["dropped_detections"] = sum(evaluation.dropped.values())
-    return record
-
-
-def _check_oks_sigmas(det: DetectionConfig, k: int) -> None:
-    """COCOeval's keypoint AP needs one OKS sigma per keypoint: say so when the run starts,
-    not at its first evaluation."""
-    if det.oks_sigmas is None and k != 17:
-        raise ConfigError(
-            f"detection.oks_sigmas: {det.train_annotations} defines {k} keypoints, not COCO's 17 person "
-            f"keypoints, so give one OKS sigma per keypoint ({k} values)"
-        )
-    if det.oks_sigmas is not None and len(det.oks_sigmas) != k:
-        raise ConfigError(
-            f"detection.oks_sigmas has {len(det.oks_sigmas)} values but {det.train_annotations} defines "
-            f"{k} keypoints"
+            "train.precise_bn_batches: the detectors' backbone BN is frozen (FrozenBatchNorm2d) and the "
+            "non-local blocks' norm does not keep running statistics worth re-estimating; set it to 0"
         )
 
 
@@ -108,28 +58,53 @@ class Detection:
     when built and checks the detector against them (class count, keypoints)."""
 
     sample_noun = "image"
+    # what a resume may change in the ``detection`` section: where weights and validation data
+    # are, how the model is evaluated
+    resume_free_settings = (
+        "detection.weights",
+        "detection.weights_backbone",
+        "detection.val_images",
+        "detection.val_annotations",
+        "detection.oks_sigmas",
+        "detection.mask_threshold",
+    )
 
-    def __init__(self, cfg: Config, **_: Any) -> None:
+    def __init__(self, cfg: DetectionTaskConfig, **_: Any) -> None:
+        from nonlocalnet.detection.models import detector_info  # the detection extra
+        from nonlocalnet.tasks.detection.data import check_oks_sigmas
+
+        check_config(cfg, "Detection(cfg)", DetectionTaskConfig)
+        _check_settings(cfg)
         det = cfg.detection
         self.cfg = cfg
-        if not det.train_images:
-            raise ConfigError("task detection needs detection.train_images and detection.train_annotations")
-        if cfg.train.memory_format != "contiguous":
-            raise ConfigError(
-                f"train.memory_format: {cfg.train.memory_format!r} is for video models; detectors "
-                "take images of varied sizes and train in the contiguous layout"
-            )
-        if cfg.train.precise_bn_batches:
-            raise ConfigError(
-                "train.precise_bn_batches: the detectors' backbone BN is frozen (FrozenBatchNorm2d) and the "
-                "non-local blocks' norm does not keep running statistics worth re-estimating; set it to 0"
-            )
         self.info = detector_info(det.model)
         self.label = det.model
-        self._train_set = _dataset(det, "train", train=True, seed=cfg.seed, info=self.info)
-        self.val_set = (
-            _dataset(det, "val", train=False, seed=cfg.seed, info=self.info) if det.val_images else None
+        self._read_data()
+        self.num_classes = self.label_space.num_classes
+        self.keypoint_names = list(self._train_set.keypoint_names)
+        if self.info.kind == "keypoints" and not self.keypoint_names:
+            raise ConfigError(
+                f"detection.model {det.model!r} predicts keypoints but "
+                f"{det.train_annotations} defines none (categories[].keypoints)"
+            )
+        if self.info.kind == "keypoints":
+            check_oks_sigmas(det, len(self.keypoint_names))
+        self.train_metrics = (
+            _LOSSES
+            + (("loss_mask",) if self.info.has_masks else ())
+            + (("loss_keypoint",) if self.info.kind == "keypoints" else ())
         )
+
+    def _read_data(self) -> None:
+        """The training and validation sets, their classes and their label space."""
+        from nonlocalnet.tasks.detection.data import detection_dataset
+        from nonlocalnet.tasks.detection.setup import detector_label_space
+
+        cfg, det = self.cfg, self.cfg.detection
+        self._train_set = detection_dataset(det, "train", train=True, seed=cfg.seed, info=self.info)
+        self.val_set = None
+        if det.val_images:
+            self.val_set = detection_dataset(det, "val", train=False, seed=cfg.seed, info=self.info)
         self.has_validation = self.val_set is not None
         self.validation_files = (det.val_annotations, det.val_images) if self.has_validation else ()
         self.class_names = list(self._train_set.class_names)
@@ -145,20 +120,6 @@ class Detection:
         for dataset in (self._train_set, self.val_set):
             if dataset is not None:
                 dataset.set_labels(self.label_space.kind)
-        self.num_classes = self.label_space.num_classes
-        self.keypoint_names = list(self._train_set.keypoint_names)
-        if self.info.kind == "keypoints" and not self.keypoint_names:
-            raise ConfigError(
-                f"detection.model {det.model!r} predicts keypoints but "
-                f"{det.train_annotations} defines none (categories[].keypoints)"
-            )
-        if self.info.kind == "keypoints":
-            _check_oks_sigmas(det, len(self.keypoint_names))
-        self.train_metrics = (
-            _LOSSES
-            + (("loss_mask",) if self.info.has_masks else ())
-            + (("loss_keypoint",) if self.info.kind == "keypoints" else ())
-        )
 
     @property
     def train_set(self) -> CocoDetection:
@@ -166,12 +127,16 @@ class Detection:
 
     def build_model(self) -> tuple[nn.Module, str]:
         keypoints = len(self.keypoint_names) if self.info.kind == "keypoints" else None
+        from nonlocalnet.tasks.detection.setup import build_detector_from_config
+
         model, report = build_detector_from_config(self.cfg.detection, self.num_classes, keypoints)
         return model, f"{report}; {self.label_space.summary()}"
 
     def train_loader(
         self, *, distributed: tuple[int, int] | None, num_workers: int, epoch: int = 0, start_batch: int = 0
     ) -> DataLoader:
+        from nonlocalnet.detection.sampler import build_detection_loader
+
         return build_detection_loader(
             self._train_set,
             batch_size=self.cfg.train.batch_size,
@@ -236,7 +201,11 @@ class Detection:
         self, model: nn.Module, ctx: DistContext, *, memory_format: torch.memory_format
     ) -> Evaluation:
         """COCOeval on the validation images (box AP chooses ``best.pt``)."""
-        assert self.val_set is not None
+        from nonlocalnet.detection.evaluate import evaluate_detector
+        from nonlocalnet.tasks.detection.data import evaluation_record
+
+        if self.val_set is None:
+            raise ConfigError("detection: no validation data (detection.val_images, val_annotations)")
         result = evaluate_detector(
             model,
             self.val_set,
@@ -248,6 +217,63 @@ class Detection:
         )
         record = evaluation_record(result)
         return Evaluation(record, float(result.stats["bbox"]["AP"]), sorted({b.path for b in result.bad}))
+
+    def set_epoch(self, loader: DataLoader, epoch: int) -> None:
+        """Tell the loader's batch sampler (it keeps the order: aspect-ratio groups) the epoch."""
+        from nonlocalnet.detection.sampler import GroupedBatchSampler
+
+        if not isinstance(loader.batch_sampler, GroupedBatchSampler):
+            raise InvalidTypeError(
+                "expected a loader of train_loader() (a GroupedBatchSampler), got "
+                f"{type(loader.batch_sampler).__name__}"
+            )
+        loader.batch_sampler.set_epoch(epoch)
+
+    def memory_format(self, model: nn.Module, device: torch.device) -> torch.memory_format:
+        """Contiguous: detectors take images of varied sizes (``train.memory_format`` is checked
+        when the task is built)."""
+        return torch.contiguous_format
+
+    def load_weights(self, model: nn.Module, path: str | os.PathLike) -> str:
+        """A training checkpoint's model (strictly) or a detector state dict file
+        (:func:`~nonlocalnet.detection.load_detector_weights`) into ``model``."""
+        from nonlocalnet.detection.models import load_detector_weights
+        from nonlocalnet.engine.model_file import read_model_file
+        from nonlocalnet.tasks.detection.setup import misfit
+
+        weights = read_model_file(path)
+        if weights.kind != "checkpoint":
+            return f"detector weights from {path}: {load_detector_weights(model, path).summary()}"
+        problem = misfit(model, weights.state)
+        if problem:
+            raise ConfigError(f"{path}: its weights do not fit the model the config builds ({problem})")
+        model.load_state_dict(weights.state)
+        return f"model weights of training checkpoint {path}"
+
+    def predict(
+        self, model: nn.Module, inputs: Sequence[str | os.PathLike], *, device: torch.device
+    ) -> list[dict[str, Any]]:
+        """The detections of each image file (score >= 0.5), as
+        :func:`~nonlocalnet.detection.predict.detections_to_json` gives them:
+        ``{"image", "detections": [{"label", "category_id", "score", "box_xyxy", ...}]}``."""
+        from nonlocalnet.detection.predict import detections_to_json
+        from nonlocalnet.detection.trained import predict_image
+
+        space = self.label_space
+        by_id = dict(zip(self._train_set.category_ids, self.class_names, strict=True))
+        names = {label: by_id[c] for label, c in space.label_to_category.items()}
+        model.to(device)
+        out = []
+        for path in inputs:
+            found = predict_image(model, path, device=device)
+            rows = detections_to_json(
+                found,
+                label_names=names,
+                label_to_category=space.label_to_category,
+                mask_threshold=self.cfg.detection.mask_threshold,
+            )
+            out.append({"image": str(path), "detections": rows})
+        return out
 
     def checkpoint_extras(self) -> dict[str, Any]:
         return {

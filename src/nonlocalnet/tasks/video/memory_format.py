@@ -1,4 +1,5 @@
-"""Pick the faster memory layout (contiguous or channels_last_3d) for a model on its device."""
+"""The video task's memory layout: time a model on its device in the contiguous and the
+channels_last_3d layouts and keep the faster (``train.memory_format: auto``)."""
 
 from __future__ import annotations
 
@@ -39,11 +40,11 @@ def choose_memory_format(model: nn.Module, example: Tensor, repeats: int = 2) ->
         )
     was_training = model.training
     model.eval()
-    timings = {}
+    timings: dict[torch.memory_format, float] = {}
     for fmt in (torch.contiguous_format, torch.channels_last_3d):
         model.to(memory_format=fmt)
         timings[fmt] = _time(model, example.contiguous(memory_format=fmt), repeats)
-    best = min(timings, key=timings.get)
+    best = min(timings, key=lambda fmt: timings[fmt])
     model.to(memory_format=best)
     model.train(was_training)
     return best

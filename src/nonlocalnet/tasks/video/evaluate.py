@@ -1,4 +1,5 @@
-"""Evaluation: fully convolutional testing over clips x crops, clip and video accuracy."""
+"""The video task's evaluation: fully convolutional testing over clips x crops, clip and video
+accuracy, ``nonlocalnet eval``'s files."""
 
 from __future__ import annotations
 
@@ -7,32 +8,34 @@ import json
 import logging
 import math
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Sequence, Sized
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from torch import Tensor
 from tqdm.auto import tqdm
 
 from nonlocalnet.atomic import atomic_write
 from nonlocalnet.data import BadDataLog, BadSample, ClipBatch, FrameCache, VideoSample, build_loader
 from nonlocalnet.engine.amp import autocast_context
-from nonlocalnet.engine.config import Config, ConfigError, check_config
+from nonlocalnet.engine.config import ConfigError, check_config
 from nonlocalnet.engine.distributed import DistContext, init_distributed
-from nonlocalnet.engine.metrics import EvalResult, ViewScores
 from nonlocalnet.engine.model_file import ModelFile, read_model_file
-from nonlocalnet.engine.predict import load_model_weights
-from nonlocalnet.engine.setup import build_dataset, build_model_from_config, load_samples
 from nonlocalnet.models import VideoResNet
+from nonlocalnet.tasks.video.config import INIT_KINDS, VideoConfig
+from nonlocalnet.tasks.video.metrics import EvalResult, ViewScores
+from nonlocalnet.tasks.video.predict import load_model_weights
+from nonlocalnet.tasks.video.setup import build_dataset, build_model_from_config, load_samples
 
 __all__ = [
     "SCORE_FORMATS",
     "EvalReport",
-    "evaluate",
-    "evaluate_samples",
+    "config_weights",
     "run_evaluation",
+    "score_samples",
     "score_views",
     "views_per_video",
     "write_video_scores",
@@ -41,41 +44,8 @@ __all__ = [
 log = logging.getLogger("nonlocalnet.eval")
 
 
-def views_per_video(cfg: Config, views: str) -> int:
+def views_per_video(cfg: VideoConfig, views: str) -> int:
     return cfg.data.num_clips * cfg.data.num_crops if views == "video" else 1
-
-
-def evaluate(
-    model: VideoResNet,
-    loader: Iterable[ClipBatch],
-    ctx: DistContext,
-    *,
-    num_classes: int,
-    views_per_video: int,
-    window: int | None = None,
-    amp: str = "none",
-    memory_format: torch.memory_format = torch.contiguous_format,
-    progress: bool = True,
-) -> tuple[EvalResult, list[BadSample]]:
-    """Score every view of every video with ``model.fully_convolutional_scores`` (time pooled,
-    softmax at each ``window``-sized square of the last feature map, averaged: pass the res5
-    side of a training crop) and reduce to clip and video accuracy (:func:`score_views`).
-
-    Batches hold ``(B, num_crops, 3, T, H, W)`` (all crops of one clip) or ``(B, 3, T, H, W)``.
-    Results are gathered over ranks; broken videos are returned, not scored.
-    """
-    scores, bad = score_views(
-        model,
-        loader,
-        ctx,
-        num_classes=num_classes,
-        views_per_video=views_per_video,
-        window=window,
-        amp=amp,
-        memory_format=memory_format,
-        progress=progress,
-    )
-    return scores.result(), bad
 
 
 @torch.no_grad()
@@ -91,8 +61,14 @@ def score_views(
     memory_format: torch.memory_format = torch.contiguous_format,
     progress: bool = True,
 ) -> tuple[ViewScores, list[BadSample]]:
-    """The softmax scores of every view :func:`evaluate` reduces, gathered over the ranks (the
-    same on every rank), and the broken videos."""
+    """Score every view of every video with ``model.fully_convolutional_scores`` (time pooled,
+    softmax at each ``window``-sized square of the last feature map, averaged: pass the res5
+    side of a training crop): the softmax scores, gathered over the ranks (the same on every
+    rank; ``.result()`` reduces them to clip and video accuracy), and the broken videos, not
+    scored.
+
+    Batches hold ``(B, num_crops, 3, T, H, W)`` (all crops of one clip) or ``(B, 3, T, H, W)``.
+    """
     was_training = model.training
     model.eval()
     scores = ViewScores(num_classes, views_per_video)
@@ -100,7 +76,7 @@ def score_views(
     device = next(model.parameters()).device
     with torch.random.fork_rng(devices=[]):
         batches = iter(loader)
-    total = len(loader) if hasattr(loader, "__len__") else None
+    total = len(loader) if isinstance(loader, Sized) else None
     for batch in tqdm(
         batches, total=total, desc="eval", unit="batch", disable=not (progress and ctx.is_main)
     ):
@@ -126,31 +102,18 @@ def score_views(
     return merged, every_bad
 
 
-def evaluate_samples(
+def score_samples(
     model: VideoResNet,
-    cfg: Config,
-    ctx: DistContext,
-    samples: list[VideoSample],
-    *,
-    views: str,
-    memory_format: torch.memory_format = torch.contiguous_format,
-    frame_cache: FrameCache | None = None,
-) -> tuple[EvalResult, list[BadSample]]:
-    """:func:`evaluate` on ``samples`` with the test protocol of ``cfg`` (``views``: ``"video"``,
-    num_clips x num_crops views, or ``"clip"``, one centre view), split over the ranks."""
-    scores, bad = _score_samples(model, cfg, ctx, samples, views, memory_format, frame_cache)
-    return scores.result(), bad
-
-
-def _score_samples(
-    model: VideoResNet,
-    cfg: Config,
+    cfg: VideoConfig,
     ctx: DistContext,
     samples: list[VideoSample],
     views: str,
     memory_format: torch.memory_format = torch.contiguous_format,
     frame_cache: FrameCache | None = None,
 ) -> tuple[ViewScores, list[BadSample]]:
+    """:func:`score_views` on ``samples`` with the test protocol of ``cfg`` (``views``:
+    ``"video"``, num_clips x num_crops views, or ``"clip"``, one centre view), split over the
+    ranks."""
     dataset = build_dataset(
         cfg.data, samples, train=False, seed=cfg.seed, views=views, frame_cache=frame_cache
     )
@@ -218,9 +181,20 @@ class EvalReport(EvalResult):
         return "\n".join(lines)
 
 
+def config_weights(cfg: VideoConfig) -> str:
+    """The weights name ``cfg.model.init`` gives (``configs/released/``: the file it evaluates);
+    a config that names none is a :class:`ConfigError`."""
+    if cfg.model.init in INIT_KINDS:
+        raise ConfigError(
+            f"give the checkpoint (a weights file or name): model.init is {cfg.model.init!r}, not a "
+            "weights name"
+        )
+    return cfg.model.init
+
+
 def run_evaluation(
-    cfg: Config,
-    checkpoint: str | Path | ModelFile,
+    cfg: VideoConfig,
+    checkpoint: str | Path | ModelFile | None = None,
     *,
     output_dir: str | Path | None = None,
     save_scores: str | Path | None = None,
@@ -228,14 +202,17 @@ def run_evaluation(
     """``nonlocalnet eval``: load ``checkpoint`` (a training checkpoint, a run's
     ``model.safetensors``, converted weights or the authors' ``.pkl``; a path or a file already
     read) into the model
-    ``cfg.model`` describes (:func:`~nonlocalnet.engine.predict.load_model_weights`), evaluate
+    ``cfg.model`` describes (:func:`~nonlocalnet.tasks.video.predict.load_model_weights`), evaluate
     on ``cfg.data`` val with num_clips x num_crops views, and write ``eval.json`` (strict JSON:
     ``null`` accuracy for a class without videos; the videos with missing views),
-    ``per_class.csv``, ``confusion.csv`` and ``confusion.png`` to ``output_dir``. The class names
+    ``per_class.csv``, ``confusion.csv`` and ``confusion.png`` to ``output_dir``. Without
+    ``checkpoint``, the weights ``model.init`` names (``configs/released/``). The class names
     a training checkpoint holds label the validation data (see :func:`load_samples`).
     ``save_scores``: also write every video's scores there (:func:`write_video_scores`; ``.csv``
     or ``.npz``)."""
-    check_config(cfg, "run_evaluation(cfg, checkpoint)")
+    check_config(cfg, "run_evaluation(cfg, checkpoint)", VideoConfig)
+    if checkpoint is None:
+        checkpoint = config_weights(cfg)
     if save_scores is not None:
         _check_scores_path(Path(save_scores))  # before the evaluation, not after it
     ctx = init_distributed(cfg.device, cfg.train.dist_timeout_s)
@@ -246,7 +223,7 @@ def run_evaluation(
 
 
 def _evaluate_run(
-    cfg: Config,
+    cfg: VideoConfig,
     ctx: DistContext,
     checkpoint: str | Path | ModelFile,
     output_dir: str | Path | None,
@@ -265,7 +242,7 @@ def _evaluate_run(
     model = build_model_from_config(cfg.model)
     load_model_weights(model, weights, cfg)
     model.to(ctx.device)
-    scores, bad = _score_samples(model, cfg, ctx, samples, "video")
+    scores, bad = score_samples(model, cfg, ctx, samples, "video")
     views = [len(scores.scores.get(i, {})) for i in range(len(samples))]
     result = EvalReport(**vars(scores.result()), paths=[s.path for s in samples], views_used=views)
     bad_log = BadDataLog()
@@ -292,6 +269,22 @@ def _check_scores_path(path: Path) -> None:
         )
 
 
+def _video_scores(scores: ViewScores, n: int, topk: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Of ``n`` videos: the softmax averaged over the views scored (NaN rows where none), the
+    views scored, the predicted class and the ``topk`` classes (-1 where none)."""
+    c = scores.num_classes
+    mean = torch.full((n, c), float("nan"))
+    views = torch.zeros(n, dtype=torch.int64)
+    for i, by_view in scores.scores.items():
+        mean[i] = torch.stack(list(by_view.values())).mean(0)
+        views[i] = len(by_view)
+    scored = views > 0
+    predicted = torch.where(scored, mean.nan_to_num(-1.0).argmax(1), -1)
+    top = mean.nan_to_num(-1.0).topk(min(topk, c), dim=1).indices
+    top[~scored] = -1
+    return mean, views, predicted, top
+
+
 def write_video_scores(
     path: str | Path,
     scores: ViewScores,
@@ -310,16 +303,9 @@ def write_video_scores(
     where a video has no prediction."""
     path = Path(path)
     _check_scores_path(path)
-    n, c = len(samples), scores.num_classes
-    mean = torch.full((n, c), float("nan"))
-    views = torch.zeros(n, dtype=torch.int64)
-    for i, by_view in scores.scores.items():
-        mean[i] = torch.stack(list(by_view.values())).mean(0)
-        views[i] = len(by_view)
+    c = scores.num_classes
+    mean, views, predicted, top = _video_scores(scores, len(samples), topk)
     scored = views > 0
-    predicted = torch.where(scored, mean.nan_to_num(-1.0).argmax(1), -1)
-    top = mean.nan_to_num(-1.0).topk(min(topk, c), dim=1).indices
-    top[~scored] = -1
     labels = [s.label for s in samples]
     if path.suffix.lower() == ".npz":
 

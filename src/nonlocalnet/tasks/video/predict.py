@@ -1,6 +1,6 @@
-"""Single-video inference: top-k labels over the test views, and pooled-feature extraction; the
-network of a weights file (training checkpoint, a run's ``model.safetensors``, converted
-weights) for ``nonlocalnet predict`` and ``nonlocalnet eval``."""
+"""The video task's inference: one video's top-k labels over the test views, and pooled-feature
+extraction; the network of a weights file (training checkpoint, a run's ``model.safetensors``,
+converted weights) for ``nonlocalnet predict`` and ``nonlocalnet eval``."""
 
 from __future__ import annotations
 
@@ -15,11 +15,12 @@ import yaml
 from torch import Tensor, nn
 
 from nonlocalnet.data import probe_video, read_class_names, read_frames, test_clip_indices, test_views
-from nonlocalnet.engine.config import Config, ConfigError, apply_overrides, config_from_dict, load_config
-from nonlocalnet.engine.model_file import CONFIG_KEYS, ModelFile, load_model_file, read_model_file
-from nonlocalnet.engine.setup import build_model_from_config
+from nonlocalnet.engine.config import ConfigError, apply_overrides, config_from_dict, load_config
+from nonlocalnet.engine.model_file import ModelFile, load_model_file, read_model_file
 from nonlocalnet.errors import InvalidValueError
 from nonlocalnet.models import VideoResNet, caffe2_norm, check_model_matches, get_model_info, list_models
+from nonlocalnet.tasks.video.config import CONFIG_KEYS, VideoConfig
+from nonlocalnet.tasks.video.setup import build_model_from_config
 
 __all__ = ["Prediction", "inference_config", "load_model_weights", "load_trained_model", "predict_video"]
 
@@ -43,7 +44,7 @@ def load_trained_model(
     model: str | None = None,
     class_names: str | os.PathLike | None = None,
     overrides: Sequence[str] = (),
-) -> tuple[VideoResNet, Config, list[str]]:
+) -> tuple[VideoResNet, VideoConfig, list[str]]:
     """The network of a weights file, loaded, with the config that tests it and the class names.
 
     ``path``: a training checkpoint, a run's ``model.safetensors``, converted weights
@@ -65,7 +66,7 @@ def inference_config(
     config: str | os.PathLike | None = None,
     model: str | None = None,
     overrides: Sequence[str] = (),
-) -> Config:
+) -> VideoConfig:
     """The config that builds the network of ``weights`` and tests it, from the first of:
 
     * ``config``: a YAML config (``nonlocalnet eval/predict --config``);
@@ -108,7 +109,7 @@ def inference_config(
                 f"name, `nonlocalnet models`){hint}"
             )
         cfg = config_from_dict(apply_overrides(data, list(overrides)))
-    if cfg.task != "video_classification":
+    if not isinstance(cfg, VideoConfig):
         raise ConfigError(
             f"{where}: its config is a {cfg.task!r} config; predict and eval take video classifiers "
             "(detectors: nonlocalnet detect-predict, detect-eval)"
@@ -162,7 +163,7 @@ def _read_run_config(path: Path) -> dict[str, Any]:
     return data
 
 
-def load_model_weights(net: nn.Module, weights: ModelFile, cfg: Config) -> str:
+def load_model_weights(net: nn.Module, weights: ModelFile, cfg: VideoConfig) -> str:
     """Load ``weights`` into ``net`` (built from ``cfg.model``) with
     :func:`~nonlocalnet.engine.model_file.load_model_file`; returns its one-line report.
     Weights made for another network are a :class:`ConfigError` naming the difference: for the
@@ -173,10 +174,10 @@ def load_model_weights(net: nn.Module, weights: ModelFile, cfg: Config) -> str:
         check_model_matches(net, released, source=weights.path.name, keys=CONFIG_KEYS)
     if weights.kind != "caffe2":
         _check_fits(net, weights, cfg)
-    return load_model_file(net, weights)
+    return load_model_file(net, weights, keys=CONFIG_KEYS)
 
 
-def _check_fits(net: nn.Module, weights: ModelFile, cfg: Config) -> None:
+def _check_fits(net: nn.Module, weights: ModelFile, cfg: VideoConfig) -> None:
     m = cfg.model
     expected = net.state_dict()
     missing = [k for k in expected if k not in weights.state]
@@ -203,7 +204,7 @@ def _check_fits(net: nn.Module, weights: ModelFile, cfg: Config) -> None:
         )
 
 
-def _class_names(weights: ModelFile, cfg: Config, given: str | os.PathLike | None) -> list[str]:
+def _class_names(weights: ModelFile, cfg: VideoConfig, given: str | os.PathLike | None) -> list[str]:
     """The class names of the model (see :func:`load_trained_model`), checked against its classes."""
     n = cfg.model.num_classes
     numbered = [str(i) for i in range(n)]
@@ -227,7 +228,7 @@ def _class_names(weights: ModelFile, cfg: Config, given: str | os.PathLike | Non
 def predict_video(
     model: VideoResNet,
     path: str | Path,
-    cfg: Config,
+    cfg: VideoConfig,
     class_names: list[str],
     *,
     topk: int = 5,
@@ -237,19 +238,11 @@ def predict_video(
     protocol of ``cfg.data``), and average the fully convolutional softmax over all views. Frames
     are turned upright and resampled to square pixels as ``cfg.data.autorotate`` and
     ``cfg.data.square_pixels`` say (as in training)."""
-    from nonlocalnet.data.transforms import TransformConfig
-
     if isinstance(topk, bool) or not isinstance(topk, int) or topk < 1:
         raise InvalidValueError(f"topk must be a positive int, got {topk!r}")
     d = cfg.data
     info = probe_video(path, exact=True)  # a true frame count (headers can over-count)
-    transform = TransformConfig(
-        test_short=d.test_short,
-        test_crop=d.test_crop,
-        num_crops=d.num_crops,
-        mean=tuple(d.mean),
-        std=tuple(d.std),
-    )
+    transform = d.transform()
     device = next(model.parameters()).device
     window = model.res5_size(d.crop)
     model.eval()

@@ -1,4 +1,5 @@
-"""From a :class:`Config` to objects: the model (with its initial weights) and the datasets."""
+"""From a :class:`~nonlocalnet.tasks.video.VideoConfig` to objects: the model (with its initial
+weights), the samples and the datasets."""
 
 from __future__ import annotations
 
@@ -7,9 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from nonlocalnet.data import (
-    ClipSampling,
     FrameCache,
-    TransformConfig,
     VideoClipDataset,
     VideoList,
     VideoSample,
@@ -18,16 +17,17 @@ from nonlocalnet.data import (
     scan_class_folders,
 )
 from nonlocalnet.data.lists import class_folder_names
-from nonlocalnet.engine.config import (
+from nonlocalnet.engine.config import ConfigError
+from nonlocalnet.engine.model_file import load_model_file, read_model_file
+from nonlocalnet.models import VideoResNet, build_model, inflate_2d_to_3d, load_named_weights
+from nonlocalnet.tasks.video.config import (
+    CONFIG_KEYS,
     INIT_KINDS,
-    ConfigError,
-    DataConfig,
     ModelConfig,
+    VideoDataConfig,
     stage_specs,
     video_resnet_spec,
 )
-from nonlocalnet.engine.model_file import CONFIG_KEYS, load_model_file, read_model_file
-from nonlocalnet.models import VideoResNet, build_model, inflate_2d_to_3d, load_named_weights
 
 __all__ = [
     "build_dataset",
@@ -60,6 +60,8 @@ def build_model_from_config(cfg: ModelConfig) -> VideoResNet:
                 temporal_padding=cfg.temporal_padding,
                 norm=cfg.norm,
             )
+        if cfg.name is None:  # the config's checks make this a spec
+            raise ConfigError("model: set model.name (a registry name) or model.spec (the whole network)")
         return build_model(
             cfg.name,
             cfg.num_classes,
@@ -98,11 +100,11 @@ def initialise_model(model: VideoResNet, cfg: ModelConfig) -> str:
         state = read_model_file(path).state
         return f"inflated 2D weights from {path}: {inflate_2d_to_3d(model, state).summary()}"
     kind = {"caffe2": "caffe2", "weights": "safetensors"}.get(cfg.init, "checkpoint")
-    return load_model_file(model, read_model_file(path, kinds=(kind,)))
+    return load_model_file(model, read_model_file(path, kinds=(kind,)), keys=CONFIG_KEYS)
 
 
 def load_samples(
-    data: DataConfig,
+    data: VideoDataConfig,
     split: str,
     *,
     class_names: list[str] | None = None,
@@ -147,7 +149,7 @@ def load_samples(
                 "nonlocalnet check-data --folder %s lists them",
                 split, len(found.skipped), first.path, first.reason, folder,
             )  # fmt: skip
-        return found.samples, found.class_names
+        return found.samples, list(found.class_names or [])  # a folder tree always names its classes
     if not Path(listed).is_file():
         raise ConfigError(f"data.{split}_list: no such file: {listed}")
     try:
@@ -166,7 +168,7 @@ def _numbered(n: int) -> list[str]:
     return [str(i) for i in range(n)]
 
 
-def class_list_source(data: DataConfig, names: list[str]) -> str:
+def class_list_source(data: VideoDataConfig, names: list[str]) -> str:
     """Where the training split's class list ``names`` comes from, for messages."""
     if data.class_names:
         return f"data.class_names {data.class_names}"
@@ -177,7 +179,7 @@ def class_list_source(data: DataConfig, names: list[str]) -> str:
     return f"the {len(names)} class names of data.train_list {data.train_list}, sorted"
 
 
-def _check_missing(read: VideoList, data: DataConfig, split: str) -> None:
+def _check_missing(read: VideoList, data: VideoDataConfig, split: str) -> None:
     """Log the listed videos that are not there; more than the bad-data threshold is an error."""
     if not read.missing:
         return
@@ -198,7 +200,7 @@ def _check_missing(read: VideoList, data: DataConfig, split: str) -> None:
 
 
 def _class_list(
-    data: DataConfig, split: str, given: list[str] | None, given_source: str
+    data: VideoDataConfig, split: str, given: list[str] | None, given_source: str
 ) -> tuple[list[str] | None, str | None]:
     """The class list that labels ``split`` and where it comes from (for messages)."""
     if data.class_names and not Path(data.class_names).is_file():
@@ -227,7 +229,7 @@ def _class_list(
 
 
 def build_dataset(
-    data: DataConfig,
+    data: VideoDataConfig,
     samples: list[VideoSample],
     *,
     train: bool,
@@ -237,28 +239,13 @@ def build_dataset(
 ) -> VideoClipDataset:
     """The training dataset (one random clip per video) or a test dataset: ``views="video"``
     gives num_clips x num_crops views per video, ``"clip"`` one centre view."""
-    transform = TransformConfig(
-        min_short=data.min_short,
-        max_short=data.max_short,
-        crop=data.crop,
-        flip=data.flip,
-        test_short=data.test_short,
-        test_crop=data.test_crop,
-        num_crops=data.num_crops if views == "video" else 1,
-        mean=tuple(data.mean),
-        std=tuple(data.std),
-    )
-    sampling = ClipSampling(
-        clip_length=data.clip_length, stride=data.stride, num_clips=data.num_clips if views == "video" else 1
-    )
-    mode = "train" if train else "test"
     if frame_cache is None and data.cache_frames:
         frame_cache = FrameCache()
     return VideoClipDataset(
         samples,
-        mode=mode,
-        sampling=sampling,
-        transform=transform,
+        mode="train" if train else "test",
+        sampling=data.sampling(views),
+        transform=data.transform(views),
         seed=seed,
         frame_cache=frame_cache,
         autorotate=data.autorotate,
