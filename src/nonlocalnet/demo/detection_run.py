@@ -30,7 +30,7 @@ from nonlocalnet.demo.detection_data import (
     context_shapes_splits,
 )
 from nonlocalnet.demo.run import default_jobs
-from nonlocalnet.engine import Config, config_from_dict, read_jsonl, train
+from nonlocalnet.engine import Config, ProgressBar, config_from_dict, read_jsonl, train
 from nonlocalnet.errors import InvalidValueError
 
 __all__ = [
@@ -203,7 +203,7 @@ def _train_runs(
         cfg = detection_demo_config(run.model, splits, recipe, run.seed, run.folder, evaluate_on=evaluate_on)
         cfg.train.progress = progress
         label = f"{run.model} seed {run.seed}"
-        result = train(cfg, progress_desc=label, progress_position=position)
+        result = train(cfg, progress=ProgressBar(label, position))
         final = result.final_eval or {}
         if progress:
             tqdm.write(

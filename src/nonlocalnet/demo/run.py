@@ -24,9 +24,10 @@ from nonlocalnet.demo.models import ABLATIONS, DEMO_MODELS, QUICK_MODELS, DemoMo
 from nonlocalnet.demo.recipe import DemoRecipe, full_recipe, quick_recipe
 from nonlocalnet.demo.report import summarise, write_curves, write_table
 from nonlocalnet.demo.synthetic import SyntheticDataset, generate_long_range_dataset
-from nonlocalnet.engine import Config, build_model_from_config, config_from_dict, train
+from nonlocalnet.engine import Config, ProgressBar, build_model_from_config, config_from_dict, train
 from nonlocalnet.errors import InvalidValueError
 from nonlocalnet.models import measure_complexity
+from nonlocalnet.tasks import VideoClassification
 
 __all__ = ["DemoResult", "default_jobs", "demo_config", "run_demo"]
 
@@ -123,7 +124,8 @@ def _train_runs(
         cfg = demo_config(run.model, data, recipe, run.seed, run.folder)
         cfg.train.progress = progress
         label = f"{run.model.key} seed {run.seed}"
-        result = train(cfg, frame_cache=frames, progress_desc=label, progress_position=position)
+        task_of_run = VideoClassification(cfg, frame_cache=frames)
+        result = train(cfg, task=task_of_run, progress=ProgressBar(label, position))
         with torch.device("meta"):
             net = build_model_from_config(cfg.model)
         cost = measure_complexity(net, (1, 3, recipe.clip_length, task.height, task.width))

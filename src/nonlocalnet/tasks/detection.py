@@ -12,6 +12,7 @@ Needs the ``detection`` extra (torchvision, pycocotools).
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +24,17 @@ from nonlocalnet.detection.batch import DetectionBatch
 from nonlocalnet.detection.coco import CocoDetection
 from nonlocalnet.detection.evaluate import DetectionEvaluation, evaluate_detector
 from nonlocalnet.detection.models import DetectorInfo, detector_info, list_detectors
+from nonlocalnet.detection.predict import detections_to_json
 from nonlocalnet.detection.sampler import build_detection_loader
-from nonlocalnet.detection.trained import build_detector_from_config, detector_label_space
+from nonlocalnet.detection.trained import (
+    TrainedDetector,
+    build_detector_from_config,
+    detector_label_space,
+    predict_image,
+)
 from nonlocalnet.engine.config import Config, ConfigError, DetectionConfig
 from nonlocalnet.engine.distributed import DistContext
+from nonlocalnet.engine.model_file import read_model_file
 from nonlocalnet.engine.task import Evaluation, StepLoss
 
 __all__ = ["Detection", "evaluation_record"]
@@ -108,6 +116,15 @@ class Detection:
     when built and checks the detector against them (class count, keypoints)."""
 
     sample_noun = "image"
+    # a resume may change the initial weights (the checkpoint's replace them) and the evaluation
+    resume_free_settings = (
+        "detection.weights",
+        "detection.weights_backbone",
+        "detection.val_images",
+        "detection.val_annotations",
+        "detection.oks_sigmas",
+        "detection.mask_threshold",
+    )
 
     def __init__(self, cfg: Config, **_: Any) -> None:
         det = cfg.detection
@@ -184,6 +201,14 @@ class Detection:
             start_batch=start_batch,
             epoch=epoch,
         )
+
+    def set_epoch(self, loader: DataLoader, epoch: int) -> None:
+        """The aspect-ratio grouping batch sampler keeps the order when there is one."""
+        batch_sampler = loader.batch_sampler
+        (batch_sampler if hasattr(batch_sampler, "set_epoch") else loader.sampler).set_epoch(epoch)  # type: ignore[union-attr]
+
+    def memory_format(self, model: nn.Module, device: torch.device) -> torch.memory_format:
+        return torch.contiguous_format  # images of varied sizes
 
     def model_input(
         self, batch: DetectionBatch, device: torch.device, memory_format: torch.memory_format
@@ -265,3 +290,28 @@ class Detection:
         if self.val_set is not None:
             report["val"] = self.val_set.data_report()
         (folder / "data_report.json").write_text(json.dumps(report, indent=2) + "\n")
+
+    def load_weights(self, model: nn.Module, path: str | Path) -> str:
+        weights = read_model_file(path)
+        model.load_state_dict(weights.state)
+        return f"{weights.kind} weights of {path}"
+
+    def predict(
+        self, model: nn.Module, inputs: Sequence[Any], *, device: torch.device
+    ) -> list[dict[str, Any]]:
+        """The detections of each image (a path) scoring at least 0.5, as COCO-like dicts."""
+        trained = TrainedDetector(
+            model, self.cfg, self.class_names, list(self._train_set.category_ids), self.keypoint_names,
+            self.label_space,
+        )  # fmt: skip
+        results = []
+        for path in inputs:
+            prediction = predict_image(model, path, device=device)
+            detections = detections_to_json(
+                prediction,
+                label_names=trained.label_names,
+                label_to_category=trained.label_to_category,
+                mask_threshold=self.cfg.detection.mask_threshold,
+            )
+            results.append({"path": str(path), "detections": detections})
+        return results

@@ -8,6 +8,7 @@ reaches this class only through ``cfg.task`` (``video_classification``).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,9 @@ from nonlocalnet.data import ClipBatch, FrameCache, build_loader
 from nonlocalnet.engine.config import Config, ConfigError
 from nonlocalnet.engine.distributed import DistContext
 from nonlocalnet.engine.evaluate import evaluate_samples
+from nonlocalnet.engine.layout import choose_memory_format
+from nonlocalnet.engine.model_file import read_model_file
+from nonlocalnet.engine.predict import load_model_weights, predict_video
 from nonlocalnet.engine.setup import (
     build_dataset,
     build_model_from_config,
@@ -38,6 +42,22 @@ class VideoClassification:
     ``model.num_classes`` is the class list's length and that every validation label is in the
     training split's class list (not after an epoch). ``frame_cache``: decoded videos shared
     with other runs in this process (else ``data.cache_frames`` decides)."""
+
+    sample_noun = "video"
+    # a resume may change the evaluation data and protocol, the video root, caching, and the
+    # initial weights (the checkpoint's replace them)
+    resume_free_settings = (
+        "model.init",
+        "model.init_path",
+        "data.root",
+        "data.val_list",
+        "data.val_folder",
+        "data.test_short",
+        "data.test_crop",
+        "data.num_clips",
+        "data.num_crops",
+        "data.cache_frames",
+    )
 
     def __init__(self, cfg: Config, *, frame_cache: FrameCache | None = None) -> None:
         self.cfg = cfg
@@ -95,6 +115,20 @@ class VideoClassification:
             epoch=epoch,
         )
 
+    def set_epoch(self, loader: DataLoader, epoch: int) -> None:
+        loader.sampler.set_epoch(epoch)  # type: ignore[attr-defined]
+
+    def memory_format(self, model: nn.Module, device: torch.device) -> torch.memory_format:
+        """``train.memory_format``; ``auto``: the faster of the two for this model (timed)."""
+        choice = self.cfg.train.memory_format
+        if choice == "contiguous":
+            return torch.contiguous_format
+        if choice == "channels_last":
+            model.to(memory_format=torch.channels_last_3d)
+            return torch.channels_last_3d
+        example = torch.randn_like(self.example_input(device, torch.contiguous_format))
+        return choose_memory_format(model, example)
+
     def model_input(
         self, batch: ClipBatch, device: torch.device, memory_format: torch.memory_format
     ) -> Tensor:
@@ -142,3 +176,17 @@ class VideoClassification:
 
     def write_run_files(self, folder: Path) -> None:
         (folder / "classes.txt").write_text("\n".join(self.class_names) + "\n")
+
+    def load_weights(self, model: nn.Module, path: str | Path) -> str:
+        return load_model_weights(model, read_model_file(path), self.cfg)
+
+    def predict(
+        self, model: nn.Module, inputs: Sequence[Any], *, device: torch.device
+    ) -> list[dict[str, Any]]:
+        """The top-5 classes of each video (a path) over the test views of ``cfg.data``."""
+        results = []
+        for path in inputs:
+            pred = predict_video(model, path, self.cfg, self.class_names)  # type: ignore[arg-type]
+            top = [{"label": name, "probability": p} for name, p in pred.top]
+            results.append({"path": pred.path, "top": top, "views": pred.views})
+        return results
