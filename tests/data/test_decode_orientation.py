@@ -190,11 +190,13 @@ TINY_DATA = {"clip_length": 2, "stride": 2, "num_clips": 2, "crop": 28, "test_sh
 
 @pytest.mark.parametrize("autorotate", [True, False])
 def test_the_data_settings_reach_datasets_and_predict(phone_video, monkeypatch, autorotate):
+    import importlib
+
     from nonlocalnet.data import VideoSample, test_clip_indices, test_views
-    from nonlocalnet.engine import predict as P
     from nonlocalnet.engine.config import config_from_dict
     from nonlocalnet.engine.setup import build_dataset, build_model_from_config
 
+    P = importlib.import_module("nonlocalnet.engine.predict")  # the module (engine.predict: a function)
     cfg = config_from_dict({"model": TINY_MODEL, "data": {**TINY_DATA, "autorotate": autorotate}})
     dataset = build_dataset(cfg.data, [VideoSample(str(phone_video), 0)], train=False, seed=0)
     indices = test_clip_indices(12, 2, 2, 2)[1]

@@ -338,3 +338,17 @@ def test_a_failing_validation_costs_no_training_and_resume_validates_then_contin
     ref_log, run_log = (read_jsonl(d / "metrics.jsonl") for d in (tmp_path / "ref", tmp_path / "run"))
     assert [r["step"] for r in ref_log if r["kind"] == "val"] == [4, 8, 12]
     assert _timeless(run_log) == _timeless(ref_log)
+
+
+def test_the_video_task_evaluates_and_predicts_through_the_generic_entry_points(
+    tmp_path, tiny_data, one_thread
+):
+    cfg = config_from_dict(tiny_config(tiny_data, tmp_path / "run", train={"epochs": 1, "progress": False}))
+    result = train(cfg)
+    weights = tmp_path / "run" / "model.safetensors"
+    assert evaluate(cfg, weights=weights).record["clip_top1"] == result.final_eval["clip_top1"]
+    video = tiny_data["root"] / "videos" / sorted(p.name for p in (tiny_data["root"] / "videos").iterdir())[0]
+    (prediction,) = predict(cfg, [video], weights=weights)
+    assert prediction["path"] == str(video) and prediction["views"] == cfg.data.num_clips * cfg.data.num_crops
+    assert sorted(t["label"] for t in prediction["top"]) == ["blue", "red"]
+    assert abs(sum(t["probability"] for t in prediction["top"]) - 1.0) < 1e-4
