@@ -4,6 +4,8 @@ from pathlib import Path
 import pytest
 import torch
 
+import nonlocalnet.tasks  # noqa: F401  (registers the built-in tasks, as an application imports it)
+
 sys.path.insert(0, str(Path(__file__).parent))
 
 

@@ -5,9 +5,9 @@ from torch import nn
 
 from nonlocalnet import add_nonlocal
 from nonlocalnet.engine import train
-from nonlocalnet.tasks.video import run_evaluation
 from nonlocalnet.errors import InvalidTypeError
 from nonlocalnet.models import save_weights
+from nonlocalnet.tasks.video import run_evaluation
 
 
 def test_api_entry_points_name_a_wrong_argument_type(tmp_path):

@@ -316,6 +316,8 @@ def _add_tool_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    import nonlocalnet.tasks  # noqa: F401  (registers the built-in tasks)
+
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_train(parser, argv) if argv[:1] in (["train"], ["detect-train"]) else parser.parse_args(argv)

@@ -35,8 +35,8 @@ from nonlocalnet.engine import CheckpointManager, load_checkpoint
 from nonlocalnet.engine.task import build_task
 from nonlocalnet.tasks import load_config
 
-# the module: ``nonlocalnet.engine.train`` as an attribute is the function `train`
-engine_train = importlib.import_module("nonlocalnet.engine.train")
+# the module of the training step (forward_backward is recorded)
+engine_step = importlib.import_module("nonlocalnet.engine.step")
 ROOT = Path(__file__).resolve().parents[2]
 RECIPE = ROOT / "configs" / "detection" / "coco.yaml"
 SIZE = 64
@@ -144,7 +144,7 @@ def _train_cli(config: Path, *args: str) -> tuple[int, str, str]:
 def _records(run: Path, kind: str) -> list[dict]:
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     for r in records:
-        r.pop("clips_per_s", None)
+        r.pop("samples_per_s", None)
     return [r for r in records if r["kind"] == kind]
 
 
@@ -181,14 +181,14 @@ def reference(tmp_path_factory, data) -> dict:
     folder = tmp_path_factory.mktemp("reference")
     config = _write_config(folder / "c.yaml", folder / "run", data["train_broken"], data["val_broken"])
     batches = []
-    forward_backward = engine_train._forward_backward
+    forward_backward = engine_step.forward_backward
 
     def recording(run, batch):
         batches.append((run.step, list(batch.paths), [b.path for b in batch.bad]))
         return forward_backward(run, batch)
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(engine_train, "_forward_backward", recording)
+        mp.setattr(engine_step, "forward_backward", recording)
         code, out, err = _train_cli(config, "train.log_every=1")  # an override on the command line
     assert code == 0, err[-3000:]
     return {"run": folder / "run", "config": config, "out": out, "batches": batches}
@@ -581,12 +581,12 @@ _RECORDING_LAUNCHER = textwrap.dedent(
     import importlib, json, os, sys
     from pathlib import Path
 
-    engine = importlib.import_module("nonlocalnet.engine.train")
+    engine = importlib.import_module("nonlocalnet.engine.step")
     from nonlocalnet.cli import main
     from nonlocalnet.tasks.detection import Detection
 
     log = Path(sys.argv[1]) / f"rank{os.environ['RANK']}.jsonl"
-    forward_backward, placeholder = engine._forward_backward, Detection.placeholder_loss
+    forward_backward, placeholder = engine.forward_backward, Detection.placeholder_loss
 
     def write(record):
         with log.open("a") as f:
@@ -600,7 +600,7 @@ _RECORDING_LAUNCHER = textwrap.dedent(
         write({"placeholder": True})
         return placeholder(self, net, device, memory_format)
 
-    engine._forward_backward = recording
+    engine.forward_backward = recording
     Detection.placeholder_loss = recording_placeholder
     sys.exit(main(sys.argv[2:]))
     """

@@ -86,5 +86,5 @@ def metrics(run: Path) -> list[dict]:
     """The metrics log without its timing field."""
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     for r in records:
-        r.pop("clips_per_s", None)
+        r.pop("samples_per_s", None)
     return records

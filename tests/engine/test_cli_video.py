@@ -6,8 +6,8 @@ from tiny_video import tiny_config, write_config
 
 from nonlocalnet.cli import main
 from nonlocalnet.engine import ConfigError
-from nonlocalnet.tasks import config_from_dict
 from nonlocalnet.errors import NonLocalNetError
+from nonlocalnet.tasks import config_from_dict
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from tiny_video import tiny_config, write_config
 
 from nonlocalnet.cli import main
 from nonlocalnet.engine.config import ConfigError, apply_overrides
-from nonlocalnet.engine.train import _total_steps
+from nonlocalnet.engine.state import total_steps
 from nonlocalnet.tasks import config_from_dict, load_config
 
 CONFIGS = sorted((Path(__file__).parents[2] / "configs").glob("*.yaml"))
@@ -28,7 +28,7 @@ def test_the_shipped_configs_set_iterations():
 def test_epochs_on_the_command_line_replace_the_files_iterations(path):
     cfg = load_config(path, ["train.epochs=3"])
     assert (cfg.train.epochs, cfg.train.iterations) == (3, 0)
-    assert _total_steps(cfg, steps_per_epoch=100) == 300
+    assert total_steps(cfg, steps_per_epoch=100) == 300
 
 
 def test_iterations_on_the_command_line_replace_the_files_epochs(tmp_path):
@@ -36,7 +36,7 @@ def test_iterations_on_the_command_line_replace_the_files_epochs(tmp_path):
     path.write_text("train:\n  epochs: 5\n")
     cfg = load_config(path, ["train.iterations=7"])
     assert (cfg.train.epochs, cfg.train.iterations) == (0, 7)
-    assert _total_steps(cfg, steps_per_epoch=100) == 7
+    assert total_steps(cfg, steps_per_epoch=100) == 7
 
 
 def test_a_zero_override_does_not_clear_the_other_setting():

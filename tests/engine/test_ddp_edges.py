@@ -132,7 +132,7 @@ def test_out_of_memory_in_a_step_keeps_its_type_and_suggests_a_smaller_batch(
 
 
 def test_the_placeholder_step_changes_no_statistics_and_draws_no_random_numbers(tiny_data, tmp_path):
-    from nonlocalnet.engine.train import _placeholder_backward
+    from nonlocalnet.engine.step import placeholder_backward
     from nonlocalnet.tasks.video import build_model_from_config
 
     cfg = config_from_dict(tiny_config(tiny_data, tmp_path / "run", model={"dropout": 0.5}))
@@ -144,7 +144,7 @@ def test_the_placeholder_step_changes_no_statistics_and_draws_no_random_numbers(
         buffers = {k: v.clone() for k, v in model.named_buffers()}
         rng = torch.get_rng_state()
         clip = torch.zeros(1, 3, cfg.data.clip_length, cfg.data.crop, cfg.data.crop)
-        _placeholder_backward(net, lambda: net(clip), cfg.train.amp, torch.device("cpu"))
+        placeholder_backward(net, lambda: net(clip), cfg.train.amp, torch.device("cpu"))
         assert torch.equal(torch.get_rng_state(), rng)
         for key, value in model.named_buffers():
             assert torch.equal(value, buffers[key]), key

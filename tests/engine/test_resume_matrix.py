@@ -221,19 +221,15 @@ def test_another_process_count(tmp_path, tiny_data, reference):
     _assert_close_weights(tmp_path / "two", reference["split_free"])
 
 
-def test_a_checkpoint_of_the_previous_format_still_resumes_exactly(
-    tmp_path, tiny_data, reference, one_thread
-):
-    # format v1 had no progress entry and one RNG state (rank 0's); one process resumes as before
+def test_a_checkpoint_of_another_format_is_refused_before_any_work(tmp_path, tiny_data, reference):
     state = load_checkpoint(reference["exact"] / "checkpoints" / "iter_00000006.pt")
-    for key in ("progress", "rng_per_rank"):
-        del state[key]
+    del state["progress"]
     state["format"] = "nonlocalnet-train-v1"
     save_checkpoint(tmp_path / "v1.pt", state)
     cfg = _config(tmp_path, "run", tiny_data, EXACT["model"])
-    train_in_process(config_from_dict(cfg), resume=tmp_path / "v1.pt")
-    _assert_same_weights(tmp_path / "run", reference["exact"])
-    assert metrics(tmp_path / "run") == [r for r in metrics(reference["exact"]) if r["step"] > 6]
+    with pytest.raises(ConfigError, match=r"its format is 'nonlocalnet-train-v1'.*model\.init=checkpoint"):
+        train_in_process(config_from_dict(cfg), resume=tmp_path / "v1.pt")
+    assert not (tmp_path / "run" / "checkpoints").exists()
 
 
 def test_a_checkpoint_from_before_nonlocal_lr_mult_is_refused_a_new_mult_by_name(

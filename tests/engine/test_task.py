@@ -1,9 +1,12 @@
-"""The training loop is task-agnostic: a config's ``task`` chooses the task (video
-classification by default), and a task that is not video at all trains, logs, checkpoints and
-resumes exactly through the same loop."""
+"""The engine is task-agnostic: a config's ``task`` chooses the task (video classification by
+default), and a task that is not video at all, registered with its own config class, trains,
+logs, checkpoints, resumes exactly, evaluates and predicts through the same entry points, which
+know nothing of it."""
 
 from __future__ import annotations
 
+import dataclasses
+import re
 from pathlib import Path
 
 import pytest
@@ -13,20 +16,28 @@ from safetensors.torch import load_file
 from tiny_video import tiny_config
 from torch import nn
 
+import nonlocalnet.engine
 from nonlocalnet.data import build_loader
 from nonlocalnet.engine import (
     TASKS,
+    Config,
     ConfigError,
     Evaluation,
+    HookBase,
     StepLoss,
     Task,
+    TaskEntry,
     build_task,
+    config_from_dict,
+    evaluate,
     load_checkpoint,
+    predict,
     read_jsonl,
+    register_task,
     train,
 )
 from nonlocalnet.errors import ValidationError
-from nonlocalnet.tasks import VideoClassification, config_from_dict
+from nonlocalnet.tasks import VideoClassification
 
 
 class _Points(torch.utils.data.Dataset):
@@ -51,10 +62,19 @@ class _NotATask:
         self.cfg = cfg
 
 
+@dataclasses.dataclass
+class PointConfig(Config):
+    """The points task's config: the engine's sections and the MLP's width."""
+
+    hidden: int = 16
+
+
 class PointTask:
     """A non-video task: an MLP classifying points."""
 
     label = "points"
+    sample_noun = "point"
+    resume_free_settings = ()
     has_validation = True
     validation_files = ("points-val",)
     train_metrics = ("correct",)
@@ -65,7 +85,8 @@ class PointTask:
         self.train_set, self.val_set = _Points(16, 0), _Points(8, 1)
 
     def build_model(self):
-        return nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 2)), "random MLP"
+        hidden = getattr(self.cfg, "hidden", 16)
+        return nn.Sequential(nn.Linear(8, hidden), nn.ReLU(), nn.Linear(hidden, 2)), "random MLP"
 
     def train_loader(self, *, distributed, num_workers, epoch=0, start_batch=0):
         return build_loader(
@@ -79,6 +100,9 @@ class PointTask:
             start_batch=start_batch,
             epoch=epoch,
         )
+
+    def set_epoch(self, loader, epoch):
+        loader.sampler.set_epoch(epoch)
 
     def memory_format(self, model, device):
         return torch.contiguous_format
@@ -116,6 +140,15 @@ class PointTask:
     def write_run_files(self, folder: Path) -> None:
         (folder / "points.txt").write_text("16\n")
 
+    def load_weights(self, model, path):
+        model.load_state_dict(load_checkpoint(path)["model"])
+        return f"the weights of {path}"
+
+    def predict(self, model, inputs, *, device):
+        with torch.no_grad():
+            logits = model(torch.tensor(inputs, dtype=torch.float32, device=device))
+        return [{"class": int(c)} for c in logits.argmax(1)]
+
 
 def _config(out: Path, every_iters: int = 2):
     return config_from_dict(
@@ -146,15 +179,101 @@ def test_an_unknown_task_is_a_config_error_naming_the_known_ones(tmp_path, tiny_
         config_from_dict(tiny_config(tiny_data, tmp_path, task="segmentation"))
 
 
-def test_a_task_named_in_the_table_is_built_from_the_config(tmp_path, monkeypatch):
-    monkeypatch.setitem(TASKS, "points", f"{__name__}:PointTask")
-    cfg = _config(tmp_path)
-    cfg.task = "points"
+def _point_config(out: Path, every_iters: int = 2) -> PointConfig:
+    cfg = _config(out, every_iters)
+    fields = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(Config)}
+    return PointConfig(**fields | {"task": "points"})
+
+
+@pytest.fixture
+def points_registered(monkeypatch):
+    """The points task in the registry for one test (``register_task``, undone afterwards)."""
+    monkeypatch.setattr(nonlocalnet.engine.task, "TASKS", dict(TASKS))
+    monkeypatch.setattr(nonlocalnet.engine, "TASKS", nonlocalnet.engine.task.TASKS)
+    register_task("points", PointTask, PointConfig)
+    return nonlocalnet.engine.task.TASKS
+
+
+def test_a_registered_task_is_built_from_the_config(tmp_path, points_registered):
+    assert points_registered["points"] == TaskEntry(PointTask, PointConfig)
+    cfg = _point_config(tmp_path)
     assert isinstance(build_task(cfg), PointTask)
-    monkeypatch.setitem(TASKS, "broken", f"{__name__}:_NotATask")
+    register_task("broken", _NotATask, Config)
     cfg.task = "broken"
     with pytest.raises(TypeError, match="lacks .*'build_model'"):
         build_task(cfg)
+    with pytest.raises(TypeError, match="config_class must be a subclass"):
+        register_task("points", PointTask, dict)
+    with pytest.raises(TypeError, match="task_class must be a class"):
+        register_task("points", "tests:PointTask", PointConfig)
+
+
+def test_the_engine_names_no_task():
+    """The engine's modules (those that stay in it) speak of samples, not of videos, clips or
+    images, and import no task."""
+    engine = Path(nonlocalnet.engine.__file__).parent
+    moving = {
+        "config.py",
+        "setup.py",
+        "evaluate.py",
+        "predict.py",
+        "metrics.py",
+        "layout.py",
+        "model_file.py",
+    }
+    names = re.compile(r"video|clip|frame|detection|image|channels_last|PointTask|\bpoints\b", re.IGNORECASE)
+    imports = re.compile(r"^\s*(from|import)\s+nonlocalnet\.tasks", re.MULTILINE)
+    for path in sorted(engine.glob("*.py")):
+        if path.name in moving or path.name == "__init__.py":
+            continue
+        text = path.read_text()
+        assert not names.findall(text), (path.name, sorted(set(names.findall(text))))
+        assert not imports.search(text), path.name
+
+
+class _Recorder(HookBase):
+    """A user's hook: counts the steps, records each step's lr, logs a scalar."""
+
+    def __init__(self) -> None:
+        self.started = self.finished = 0
+        self.steps: list[int] = []
+        self.lrs: list[float] = []
+
+    def before_train(self, trainer) -> None:
+        self.started += 1
+
+    def before_step(self, trainer) -> None:
+        trainer.put_scalar("double_step", 2 * (trainer.state.step + 1))
+
+    def after_step(self, trainer) -> None:
+        self.steps.append(trainer.state.step)
+        self.lrs.append(trainer.state.lr)
+
+    def after_train(self, trainer) -> None:
+        self.finished += 1
+
+
+def test_a_user_hook_sees_every_step_and_adds_to_the_metrics_log(tmp_path, one_thread, points_registered):
+    cfg = _point_config(tmp_path / "run")
+    hook = _Recorder()
+    result = train(cfg, hooks=[hook])
+    assert result.steps == 12 and hook.steps == list(range(1, 13)) and (hook.started, hook.finished) == (1, 1)
+    records = [r for r in read_jsonl(tmp_path / "run" / "metrics.jsonl") if r["kind"] == "train"]
+    assert [r["lr"] for r in records] == hook.lrs
+    assert [r["double_step"] for r in records] == [2 * r["step"] for r in records]
+
+
+def test_a_registered_task_trains_evaluates_and_predicts_by_its_name(tmp_path, one_thread, points_registered):
+    cfg = _point_config(tmp_path / "run")
+    result = train(cfg)
+    weights = tmp_path / "run" / "checkpoints" / "iter_00000012.pt"
+    evaluation = evaluate(cfg, weights=weights)
+    assert evaluation.record["accuracy"] == result.final_eval["accuracy"] == evaluation.metric > 0.5
+    assert 0.0 <= evaluate(cfg).metric <= 1.0  # the initial weights
+    out = predict(cfg, [[0.0] * 8, [2.0] * 8], weights=weights)
+    assert out == [{"class": 0}, {"class": 1}]
+    with pytest.raises(TypeError, match="a sequence"):
+        predict(cfg, "points.txt", weights=weights)
 
 
 def test_a_non_video_task_trains_logs_checkpoints_and_resumes_exactly(tmp_path, one_thread):
@@ -180,13 +299,13 @@ def test_a_non_video_task_trains_logs_checkpoints_and_resumes_exactly(tmp_path, 
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
     def timeless(log):
-        return [{k: v for k, v in r.items() if k != "clips_per_s"} for r in log]
+        return [{k: v for k, v in r.items() if k != "samples_per_s"} for r in log]
 
     assert timeless(read_jsonl(tmp_path / "run" / "metrics.jsonl")) == timeless(records)
 
 
 def _timeless(log: list[dict]) -> list[dict]:
-    return [{k: v for k, v in r.items() if k != "clips_per_s"} for r in log]
+    return [{k: v for k, v in r.items() if k != "samples_per_s"} for r in log]
 
 
 @pytest.mark.parametrize("failing", [1, 3])  # the validation after step 4 (mid-run), after step 12 (final)
@@ -219,3 +338,17 @@ def test_a_failing_validation_costs_no_training_and_resume_validates_then_contin
     ref_log, run_log = (read_jsonl(d / "metrics.jsonl") for d in (tmp_path / "ref", tmp_path / "run"))
     assert [r["step"] for r in ref_log if r["kind"] == "val"] == [4, 8, 12]
     assert _timeless(run_log) == _timeless(ref_log)
+
+
+def test_the_video_task_evaluates_and_predicts_through_the_generic_entry_points(
+    tmp_path, tiny_data, one_thread
+):
+    cfg = config_from_dict(tiny_config(tiny_data, tmp_path / "run", train={"epochs": 1, "progress": False}))
+    result = train(cfg)
+    weights = tmp_path / "run" / "model.safetensors"
+    assert evaluate(cfg, weights=weights).record["clip_top1"] == result.final_eval["clip_top1"]
+    video = tiny_data["root"] / "videos" / sorted(p.name for p in (tiny_data["root"] / "videos").iterdir())[0]
+    (prediction,) = predict(cfg, [video], weights=weights)
+    assert prediction["path"] == str(video) and prediction["views"] == cfg.data.num_clips * cfg.data.num_crops
+    assert sorted(t["label"] for t in prediction["top"]) == ["blue", "red"]
+    assert abs(sum(t["probability"] for t in prediction["top"]) - 1.0) < 1e-4

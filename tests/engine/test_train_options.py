@@ -48,11 +48,7 @@ def test_precise_bn_runs_and_equals_the_mean_of_batch_statistics(tmp_path, tiny_
     model = torch.nn.Sequential(torch.nn.Conv3d(3, 4, 1), torch.nn.BatchNorm3d(4))
     batches = [torch.randn(2, 3, 2, 4, 4) * (i + 1) + i for i in range(3)]
 
-    class Batch:
-        def __init__(self, video):
-            self.video, self.label = video, torch.zeros(len(video))
-
-    used = update_bn_stats(model, [Batch(b) for b in batches], 3, torch.device("cpu"))
+    used = update_bn_stats(model, batches, 3, model_input=lambda batch: batch)
     assert used == 3
     with torch.no_grad():
         feats = [model[0](b) for b in batches]

@@ -108,7 +108,7 @@ def load_failure(path: Path, err: BaseException) -> str:
 
 def capture_rng_state() -> dict[str, Any]:
     """Every RNG the training loop draws from (torch CPU/CUDA, Python, NumPy), as plain data."""
-    np_state = np.random.get_state()
+    np_state: tuple[Any, ...] = np.random.get_state()  # type: ignore[assignment]
     version, internal, gauss = random.getstate()
     return {
         "torch": torch.get_rng_state(),
@@ -128,24 +128,15 @@ def restore_rng_state(state: dict[str, Any]) -> None:
     np.random.set_state((np_state[0], np_state[1].numpy().astype(np.uint32), *np_state[2:]))
 
 
-# Settings a resumed run may change without changing the weights it trains: where things go,
-# logging, checkpointing, evaluation, data loading, and the initial weights (which the
-# checkpoint's replace). ``section.*`` covers a whole section.
+# Settings of the generic sections a resumed run may change without changing the weights it
+# trains: where things go, logging, checkpointing, evaluation, data loading (a task adds its
+# own: :attr:`~nonlocalnet.engine.task.Task.resume_free_settings`). ``section.*`` covers a
+# whole section.
 RESUME_FREE_SETTINGS = (
     "output_dir",
     "device",
-    "model.init",
-    "model.init_path",
-    "data.root",
-    "data.val_list",
-    "data.val_folder",
-    "data.test_short",
-    "data.test_crop",
-    "data.num_clips",
-    "data.num_crops",
     "data.num_workers",
     "data.bad_data_threshold",
-    "data.cache_frames",
     "train.log_every",
     "train.progress",
     "train.dist_timeout_s",
@@ -153,12 +144,6 @@ RESUME_FREE_SETTINGS = (
     "train.memory_format",
     "checkpoint.*",
     "eval.*",
-    "detection.weights",
-    "detection.weights_backbone",
-    "detection.val_images",
-    "detection.val_annotations",
-    "detection.oks_sigmas",
-    "detection.mask_threshold",
 )
 
 
@@ -269,8 +254,8 @@ class CheckpointManager:
         """Numbered checkpoints, oldest first."""
         if not self.folder.is_dir():
             return []
-        found = [p for p in self.folder.iterdir() if _NAME.match(p.name)]
-        return sorted(found, key=lambda p: int(_NAME.match(p.name).group(1)))
+        found = [(int(m.group(1)), p) for p in self.folder.iterdir() if (m := _NAME.match(p.name))]
+        return [p for _, p in sorted(found)]
 
     def latest(self) -> Path | None:
         found = self.checkpoints()

@@ -34,13 +34,11 @@ __all__ = [
     "OptimConfig",
     "TrainConfig",
     "apply_overrides",
+    "build_config",
     "check_config",
     "coerce",
-    "config_class",
-    "config_from_dict",
     "config_to_dict",
-    "load_config",
-    "register_config",
+    "read_config_data",
     "save_config",
 ]
 
@@ -257,28 +255,6 @@ def _fill(obj: Any, data: dict, prefix: str, rules: type[Config]) -> None:
         setattr(obj, key, value)
 
 
-_CONFIG_CLASSES: dict[str, type[Config]] = {}
-
-
-def register_config(task: str, config_cls: type[Config]) -> None:
-    """Make a config whose ``task`` is ``task`` an instance of ``config_cls`` (a subclass of
-    :class:`Config`)."""
-    if not (isinstance(config_cls, type) and issubclass(config_cls, Config)):
-        raise InvalidTypeError(f"register_config: expected a subclass of Config, got {config_cls!r}")
-    _CONFIG_CLASSES[task] = config_cls
-
-
-def config_class(task: str) -> type[Config]:
-    """The config class of ``task`` (registered by the task's package: ``import nonlocalnet.tasks``
-    registers the built-in ones)."""
-    if task not in _CONFIG_CLASSES:
-        raise ConfigError(
-            f"task: {task!r} is not one of {sorted(_CONFIG_CLASSES)} (the registered tasks: import "
-            "nonlocalnet.tasks, or the package of your task, to register its config)"
-        )
-    return _CONFIG_CLASSES[task]
-
-
 def check_config(cfg: Any, call: str, cls: type[Config] = Config) -> None:
     """Raise ``TypeError`` unless ``cfg`` is a ``cls`` (a task's config class, or any
     :class:`Config`; ``call`` shows the signature), then run its checks (``cfg.validate()``:
@@ -292,15 +268,11 @@ def check_config(cfg: Any, call: str, cls: type[Config] = Config) -> None:
     cfg.validate()
 
 
-def config_from_dict(data: dict) -> Config:
-    """Build and validate the config of ``data``'s task (``task``, default
-    ``video_classification``) from nested plain data."""
+def build_config(data: dict, cls: type[Config]) -> Config:
+    """Build and validate a ``cls`` (a task's config class) from nested plain data; the task
+    registry (:func:`nonlocalnet.engine.task.config_from_dict`) chooses ``cls`` by ``task``."""
     if not isinstance(data, dict):
         raise ConfigError(f"a config must be a mapping of sections, got {type(data).__name__}")
-    task = data.get("task", Config.task)
-    if not isinstance(task, str):
-        raise ConfigError(f"task: expected str, got {type(task).__name__} {task!r}")
-    cls = config_class(task)
     cfg = cls()
     _fill(cfg, data, "", cls)
     cfg.complete(data)
@@ -397,10 +369,10 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     return out
 
 
-def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> Config:
-    """Read a YAML config (following ``base:``), apply overrides, validate."""
+def read_config_data(path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> dict:
+    """The plain data of a YAML config (following ``base:``) with ``overrides`` applied."""
     data = _read_yaml(Path(path).resolve()) if path is not None else {}
-    return config_from_dict(apply_overrides(data, overrides or []))
+    return apply_overrides(data, overrides or [])
 
 
 def save_config(cfg: Config, path: str | os.PathLike) -> None:

@@ -4,6 +4,7 @@ lr scaled linearly with the batch, step schedule with linear warm-up."""
 from __future__ import annotations
 
 import bisect
+from typing import Any
 
 import torch
 from torch import nn
@@ -54,7 +55,7 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig, lr: float) -> torch.opti
         if cfg.nonlocal_lr_mult != 1.0
         else set()
     )
-    groups = {
+    groups: dict[tuple[bool, bool], dict[str, Any]] = {
         (block, norm): {
             "params": [],
             "weight_decay": cfg.weight_decay_norm if norm else cfg.weight_decay,

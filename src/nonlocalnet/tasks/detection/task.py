@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader
 
 from nonlocalnet.engine.config import ConfigError, check_config
 from nonlocalnet.engine.distributed import DistContext
+from nonlocalnet.engine.model_file import read_model_file
 from nonlocalnet.engine.task import Evaluation, StepLoss
 from nonlocalnet.errors import InvalidTypeError
 from nonlocalnet.tasks.detection.config import DetectionTaskConfig
@@ -238,7 +239,6 @@ class Detection:
         """A training checkpoint's model (strictly) or a detector state dict file
         (:func:`~nonlocalnet.detection.load_detector_weights`) into ``model``."""
         from nonlocalnet.detection.models import load_detector_weights
-        from nonlocalnet.engine.model_file import read_model_file
         from nonlocalnet.tasks.detection.setup import misfit
 
         weights = read_model_file(path)
