@@ -292,7 +292,7 @@ def test_the_video_task_loads_weights_predicts_and_sets_the_epoch(tmp_path, tiny
     expected = predict_video(model, video, cfg, task.class_names)
     assert found == {
         "path": video,
-        "top": [{"label": name, "score": score} for name, score in expected.top],
+        "top": [{"label": name, "probability": p} for name, p in expected.top],
         "views": 1,
     }
     assert found["top"][0]["label"] == task.class_names[1]  # the biased class

@@ -93,7 +93,7 @@ class TrainConfig:
     ``batch_size * grad_accum * world_size`` samples. Give ``iterations`` (optimiser steps) or
     ``epochs``, not both (an override of one replaces the config file's other). ``amp``:
     ``none``, ``bf16`` (CPU or CUDA) or ``fp16`` (CUDA). ``memory_format``: the task's choice
-    (``contiguous``; ``channels_last`` or ``auto``, timed, for video models)."""
+    (``contiguous``; ``channels_last`` or ``auto``, timed, where the task supports them)."""
 
     batch_size: int = 8
     grad_accum: int = 1

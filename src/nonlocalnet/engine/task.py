@@ -249,18 +249,16 @@ def build_task(cfg: Config, **options: Any) -> Task:
 
 def _entry(name: str) -> TaskEntry:
     if name not in TASKS:
-        hint = (
-            " (import nonlocalnet.tasks, or the package of your task, to register it)"
-            if name in ("video_classification", "detection") or not TASKS
-            else ""
+        raise ConfigError(
+            f"task: {name!r} is not one of {sorted(TASKS)} (the registered tasks: import "
+            "nonlocalnet.tasks, or the package of your task, to register it)"
         )
-        raise ConfigError(f"task: {name!r} is not one of {sorted(TASKS)}{hint}")
     return TASKS[name]
 
 
 def config_from_dict(data: dict) -> Config:
-    """Build and validate the config of ``data``'s task (``task``, default
-    ``video_classification``) as the class that task registered."""
+    """Build and validate the config of ``data``'s task (``task``, default :attr:`Config.task`)
+    as the class that task registered."""
     if not isinstance(data, dict):
         raise ConfigError(f"a config must be a mapping of sections, got {type(data).__name__}")
     task = data.get("task", Config.task)

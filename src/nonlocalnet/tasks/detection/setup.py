@@ -16,8 +16,9 @@ from torch import Tensor, nn
 from nonlocalnet.detection.labels import LabelSpace, resolve_label_space, weights_num_classes
 from nonlocalnet.detection.models import build_detector, detector_info, load_detector_weights
 from nonlocalnet.detection.trained import TrainedDetector
-from nonlocalnet.engine.config import ConfigError, apply_overrides, config_from_dict, config_to_dict
+from nonlocalnet.engine.config import ConfigError, apply_overrides, config_to_dict
 from nonlocalnet.engine.model_file import read_model_file
+from nonlocalnet.engine.task import config_from_dict
 from nonlocalnet.errors import InvalidValueError, MissingFileError
 from nonlocalnet.models.zoo import resolve_weights
 from nonlocalnet.tasks.detection.config import DetectionConfig, DetectionTaskConfig

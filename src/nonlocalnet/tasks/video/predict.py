@@ -15,8 +15,9 @@ import yaml
 from torch import Tensor, nn
 
 from nonlocalnet.data import probe_video, read_class_names, read_frames, test_clip_indices, test_views
-from nonlocalnet.engine.config import ConfigError, apply_overrides, config_from_dict, load_config
+from nonlocalnet.engine.config import ConfigError, apply_overrides
 from nonlocalnet.engine.model_file import ModelFile, load_model_file, read_model_file
+from nonlocalnet.engine.task import config_from_dict, load_config
 from nonlocalnet.errors import InvalidValueError
 from nonlocalnet.models import VideoResNet, caffe2_norm, check_model_matches, get_model_info, list_models
 from nonlocalnet.tasks.video.config import CONFIG_KEYS, VideoConfig

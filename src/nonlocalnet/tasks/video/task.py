@@ -211,13 +211,13 @@ class VideoClassification:
     def predict(
         self, model: nn.Module, inputs: Sequence[str | os.PathLike], *, device: torch.device
     ) -> list[dict[str, Any]]:
-        """The top-5 classes of each video file (the test views of ``cfg.data`` averaged):
-        ``{"path", "top": [{"label", "score"}, ...], "views"}``."""
+        """The top-5 classes of each video file (the softmax over the test views of ``cfg.data``,
+        averaged): ``{"path", "top": [{"label", "probability"}, ...], "views"}``."""
         net = _video_resnet(model).to(device)
         out = []
         for path in inputs:
             found = predict_video(net, Path(path), self.cfg, self.class_names)
-            top = [{"label": name, "score": score} for name, score in found.top]
+            top = [{"label": name, "probability": p} for name, p in found.top]
             out.append({"path": found.path, "top": top, "views": found.views})
         return out
 
