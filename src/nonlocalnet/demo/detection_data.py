@@ -2,11 +2,12 @@
 from every object decides the objects' categories.
 
 Two rules (``ContextShapesConfig.rule``): ``"match"`` (the default here), an object's category is
-whether its colour matches the key's; ``"key"`` (the demo's, :data:`nonlocalnet.demo.detection_run.
-DEMO_DATA`), every object is drawn in the neutral colour :data:`NEUTRAL` and its category is the
-key's colour (``red_key``, ``green_key``). Under both, nothing inside an object's box says its
-category. The sections below describe ``"match"``; ``"key"`` draws the same random numbers, so it
-places the same key and objects and changes only their colours and categories.
+whether its colour matches the key's; ``"key"`` (the demo's: ``demo.generator`` of
+``nonlocalnet/demo/recipes/detection.yaml``), every object is drawn in the neutral colour
+:data:`NEUTRAL` and its category is the key's colour (``red_key``, ``green_key``). Under both,
+nothing inside an object's box says its category. The sections below describe ``"match"``;
+``"key"`` draws the same random numbers, so it places the same key and objects and changes only
+their colours and categories.
 
 The task
 --------
