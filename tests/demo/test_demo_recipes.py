@@ -329,3 +329,12 @@ def test_a_users_recipe_file_and_overrides(tmp_path):
     settings = recipe_settings(cfg)
     assert settings["optim.base_lr"] == 0.05 and "optim.momentum" not in settings
     assert settings["demo"]["widths"] == [8, 8, 16, 16] and settings["demo"]["generator"] == {"num_train": 40}
+
+
+def test_the_demo_commands_take_a_recipe(capsys):
+    from nonlocalnet.cli import main
+
+    assert main(["demo", "--recipe", "video_fast", "--no-progress"]) == 2
+    assert "demo recipe 'video_fast': neither a built-in recipe" in capsys.readouterr().err
+    assert main(["detect-demo", "--recipe", "detection_fast", "--no-progress"]) == 2
+    assert "demo recipe 'detection_fast'" in capsys.readouterr().err

@@ -540,7 +540,8 @@ def generate_context_shapes(
 
     (folder / "images").mkdir(parents=True, exist_ok=True)
     code = _split_code(split)
-    images, annotations = [], []
+    images: list[dict[str, Any]] = []
+    annotations: list[dict[str, Any]] = []
     for i in tqdm(range(num_images), desc=f"context shapes ({split})", unit="image", disable=not progress):
         rng = np.random.default_rng(np.random.SeedSequence([seed, code, i]))
         image, record, anns = _render_image(config, rng, i + 1, len(annotations) + 1)

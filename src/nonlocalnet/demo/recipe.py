@@ -59,13 +59,13 @@ on the first and the last frame, more than the demo I3D's temporal receptive fie
 apart; ``v3`` (``video_v3.yaml``) the earlier 4-frame clips of 16-frame videos, which the I3D
 solves without a non-local block."""
 
-_Frozen = TypeVar("_Frozen")
+_Frozen = TypeVar("_Frozen", LongRangeTaskConfig, ContextShapesConfig)
 
 
 def _generator(cls: type[_Frozen], values: dict, where: str) -> _Frozen:
     """The frozen dataclass ``cls`` (a generator's settings) from ``values`` over its defaults;
     YAML lists become tuples; errors name ``where.key``."""
-    names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+    names = [f.name for f in dataclasses.fields(cls)]
     hints = typing.get_type_hints(cls)
     given: dict[str, Any] = {}
     for key, value in values.items():
@@ -189,11 +189,15 @@ class VideoDemoConfig(VideoConfig):
         "task": ("video_classification",),
         "demo.i3d_temporal_padding": TEMPORAL_PADDINGS,
     }
-    POSITIVE: ClassVar[frozenset[str]] = VideoConfig.POSITIVE | _DEMO_POSITIVE | {
-        "demo.stem_width",
-        "demo.pool1_temporal",
-        "demo.i3d_conv1",
-    }
+    POSITIVE: ClassVar[frozenset[str]] = (
+        VideoConfig.POSITIVE
+        | _DEMO_POSITIVE
+        | {
+            "demo.stem_width",
+            "demo.pool1_temporal",
+            "demo.i3d_conv1",
+        }
+    )
     NON_NEGATIVE: ClassVar[frozenset[str]] = VideoConfig.NON_NEGATIVE | {
         "demo.pool2_temporal",
         "demo.warmup_epochs",
@@ -209,10 +213,14 @@ class DetectionDemoConfig(DetectionTaskConfig):
     demo: DetectionDemoSection = field(default_factory=DetectionDemoSection)
 
     CHOICES: ClassVar[Mapping[str, tuple[Any, ...]]] = {**DetectionTaskConfig.CHOICES, "task": ("detection",)}
-    POSITIVE: ClassVar[frozenset[str]] = DetectionTaskConfig.POSITIVE | _DEMO_POSITIVE | {
-        "demo.num_train",
-        "demo.num_val",
-    }
+    POSITIVE: ClassVar[frozenset[str]] = (
+        DetectionTaskConfig.POSITIVE
+        | _DEMO_POSITIVE
+        | {
+            "demo.num_train",
+            "demo.num_val",
+        }
+    )
     NON_NEGATIVE: ClassVar[frozenset[str]] = DetectionTaskConfig.NON_NEGATIVE | {"demo.num_tuning"}
 
 
