@@ -155,21 +155,21 @@ def _demo_table() -> list[list[str]]:
 
 def test_demo_table_sizes_match_the_demo_networks():
     from nonlocalnet.demo.models import DEMO_MODELS, model_section
-    from nonlocalnet.demo.recipe import full_recipe
+    from nonlocalnet.demo.recipe import video_recipe
     from nonlocalnet.tasks import config_from_dict
     from nonlocalnet.tasks.video import build_model_from_config
 
     table = _demo_table()
     assert [r[0] for r in table] == [m.label for m in DEMO_MODELS]
-    recipe = full_recipe()
-    task = recipe.task
+    recipe = video_recipe()
+    task = recipe.demo.long_range_task()
     results = json.loads((ROOT / "benchmarks" / "results" / "demo.json").read_text())
     assert results["task_config"] == task.to_json()  # the committed run is of today's task
     for model, row in zip(DEMO_MODELS, table, strict=True):
-        cfg = config_from_dict({"model": model_section(model, 2, recipe)})
+        cfg = config_from_dict({"model": model_section(model, 2, recipe.demo)})
         with torch.device("meta"):
             net = build_model_from_config(cfg.model)
-        c = measure_complexity(net, (1, 3, recipe.clip_length, task.height, task.width))
+        c = measure_complexity(net, (1, 3, recipe.data.clip_length, task.height, task.width))
         assert (row[2], row[3]) == (f"{c.params / 1e3:.1f}k", f"{c.gmacs:.4f}"), model.label
 
 

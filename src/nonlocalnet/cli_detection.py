@@ -143,6 +143,7 @@ def _detect_demo(args: argparse.Namespace) -> int:
         data_dir=args.data_dir,
         jobs=args.jobs,
         progress=not args.no_progress,
+        recipe=args.recipe,
     )
     print(result.table)
     print(f"wrote {result.output_dir} in {result.seconds:.0f} s")

@@ -211,6 +211,7 @@ def _demo(args: argparse.Namespace) -> int:
         jobs=args.jobs,
         ablation=args.ablation,
         task=args.task,
+        recipe=args.recipe,
     )
     print(result.table)
     a = result.attention
@@ -225,7 +226,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 def add_demo_run_arguments(parser: argparse.ArgumentParser, samples: str) -> None:
     """The options every built-in demo takes: ``--seeds``, ``--data-dir`` (where its generated
-    ``samples`` are cached), ``--jobs``, ``--no-progress``."""
+    ``samples`` are cached), ``--jobs``, ``--no-progress``, ``--recipe``."""
     parser.add_argument("--seeds", type=int, default=None, help="default: 3 (1 with --quick)")
     parser.add_argument(
         "--data-dir", default=None, help=f"where the generated {samples} are cached (default: OUTPUT/data)"
@@ -237,6 +238,12 @@ def add_demo_run_arguments(parser: argparse.ArgumentParser, samples: str) -> Non
         help="training processes side by side (default: CPU cores, at most 4)",
     )
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument(
+        "--recipe",
+        default=None,
+        help="a recipe file (a training config with a demo: section; see nonlocalnet/demo/recipes/) "
+        "or a built-in recipe's name, instead of the built-in one",
+    )
 
 
 def add_video_commands(sub: argparse._SubParsersAction) -> None:

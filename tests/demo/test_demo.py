@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 
 import pytest
 from png_header import png_size
 
 from nonlocalnet.cli import main
-from nonlocalnet.demo import DEMO_MODELS, QUICK_MODELS, full_recipe, model_section, quick_recipe
+from nonlocalnet.demo import DEMO_MODELS, QUICK_MODELS, model_section, video_recipe
 from nonlocalnet.demo.synthetic import load_synthetic_dataset
 
 
@@ -28,7 +27,8 @@ def test_quick_demo_writes_every_output(quick_demo, capsys):
         assert (out / name).is_file(), name
     assert png_size(out / "curves.png") == (1100, 396)  # one figure of 10 x 3.6 in at 110 dpi
     # one axes per frame of a clip, 1.9 x 2.4 in each, at 120 dpi
-    assert png_size(out / "attention.png") == (round(1.9 * quick_recipe().clip_length * 120), 288)
+    clip_length = video_recipe("video_quick").data.clip_length
+    assert png_size(out / "attention.png") == (round(1.9 * clip_length * 120), 288)
     results = json.loads((out / "results.json").read_text())
     keys = [row["key"] for row in results["rows"]]
     assert keys == [m.key for m in QUICK_MODELS] and results["jobs"] == 2
@@ -41,7 +41,7 @@ def test_quick_demo_writes_every_output(quick_demo, capsys):
     table = (out / "results.md").read_text()
     assert "| C2D baseline | 0 |" in table and "held-out video top-1" in table
     data = load_synthetic_dataset(out / "data")
-    assert len(data.metadata("val")) == quick_recipe().task.num_val
+    assert len(data.metadata("val")) == video_recipe("video_quick").demo.long_range_task().num_val
 
 
 def test_the_quick_models_attention_finds_the_planted_early_object(quick_demo):
@@ -60,7 +60,7 @@ def test_the_quick_non_local_models_beat_their_baselines(quick_demo):
 
 
 def test_demo_models_differ_only_by_the_block_and_the_temporal_kernels():
-    recipe = full_recipe()
+    recipe = video_recipe().demo
     sections = {m.key: model_section(m, 2, recipe) for m in DEMO_MODELS}
     c2d = sections["c2d"]["spec"]
     for key in ("c2d_nl_gaussian", "c2d_nl_embedded", "c2d_nl_dot", "c2d_nl_concat"):
@@ -83,28 +83,33 @@ def test_demo_models_differ_only_by_the_block_and_the_temporal_kernels():
 
 def test_the_v3_task_is_still_there():
     """The earlier task (``--task v3``): 4 frames at stride 4 from 16, and the I3D that spans them."""
-    v3, v4 = full_recipe("v3"), full_recipe()
-    assert (v3.task.num_frames, v3.task.height, v3.task.cue_frames, v3.task.window) == (16, 32, 4, 4)
-    assert (v3.clip_length, v3.frame_stride, v3.i3d_conv1, v3.i3d_inflated) == (4, 4, 5, (0, 1, 2, 3))
-    assert (v4.task.num_frames, v4.clip_length, v4.frame_stride) == (6, 6, 1)
-    assert quick_recipe("v3").task.num_frames == 16 and quick_recipe().seeds == 1
+    from nonlocalnet.demo.recipe import video_recipe_name
+
+    v3, v4 = video_recipe(video_recipe_name("v3")), video_recipe(video_recipe_name("v4"))
+    task3 = v3.demo.long_range_task()
+    assert (task3.num_frames, task3.height, task3.cue_frames, task3.window) == (16, 32, 4, 4)
+    assert (v3.data.clip_length, v3.data.stride) == (4, 4)
+    assert (v3.demo.i3d_conv1, v3.demo.i3d_inflated) == (5, [0, 1, 2, 3])
+    assert (v4.demo.long_range_task().num_frames, v4.data.clip_length, v4.data.stride) == (6, 6, 1)
+    quick3 = video_recipe(video_recipe_name("v3", quick=True))
+    assert quick3.demo.long_range_task().num_frames == 16 and video_recipe("video_quick").demo.seeds == 1
     with pytest.raises(ValueError, match="unknown demo task version"):
-        full_recipe("v5")
+        video_recipe_name("v5")
 
 
 def test_only_the_softmax_instantiations_scale_their_logits():
-    recipe = full_recipe()
+    recipe = video_recipe().demo
     options = {m.mode: model_section(m, 2, recipe)["spec"]["nonlocal_options"] for m in DEMO_MODELS if m.mode}
     scaled = {mode for mode, o in options.items() if o["use_scale"]}
     assert recipe.scale and scaled == {"gaussian", "embedded_gaussian"}
-    plain = model_section(DEMO_MODELS[2], 2, replace(recipe, scale=False))
+    plain = model_section(DEMO_MODELS[2], 2, video_recipe("video", ["demo.scale=false"]).demo)
     assert plain["spec"]["nonlocal_options"]["use_scale"] is False
 
 
 def test_the_ablations_change_one_setting_of_the_demos_embedded_c2d():
     from nonlocalnet.demo import ABLATIONS
 
-    recipe = full_recipe()
+    recipe = video_recipe().demo
     main = model_section(DEMO_MODELS[2], 2, recipe)["spec"]  # C2D + NL, embedded Gaussian
 
     def nonlocal_stages(spec):
@@ -141,16 +146,18 @@ def test_the_ablations_change_one_setting_of_the_demos_embedded_c2d():
 def test_an_ablation_runs_end_to_end_on_a_tiny_recipe(tmp_path, capsys):
     """Every model of the space-time ablation trains through the engine and lands in the table."""
     from nonlocalnet.demo import ABLATIONS, run_demo
-    from nonlocalnet.demo.synthetic import LongRangeTaskConfig
 
-    tiny = replace(
-        full_recipe(),
-        task=LongRangeTaskConfig(num_train=16, num_val=8),
-        seeds=1,
-        epochs=1,
-        widths=(4, 8, 8, 8),
-        stem_width=4,
-        batch_size=8,
+    tiny = video_recipe(
+        "video",
+        [
+            "demo.generator={num_train: 16, num_val: 8}",
+            "demo.seeds=1",
+            "train.epochs=1",
+            "demo.widths=[4, 8, 8, 8]",
+            "demo.stem_width=4",
+            "train.batch_size=8",
+            "optim.base_batch_size=8",
+        ],
     )
     result = run_demo(tmp_path / "ab", recipe=tiny, progress=False, jobs=1, ablation="spacetime")
     assert [r["key"] for r in result.rows] == [m.key for m in ABLATIONS["spacetime"]]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from nonlocalnet.demo import DEMO_MODELS, full_recipe, model_section
+from nonlocalnet.demo import DEMO_MODELS, model_section, video_recipe
 from nonlocalnet.models import StageSpec, build_model
 from nonlocalnet.ops import SOFTMAX_MODES
 from nonlocalnet.tasks import config_from_dict
@@ -45,7 +45,7 @@ def _borrowed_name_network(model, recipe, num_classes):
 
 @pytest.mark.parametrize("model", DEMO_MODELS, ids=lambda m: m.key)
 def test_the_demo_spec_builds_the_network_the_borrowed_name_built(model):
-    recipe = full_recipe()
+    recipe = video_recipe().demo
     section = model_section(model, 5, recipe)
     assert section["name"] is None and "overrides" not in section
     cfg = config_from_dict({"model": section})
@@ -75,18 +75,18 @@ def test_the_baselines_never_see_both_cues_before_the_global_pooling(key):
     """The task's relation spans more frames than the baselines' temporal receptive field: no res5
     position of the C2D or the I3D sees the early and the late cue's frames together, so their
     pooled logit is additive in the two cues (docs/demo.md: the additive ceiling)."""
-    recipe = full_recipe()
-    task = recipe.task
+    cfg = video_recipe()
+    recipe, task, clip_length = cfg.demo, cfg.demo.long_range_task(), cfg.data.clip_length
     model = next(m for m in DEMO_MODELS if m.key == key)
     net = build_model_from_config(config_from_dict({"model": model_section(model, 2, recipe)}).model).eval()
     field = net.spec.temporal_receptive_field
-    span = recipe.frame_stride * (recipe.clip_length - 1) + 1  # input frames of one clip
+    span = cfg.data.stride * (clip_length - 1) + 1  # input frames of one clip
     assert span == task.num_frames  # the clip holds the whole video: both cues are in it
     # the earliest late-cue frame is min_frame_gap after the latest early-cue frame
     assert field <= task.min_frame_gap, (key, field, task.min_frame_gap)
     assert field == (1 if key == "c2d" else recipe.i3d_conv1 + 2 * len(recipe.i3d_inflated))
-    clip = (1, 3, recipe.clip_length, task.height, task.width)
-    seen = [_frames_seen(net, clip, t) for t in range(recipe.clip_length)]
+    clip = (1, 3, clip_length, task.height, task.width)
+    seen = [_frames_seen(net, clip, t) for t in range(clip_length)]
     assert max(len(s) for s in seen) == field  # the property is what autograd finds
     for frames in seen:
         assert frames == list(range(frames[0], frames[-1] + 1))
@@ -96,11 +96,12 @@ def test_the_baselines_never_see_both_cues_before_the_global_pooling(key):
 
 
 def test_the_i3d_with_a_block_sees_the_whole_clip():
-    recipe = full_recipe()
+    cfg = video_recipe()
     model = next(m for m in DEMO_MODELS if m.key == "i3d_nl")
-    net = build_model_from_config(config_from_dict({"model": model_section(model, 2, recipe)}).model).eval()
+    net = build_model_from_config(config_from_dict({"model": model_section(model, 2, cfg.demo)}).model).eval()
     with torch.no_grad():  # a trained block: at initialisation its zero W_z passes nothing on
         for p in net.parameters():
             p.normal_(0.0, 0.1)
-    clip = (1, 3, recipe.clip_length, recipe.task.height, recipe.task.width)
-    assert _frames_seen(net, clip, 0) == list(range(recipe.clip_length))
+    task, clip_length = cfg.demo.long_range_task(), cfg.data.clip_length
+    clip = (1, 3, clip_length, task.height, task.width)
+    assert _frames_seen(net, clip, 0) == list(range(clip_length))

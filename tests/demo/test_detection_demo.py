@@ -2,7 +2,6 @@
 issue's margin (the non-local model's held-out box AP >= the baseline's + 5), the key-swap and
 attention studies; plus the recipe's invariants, which need no training."""
 
-import dataclasses
 import json
 
 import pytest
@@ -15,15 +14,14 @@ pytest.importorskip("pycocotools")
 from nonlocalnet.cli import main
 from nonlocalnet.demo.detection_attention import _label_of, swap_key_colour
 from nonlocalnet.demo.detection_run import (
-    DEMO_DATA,
     detection_demo_config,
-    full_detection_recipe,
-    quick_detection_recipe,
     render_detection_table,
     render_key_swap,
     summarise_detection,
 )
+from nonlocalnet.demo.recipe import detection_recipe
 from nonlocalnet.detection.models import detector_info
+from nonlocalnet.engine.config import config_to_dict
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 
@@ -43,7 +41,7 @@ def test_quick_detect_demo_writes_every_output(quick_detect_demo, capsys):
     assert png_size(out / "curves.png") == (1100, 396)  # one figure of 10 x 3.6 in at 110 dpi
     assert png_size(out / "attention.png")[0] == 840  # image and heat map side by side, 7 in at 120 dpi
     results = json.loads((out / "results.json").read_text())
-    assert [r["model"] for r in results["rows"]] == list(quick_detection_recipe().models)
+    assert [r["model"] for r in results["rows"]] == detection_recipe("detection_quick").demo.models
     assert results["evaluated_on"] == "val" and results["jobs"] == 2
     for row in results["rows"]:
         for key in ("box_AP", "box_AP50", "box_AP75", "mask_AP", "mask_AP50", "mask_AP75"):
@@ -53,7 +51,7 @@ def test_quick_detect_demo_writes_every_output(quick_detect_demo, capsys):
     table = (out / "results.md").read_text()
     assert "| Mask R-CNN + 1 NL |" in table and "| AP box |" in table
     manifest = json.loads((out / "data" / "val" / "manifest.json").read_text())
-    assert manifest["num_images"] == quick_detection_recipe().num_val
+    assert manifest["num_images"] == detection_recipe("detection_quick").demo.num_val
 
 
 def test_the_quick_non_local_detector_beats_its_baseline_by_5_box_ap(quick_detect_demo):
@@ -124,33 +122,31 @@ def test_render_key_swap_lists_every_model_and_seed():
 def test_the_quick_run_trains_as_the_full_runs_seed_0():
     """--quick leaves out models, seeds and held-out images, never training: its margin is the
     full run's seed 0 on fewer images (with fewer steps the block had not learned in time)."""
-    quick, full = dataclasses.asdict(quick_detection_recipe()), dataclasses.asdict(full_detection_recipe())
+    quick, full = detection_recipe("detection_quick"), detection_recipe("detection")
+    assert set(quick.demo.models) < set(full.demo.models)
+    quick_data, full_data = config_to_dict(quick), config_to_dict(full)
     for key in ("models", "seeds", "num_val", "num_tuning"):
-        quick.pop(key), full.pop(key)
-    assert quick == full
-    assert set(quick_detection_recipe().models) < set(full_detection_recipe().models)
+        quick_data["demo"].pop(key), full_data["demo"].pop(key)
+    assert quick_data == full_data
 
 
 def test_the_demo_recipe_differs_only_by_the_block(tmp_path):
     """Each non-local detector is its baseline plus the backbone block; the data's objects carry
     no category colour (the key decides), and every run evaluates on the held-out split."""
-    full = full_detection_recipe()
-    assert full.models == (
+    full = detection_recipe("detection")
+    assert full.demo.models == [
         "maskrcnn_tiny_fpn",
         "maskrcnn_tiny_fpn_nl",
         "keypointrcnn_tiny_fpn",
         "keypointrcnn_tiny_fpn_nl",
-    )
-    for name in full.models:
+    ]
+    for name in full.demo.models:
         info = detector_info(name)
         assert info.head_blocks == 0
         assert (info.backbone_block_after is not None) == name.endswith("_nl")
-    assert (
-        full.data == DEMO_DATA
-        and DEMO_DATA.rule == "key"
-        and DEMO_DATA.category_names == ("red_key", "green_key")
-    )
-    assert full.seeds == 3 and quick_detection_recipe().seeds == 1
+    data = full.demo.context_shapes()
+    assert data.rule == "key" and data.category_names == ("red_key", "green_key")
+    assert full.demo.seeds == 3 and detection_recipe("detection_quick").demo.seeds == 1
     splits = {
         s: type("S", (), {"images": tmp_path / s, "annotations": tmp_path / f"{s}.json"})()
         for s in ("train", "val")
@@ -158,11 +154,11 @@ def test_the_demo_recipe_differs_only_by_the_block(tmp_path):
     a = detection_demo_config("maskrcnn_tiny_fpn", splits, full, 0, tmp_path / "a")
     b = detection_demo_config("maskrcnn_tiny_fpn_nl", splits, full, 0, tmp_path / "b")
     assert a.detection.val_images == str(tmp_path / "val")
-    assert (a.optim, a.train, a.detection.min_size, a.detection.nonlocal_norm) == (
+    assert (a.optim, a.train, a.detection.min_size, a.detection.nonlocal_options) == (
         b.optim,
         b.train,
         b.detection.min_size,
-        b.detection.nonlocal_norm,
+        b.detection.nonlocal_options,
     )
 
 

@@ -1,7 +1,15 @@
-"""``nonlocalnet demo``: a built-in long-range video task on which non-local blocks matter."""
+"""``nonlocalnet demo``: a built-in long-range video task on which non-local blocks matter. Its
+recipes are config files (:mod:`nonlocalnet.demo.recipe`, ``nonlocalnet/demo/recipes/``)."""
 
 from nonlocalnet.demo.models import ABLATIONS, DEMO_MODELS, QUICK_MODELS, DemoModel, model_section
-from nonlocalnet.demo.recipe import DemoRecipe, full_recipe, quick_recipe
+from nonlocalnet.demo.recipe import (
+    DetectionDemoConfig,
+    VideoDemoConfig,
+    VideoDemoSection,
+    detection_recipe,
+    run_config,
+    video_recipe,
+)
 from nonlocalnet.demo.run import DemoResult, demo_config, run_demo
 
 __all__ = [
@@ -9,11 +17,14 @@ __all__ = [
     "DEMO_MODELS",
     "QUICK_MODELS",
     "DemoModel",
-    "DemoRecipe",
     "DemoResult",
+    "DetectionDemoConfig",
+    "VideoDemoConfig",
+    "VideoDemoSection",
     "demo_config",
-    "full_recipe",
+    "detection_recipe",
     "model_section",
-    "quick_recipe",
+    "run_config",
     "run_demo",
+    "video_recipe",
 ]

@@ -11,9 +11,9 @@ import torch
 
 from nonlocalnet.data import normalize, read_all_frames, test_clip_indices, to_float_cthw
 from nonlocalnet.demo.synthetic import SyntheticDataset
-from nonlocalnet.errors import InvalidValueError
+from nonlocalnet.errors import InvalidTypeError, InvalidValueError
 from nonlocalnet.models import load_weights
-from nonlocalnet.tasks import load_config
+from nonlocalnet.tasks import VideoConfig, load_config
 from nonlocalnet.tasks.video import build_model_from_config
 from nonlocalnet.viz import attention_map, key_argmax_pixel, nonlocal_inputs, plot_attention, query_to_grid
 
@@ -67,6 +67,8 @@ def attention_study(
     first video where it does (the first video if none) to ``figure``, saying which and how
     often. Returns hit rate, chance rate and counts."""
     cfg = load_config(run_dir / "config.yaml")
+    if not isinstance(cfg, VideoConfig):
+        raise InvalidTypeError(f"{run_dir}: expected a video classification run, got task {cfg.task!r}")
     model = build_model_from_config(cfg.model)
     load_weights(model, run_dir / "model.safetensors")
     model.eval()
@@ -79,7 +81,7 @@ def attention_study(
         frames = every[indices]  # the clip the model sees; cue frame ranges below in its units
         clip = normalize(to_float_cthw(frames), d.mean, d.std)[None]
         (name, (block, x)), *_ = nonlocal_inputs(model, clip).items()
-        shape = tuple(frames.shape[:3])
+        shape = (frames.shape[0], frames.shape[1], frames.shape[2])
         early, late = (_in_clip_frames(meta[k], indices) for k in ("early", "late"))
         t_query = (late["frames"][0] + late["frames"][1] - 1) / 2
         point = (t_query, late["center"][1], late["center"][0])
@@ -89,6 +91,8 @@ def attention_study(
         chances.append(chance)
         if example is None or (hit and not example[0]):
             example = (hit, meta["path"], frames, weights, point, early, late)
+    if example is None:
+        raise InvalidValueError(f"no held-out videos to study in {data.root}")
     # draw the first video where the argmax finds the early cue (else the first video)
     hit, path, frames, weights, point, early, late = example
     boxes = [

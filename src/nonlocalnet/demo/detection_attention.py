@@ -33,7 +33,8 @@ def block_input(model: torch.nn.Module, image: Tensor) -> tuple[Tensor, float]:
     hook = block.register_forward_pre_hook(lambda _m, args: seen.setdefault("x", args[0].detach()))
     try:
         with torch.no_grad():
-            resized, _ = model.transform([image])
+            transform: Any = model.transform  # torchvision's GeneralizedRCNNTransform
+            resized, _ = transform([image])
             model([image])
     finally:
         hook.remove()
@@ -91,7 +92,7 @@ def attention_study(
         for ann in by_image.get(record["id"], []):
             x, y, w, h = ann["bbox"]
             weights, (key_stride, _) = object_attention(model, image, (x + w / 2, y + h / 2))
-            cells = _key_cells(record["key"]["bbox"], tuple(weights.shape), key_stride)
+            cells = _key_cells(record["key"]["bbox"], (weights.shape[0], weights.shape[1]), key_stride)
             shares.append(float(weights[cells].sum()))
             uniform.append(float(cells.float().mean()))
             argmax_hits += bool(cells.flatten()[weights.flatten().argmax()])

@@ -2,11 +2,12 @@
 from every object decides the objects' categories.
 
 Two rules (``ContextShapesConfig.rule``): ``"match"`` (the default here), an object's category is
-whether its colour matches the key's; ``"key"`` (the demo's, :data:`nonlocalnet.demo.detection_run.
-DEMO_DATA`), every object is drawn in the neutral colour :data:`NEUTRAL` and its category is the
-key's colour (``red_key``, ``green_key``). Under both, nothing inside an object's box says its
-category. The sections below describe ``"match"``; ``"key"`` draws the same random numbers, so it
-places the same key and objects and changes only their colours and categories.
+whether its colour matches the key's; ``"key"`` (the demo's: ``demo.generator`` of
+``nonlocalnet/demo/recipes/detection.yaml``), every object is drawn in the neutral colour
+:data:`NEUTRAL` and its category is the key's colour (``red_key``, ``green_key``). Under both,
+nothing inside an object's box says its category. The sections below describe ``"match"``;
+``"key"`` draws the same random numbers, so it places the same key and objects and changes only
+their colours and categories.
 
 The task
 --------
@@ -539,7 +540,8 @@ def generate_context_shapes(
 
     (folder / "images").mkdir(parents=True, exist_ok=True)
     code = _split_code(split)
-    images, annotations = [], []
+    images: list[dict[str, Any]] = []
+    annotations: list[dict[str, Any]] = []
     for i in tqdm(range(num_images), desc=f"context shapes ({split})", unit="image", disable=not progress):
         rng = np.random.default_rng(np.random.SeedSequence([seed, code, i]))
         image, record, anns = _render_image(config, rng, i + 1, len(annotations) + 1)

@@ -10,11 +10,13 @@ import dataclasses
 import json
 import logging
 import multiprocessing
+import os
 import shutil
 import statistics
 import time
+import typing
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,24 +25,17 @@ from matplotlib.figure import Figure
 from tqdm.auto import tqdm
 
 from nonlocalnet.demo.detection_attention import attention_study, key_swap_study
-from nonlocalnet.demo.detection_data import (
-    KEYPOINT_OKS_SIGMAS,
-    CocoSplit,
-    ContextShapesConfig,
-    context_shapes_splits,
-)
-from nonlocalnet.demo.run import default_jobs
-from nonlocalnet.engine import Config, ProgressBar, read_jsonl, train
+from nonlocalnet.demo.detection_data import KEYPOINT_OKS_SIGMAS, CocoSplit, context_shapes_splits
+from nonlocalnet.demo.recipe import DetectionDemoConfig, detection_recipe, recipe_settings, run_config
+from nonlocalnet.demo.run import seeds_and_jobs
+from nonlocalnet.engine import ProgressBar, read_jsonl, train
 from nonlocalnet.errors import InvalidValueError
-from nonlocalnet.tasks import config_from_dict
+from nonlocalnet.tasks import DetectionTaskConfig
 
 __all__ = [
     "DETECTION_DEMO_MODELS",
     "DetectionDemoResult",
-    "DetectionRecipe",
     "detection_demo_config",
-    "full_detection_recipe",
-    "quick_detection_recipe",
     "run_detection_demo",
 ]
 
@@ -56,10 +51,6 @@ DETECTION_DEMO_MODELS: dict[str, str] = {
 see about +-40 px, with and without one block after ``layer3.0`` (the paper's place: before the
 last block of res4)."""
 
-DEMO_DATA = ContextShapesConfig(key_size=28, object_size=(10, 16), min_objects=1, max_objects=2, rule="key")
-"""The demo's data: 1 or 2 neutral shapes of 10-16 px whose category is the colour of a 28-px key
-marker at least 56 px away (``rule="key"``)."""
-
 _BASELINES = {
     "maskrcnn_tiny_fpn_nl": "maskrcnn_tiny_fpn",
     "keypointrcnn_tiny_fpn_nl": "keypointrcnn_tiny_fpn",
@@ -74,109 +65,39 @@ _COLUMNS = (
 )
 
 
-@dataclass(frozen=True)
-class DetectionRecipe:
-    """The data sizes and the SGD recipe shared by every demo detector (chosen on the tuning
-    split, never on the held-out images the table reports)."""
-
-    data: ContextShapesConfig = field(default_factory=lambda: DEMO_DATA)
-    num_train: int = 800
-    num_val: int = 300
-    num_tuning: int = 150
-    models: tuple[str, ...] = ("maskrcnn_tiny_fpn", "maskrcnn_tiny_fpn_nl")
-    lr: float = 0.02
-    nonlocal_lr_mult: float = 10.0
-    batch_size: int = 8
-    epochs: int = 4
-    weight_decay: float = 1e-4
-    milestones: tuple[float, ...] = (0.8,)
-    warmup_iters: int = 100
-    seeds: int = 3
-    data_seed: int = 0
-    nonlocal_mode: str = "embedded_gaussian"
-    nonlocal_norm: str = "none"
-    # the block's chunked softmax: with the dispatcher's pick (fused) seed 0 did not learn on an
-    # AVX2 EPYC (docs/detection.md: the recipe is fragile to float rounding)
-    nonlocal_options: dict = field(default_factory=lambda: {"algorithm": "chunked"})
-    model_options: dict = field(default_factory=dict)
-    num_workers: int = 0
-
-
-def full_detection_recipe() -> DetectionRecipe:
-    """Mask R-CNN and Keypoint R-CNN, each with and without the block, three seeds."""
-    return DetectionRecipe(
-        models=(
-            "maskrcnn_tiny_fpn",
-            "maskrcnn_tiny_fpn_nl",
-            "keypointrcnn_tiny_fpn",
-            "keypointrcnn_tiny_fpn_nl",
-        )
-    )
-
-
-def quick_detection_recipe() -> DetectionRecipe:
-    """Mask R-CNN with and without the block, seed 0, 150 held-out images: the margin CI checks.
-    Its training is the full run's seed 0 (same images, steps and seed): with fewer steps the
-    block does not leave its identity start in time (tuning split: 0 of 3 seeds at 300 steps)."""
-    return DetectionRecipe(num_val=150, num_tuning=0, seeds=1)
-
-
 def detection_demo_config(
     model: str,
     splits: dict[str, CocoSplit],
-    recipe: DetectionRecipe,
+    recipe: DetectionDemoConfig,
     seed: int,
     output: Path,
     *,
     evaluate_on: str = "val",
-) -> Config:
-    """The training config of one demo run: the keys a user's detection YAML file has."""
-    size = recipe.data.image_size
-    steps_per_epoch = recipe.num_train // recipe.batch_size
-    return config_from_dict(
+) -> DetectionTaskConfig:
+    """The training config of one demo run (:func:`~nonlocalnet.demo.recipe.run_config`): the
+    recipe's, with the run's folder, seed and detector, the generated images' files and size, the
+    keypoints' OKS sigmas, and the warm-up capped at one epoch's steps - 1."""
+    size = recipe.demo.context_shapes().image_size
+    steps_per_epoch = recipe.demo.num_train // recipe.train.batch_size
+    cfg = run_config(
+        recipe,
         {
-            "task": "detection",
             "output_dir": str(output),
             "seed": seed,
             "detection": {
                 "model": model,
-                "nonlocal_mode": recipe.nonlocal_mode,
-                "nonlocal_norm": recipe.nonlocal_norm,
-                "nonlocal_options": dict(recipe.nonlocal_options),
-                "model_options": dict(recipe.model_options),
                 "min_size": [size],
                 "max_size": size,
                 "train_images": str(splits["train"].images),
                 "train_annotations": str(splits["train"].annotations),
                 "val_images": str(splits[evaluate_on].images),
                 "val_annotations": str(splits[evaluate_on].annotations),
-                "flip": True,
-                "aspect_ratio_grouping": False,
                 "oks_sigmas": list(KEYPOINT_OKS_SIGMAS),
-                "min_keypoints_per_image": 0,  # 1-2 objects of 4 keypoints: under torchvision's 10
             },
-            "data": {"num_workers": recipe.num_workers},
-            "optim": {
-                "base_lr": recipe.lr,
-                "nonlocal_lr_mult": recipe.nonlocal_lr_mult,
-                "base_batch_size": recipe.batch_size,
-                "nesterov": False,
-                "weight_decay": recipe.weight_decay,
-                "weight_decay_norm": 0.0,
-                "lr_milestones": list(recipe.milestones),
-                "warmup_iters": min(recipe.warmup_iters, max(steps_per_epoch - 1, 0)),
-                "warmup_factor": 0.001,
-            },
-            "train": {
-                "batch_size": recipe.batch_size,
-                "epochs": recipe.epochs,
-                "log_every": 10,
-                "progress": True,
-            },
-            "checkpoint": {"keep_last": 1, "keep_best": False},
-            "eval": {"every_epochs": 0, "batch_size": 8},
-        }
+            "optim": {"warmup_iters": min(recipe.optim.warmup_iters, max(steps_per_epoch - 1, 0))},
+        },
     )
+    return typing.cast(DetectionTaskConfig, cfg)  # run_config builds the class of the recipe's task
 
 
 @dataclass(frozen=True)
@@ -189,7 +110,7 @@ class _Run:
 def _train_runs(
     runs: list[_Run],
     splits: dict[str, CocoSplit],
-    recipe: DetectionRecipe,
+    recipe: DetectionDemoConfig,
     progress: bool,
     position: int,
     threads: int | None,
@@ -224,7 +145,7 @@ def _train_runs(
 def _train_all(
     runs: list[_Run],
     splits: dict[str, CocoSplit],
-    recipe: DetectionRecipe,
+    recipe: DetectionDemoConfig,
     progress: bool,
     jobs: int,
     evaluate_on: str,
@@ -334,6 +255,14 @@ class DetectionDemoResult:
     seconds: float
 
 
+def _key_swaps(plan: list[_Run], split: CocoSplit) -> dict[str, list[dict[str, Any]]]:
+    """Every run's key-swap study (does its label follow the key?), per model in seed order."""
+    key_swap: dict[str, list[dict[str, Any]]] = {}
+    for p in plan:
+        key_swap.setdefault(p.model, []).append(key_swap_study(p.folder, split))
+    return key_swap
+
+
 def run_detection_demo(
     output: str | Path = "runs/detect-demo",
     *,
@@ -342,50 +271,48 @@ def run_detection_demo(
     data_dir: str | Path | None = None,
     jobs: int | None = None,
     progress: bool = True,
-    recipe: DetectionRecipe | None = None,
+    recipe: DetectionDemoConfig | str | os.PathLike[str] | None = None,
     tuning: bool = False,
 ) -> DetectionDemoResult:
     """Generate the task, train every model of the recipe on it for each seed, evaluate on the
-    held-out split (``tuning``: on the tuning split instead, to choose a recipe), and write
-    ``results.md``/``results.json``, ``curves.png``, ``attention.png`` and one folder per run."""
+    held-out split (``tuning``: the tuning split, to choose a recipe), and write ``results.md``/
+    ``results.json``, ``curves.png``, ``attention.png`` and one folder per run. ``recipe`` (a
+    :class:`~nonlocalnet.demo.recipe.DetectionDemoConfig`, a built-in recipe's name or a recipe
+    file) replaces the built-in ``detection`` (``detection_quick`` with ``quick``); ``seeds``
+    replaces its ``demo.seeds``."""
     started = time.perf_counter()
-    recipe = recipe or (quick_detection_recipe() if quick else full_detection_recipe())
-    if seeds is not None:
-        if seeds < 1:
-            raise InvalidValueError(f"seeds must be >= 1, got {seeds}")
-        recipe = replace(recipe, seeds=seeds)
-    jobs = default_jobs() if jobs is None else jobs
-    if jobs < 1:
-        raise InvalidValueError(f"jobs must be >= 1, got {jobs}")
-    if tuning and not recipe.num_tuning:
-        raise InvalidValueError("tuning=True needs a recipe with num_tuning > 0")
+    source = ("detection_quick" if quick else "detection") if recipe is None else recipe
+    recipe = source if isinstance(source, DetectionDemoConfig) else detection_recipe(source)
+    demo = recipe.demo
+    seeds, jobs = seeds_and_jobs(demo, seeds, jobs)
+    if tuning and not demo.num_tuning:
+        raise InvalidValueError("tuning=True needs a recipe with demo.num_tuning > 0")
     out = Path(output)
     splits = context_shapes_splits(
         Path(data_dir) if data_dir else out / "data",
-        train=recipe.num_train,
-        val=recipe.num_val,
-        tuning=recipe.num_tuning,
-        seed=recipe.data_seed,
-        config=recipe.data,
+        train=demo.num_train,
+        val=demo.num_val,
+        tuning=demo.num_tuning,
+        seed=demo.data_seed,
+        config=demo.context_shapes(),
     )
     evaluate_on = "tuning" if tuning else "val"
-    plan = [_Run(m, s, out / "runs" / m / f"seed{s}") for s in range(recipe.seeds) for m in recipe.models]
+    plan = [_Run(m, s, out / "runs" / m / f"seed{s}") for s in range(seeds) for m in demo.models]
     runs = _train_all(plan, splits, recipe, progress, jobs, evaluate_on)
     rows = summarise_detection(runs)
     run_dirs = {p.model: p.folder for p in plan if p.seed == 0}
-    nl_model = next((m for m in recipe.models if m.endswith("_nl") and m.startswith("maskrcnn")), None)
-    attention = None
-    if nl_model is not None:
-        attention = attention_study(run_dirs[nl_model], splits[evaluate_on], out / "attention.png")
-    key_swap: dict[str, list[dict[str, Any]]] = {}
-    for p in plan:  # every run: does its label follow the key?
-        key_swap.setdefault(p.model, []).append(key_swap_study(p.folder, splits[evaluate_on]))
+    nl_model = next((m for m in demo.models if m.endswith("_nl") and m.startswith("maskrcnn")), None)
+    attention = (
+        attention_study(run_dirs[nl_model], splits[evaluate_on], out / "attention.png") if nl_model else None
+    )
+    key_swap = _key_swaps(plan, splits[evaluate_on])
     table = render_detection_table(rows) + render_key_swap(key_swap)
     header = {
         "task": "whose key is it? (docs/detection.md: the built-in task)",
-        "data": dataclasses.asdict(recipe.data),
+        "data": dataclasses.asdict(demo.context_shapes()),
         "evaluated_on": evaluate_on,
-        "recipe": {k: v for k, v in dataclasses.asdict(recipe).items() if k != "data"},
+        "recipe": recipe_settings(recipe),
+        "seeds": seeds,
         "jobs": jobs,
         "attention": attention,
         "key_swap": key_swap,

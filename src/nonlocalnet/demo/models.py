@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from nonlocalnet.demo.recipe import DemoRecipe
+from nonlocalnet.demo.recipe import VideoDemoSection
 from nonlocalnet.layers import BLOCK_PRESETS
 from nonlocalnet.ops import SOFTMAX_MODES
 
@@ -80,7 +80,7 @@ its C2D baseline; every non-local model is the demo's embedded Gaussian C2D but 
 setting."""
 
 
-def model_section(model: DemoModel, num_classes: int, recipe: DemoRecipe) -> dict[str, Any]:
+def model_section(model: DemoModel, num_classes: int, recipe: VideoDemoSection) -> dict[str, Any]:
     """The ``model`` section of a training config, the network given whole as a ``spec``
     (:class:`~nonlocalnet.models.VideoResNetSpec` as data): a bottleneck ResNet with one block
     per stage (inner widths ``recipe.widths``), a narrow 7x7 stem and light temporal pooling.

@@ -3,15 +3,15 @@ the real engine, and write the table, curves and attention figure."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import multiprocessing
 import os
 import shutil
 import time
+import typing
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,16 +21,23 @@ from tqdm.auto import tqdm
 from nonlocalnet.data import FrameCache
 from nonlocalnet.demo.attention import attention_study
 from nonlocalnet.demo.models import ABLATIONS, DEMO_MODELS, QUICK_MODELS, DemoModel, model_section
-from nonlocalnet.demo.recipe import DemoRecipe, full_recipe, quick_recipe
+from nonlocalnet.demo.recipe import (
+    DemoSection,
+    VideoDemoConfig,
+    recipe_settings,
+    run_config,
+    video_recipe,
+    video_recipe_name,
+)
 from nonlocalnet.demo.report import summarise, write_curves, write_table
 from nonlocalnet.demo.synthetic import SyntheticDataset, generate_long_range_dataset
-from nonlocalnet.engine import Config, ProgressBar, train
+from nonlocalnet.engine import ProgressBar, train
 from nonlocalnet.errors import InvalidValueError
 from nonlocalnet.models import measure_complexity
-from nonlocalnet.tasks import VideoClassification, config_from_dict
+from nonlocalnet.tasks import VideoClassification, VideoConfig
 from nonlocalnet.tasks.video import build_model_from_config
 
-__all__ = ["DemoResult", "default_jobs", "demo_config", "run_demo"]
+__all__ = ["DemoResult", "default_jobs", "demo_config", "run_demo", "seeds_and_jobs"]
 
 log = logging.getLogger("nonlocalnet.demo")
 
@@ -47,51 +54,33 @@ class DemoResult:
 
 
 def demo_config(
-    model: DemoModel, data: SyntheticDataset, recipe: DemoRecipe, seed: int, output: Path
-) -> Config:
-    """The training config of one demo run: the same engine and keys a user's YAML file has."""
+    model: DemoModel, data: SyntheticDataset, recipe: VideoDemoConfig, seed: int, output: Path
+) -> VideoConfig:
+    """The training config of one demo run (:func:`~nonlocalnet.demo.recipe.run_config`): the
+    recipe's, with the run's folder, seed and network, the generated videos' files and frame size,
+    and the warm-up of ``recipe.demo.warmup_epochs`` in steps."""
     task = data.config
     if task.height != task.width:
         raise InvalidValueError(f"the demo expects square frames, got {task.height}x{task.width}")
     size = task.height
-    return config_from_dict(
+    frames = ("min_short", "max_short", "crop", "test_short", "test_crop")
+    warmup = recipe.demo.warmup_epochs * task.num_train / recipe.train.batch_size
+    cfg = run_config(
+        recipe,
         {
             "output_dir": str(output),
             "seed": seed,
-            "model": model_section(model, len(data.class_names), recipe),
+            "model": model_section(model, len(data.class_names), recipe.demo),
             "data": {
                 "train_list": str(data.train_list),
                 "val_list": str(data.val_list),
                 "class_names": str(data.classes_file),
-                "clip_length": recipe.clip_length,
-                "stride": recipe.frame_stride,
-                "num_clips": 1,
-                "min_short": size,
-                "max_short": size,
-                "crop": size,
-                "flip": recipe.flip,
-                "test_short": size,
-                "test_crop": size,
-                "num_crops": 1,
-                "num_workers": recipe.num_workers,
+                **dict.fromkeys(frames, size),
             },
-            "optim": {
-                "base_lr": recipe.lr,
-                "base_batch_size": recipe.batch_size,
-                "weight_decay": recipe.weight_decay,
-                "lr_milestones": list(recipe.milestones),
-                "warmup_iters": round(recipe.warmup_epochs * task.num_train / recipe.batch_size),
-            },
-            "train": {
-                "batch_size": recipe.batch_size,
-                "epochs": recipe.epochs,
-                "log_every": 5,
-                "progress": True,
-            },
-            "checkpoint": {"keep_last": 1, "keep_best": False},
-            "eval": {"every_epochs": 0, "views": "video", "batch_size": 32},
-        }
+            "optim": {"warmup_iters": round(warmup)},
+        },
     )
+    return typing.cast(VideoConfig, cfg)  # run_config builds the class of the recipe's task
 
 
 @dataclass(frozen=True)
@@ -106,7 +95,7 @@ class _Run:
 def _train_runs(
     runs: list[_Run],
     data: SyntheticDataset,
-    recipe: DemoRecipe,
+    recipe: VideoDemoConfig,
     progress: bool,
     position: int,
     threads: int | None,
@@ -130,7 +119,9 @@ def _train_runs(
         )
         with torch.device("meta"):
             net = build_model_from_config(cfg.model)
-        cost = measure_complexity(net, (1, 3, recipe.clip_length, task.height, task.width))
+        cost = measure_complexity(net, (1, 3, recipe.data.clip_length, task.height, task.width))
+        if result.final_eval is None:
+            raise InvalidValueError(f"{label}: the run has no final evaluation (no held-out videos?)")
         accuracy = result.final_eval["video_top1"]
         if progress:
             tqdm.write(f"{label}: held-out video accuracy {100 * accuracy:.1f}% ({result.seconds:.0f} s)")
@@ -156,8 +147,18 @@ def default_jobs() -> int:
     return max(1, min(4, os.cpu_count() or 1))
 
 
+def seeds_and_jobs(demo: DemoSection, seeds: int | None, jobs: int | None) -> tuple[int, int]:
+    """The seeds (``seeds``, else the recipe's ``demo.seeds``) and training processes (``jobs``,
+    else :func:`default_jobs`) of a demo run, each checked to be >= 1."""
+    seeds = demo.seeds if seeds is None else seeds
+    jobs = default_jobs() if jobs is None else jobs
+    if jobs < 1 or seeds < 1:
+        raise InvalidValueError(f"jobs and seeds must be >= 1, got jobs={jobs}, seeds={seeds}")
+    return seeds, jobs
+
+
 def _train_all(
-    runs: list[_Run], data: SyntheticDataset, recipe: DemoRecipe, progress: bool, jobs: int
+    runs: list[_Run], data: SyntheticDataset, recipe: VideoDemoConfig, progress: bool, jobs: int
 ) -> list[dict[str, Any]]:
     """Train every run: in this process for ``jobs == 1``, else split round-robin over ``jobs``
     spawned processes with ``threads // jobs`` intra-op threads each."""
@@ -182,7 +183,7 @@ def run_demo(
     seeds: int | None = None,
     data_dir: str | Path | None = None,
     progress: bool = True,
-    recipe: DemoRecipe | None = None,
+    recipe: VideoDemoConfig | str | os.PathLike[str] | None = None,
     jobs: int | None = None,
     ablation: str | None = None,
     task: str = "v4",
@@ -192,28 +193,23 @@ def run_demo(
     ``ablation`` (a key of :data:`ABLATIONS`: ``stage``, ``blocks``, ``spacetime``) trains that
     ablation's models instead, on the same data and recipe, without the attention study.
     ``task`` picks the built-in recipe's task version (:data:`~nonlocalnet.demo.recipe.TASK_VERSIONS`);
-    ``recipe`` replaces the built-in one (tests use a tiny one). ``jobs`` training processes run
-    side by side (default :func:`default_jobs`); results depend on it only through float
-    rounding (the intra-op thread count changes the order of sums)."""
+    ``recipe`` (a :class:`~nonlocalnet.demo.recipe.VideoDemoConfig`, a built-in recipe's name or a
+    recipe file) replaces the built-in one; ``seeds`` replaces its ``demo.seeds``. ``jobs`` training
+    processes run side by side (default :func:`default_jobs`); results depend on it only through
+    float rounding (the intra-op thread count changes the order of sums)."""
     started = time.perf_counter()
-    recipe = recipe or (quick_recipe(task) if quick else full_recipe(task))
-    if seeds is not None:
-        recipe = replace(recipe, seeds=seeds)
-    jobs = default_jobs() if jobs is None else jobs
-    if jobs < 1:
-        raise InvalidValueError(f"jobs must be >= 1, got {jobs}")
+    source = video_recipe_name(task, quick) if recipe is None else recipe
+    recipe = source if isinstance(source, VideoDemoConfig) else video_recipe(source)
+    seeds, jobs = seeds_and_jobs(recipe.demo, seeds, jobs)
     if ablation is not None and ablation not in ABLATIONS:
         raise InvalidValueError(f"unknown ablation {ablation!r}; expected one of {sorted(ABLATIONS)}")
     out = Path(output)
+    generated = recipe.demo.long_range_task()
     data = generate_long_range_dataset(
-        Path(data_dir) if data_dir else out / "data", recipe.task, progress=progress, workers=jobs
+        Path(data_dir) if data_dir else out / "data", generated, progress=progress, workers=jobs
     )
     models = ABLATIONS[ablation] if ablation else QUICK_MODELS if quick else DEMO_MODELS
-    plan = [
-        _Run(model, seed, out / "runs" / model.key / f"seed{seed}")
-        for seed in range(recipe.seeds)
-        for model in models
-    ]
+    plan = [_Run(m, seed, out / "runs" / m.key / f"seed{seed}") for seed in range(seeds) for m in models]
     runs = _train_all(plan, data, recipe, progress, jobs)
     for r in runs:
         log.info("%s seed %d: held-out accuracy %.3f", r["key"], r["seed"], r["accuracy"])
@@ -224,11 +220,12 @@ def run_demo(
     )
     header = {
         "ablation": ablation,
-        "task": f"long-range match {task} (see docs/demo.md: the built-in demo task)",
+        "task": "long-range match (see docs/demo.md: the built-in demo task)",
         "task_config": data.config.to_json(),
-        "train_videos": recipe.task.num_train,
-        "held_out_videos": recipe.task.num_val,
-        "recipe": {k: v for k, v in dataclasses.asdict(recipe).items() if k != "task"},
+        "train_videos": generated.num_train,
+        "held_out_videos": generated.num_val,
+        "recipe": recipe_settings(recipe),
+        "seeds": seeds,
         "jobs": jobs,
         "attention": attention,
         "seconds": round(time.perf_counter() - started, 1),

@@ -350,7 +350,7 @@ def _render_labelled(
     box_early, box_late = _place_cues(config, rng)
 
     n_distractors = int(rng.integers(config.distractors[0], config.distractors[1] + 1))
-    distractors = []
+    distractors: list[dict[str, Any]] = []
     for _ in range(n_distractors):
         c = int(rng.integers(0, k))
         distractors.append({"color": names[c], "color_index": c, "boxes": _distractor_boxes(config, rng)})
