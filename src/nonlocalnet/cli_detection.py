@@ -68,13 +68,13 @@ def _detect_eval(args: argparse.Namespace) -> int:
     _require_extra()
     from nonlocalnet.detection.coco import CocoDetection
     from nonlocalnet.detection.evaluate import evaluate_detector, write_coco_results
-    from nonlocalnet.detection.models import detector_info
     from nonlocalnet.detection.trained import (
         build_detector_from_config,
         detector_label_space,
         load_trained_detector,
     )
     from nonlocalnet.engine import init_distributed, load_config
+    from nonlocalnet.models import model_info
 
     _setup_logging()
     if args.checkpoint:  # the overrides apply to the model too (its transform, its heads)
@@ -96,7 +96,9 @@ def _detect_eval(args: argparse.Namespace) -> int:
         raise InvalidValueError(
             "detection.val_images and detection.val_annotations name the images to evaluate"
         )
-    masks = detector_info(det.model).has_masks  # as in training: a mask model's instances need a mask
+    masks = model_info(
+        det.model, "detector"
+    ).has_masks  # as in training: a mask model's instances need a mask
     dataset = CocoDetection(det.val_images, det.val_annotations, train=False, masks=masks)
     if model is None:
         data = str(det.val_annotations)

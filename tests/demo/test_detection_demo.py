@@ -22,7 +22,7 @@ from nonlocalnet.demo.detection_run import (
     render_key_swap,
     summarise_detection,
 )
-from nonlocalnet.detection.models import detector_info
+from nonlocalnet.models import model_info
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 
@@ -139,7 +139,7 @@ def test_the_demo_recipe_differs_only_by_the_block(tmp_path):
         "keypointrcnn_tiny_fpn_nl",
     )
     for name in full.models:
-        info = detector_info(name)
+        info = model_info(name, "detector")
         assert info.head_blocks == 0
         assert (info.backbone_block_after is not None) == name.endswith("_nl")
     assert (
@@ -155,11 +155,11 @@ def test_the_demo_recipe_differs_only_by_the_block(tmp_path):
     a = detection_demo_config("maskrcnn_tiny_fpn", splits, full, 0, tmp_path / "a")
     b = detection_demo_config("maskrcnn_tiny_fpn_nl", splits, full, 0, tmp_path / "b")
     assert a.detection.val_images == str(tmp_path / "val")
-    assert (a.optim, a.train, a.detection.min_size, a.detection.nonlocal_norm) == (
+    assert (a.optim, a.train, a.detection.min_size, a.detection.nonlocal_options) == (
         b.optim,
         b.train,
         b.detection.min_size,
-        b.detection.nonlocal_norm,
+        b.detection.nonlocal_options,
     )
 
 

@@ -92,10 +92,9 @@ class DetectionRecipe:
     warmup_iters: int = 100
     seeds: int = 3
     data_seed: int = 0
-    nonlocal_mode: str = "embedded_gaussian"
-    nonlocal_norm: str = "none"
-    # the block's chunked softmax: with the dispatcher's pick (fused) seed 0 did not learn on an
-    # AVX2 EPYC (docs/detection.md: the recipe is fragile to float rounding)
+    # the detectors' block (DETECTOR_BLOCK: no output norm) with the chunked softmax: with the
+    # dispatcher's pick (fused) seed 0 did not learn on an AVX2 EPYC (docs/detection.md: the recipe
+    # is fragile to float rounding)
     nonlocal_options: dict = field(default_factory=lambda: {"algorithm": "chunked"})
     model_options: dict = field(default_factory=dict)
     num_workers: int = 0
@@ -139,8 +138,6 @@ def detection_demo_config(
             "seed": seed,
             "detection": {
                 "model": model,
-                "nonlocal_mode": recipe.nonlocal_mode,
-                "nonlocal_norm": recipe.nonlocal_norm,
                 "nonlocal_options": dict(recipe.nonlocal_options),
                 "model_options": dict(recipe.model_options),
                 "min_size": [size],

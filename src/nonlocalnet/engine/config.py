@@ -66,19 +66,19 @@ class ModelConfig:
 
     ``spec``: the whole network as a :class:`~nonlocalnet.models.VideoResNetSpec` mapping
     (``stages`` a list of :class:`~nonlocalnet.models.StageSpec` mappings) instead of a registry
-    ``name``; ``name`` must then be unset (``null``), and ``variant``, ``nonlocal_mode``,
-    ``nonlocal_options`` and ``overrides``, which describe registry models, keep their defaults
-    (the block's options go in ``spec.nonlocal_options``). ``num_classes``, ``dropout``, ``norm``
-    and ``temporal_padding`` apply to both.
+    ``name``; ``name`` must then be unset (``null``), and ``variant``, ``nonlocal_options`` and
+    ``overrides``, which describe registry models, keep their defaults (the block's options go in
+    ``spec.nonlocal_options``). ``num_classes``, ``dropout``, ``backbone_norm`` and
+    ``temporal_padding`` apply to both. ``nonlocal_options``: fields of
+    :class:`~nonlocalnet.layers.NonLocalOptions` over the variant's block (``{mode: dot_product}``).
     """
 
     name: str | None = "c2d_nl5_r50"
     num_classes: int = 400
     variant: str = "paper"
-    nonlocal_mode: str = "embedded_gaussian"
     nonlocal_options: dict = field(default_factory=dict)
     dropout: float = 0.5
-    norm: str = "batchnorm"
+    backbone_norm: str = "batchnorm"
     temporal_padding: str = "zeros"
     overrides: dict = field(default_factory=dict)
     spec: dict = field(default_factory=dict)
@@ -205,6 +205,8 @@ class DetectionConfig:
     ``min_keypoints_per_image``: keypoint training leaves out the images with fewer visible
     keypoints (torchvision's reference: 10; 0 keeps every image with an object).
     ``model_options``: more torchvision constructor keywords (``rpn_batch_size_per_image``...).
+    ``nonlocal_options``: fields of :class:`~nonlocalnet.layers.NonLocalOptions` over the
+    detectors' block (:data:`~nonlocalnet.detection.DETECTOR_BLOCK`: ``norm: none``, ...).
     ``labels``: what a class index means (:mod:`nonlocalnet.detection.labels`): ``contiguous``
     (label k = the k-th category by id, ``K + 1`` classes), ``category_ids`` (label = the COCO
     category id, max id + 1 classes, as torchvision's COCO weights) or ``auto`` (chosen from
@@ -214,8 +216,6 @@ class DetectionConfig:
     model: str = "maskrcnn_r50_fpn_nl"
     num_classes: int = 0
     labels: str = "auto"
-    nonlocal_mode: str = "embedded_gaussian"
-    nonlocal_norm: str = "none"
     nonlocal_options: dict = field(default_factory=dict)
     model_options: dict = field(default_factory=dict)
     weights: str | None = None
@@ -255,7 +255,7 @@ class Config:
 
 _CHOICES = {
     "model.variant": VARIANTS,
-    "model.norm": BACKBONE_NORMS,
+    "model.backbone_norm": BACKBONE_NORMS,
     "model.temporal_padding": TEMPORAL_PADDINGS,
     "train.amp": ("none", "bf16", "fp16"),
     "train.memory_format": ("contiguous", "channels_last", "auto"),
@@ -457,11 +457,7 @@ def _validate_model_choice(model: ModelConfig) -> None:
             f"model.name ({model.name!r}) and model.spec are both set: give one (model.name: null "
             "to describe the network by model.spec alone)"
         )
-    registry_only = {
-        key: getattr(model, key)
-        for key, default in (("variant", "paper"), ("nonlocal_mode", "embedded_gaussian"))
-        if getattr(model, key) != default
-    }
+    registry_only: dict[str, Any] = {"variant": model.variant} if model.variant != "paper" else {}
     registry_only |= {k: getattr(model, k) for k in ("nonlocal_options", "overrides") if getattr(model, k)}
     if registry_only:
         raise ConfigError(

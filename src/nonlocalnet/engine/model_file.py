@@ -34,8 +34,8 @@ __all__ = ["CONFIG_KEYS", "ModelFile", "load_model_file", "read_model_file"]
 CONFIG_KEYS = {
     "name": "model.name",
     "variant": "model.variant",
-    "norm": "model.norm",
-    "nonlocal_mode": "model.nonlocal_mode",
+    "backbone_norm": "model.backbone_norm",
+    "mode": "model.nonlocal_options.mode",
     "temporal_padding": "model.temporal_padding",
     "overrides": "model.overrides/nonlocal_options/spec",
 }

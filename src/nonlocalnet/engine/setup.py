@@ -27,7 +27,7 @@ from nonlocalnet.engine.config import (
     video_resnet_spec,
 )
 from nonlocalnet.engine.model_file import CONFIG_KEYS, load_model_file, read_model_file
-from nonlocalnet.models import VideoResNet, build_model, inflate_2d_to_3d, load_named_weights
+from nonlocalnet.models import VideoResNet, build_video_model, inflate_2d_to_3d, load_named_weights
 
 __all__ = [
     "build_dataset",
@@ -54,21 +54,19 @@ def build_model_from_config(cfg: ModelConfig) -> VideoResNet:
     try:
         if cfg.spec:
             return VideoResNet(
-                video_resnet_spec(cfg.spec),
+                video_resnet_spec({"backbone_norm": cfg.backbone_norm, **cfg.spec}),
                 num_classes=cfg.num_classes,
                 dropout=cfg.dropout,
                 temporal_padding=cfg.temporal_padding,
-                norm=cfg.norm,
             )
-        return build_model(
+        return build_video_model(
             cfg.name,
             cfg.num_classes,
             variant=cfg.variant,
-            nonlocal_mode=cfg.nonlocal_mode,
             nonlocal_options=cfg.nonlocal_options or None,
             dropout=cfg.dropout,
             temporal_padding=cfg.temporal_padding,
-            norm=cfg.norm,
+            backbone_norm=cfg.backbone_norm,
             **_spec_overrides(cfg.overrides),
         )
     except (TypeError, ValueError) as err:

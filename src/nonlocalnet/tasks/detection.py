@@ -22,12 +22,12 @@ from torch.utils.data import DataLoader
 from nonlocalnet.detection.batch import DetectionBatch
 from nonlocalnet.detection.coco import CocoDetection
 from nonlocalnet.detection.evaluate import DetectionEvaluation, evaluate_detector
-from nonlocalnet.detection.models import DetectorInfo, detector_info, list_detectors
 from nonlocalnet.detection.sampler import build_detection_loader
 from nonlocalnet.detection.trained import build_detector_from_config, detector_label_space
 from nonlocalnet.engine.config import Config, ConfigError, DetectionConfig
 from nonlocalnet.engine.distributed import DistContext
 from nonlocalnet.engine.task import Evaluation, StepLoss
+from nonlocalnet.models.registry import ModelInfo, list_models, model_info
 
 __all__ = ["Detection", "evaluation_record"]
 
@@ -35,9 +35,7 @@ _LOSSES = ("loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_r
 _IOU_NAMES = {"bbox": "box", "segm": "mask", "keypoints": "kp"}
 
 
-def _dataset(
-    det: DetectionConfig, split: str, *, train: bool, seed: int, info: DetectorInfo
-) -> CocoDetection:
+def _dataset(det: DetectionConfig, split: str, *, train: bool, seed: int, info: ModelInfo) -> CocoDetection:
     """The ``split`` data as the detector ``info`` uses it: masks only for a mask head (whose
     instances without a mask are dropped), keypoints only for a keypoint head (and training's
     ``detection.min_keypoints_per_image``)."""
@@ -45,7 +43,7 @@ def _dataset(
     for key, path in ((f"{split}_images", images), (f"{split}_annotations", annotations)):
         if not Path(path).exists():
             raise ConfigError(f"detection.{key}: no such file or folder: {path}")
-    keypoints = info.kind == "keypoints"
+    keypoints = info.has_keypoints
     dataset = CocoDetection(
         images,
         annotations,
@@ -58,7 +56,7 @@ def _dataset(
         min_keypoints_per_image=det.min_keypoints_per_image if train and keypoints else 0,
     )
     if info.has_masks and not dataset.masks:
-        boxes_only = [n for n in list_detectors() if n.startswith("fasterrcnn")]
+        boxes_only = [n for n in list_models("detector") if n.startswith("fasterrcnn")]
         same = info.name.replace("maskrcnn", "fasterrcnn", 1)
         suggestion = f"{same!r}" if same in boxes_only else " or ".join(map(repr, boxes_only))
         raise ConfigError(
@@ -124,7 +122,7 @@ class Detection:
                 "train.precise_bn_batches: the detectors' backbone BN is frozen (FrozenBatchNorm2d) and the "
                 "non-local blocks' norm does not keep running statistics worth re-estimating; set it to 0"
             )
-        self.info = detector_info(det.model)
+        self.info = model_info(det.model, "detector")
         self.label = det.model
         self._train_set = _dataset(det, "train", train=True, seed=cfg.seed, info=self.info)
         self.val_set = (
@@ -147,17 +145,17 @@ class Detection:
                 dataset.set_labels(self.label_space.kind)
         self.num_classes = self.label_space.num_classes
         self.keypoint_names = list(self._train_set.keypoint_names)
-        if self.info.kind == "keypoints" and not self.keypoint_names:
+        if self.info.has_keypoints and not self.keypoint_names:
             raise ConfigError(
                 f"detection.model {det.model!r} predicts keypoints but "
                 f"{det.train_annotations} defines none (categories[].keypoints)"
             )
-        if self.info.kind == "keypoints":
+        if self.info.has_keypoints:
             _check_oks_sigmas(det, len(self.keypoint_names))
         self.train_metrics = (
             _LOSSES
             + (("loss_mask",) if self.info.has_masks else ())
-            + (("loss_keypoint",) if self.info.kind == "keypoints" else ())
+            + (("loss_keypoint",) if self.info.has_keypoints else ())
         )
 
     @property
@@ -165,7 +163,7 @@ class Detection:
         return self._train_set
 
     def build_model(self) -> tuple[nn.Module, str]:
-        keypoints = len(self.keypoint_names) if self.info.kind == "keypoints" else None
+        keypoints = len(self.keypoint_names) if self.info.has_keypoints else None
         model, report = build_detector_from_config(self.cfg.detection, self.num_classes, keypoints)
         return model, f"{report}; {self.label_space.summary()}"
 
@@ -226,7 +224,7 @@ class Detection:
         }
         if self.info.has_masks:
             target["masks"] = torch.zeros(0, h, w, dtype=torch.uint8, device=device)
-        if self.info.kind == "keypoints":
+        if self.info.has_keypoints:
             target["keypoints"] = torch.zeros(0, len(self.keypoint_names), 3, device=device)
         losses = net([image], [target])
         unused = sum(p.sum() * 0.0 for p in net.parameters() if p.requires_grad)

@@ -8,7 +8,7 @@ from nonlocalnet.viz.attention import (
     query_to_grid,
 )
 from nonlocalnet.viz.confusion import plot_confusion, write_confusion_csv
-from nonlocalnet.viz.curves import plot_training_curves, read_jsonl
+from nonlocalnet.viz.curves import plot_training_curves
 
 __all__ = [
     "attention_map",
@@ -18,6 +18,5 @@ __all__ = [
     "plot_confusion",
     "plot_training_curves",
     "query_to_grid",
-    "read_jsonl",
     "write_confusion_csv",
 ]
