@@ -133,6 +133,8 @@ def _registry_config(weights: ModelFile, name: str) -> dict[str, Any]:
             f"{weights.path} has no classifier weight ({'pred_w' if caffe2 else 'fc.weight'}): not the "
             "weights of a video classifier of this library or of the authors' code"
         )
+    frames: int | None  # a video model's clip: its ModelInfo always has one
+    rate: int | None
     if released is not None:
         variant, norm, frames, rate = (
             "released",
