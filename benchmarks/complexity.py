@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from _harness import write_json
 
-from nonlocalnet.models import build_model, get_model_info, list_models, measure_complexity
+from nonlocalnet.models import build_model, list_models, measure_complexity, model_info
 
 # Paper Table 2e (R101, 32x224x224): C2D absolute, the others relative to C2D.
 PAPER = {
@@ -89,8 +89,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "complexity.json")
     args = parser.parse_args()
     rows = []
-    for name in list_models():
-        info = get_model_info(name)
+    for name in list_models("video"):
+        info = model_info(name)
         for variant in ("paper", "released"):
             for stride_on_1x1 in (False, True):
                 with torch.device("meta"):

@@ -72,10 +72,11 @@ def _build(case: dict) -> tuple[torch.nn.Module, bool, bool]:
     import tempfile
 
     from nonlocalnet.detection.backbones import build_body
-    from nonlocalnet.detection.models import build_detector, detector_info
+    from nonlocalnet.detection.models import build_detector
+    from nonlocalnet.models import model_info
 
-    info = detector_info(case["model"])
-    keypoints = info.kind == "keypoints"
+    info = model_info(case["model"], "detector")
+    keypoints = info.has_keypoints
     extra: dict = {"num_keypoints": NUM_KEYPOINTS} if keypoints else {}
     h, w = case["size"]
     torch.manual_seed(0)
@@ -403,9 +404,10 @@ def _done(r: dict) -> str:
 
 def main(argv: Sequence[str] | None = None, runner: Callable[[str, dict, float], dict] = spawn) -> dict:
     """Run the benchmark (``runner``: one case in a fresh process; the tests run them in theirs)."""
-    from nonlocalnet.detection.models import list_detectors
+    import nonlocalnet.detection  # noqa: F401  (registers the detectors)
+    from nonlocalnet.models import list_models
 
-    known = list(list_detectors())
+    known = list_models("detector")
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )

@@ -14,7 +14,7 @@ import pytest
 SRC = Path(__file__).parents[1] / "src" / "nonlocalnet"
 
 # what each top-level part of the package may import (besides itself and the leaf utilities)
-LEAVES = {"__init__", "atomic", "deprecation", "errors"}
+LEAVES = {"__init__", "atomic", "errors"}
 ALLOWED: dict[str, set[str]] = {
     "ops": set(),
     "layers": {"ops"},
@@ -292,3 +292,13 @@ def test_the_library_raises_its_own_error_types():
         if bare.search(line)
     ]
     assert not found, found
+
+
+def test_importing_the_engine_does_not_import_matplotlib():
+    import subprocess
+    import sys
+
+    code = "import sys, nonlocalnet.engine, nonlocalnet.data, nonlocalnet.models\n"
+    code += "print('matplotlib' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"

@@ -2,6 +2,7 @@
 benchmarks/results, the sizes it states match the registry and the demo's networks, the counts it
 states match the code, and every relative link and anchor resolves."""
 
+import dataclasses
 import importlib.util
 import inspect
 import json
@@ -24,7 +25,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import report  # noqa: E402
 
 from nonlocalnet import NonLocalBlock  # noqa: E402
-from nonlocalnet.models import build_model, get_model_info, list_models, measure_complexity  # noqa: E402
+from nonlocalnet.models import build_model, list_models, measure_complexity, model_info  # noqa: E402
 
 FENCE = re.compile(r"^```.*?^```", re.M | re.S)
 
@@ -109,7 +110,7 @@ def test_report_refuses_unknown_sources():
 
 def test_size_table_matches_the_registry():
     rows = json.loads((RESULTS / "complexity.json").read_text())["models"]
-    names = list_models()
+    names = list_models("video")
     settings = [(v, s) for v in ("paper", "released") for s in (False, True)]
     assert [(r["model"], r["variant"], r["stride_on_1x1"]) for r in rows] == [
         (n, v, s) for n in names for v, s in settings
@@ -121,7 +122,7 @@ def test_size_table_matches_the_registry():
             with torch.device("meta"):
                 model = build_model(r["model"])
             assert sum(p.numel() for p in model.parameters()) == round(r["params_m"] * 1e6), r["model"]
-            assert get_model_info(r["model"]).frames == r["frames"]
+            assert model_info(r["model"]).frames == r["frames"]
     # GFLOPs: C2D R101 with and without blocks in every setting (the paper comparison's base and
     # its largest difference), one I3D
     counted = {"c2d_r101", "c2d_nl5_r101"}
@@ -193,10 +194,13 @@ def test_demo_table_is_consistent():
 
 
 def test_block_options_table_matches_the_signature():
-    """Every row names a real argument, and every argument is documented on the page."""
+    """Every row names a real argument or option, and every one is documented on the page."""
+    from nonlocalnet.layers import NonLocalOptions
+
     text = (DOCS / "block.md").read_text()
     table = _table(text, "| argument | meaning | default |")
-    params = set(inspect.signature(NonLocalBlock.__init__).parameters) - {"self", "in_channels"}
+    params = set(inspect.signature(NonLocalBlock.__init__).parameters) - {"self", "in_channels", "overrides"}
+    params |= {f.name for f in dataclasses.fields(NonLocalOptions)}
     named = [n for row in table for n in re.findall(r"`(\w+)`", row[0])]
     assert named and set(named) <= params, set(named) - params
     undocumented = {p for p in params if not re.search(rf"`{p}[`=]", text)}
@@ -205,15 +209,15 @@ def test_block_options_table_matches_the_signature():
 
 def test_counts_in_the_docs_match_the_code():
     text = "\n".join(p.read_text() for p in PAGES)
-    n = len(list_models())
+    n = len(list_models("video"))
     counts = re.findall(r"all (\d+) registry models", text) + re.findall(r"lists all\s+(\d+)", text)
     assert counts and all(int(c) == n for c in counts), counts
     if importlib.util.find_spec("torchvision") is not None:
-        from nonlocalnet.detection import list_detectors
+        import nonlocalnet.detection  # noqa: F401  (registers the detectors)
 
         detectors = re.findall(r"the (\d+) detectors", text)
-        assert detectors and all(int(c) == len(list_detectors()) for c in detectors), detectors
-    configs = [p for p in (ROOT / "configs").glob("*.yaml") if p.stem in set(list_models())]
+        assert detectors and all(int(c) == len(list_models("detector")) for c in detectors), detectors
+    configs = [p for p in (ROOT / "configs").glob("*.yaml") if p.stem in set(list_models("video"))]
     assert len(configs) == n
 
 
@@ -255,22 +259,26 @@ def test_the_index_lists_every_page():
 
 
 def test_detection_norm_table_names_the_code_default():
-    """docs/detection.md's ``nonlocal_norm`` table marks the default the config, the builder and
-    the shipped recipe use, and lists every norm the block accepts."""
+    """docs/detection.md's block ``norm`` table marks the detectors' default (their block preset,
+    which neither the config nor the shipped recipe overrides), and lists every norm the block
+    accepts."""
     from nonlocalnet.layers.norm import NORMS
     from nonlocalnet.tasks.detection import DetectionConfig
 
-    table = _table((DOCS / "detection.md").read_text(), "| `nonlocal_norm` |")
+    table = _table((DOCS / "detection.md").read_text(), "| `norm` | after `W_z` |")
     names = [re.fullmatch(r"`(\w+)`( \(default\))?", row[0]) for row in table]
     assert all(names), [row[0] for row in table]
     assert sorted(m.group(1) for m in names) == sorted(NORMS)
     marked = [m.group(1) for m in names if m.group(2)]
     recipe = yaml.safe_load((ROOT / "configs" / "detection" / "coco.yaml").read_text())
-    assert marked == [DetectionConfig().nonlocal_norm] == [recipe["detection"]["nonlocal_norm"]]
+    assert (
+        "norm" not in DetectionConfig().nonlocal_options
+        and "norm" not in recipe["detection"]["nonlocal_options"]
+    )
     if importlib.util.find_spec("torchvision") is not None:
-        from nonlocalnet.detection import build_detector
+        from nonlocalnet.detection import DETECTOR_BLOCK
 
-        assert inspect.signature(build_detector).parameters["nonlocal_norm"].default == marked[0]
+        assert marked == [DETECTOR_BLOCK.norm]
 
 
 def test_multi_scale_sizes_are_drawn_per_image_as_the_docs_say():

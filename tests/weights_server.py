@@ -91,7 +91,7 @@ def released_pickle(model_name: str, *, norm: str = "batchnorm", seed: int = 0) 
 
     from nonlocalnet.models import build_model, export_caffe2_blobs
 
-    model = build_model(model_name, variant="released", norm=norm)
+    model = build_model(model_name, variant="released", backbone_norm=norm)
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for value in model.state_dict().values():

@@ -1,7 +1,7 @@
 """nonlocalnet: Non-local Neural Networks (Wang, Girshick, Gupta, He, CVPR 2018) in PyTorch."""
 
 from nonlocalnet.errors import NonLocalNetError
-from nonlocalnet.layers import BLOCK_PRESETS, NonLocalBlock
+from nonlocalnet.layers import NonLocalBlock, NonLocalOptions
 from nonlocalnet.models import (
     VideoResNet,
     add_nonlocal,
@@ -15,10 +15,10 @@ from nonlocalnet.ops import MODES
 __version__ = "0.1.0"
 
 __all__ = [
-    "BLOCK_PRESETS",
     "MODES",
     "NonLocalBlock",
     "NonLocalNetError",
+    "NonLocalOptions",
     "VideoResNet",
     "__version__",
     "add_nonlocal",

@@ -76,9 +76,9 @@ def _example(args: argparse.Namespace) -> int:
 
 def _info(args: argparse.Namespace) -> int:
     """Parameters and GFLOPs of a registry model at the paper's input size."""
-    from nonlocalnet.models import build_model, get_model_info, measure_complexity
+    from nonlocalnet.models import build_model, measure_complexity, model_info
 
-    info = get_model_info(args.model)
+    info = model_info(args.model, "video")
     for option, value in (
         ("--size", args.size),
         ("--frames", args.frames),
@@ -96,8 +96,8 @@ def _info(args: argparse.Namespace) -> int:
     print(f"  GFLOPs       {c.gmacs:.2f} (multiply-adds)")
     for op, g in sorted(c.by_op.items(), key=lambda kv: -kv[1]):
         print(f"    {op:<28s} {g:.3f}")
-    if info.paper_top1_top5:
-        print(f"  paper Kinetics-400 top-1/top-5: {info.paper_top1_top5[0]}/{info.paper_top1_top5[1]}")
+    if info.paper:
+        print(f"  paper Kinetics-400 top-1/top-5: {info.paper['top1']}/{info.paper['top5']}")
     return 0
 
 
@@ -109,13 +109,13 @@ def _convert_caffe2(args: argparse.Namespace) -> int:
         args.input,
         args.output,
         model=args.model,
-        norm=args.norm,
+        backbone_norm=args.norm,
         num_classes=args.num_classes,
         strict=not args.allow_partial,
-        keys={"name": "--model", "norm": "--norm"},
+        keys={"name": "--model", "backbone_norm": "--norm"},
     )
     print(report.summary())
-    bn = "frozen BN" if meta["norm"] == "affine" else "BatchNorm"
+    bn = "frozen BN" if meta["backbone_norm"] == "affine" else "BatchNorm"
     print(f"wrote {args.output} ({meta['model']}, released variant, {bn})")
     return 0
 
@@ -176,7 +176,7 @@ def _weights(args: argparse.Namespace) -> int:
         what = _METRIC_LABELS.get(next(iter(e.metrics), ""), "")
         reported = f"{what} {'/'.join(str(v) for v in e.metrics.values())}" if e.metrics else "-"
         clips = f"{e.frames}x{e.sample_rate}" if e.frames else "-"
-        bn = {"affine": "frozen", "batchnorm": "BN"}.get(e.norm or "", "-")
+        bn = {"affine": "frozen", "batchnorm": "BN"}.get(e.backbone_norm or "", "-")
         cached = "yes" if cache_paths(e, cache_dir=args.cache_dir)[1].is_file() else ""
         print(f"{e.name:<42s} {e.model or e.kind:<20s} {clips:<6s} {bn:<6s} {reported:<22s} {cached}")
     print("# nonlocalnet weights NAME: details; --download NAME: fetch (and convert) into the cache")
@@ -198,7 +198,7 @@ def _print_entry(e, paths) -> None:
         ("url", e.url + (f" (member {e.member})" if e.member else "")),
         ("kind", f"{e.kind} ({e.dataset}, {e.num_classes} classes)"),
         ("model", model),
-        ("variant / BN", f"{e.variant} / {e.norm}" if e.variant else None),
+        ("variant / BN", f"{e.variant} / {e.backbone_norm}" if e.variant else None),
         ("clips", f"{e.frames} frames every {e.sample_rate}" if e.frames else None),
         ("reported", ", ".join(f"{k} {v}" for k, v in e.metrics.items()) or "not published"),
         ("in the paper", ", ".join(f"{k} {v}" for k, v in e.paper_metrics.items()) or None),
@@ -216,17 +216,17 @@ def _print_entry(e, paths) -> None:
 
 
 def _models(args: argparse.Namespace) -> int:
-    from nonlocalnet.models import list_models
+    from nonlocalnet.models import list_models, model_info
 
-    print("\n".join(list_models()))
+    print("\n".join(list_models("video")))
     try:
-        from nonlocalnet.detection.models import detector_info, list_detectors
+        import nonlocalnet.detection  # noqa: F401  (registers the detectors)
     except ImportError as err:  # the detection extra (torchvision) is not installed
         print(f"# detectors: not available ({err}); pip install 'nonlocalnet[detection]'")
         return 0
     print("# detectors (torchvision; nonlocalnet detect-train)")
-    for name in list_detectors():
-        print(f"{name:<34s} {detector_info(name).description}")
+    for name in list_models("detector"):
+        print(f"{name:<34s} {model_info(name).description}")
     return 0
 
 

@@ -17,6 +17,7 @@ __all__ = [
     "MissingFileError",
     "NonLocalNetError",
     "ValidationError",
+    "check_module",
 ]
 
 
@@ -43,3 +44,12 @@ class MissingDependencyError(NonLocalNetError, ImportError):
 class ValidationError(NonLocalNetError, RuntimeError):
     """A validation during training failed; the message names the data and the checkpoint that
     holds the step, from which ``--resume`` validates again and continues."""
+
+
+def check_module(model: object, call: str) -> None:
+    """Raise :class:`InvalidTypeError` unless ``model`` is an ``nn.Module``; ``call`` shows the
+    signature (e.g. ``"load_weights(model, path)"``)."""
+    from torch import nn
+
+    if not isinstance(model, nn.Module):
+        raise InvalidTypeError(f"{call}: model must be an nn.Module, got {type(model).__name__}")

@@ -122,9 +122,9 @@ def test_the_ablations_change_one_setting_of_the_demos_embedded_c2d():
             assert m.mode == "embedded_gaussian" and m.num_nonlocal == len(nonlocal_stages(spec))
             same = {k: v for k, v in spec.items() if k not in ("stages", "nonlocal_options")}
             assert same == {k: v for k, v in main.items() if k not in ("stages", "nonlocal_options")}
-            options = dict(spec["nonlocal_options"])
-            assert options.pop("attend", "spacetime") == m.attend
-            assert options == main["nonlocal_options"]
+            options, main_options = dict(spec["nonlocal_options"]), dict(main["nonlocal_options"])
+            assert options.pop("attend") == m.attend and main_options.pop("attend") == "spacetime"
+            assert options == main_options
     assert [nonlocal_stages(model_section(m, 2, recipe)["spec"]) for m in ABLATIONS["stage"][1:]] == [
         [0],
         [1],

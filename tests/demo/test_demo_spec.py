@@ -25,9 +25,9 @@ def _borrowed_name_network(model, recipe, num_classes):
     ]
     return build_model(
         "c2d_r50",
-        num_classes,
-        nonlocal_mode=model.mode or "embedded_gaussian",
+        num_classes=num_classes,
         nonlocal_options={
+            "mode": model.mode or "embedded_gaussian",
             "sub_sample": recipe.sub_sample,
             "use_scale": recipe.scale and model.mode in SOFTMAX_MODES,
         },

@@ -20,8 +20,8 @@ from nonlocalnet.demo.detection_run import (
     summarise_detection,
 )
 from nonlocalnet.demo.recipe import detection_recipe
-from nonlocalnet.detection.models import detector_info
 from nonlocalnet.engine.config import config_to_dict
+from nonlocalnet.models import model_info
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 
@@ -141,7 +141,7 @@ def test_the_demo_recipe_differs_only_by_the_block(tmp_path):
         "keypointrcnn_tiny_fpn_nl",
     ]
     for name in full.demo.models:
-        info = detector_info(name)
+        info = model_info(name, "detector")
         assert info.head_blocks == 0
         assert (info.backbone_block_after is not None) == name.endswith("_nl")
     data = full.demo.context_shapes()

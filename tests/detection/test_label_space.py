@@ -284,7 +284,7 @@ def test_detect_eval_overrides_reshape_the_model_or_are_refused_by_name(tiny_coc
     assert max(per_image.values()) == 2 < max(sum(d["image_id"] == i for d in plain) for i in per_image)
 
     for override, name in [
-        ("detection.nonlocal_norm=groupnorm", "detection.nonlocal_norm"),
+        ("detection.nonlocal_options={norm: groupnorm}", "detection.nonlocal_options"),
         ("detection.model=maskrcnn_tiny_fpn", "detection.model"),
         ("detection.num_classes=9", "detection.num_classes=9"),
     ]:

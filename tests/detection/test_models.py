@@ -37,15 +37,15 @@ from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from nonlocalnet.detection.models import (
+    DETECTOR_BLOCK,
     build_detector,
-    detector_info,
-    list_detectors,
     load_detector_weights,
     nonlocal_blocks,
 )
 from nonlocalnet.errors import InvalidValueError, MissingFileError
-from nonlocalnet.layers import NonLocalBlock
+from nonlocalnet.layers import NonLocalBlock, NonLocalOptions
 from nonlocalnet.layers.affine import AffineChannel
+from nonlocalnet.models import build_model, list_models, model_info
 
 NAME = re.compile(r"(maskrcnn|fasterrcnn|keypointrcnn)_(r50|r101|r18|tiny)_fpn(_nl)?(_nlhead)?")
 BODY_BLOCK = {"r50": "layer3.4", "r101": "layer3.21", "r18": "layer3.0", "tiny": "layer3.0"}
@@ -66,7 +66,7 @@ REQUIRED = [
     "maskrcnn_tiny_fpn_nl",
     "keypointrcnn_tiny_fpn_nl_nlhead",
 ]
-SMALL_NAMES = [n for n in list_detectors() if "_tiny_" in n or "_r18_" in n]
+SMALL_NAMES = [n for n in list_models("detector") if "_tiny_" in n or "_r18_" in n]
 # Small, fast and deterministic: every proposal kept (no score threshold, no class NMS), few detections.
 SMALL_R50 = {
     "min_size": 64,
@@ -192,23 +192,24 @@ def reference_state(arch: str, backbone: str) -> dict[str, torch.Size]:
 
 
 def test_registry_has_the_paper_models_and_each_name_says_what_it_is():
-    names = list_detectors()
-    assert len(names) == len(set(names))
+    names = list_models("detector")
+    assert len(names) == len(set(names)) and set(names) <= set(list_models())
     assert set(REQUIRED) <= set(names)
     assert SMALL_NAMES, "no tiny/r18 models"
     for name in names:
         arch, backbone, nl, nlhead = parse(name)
-        info = detector_info(name)
-        assert info.name == name
-        assert info.kind == ("keypoints" if arch == "keypointrcnn" else "instances")
+        info = model_info(name)
+        assert info.name == name and info.kind == "detector" and info.arch == arch
+        assert info.has_keypoints == (arch == "keypointrcnn")
         assert info.has_masks == (arch == "maskrcnn")
         assert info.backbone == backbone
         assert info.backbone_block_after == (f"backbone.body.{BODY_BLOCK[backbone]}" if nl else None)
         assert info.head_blocks == (0 if not nlhead else 2 if backbone == "tiny" else 4)
+        assert info.nonlocal_blocks == int(bool(nl)) + info.head_blocks
         assert not nlhead or arch == "keypointrcnn"
 
 
-@pytest.mark.parametrize("name", list_detectors())
+@pytest.mark.parametrize("name", list_models("detector"))
 def test_state_dict_is_torchvision_s_plus_the_blocks_at_the_paper_s_positions(name):
     arch, backbone, _, _ = parse(name)
     with torch.device("meta"):
@@ -229,7 +230,7 @@ def test_state_dict_is_torchvision_s_plus_the_blocks_at_the_paper_s_positions(na
         owner = model.get_submodule(block_name.rsplit(".", 1)[0])
         assert owner.nl is block and isinstance(block, NonLocalBlock)
         assert block.dim == 2 and block.mode == "embedded_gaussian" and block.pool_kernel == (2, 2)
-        assert isinstance(block.norm, nn.Identity) and block.norm_kind == "none"  # the default norm
+        assert isinstance(block.norm, nn.Identity) and block.options.norm == "none"  # the default norm
         assert block.use_scale  # logits / sqrt(inter_channels), as the released code
         assert all(p.requires_grad for p in block.parameters())
         if block_name.startswith("backbone."):
@@ -540,9 +541,11 @@ def test_every_block_norm_keeps_the_model_the_identity_at_init(tmp_path, norm, l
     path = tmp_path / "base.pth"
     torch.save(base.state_dict(), path)
     base = build_detector("keypointrcnn_tiny_fpn", weights=path, **TINY_RUN)  # frozen BN too
-    model = build_detector("keypointrcnn_tiny_fpn_nl_nlhead", weights=path, nonlocal_norm=norm, **TINY_RUN)
+    model = build_detector(
+        "keypointrcnn_tiny_fpn_nl_nlhead", weights=path, nonlocal_options={"norm": norm}, **TINY_RUN
+    )
     blocks = nonlocal_blocks(model)
-    assert len(blocks) == 3 and all(type(b.norm) is layer and b.norm_kind == norm for b in blocks.values())
+    assert len(blocks) == 3 and all(type(b.norm) is layer and b.options.norm == norm for b in blocks.values())
     # train mode (float32: torchvision wants float32 keypoints): the same sampled proposals, the same losses
     xy = torch.rand(17, 2) * 40 + 30
     target = {
@@ -574,14 +577,17 @@ def test_every_block_norm_keeps_the_model_the_identity_at_init(tmp_path, norm, l
 
 def test_block_options_reach_the_blocks():
     model = build_detector(
-        "maskrcnn_tiny_fpn_nl",
-        nonlocal_mode="dot_product",
-        nonlocal_options={"inter_channels": 8, "sub_sample": False},
+        "maskrcnn_tiny_fpn_nl", nonlocal_options={"mode": "dot_product", "sub_sample": False}
     )
     (block,) = nonlocal_blocks(model).values()
-    assert block.mode == "dot_product" and block.inter_channels == 8 and block.pool is None
+    assert block.mode == "dot_product" and block.pool is None
+    assert block.options == DETECTOR_BLOCK.replace(mode="dot_product", sub_sample=False)  # over the preset
     (block,) = nonlocal_blocks(build_detector("maskrcnn_tiny_fpn_nl")).values()
     assert block.inter_channels == 32 and block.pool_kernel == (2, 2)  # C / 2, 2x2 max pool
+    assert block.options == DETECTOR_BLOCK
+    whole = NonLocalOptions(mode="gaussian")  # a NonLocalOptions is used as it is
+    (block,) = nonlocal_blocks(build_model("maskrcnn_tiny_fpn_nl", nonlocal_options=whole)).values()
+    assert block.options == whole and block.options.norm == "batchnorm"
 
 
 # --- whole-model pickling, deepcopy -------------------------------------------------------------
@@ -623,13 +629,15 @@ def test_whole_model_survives_torch_save_load_and_deepcopy(tmp_path):
 
 
 def test_unknown_name_lists_close_names():
-    with pytest.raises(InvalidValueError, match=r"close names: \['maskrcnn_r50_fpn_nl'") as err:
+    with pytest.raises(InvalidValueError, match=r"did you mean maskrcnn_r50_fpn_nl") as err:
         build_detector("maskrcnn_r50_fpn_nll")
     assert "maskrcnn_r50_fpn_nll" in str(err.value)
     with pytest.raises(InvalidValueError, match="keypointrcnn_r101_fpn_nl_nlhead"):
-        detector_info("keypointrcnn_r101_fpn_nlnlhead")
-    with pytest.raises(InvalidValueError, match="close names: none"):
+        model_info("keypointrcnn_r101_fpn_nlnlhead")
+    with pytest.raises(InvalidValueError, match=r"unknown model 'yolo'\. Valid names: "):
         build_detector("yolo")
+    with pytest.raises(InvalidValueError, match="'c2d_r50' is a video model, not a detector model; detector"):
+        build_detector("c2d_r50")
 
 
 @pytest.mark.parametrize("bad", [0, 1, -3, True, 2.5, "3"])
@@ -647,10 +655,10 @@ def test_num_keypoints_only_for_keypoint_models():
     assert model.roi_heads.keypoint_predictor.kps_score_lowres.out_channels == 5
 
 
-@pytest.mark.parametrize("key", ["mode", "norm", "in_channels", "dim"])
+@pytest.mark.parametrize("key", ["in_channels", "dim"])
 def test_nonlocal_options_may_not_set_what_the_placement_decides(key):
-    with pytest.raises(InvalidValueError, match=f"nonlocal_options may not set.*'{key}'"):
-        build_detector("maskrcnn_tiny_fpn_nl", nonlocal_options={key: 2, "inter_channels": 8})
+    with pytest.raises(InvalidValueError, match=rf"unknown non-local block option\(s\) \['{key}'\]"):
+        build_detector("maskrcnn_tiny_fpn_nl", nonlocal_options={key: 2})
 
 
 @pytest.mark.parametrize("argument", ["weights", "weights_backbone"])

@@ -4,7 +4,7 @@ import pytest
 from tiny_video import tiny_config
 
 from nonlocalnet.engine import ConfigError, save_config
-from nonlocalnet.models import get_model_info, list_models
+from nonlocalnet.models import list_models, model_info
 from nonlocalnet.tasks import config_from_dict, load_config
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
@@ -18,10 +18,10 @@ def test_defaults_are_the_paper_recipe():
     assert cfg.model.dropout == 0.5
 
 
-@pytest.mark.parametrize("name", list_models())
+@pytest.mark.parametrize("name", list_models("video"))
 def test_every_registry_model_has_a_config(name):
     cfg = load_config(CONFIGS / f"{name}.yaml")
-    info = get_model_info(name)
+    info = model_info(name)
     assert cfg.model.name == name
     assert (cfg.data.clip_length, cfg.data.stride) == (info.frames, info.sample_rate)
     assert cfg.train.iterations == 400_000 and cfg.optim.lr_milestones == [0.375, 0.75]

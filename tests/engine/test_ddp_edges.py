@@ -36,7 +36,7 @@ def test_a_micro_batch_of_only_broken_videos_on_one_rank_joins_the_all_reduce(tm
         cfg = tiny_config(
             data,
             tmp_path / name,
-            model={"norm": norm},
+            model={"backbone_norm": norm},
             data={"bad_data_threshold": 0.5},
             train={"epochs": 2, "batch_size": batch},
             eval={"every_epochs": 0},
@@ -77,7 +77,7 @@ def test_a_ddp_resume_with_dropout_is_exact(tmp_path, tiny_data):
         cfg = tiny_config(
             tiny_data,
             tmp_path / name,
-            model={"norm": "affine", "dropout": 0.5},
+            model={"backbone_norm": "affine", "dropout": 0.5},
             train={"epochs": 3, "batch_size": 2},
             checkpoint={"every_iters": 1},
             eval={"every_epochs": 0},
@@ -162,7 +162,7 @@ def test_the_non_local_lr_multiplier_under_two_processes(tmp_path, tiny_data):
         cfg = tiny_config(
             tiny_data,
             tmp_path / name,
-            model={"norm": "affine"},
+            model={"backbone_norm": "affine"},
             optim={"nonlocal_lr_mult": mult},
             train={"epochs": 1, "batch_size": 1},
             eval={"every_epochs": 0},

@@ -52,7 +52,11 @@ def test_a_spec_trains_through_the_engine(tmp_path, tiny_data):
     ("model", "message"),
     [
         ({"name": "c2d_r50", "spec": SPEC}, r"model.name \('c2d_r50'\) and model.spec are both set"),
-        ({"spec": SPEC, "nonlocal_mode": "gaussian"}, r"so model.nonlocal_mode .*must stay unset"),
+        ({"spec": SPEC, "variant": "released"}, r"so model.variant .*must stay unset"),
+        (
+            {"spec": SPEC, "nonlocal_options": {"mode": "gaussian"}},
+            r"so model.nonlocal_options .*must stay unset",
+        ),
         ({"spec": SPEC, "overrides": {"stem_width": 4}}, r"so model.overrides .*must stay unset"),
         ({"spec": {"stages": STAGES, "stem_widht": 8}}, r"model.spec: unknown field\(s\) \['stem_widht'\]"),
         ({"spec": {"stem_width": 8}}, r"model.spec.stages: required"),

@@ -74,7 +74,7 @@ def _pkl_stub(path: Path, *, affine: bool = False) -> Path:
 def converted(tmp_path_factory) -> Path:
     """As ``convert-caffe2`` writes the authors' c2d_baseline_8x8: the released variant's state
     dict (3 classes here) and its metadata."""
-    net = build_model("c2d_r50_8x8", 3, variant="released")
+    net = build_model("c2d_r50_8x8", num_classes=3, variant="released")
     path = tmp_path_factory.mktemp("converted") / "c2d_8x8.safetensors"
     save_weights(net, path, metadata={"model": "c2d_r50_8x8", "variant": "released"})
     return path
@@ -99,7 +99,7 @@ def test_predict_takes_a_runs_model_safetensors_with_its_config_and_class_names(
 def test_converted_weights_build_their_network_without_a_config(converted, tiny_data, one_thread):
     model, cfg, names = load_trained_model(converted)  # the metadata names the network
     m = cfg.model
-    assert (m.name, m.variant, m.norm, m.num_classes) == ("c2d_r50_8x8", "released", "batchnorm", 3)
+    assert (m.name, m.variant, m.backbone_norm, m.num_classes) == ("c2d_r50_8x8", "released", "batchnorm", 3)
     assert (cfg.data.clip_length, cfg.data.stride) == (8, 8)  # the model's frame geometry
     assert (cfg.data.num_clips, cfg.data.num_crops, cfg.data.test_short) == (10, 3, 256)  # the paper's test
     assert names == ["0", "1", "2"]
@@ -116,7 +116,7 @@ def test_the_network_of_weights_without_a_config_comes_from_model(tmp_path):
     cfg = inference_config(
         plain, model="i3d_nl5_r50", overrides=["data.val_list=val.csv", "data.num_clips=2"]
     )
-    assert (cfg.model.name, cfg.model.norm, cfg.model.variant, cfg.model.num_classes) == (
+    assert (cfg.model.name, cfg.model.backbone_norm, cfg.model.variant, cfg.model.num_classes) == (
         "i3d_nl5_r50",
         "batchnorm",
         "paper",
@@ -125,11 +125,15 @@ def test_the_network_of_weights_without_a_config_comes_from_model(tmp_path):
     assert (cfg.data.clip_length, cfg.data.stride, cfg.data.num_clips) == (32, 2, 2)
     assert cfg.data.val_list == "val.csv" and cfg.model.init == "none"
     frozen = read_model_file(_stub(tmp_path / "frozen.safetensors", bn=False))
-    assert inference_config(frozen, model="c2d_r50").model.norm == "affine"
+    assert inference_config(frozen, model="c2d_r50").model.backbone_norm == "affine"
     # the authors' .pkl by its released name: model, BN form and clips from the authors' table
     pkl = read_model_file(_pkl_stub(tmp_path / "i3d_nonlocal_32x4_I3D_pretrain_400k.pkl", affine=True))
     cfg = inference_config(pkl)
-    assert (cfg.model.name, cfg.model.norm, cfg.model.variant) == ("i3d_nl5_r50_8x8", "affine", "released")
+    assert (cfg.model.name, cfg.model.backbone_norm, cfg.model.variant) == (
+        "i3d_nl5_r50_8x8",
+        "affine",
+        "released",
+    )
     assert (cfg.data.clip_length, cfg.data.stride) == (32, 4)
 
 

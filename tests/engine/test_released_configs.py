@@ -56,7 +56,7 @@ def test_each_config_is_the_network_and_test_of_its_file(path):
     )
     with torch.device("meta"):  # shapes only: the full networks, built in no time
         model = build_model_from_config(cfg.model)
-        released = build_model(info.model, variant="released", norm=info.norm)
+        released = build_model(info.model, variant="released", backbone_norm=info.backbone_norm)
     check_model_matches(model, info)
     # every blob of the released layout (the exporter's names, the file's network's shapes) loads
     blobs = {
@@ -64,7 +64,7 @@ def test_each_config_is_the_network_and_test_of_its_file(path):
         for k, v in released.state_dict().items()
         if torch_to_caffe2_name(k) is not None
     }
-    if info.norm == "affine":
+    if info.backbone_norm == "affine":
         assert not any(name.endswith("_bn_riv") for name in blobs)
     report = load_caffe2_checkpoint(model, blobs)
     assert report.ok and len(report.loaded) == len(blobs)
@@ -118,7 +118,7 @@ def test_reproduce_page_has_every_command_and_the_authors_numbers():
         e = get_weights(path.stem)
         assert f"nonlocalnet eval --config configs/released/{path.stem}.yaml $DATA" in text
         paper = str(e.paper_metrics["top1"]) if e.paper_metrics else "-"
-        clips, bn = f"{e.frames}x{e.sample_rate}", "frozen" if e.norm == "affine" else "BN"
+        clips, bn = f"{e.frames}x{e.sample_rate}", "frozen" if e.backbone_norm == "affine" else "BN"
         row = f"| `{path.stem}` | `{e.model}` | {clips} | {bn} |"
         assert row in text and f"| {e.top1} | {e.top5} | {paper} |" in text.split(row, 1)[1].split("\n", 1)[0]
 

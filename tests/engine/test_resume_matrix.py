@@ -22,7 +22,7 @@ from nonlocalnet.tasks import config_from_dict
 
 # 8 videos, batch 2: 4 steps per epoch, 12 in all; checkpoints at 3, 6, 9 (mid-epoch) and 12.
 EXACT = {"model": {"dropout": 0.3}}  # BatchNorm and dropout: only the same layout is exact
-SPLIT_FREE = {"model": {"dropout": 0.0, "norm": "affine"}}  # no batch statistics, no dropout
+SPLIT_FREE = {"model": {"dropout": 0.0, "backbone_norm": "affine"}}  # no batch statistics, no dropout
 
 
 def _config(folder: Path, name: str, tiny_data, model: dict, **sections) -> dict:

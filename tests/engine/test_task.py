@@ -212,7 +212,9 @@ def test_the_engine_names_no_task():
     """The engine's modules speak of samples, not of videos, clips or images, and import no
     task; the default task's name is the one exception."""
     engine = Path(nonlocalnet.engine.__file__).parent
-    names = re.compile(r"video|clip|frame|detection|image|channels_last_3d|PointTask|\bpoints\b", re.IGNORECASE)
+    names = re.compile(
+        r"video|clip|frame|detection|image|channels_last_3d|PointTask|\bpoints\b", re.IGNORECASE
+    )
     imports = re.compile(r"^\s*(from|import)\s+nonlocalnet\.tasks", re.MULTILINE)
     for path in sorted(engine.glob("*.py")):
         if path.name == "__init__.py":

@@ -172,7 +172,7 @@ def _ddp_config(tmp_path: Path, tiny_data, name: str, batch: int, **train) -> Pa
     cfg = tiny_config(
         tiny_data,
         tmp_path / name,
-        model={"norm": "affine"},
+        model={"backbone_norm": "affine"},
         train={"epochs": 2, "batch_size": batch, **train},
         eval={"every_epochs": 0},
     )

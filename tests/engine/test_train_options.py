@@ -19,7 +19,7 @@ def _run(tiny_data, out, **sections):
 
 
 def test_gradient_accumulation_equals_the_big_batch(tmp_path, tiny_data):
-    common = {"model": {"norm": "affine"}}
+    common = {"model": {"backbone_norm": "affine"}}
     _, big = _run(tiny_data, tmp_path / "big", train={"epochs": 2, "batch_size": 4}, **common)
     _, acc = _run(
         tiny_data, tmp_path / "acc", train={"epochs": 2, "batch_size": 2, "grad_accum": 2}, **common

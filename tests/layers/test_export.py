@@ -5,7 +5,7 @@ import torch
 from reference import randomise
 
 from nonlocalnet import MODES, NonLocalBlock
-from nonlocalnet.layers.nonlocal_block import PROJECTIONS
+from nonlocalnet.layers import PROJECTIONS
 
 
 def _block(mode, **kw):

@@ -4,7 +4,7 @@ import pytest
 import torch
 from reference import randomise, reference_block, reference_weights
 
-from nonlocalnet import BLOCK_PRESETS, MODES, NonLocalBlock
+from nonlocalnet import MODES, NonLocalBlock, NonLocalOptions
 
 SIZES = {1: (12,), 2: (4, 6), 3: (4, 4, 4)}
 
@@ -118,13 +118,12 @@ def test_state_dict_names(mode):
 
 
 def test_presets():
-    released = NonLocalBlock.from_preset("released", 8)
-    assert released.pool_before_conv and released.use_scale and released.init == "normal"
-    paper = NonLocalBlock.from_preset("paper", 8, mode="dot_product")
+    released = NonLocalBlock(8, options=NonLocalOptions.released())
+    assert released.pool_before_conv and released.use_scale and released.options.init == "normal"
+    paper = NonLocalBlock(8, options=NonLocalOptions.paper(), mode="dot_product")
     assert not paper.pool_before_conv and not paper.use_scale and paper.mode == "dot_product"
-    assert set(BLOCK_PRESETS) == {"paper", "released"}
-    with pytest.raises(ValueError, match="unknown preset 'caffe'"):
-        NonLocalBlock.from_preset("caffe", 8)
+    assert NonLocalOptions.paper() == NonLocalOptions()
+    assert NonLocalOptions.released(mode="dot_product").mode == "dot_product"
 
 
 def test_pool_before_and_after_differ():

@@ -172,13 +172,7 @@ def test_gemm_projection_equals_the_conv_modules(options):
         )
 
 
-def test_projection_is_checked_repr_and_old_pickles():
+def test_projection_is_checked_and_in_the_repr():
     with pytest.raises(InvalidValueError, match="unknown projection 'matmul'"):
         NonLocalBlock(6, projection="matmul")
     assert "projection='gemm'" in repr(NonLocalBlock(6, projection="gemm"))
-    block = NonLocalBlock(6)
-    state = block.__dict__.copy()
-    del state["projection"]  # a whole block pickled before the option existed
-    fresh = NonLocalBlock.__new__(NonLocalBlock)
-    fresh.__setstate__(state)
-    assert fresh.projection == "conv"

@@ -8,7 +8,7 @@ import pytest
 import torch
 from reference import block_maps, conv1x1, randomise
 
-from nonlocalnet import BLOCK_PRESETS, NonLocalBlock
+from nonlocalnet import NonLocalBlock, NonLocalOptions
 from nonlocalnet.models import build_model
 
 
@@ -50,7 +50,7 @@ def _x(channels=8, seed=0):
 
 @pytest.mark.parametrize("mode", ["embedded_gaussian", "dot_product", "concatenation"])
 def test_released_preset_matches_released_formula(mode):
-    block = NonLocalBlock.from_preset("released", 8, mode=mode)
+    block = NonLocalBlock(8, options=NonLocalOptions.released(), mode=mode)
     randomise(block)
     block = block.double().eval()
     x = _x()
@@ -59,9 +59,9 @@ def test_released_preset_matches_released_formula(mode):
 
 
 @pytest.mark.parametrize("mode", ["embedded_gaussian", "dot_product", "concatenation"])
-def test_block_presets_dict_matches_released_formula(mode):
-    """``NonLocalBlock(C, mode=..., **BLOCK_PRESETS["released"])`` (the documented spelling)."""
-    block = NonLocalBlock(8, mode=mode, **BLOCK_PRESETS["released"])
+def test_released_options_with_the_mode_match_released_formula(mode):
+    """``NonLocalBlock(C, options=NonLocalOptions.released(mode=...))`` (the documented spelling)."""
+    block = NonLocalBlock(8, options=NonLocalOptions.released(mode=mode))
     randomise(block, seed=3)
     block = block.double().eval()
     x = _x(seed=1)
@@ -71,7 +71,7 @@ def test_block_presets_dict_matches_released_formula(mode):
 
 @pytest.mark.parametrize("mode", ["dot_product", "concatenation"])
 def test_released_models_do_not_scale_unnormalised_modes(mode):
-    model = build_model("c2d_nl5_r50_8x8", num_classes=3, variant="released", nonlocal_mode=mode)
+    model = build_model("c2d_nl5_r50_8x8", num_classes=3, variant="released", nonlocal_options={"mode": mode})
     blocks = [m for m in model.modules() if isinstance(m, NonLocalBlock)]
     assert len(blocks) == 5
     assert all(b.logit_scale == 1.0 and not b.use_scale for b in blocks)
@@ -84,10 +84,10 @@ def test_released_models_do_not_scale_unnormalised_modes(mode):
 
 
 def test_released_softmax_modes_keep_their_scale():
-    eg = NonLocalBlock.from_preset("released", 8)
+    eg = NonLocalBlock(8, options=NonLocalOptions.released())
     assert eg.use_scale and eg.logit_scale == pytest.approx(4**-0.5)
     # the raw-feature Gaussian (not in the released code) scales by its key width, the input's
-    g = NonLocalBlock.from_preset("released", 8, mode="gaussian")
+    g = NonLocalBlock(8, options=NonLocalOptions.released(), mode="gaussian")
     assert g.use_scale and g.logit_scale == pytest.approx(8**-0.5)
 
 
@@ -95,11 +95,11 @@ def test_released_softmax_modes_keep_their_scale():
 def test_explicit_use_scale_is_honoured_in_every_mode(mode):
     """An explicit ``use_scale=True`` scales the logits whatever the mode (documented); only the
     preset's ``"softmax"`` restricts it to the softmax modes."""
-    block = NonLocalBlock.from_preset("released", 8, mode=mode, use_scale=True)
+    block = NonLocalBlock(8, options=NonLocalOptions.released(), mode=mode, use_scale=True)
     assert block.use_scale and block.logit_scale == pytest.approx(4**-0.5)
     randomise(block)
     x = _x().float()
-    unscaled = NonLocalBlock.from_preset("released", 8, mode=mode)
+    unscaled = NonLocalBlock(8, options=NonLocalOptions.released(), mode=mode)
     unscaled.load_state_dict(block.state_dict())
     with torch.no_grad():
         assert not torch.allclose(block.eval()(x), unscaled.eval()(x), atol=1e-4)

@@ -1,7 +1,7 @@
 """One argument order: the model first (``load_caffe2_checkpoint(model, path)`` like
 ``load_weights(model, path)`` and ``inflate_2d_to_3d(model, state)``); the data to save first
-(``save_caffe2_pickle(blobs, path)`` like ``save_weights(model, path)``). Old orders are accepted
-for one release with a ``DeprecationWarning``; other types get a clear ``TypeError``."""
+(``save_caffe2_pickle(blobs, path)`` like ``save_weights(model, path)``); other types get a clear
+``TypeError``."""
 
 import warnings
 
@@ -37,19 +37,6 @@ def test_caffe2_model_first(source, tmp_path):
         assert load_caffe2_checkpoint(fresh, path).ok
     assert torch.equal(fresh.fc.weight, source.fc.weight)
     assert set(read_caffe2_pickle(path)) == set(export_caffe2_blobs(source))
-
-
-def test_caffe2_old_orders_warn_and_work(source, tmp_path):
-    path = tmp_path / "m.pkl"
-    with pytest.warns(DeprecationWarning, match=r"save_caffe2_pickle\(path, blobs\)"):
-        save_caffe2_pickle(path, export_caffe2_blobs(source))
-    fresh = build_model("c2d_r50_8x8", num_classes=5, variant="released")
-    with pytest.warns(DeprecationWarning, match=r"load_caffe2_checkpoint\(path, model\).*\(model, path\)"):
-        report = load_caffe2_checkpoint(path, fresh)
-    assert report.ok and torch.equal(fresh.fc.weight, source.fc.weight)
-    blobs = export_caffe2_blobs(source)
-    with pytest.warns(DeprecationWarning):
-        assert load_caffe2_checkpoint(blobs, fresh).ok
 
 
 def test_wrong_types_are_named(tmp_path):

@@ -35,7 +35,7 @@ def _released_fixture(model_name, path, seed=0):
 
 # one released BatchNorm file per network (the frozen-BN ones: test_affine_models_round_trip_strictly)
 _BN_RELEASES = sorted(
-    {c.model: c.file_name for c in RELEASED_CHECKPOINTS.values() if c.norm == "batchnorm"}.items()
+    {c.model: c.file_name for c in RELEASED_CHECKPOINTS.values() if c.backbone_norm == "batchnorm"}.items()
 )
 
 
@@ -168,17 +168,17 @@ def test_info_cli(capsys):
 def test_affine_models_round_trip_strictly(tmp_path):
     """The authors' affine (frozen-BN) models: only _bn_s/_bn_b blobs, non-local blocks without
     an output norm (their affine config: NONLOCAL.USE_BN False, W_z zero-initialised), res3
-    attention within groups of 4 frames; they load strictly into build_model(..., norm="affine")."""
+    attention within groups of 4 frames; they load strictly into build_model(..., backbone_norm="affine")."""
     from nonlocalnet import NonLocalBlock
 
-    model = build_model("i3d_nl5_r50_8x8", variant="released", norm="affine")
+    model = build_model("i3d_nl5_r50_8x8", variant="released", backbone_norm="affine")
     assert not any(isinstance(m, torch.nn.BatchNorm3d) for m in model.modules())
     blocks = {n: m for n, m in model.named_modules() if isinstance(m, NonLocalBlock)}
     assert all(isinstance(b.norm, torch.nn.Identity) and not b.out.weight.any() for b in blocks.values())
     assert [n for n, b in blocks.items() if b.temporal_group == 4] == ["layer2.1.nl", "layer2.3.nl"]
     x = torch.randn(1, 3, 8, 64, 64)
     with torch.no_grad():  # identity at init: the same output as the affine baseline
-        base = build_model("i3d_r50_8x8", variant="released", norm="affine")
+        base = build_model("i3d_r50_8x8", variant="released", backbone_norm="affine")
         base.load_state_dict({k: v for k, v in model.state_dict().items() if ".nl." not in k})
         torch.testing.assert_close(model.eval()(x), base.eval()(x))
     randomise(model, seed=2)
@@ -187,13 +187,15 @@ def test_affine_models_round_trip_strictly(tmp_path):
     assert "nonlocal_conv3_1_out_w" in blobs and not any(k.startswith("nonlocal_conv3_1_bn") for k in blobs)
     path = tmp_path / "affine.pkl"
     save_caffe2_pickle(blobs, path)
-    fresh = build_model("i3d_nl5_r50_8x8", variant="released", norm="affine")
+    fresh = build_model("i3d_nl5_r50_8x8", variant="released", backbone_norm="affine")
     assert load_caffe2_checkpoint(fresh, path).ok
     for key, value in model.state_dict().items():
         assert torch.equal(fresh.state_dict()[key], value), key
     with pytest.raises(ValueError, match="in the file but not in the model: res_conv1_bn_rm"):
         _, bn_blobs = _released_fixture("i3d_r50_8x8", tmp_path / "bn.pkl")
-        load_caffe2_checkpoint(build_model("i3d_r50_8x8", variant="released", norm="affine"), bn_blobs)
+        load_caffe2_checkpoint(
+            build_model("i3d_r50_8x8", variant="released", backbone_norm="affine"), bn_blobs
+        )
 
 
 def test_partial_load_keeps_statistics_of_layers_the_file_lacks(tmp_path):

@@ -1,5 +1,5 @@
 """Issue 17 item 15: inflating BatchNorm 2D weights (torchvision or Caffe2 names) into
-``norm="affine"`` models folds the statistics into scale and shift."""
+``backbone_norm="affine"`` models folds the statistics into scale and shift."""
 
 import pytest
 import torch
@@ -29,7 +29,7 @@ def _bn_2d_state(seed=0):
 def test_inflated_affine_model_equals_inflated_bn_model(arch):
     state = _bn_2d_state()
     bn = build_model(arch, num_classes=1000).double()
-    affine = build_model(arch, num_classes=1000, norm="affine").double()
+    affine = build_model(arch, num_classes=1000, backbone_norm="affine").double()
     inflate_2d_to_3d(bn, state)
     report = inflate_2d_to_3d(affine, state)
     assert "bn1" in report.folded and "layer4.2.bn3" in report.folded
@@ -42,7 +42,7 @@ def test_inflated_affine_model_equals_inflated_bn_model(arch):
     torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10 * ref.abs().max().item())
     # Caffe2 2D names (s/b/rm/riv) fold to the same affine model
     caffe2 = {torch_to_caffe2_name(k): v.numpy() for k, v in state.items() if torch_to_caffe2_name(k)}
-    again = build_model(arch, num_classes=1000, norm="affine").double()
+    again = build_model(arch, num_classes=1000, backbone_norm="affine").double()
     inflate_2d_to_3d(again, caffe2)
     for key, value in affine.state_dict().items():
         if ".nl." not in key:
@@ -52,7 +52,7 @@ def test_inflated_affine_model_equals_inflated_bn_model(arch):
 def test_affine_only_2d_state_still_copies_into_affine_model():
     state = {k: v for k, v in _bn_2d_state(seed=1).items() if not k.endswith(("running_mean", "running_var"))}
     state = {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}
-    model = build_model("i3d_r50", num_classes=1000, norm="affine").double()
+    model = build_model("i3d_r50", num_classes=1000, backbone_norm="affine").double()
     report = inflate_2d_to_3d(model, state)
     assert report.folded == []
     assert torch.equal(model.bn1.weight, state["bn1.weight"])
@@ -61,7 +61,7 @@ def test_affine_only_2d_state_still_copies_into_affine_model():
 def test_half_statistics_are_refused():
     state = _bn_2d_state(seed=2)
     del state["layer2.0.bn2.running_var"]
-    model = build_model("i3d_r50", num_classes=1000, norm="affine")
+    model = build_model("i3d_r50", num_classes=1000, backbone_norm="affine")
     before = model.layer2[0].bn2.weight.clone()
     with pytest.raises(ValueError, match=r"layer2\.0\.bn2\.running_mean without running_var"):
         inflate_2d_to_3d(model, state)

@@ -1,16 +1,15 @@
 """One definition per option: the norm names (``layers.norm``), the non-local attribute name
 (``NONLOCAL_ATTR``), the low-precision dtypes and the algorithm check (``ops``)."""
 
-import pickle
-
 import pytest
 import torch
 from reference import randomise
 from torch import nn
 
 from nonlocalnet import NonLocalBlock
+from nonlocalnet.layers import AffineChannel
 from nonlocalnet.layers.norm import BATCHNORMS, NORMS, create_norm
-from nonlocalnet.models import VideoResNet, add_nonlocal, build_model, model_spec
+from nonlocalnet.models import add_nonlocal, build_model, model_spec
 from nonlocalnet.models.caffe2 import caffe2_to_torch_name
 from nonlocalnet.models.insert import NONLOCAL_ATTR
 from nonlocalnet.models.resnet3d import BACKBONE_NORMS
@@ -37,18 +36,17 @@ def test_norm_names_have_one_home():
         NonLocalBlock(8, norm="layernorm")
     with pytest.raises(
         ValueError,
-        match=rf"unknown norm 'none'; expected one of {BACKBONE_NORMS!r}".replace("(", r"\(").replace(
-            ")", r"\)"
-        ),
+        match=rf"unknown backbone_norm 'none'; expected one of {BACKBONE_NORMS!r}".replace(
+            "(", r"\("
+        ).replace(")", r"\)"),
     ):
-        VideoResNet(model_spec("c2d_r50_8x8"), norm="none")
+        model_spec("c2d_r50_8x8", backbone_norm="none")
 
 
-def test_video_resnet_norm_kind_and_deprecated_norm():
-    model = build_model("c2d_r50_8x8", num_classes=3, norm="affine")
-    assert model.norm_kind == "affine"
-    with pytest.warns(DeprecationWarning, match="VideoResNet.norm.*norm_kind"):
-        assert model.norm == "affine"
+def test_video_resnet_backbone_norm_is_the_specs():
+    model = build_model("c2d_r50_8x8", num_classes=3, backbone_norm="affine")
+    assert model.backbone_norm == model.spec.backbone_norm == "affine"
+    assert isinstance(model.bn1, AffineChannel)
 
 
 def test_insert_infers_dims_from_the_batchnorm_table():
@@ -90,10 +88,3 @@ def test_ops_share_the_algorithm_check_and_dtypes():
     assert str(block_err.value) == str(ops_err.value)
     with pytest.raises(ValueError, match="unknown mode 'softmax'; expected one of"):
         check_algorithm("softmax", "auto")
-
-
-def test_a_network_pickled_before_the_rename_loads():
-    model = build_model("c2d_r50_8x8", num_classes=3, norm="affine")
-    model.__dict__["norm"] = model.__dict__.pop("norm_kind")  # the old string attribute
-    restored = pickle.loads(pickle.dumps(model))
-    assert restored.norm_kind == "affine" and "norm" not in restored.__dict__

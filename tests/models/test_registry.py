@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from nonlocalnet import NonLocalBlock, build_model, list_models
-from nonlocalnet.models import get_model_info, measure_complexity, model_spec
+from nonlocalnet.models import measure_complexity, model_info, model_spec
 
 # the paper's Table 1: T x H x W after each stage, 32-frame input 32x224x224
 EXPECTED_32 = {
@@ -15,11 +15,11 @@ EXPECTED_32 = {
 CHANNELS = {"pool1": 64, "res2": 256, "res3": 512, "res4": 1024, "res5": 2048}
 
 
-@pytest.mark.parametrize("name", list_models())
+@pytest.mark.parametrize("name", list_models("video"))
 @pytest.mark.parametrize("variant", ["paper", "released"])
 def test_stage_shapes_of_every_model(name, variant):
     """Full-size geometry on the meta device: no memory, no compute."""
-    frames = get_model_info(name).frames
+    frames = model_info(name).frames
     with torch.device("meta"):
         model = build_model(name, variant=variant).eval()
         x = torch.empty(2, 3, frames, 224, 224)
@@ -110,13 +110,12 @@ def test_nonlocal_options_reach_the_blocks():
         model = build_model(
             "c2d_nl5_r50",
             variant="released",
-            nonlocal_mode="dot_product",
-            nonlocal_options={"inter_channels": 64},
+            nonlocal_options={"mode": "dot_product", "bias": False},
         )
     blocks = [m for m in model.modules() if isinstance(m, NonLocalBlock)]
-    assert all(b.mode == "dot_product" and b.inter_channels == 64 for b in blocks)
+    assert all(b.mode == "dot_product" and b.g.bias is None for b in blocks)
     # the released code scales under its softmax only: its dot product is unscaled (issue 14)
-    assert all(b.pool_before_conv and not b.use_scale and b.init == "normal" for b in blocks)
+    assert all(b.pool_before_conv and not b.use_scale and b.options.init == "normal" for b in blocks)
     with torch.device("meta"):
         paper = build_model("c2d_nl1_r50")
     (block,) = [m for m in paper.modules() if isinstance(m, NonLocalBlock)]
@@ -180,9 +179,12 @@ def test_complexity_of_c2d_r101_matches_the_paper():
         ({"name": "c2d_nl5_r5O"}, "did you mean c2d_nl5_r50"),
         ({"name": "c2d_nl10_r101"}, "unknown model 'c2d_nl10_r101'"),
         ({"name": "c2d_r50", "variant": "caffe"}, "unknown variant 'caffe'; expected one of"),
-        ({"name": "c2d_r50", "nonlocal_mode": "cosine"}, "unknown nonlocal_mode 'cosine'"),
+        ({"name": "c2d_r50", "nonlocal_options": {"mode": "cosine"}}, "unknown mode 'cosine'"),
         ({"name": "c2d_r50", "pool3_temporal": 2}, r"unknown override\(s\) \['pool3_temporal'\].*valid keys"),
-        ({"name": "c2d_nl1_r50", "nonlocal_options": {"heads": 2}}, "bad nonlocal_options"),
+        (
+            {"name": "c2d_nl1_r50", "nonlocal_options": {"heads": 2}},
+            r"unknown non-local block option\(s\) \['heads'\]",
+        ),
         ({"name": "c2d_r50", "num_classes": 0}, "num_classes must be a positive int"),
         ({"name": "c2d_r50", "temporal_padding": "reflect"}, "unknown temporal_padding"),
     ],
@@ -231,3 +233,53 @@ def test_complexity_ratios_round_to_the_papers(name, params_ratio, flops_ratio):
     assert round(model.params / base.params, 1) == params_ratio
     assert round(model.gmacs / base.gmacs, 1) == flops_ratio
     assert round(paper_block.gmacs / base.gmacs, 1) == 1.3
+
+
+def test_one_registry_with_its_info_and_a_decorator_to_add_a_model():
+    from nonlocalnet.models import ModelInfo, register_model
+    from nonlocalnet.models.registry import _REGISTRY
+
+    info = model_info("i3d_nl5_r50")
+    assert (info.kind, info.arch, info.depth, info.nonlocal_blocks) == ("video", "i3d", 50, 5)
+    assert (info.frames, info.sample_rate, info.paper) == (32, 2, {"top1": 74.9, "top5": 91.6})
+    assert model_info("i3d_nl5_r50_8x8").paper == {}  # the paper reports the 32-frame models
+    assert set(list_models("video")) <= set(list_models())
+    with pytest.raises(ValueError, match="unknown model kind 'image'"):
+        list_models("image")
+    with pytest.raises(ValueError, match="'c2d_r50' is a video model, not a detector model"):
+        model_info("c2d_r50", "detector")
+
+    @register_model(ModelInfo("tiny_test_net", "video", "c2d", None, 0))
+    def tiny_test_net(num_classes=3):
+        return torch.nn.Linear(2, num_classes)
+
+    try:
+        assert "tiny_test_net" in list_models("video") and model_info("tiny_test_net").arch == "c2d"
+        assert build_model("tiny_test_net", num_classes=4).out_features == 4
+        with pytest.raises(ValueError, match="model 'tiny_test_net' is already registered"):
+            register_model(ModelInfo("tiny_test_net", "video", "c2d", None, 0), tiny_test_net)
+    finally:
+        del _REGISTRY["tiny_test_net"]
+
+
+def test_a_detector_name_without_the_detection_package_says_to_import_it():
+    import subprocess
+    import sys
+
+    code = "from nonlocalnet.models import build_model\nbuild_model('maskrcnn_r50_fpn_nl')"
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert run.returncode != 0
+    assert (
+        "registered by importing nonlocalnet.detection (pip install 'nonlocalnet[detection]')" in run.stderr
+    )
+
+
+def test_a_nonlocal_options_value_replaces_the_variants_block_and_a_mapping_overrides_it():
+    from nonlocalnet import NonLocalOptions
+
+    whole = NonLocalOptions(mode="dot_product")
+    assert model_spec("c2d_nl1_r50", variant="released", nonlocal_options=whole).nonlocal_options == whole
+    over = model_spec("c2d_nl1_r50", variant="released", nonlocal_options={"mode": "dot_product"})
+    assert over.nonlocal_options == NonLocalOptions.released(mode="dot_product")
+    affine = model_spec("c2d_nl1_r50", variant="released", backbone_norm="affine")
+    assert affine.nonlocal_options == NonLocalOptions.released(norm="none")

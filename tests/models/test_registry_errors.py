@@ -23,5 +23,8 @@ def test_wrong_override_types_name_the_field(overrides, match):
 
 
 def test_nonlocal_options_must_be_a_mapping():
-    with pytest.raises(InvalidTypeError, match="nonlocal_options must be a mapping, got int"):
+    with pytest.raises(
+        InvalidTypeError,
+        match="nonlocal_options must be a NonLocalOptions or a mapping of its fields, got int",
+    ):
         build_model("c2d_nl1_r50", nonlocal_options=3)

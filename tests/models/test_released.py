@@ -66,7 +66,7 @@ def _tiny_pickle(path, names=("conv1_w",)):
 @pytest.fixture(scope="module")
 def frozen(tmp_path_factory):
     """The frozen-BN release i3d_baseline_32x4 in its layout (scale and shift, no statistics)."""
-    model = build_model("i3d_r50_8x8", variant="released", norm="affine")
+    model = build_model("i3d_r50_8x8", variant="released", backbone_norm="affine")
     gen = torch.Generator().manual_seed(7)
     with torch.no_grad():  # the convs are random already; scales and shifts start at 1 and 0
         for p in model.parameters():
@@ -91,7 +91,7 @@ def test_the_table_is_the_authors_zoo():
     assert sorted(RELEASED_CHECKPOINTS) == sorted(AUTHORS)
     for name, (model, norm, geometry, top) in AUTHORS.items():
         c = RELEASED_CHECKPOINTS[name]
-        assert (c.model, c.variant, c.norm, c.geometry, c.top1_top5) == (
+        assert (c.model, c.variant, c.backbone_norm, c.geometry, c.top1_top5) == (
             model,
             "released",
             norm,
@@ -101,7 +101,7 @@ def test_the_table_is_the_authors_zoo():
         assert c.url == RELEASE_URL + name
         # the _8x8 networks have no temporal stride before res2: 8x8 and 32x4 clips
         assert model.endswith("_8x8") == (geometry in ("8x8", "32x4"))
-        model_spec(c.model, variant=c.variant, norm=c.norm)
+        model_spec(c.model, variant=c.variant, backbone_norm=c.backbone_norm)
     assert released_checkpoint_info(Path("/data/i3d_nonlocal_32x4_I3D_pretrain_400k.pkl")).model == (
         "i3d_nl5_r50_8x8"
     )
@@ -111,10 +111,12 @@ def test_the_table_is_the_authors_zoo():
 
 def test_frozen_bn_released_blocks_have_no_output_norm():
     """The authors' affine config trains the blocks without BN (NONLOCAL.USE_BN False)."""
-    spec = model_spec("i3d_nl5_r50", variant="released", norm="affine")
-    assert spec.nonlocal_options["norm"] == "none"
+    spec = model_spec("i3d_nl5_r50", variant="released", backbone_norm="affine")
+    assert spec.nonlocal_options.norm == "none"
     assert spec.stages[1].nonlocal_options == {"temporal_group": 4}
-    assert model_spec("i3d_nl5_r50", variant="paper", norm="affine").nonlocal_options["norm"] == "affine"
+    assert (
+        model_spec("i3d_nl5_r50", variant="paper", backbone_norm="affine").nonlocal_options.norm == "affine"
+    )
 
 
 def test_load_caffe2_checks_the_network_before_reading(tmp_path):
@@ -131,10 +133,14 @@ def test_load_caffe2_checks_the_network_before_reading(tmp_path):
             "name: c2d_nl5_r50_8x8, but c2d_nonlocal_32x2_IN_pretrain_400k.pkl is c2d_nl5_r50",
         ),
         (
-            {"norm": "affine"},
-            "norm: affine, but c2d_nonlocal_32x2_IN_pretrain_400k.pkl holds BatchNorm statistics",
+            {"backbone_norm": "affine"},
+            "backbone_norm: affine, but c2d_nonlocal_32x2_IN_pretrain_400k.pkl holds BatchNorm statistics",
         ),
-        ({"nonlocal_mode": "dot_product"}, "nonlocal_mode: dot_product, but the blocks of"),
+        (
+            {"nonlocal_options": {"mode": "dot_product"}},
+            "nonlocal_options['mode']: dot_product, but the blocks of c2d_nonlocal_32x2_IN_pretrain_400k.pkl "
+            "are embedded_gaussian: build it with nonlocal_options={'mode': 'embedded_gaussian'}",
+        ),
         (
             {"temporal_padding": "replicate"},
             "temporal_padding: replicate, but the authors' code pads time with zeros",
@@ -152,7 +158,9 @@ def test_load_caffe2_checks_the_network_before_reading(tmp_path):
     base = tmp_path / "c2d_baseline_32x2_IN_pretrain_400k.pkl"
     base.write_bytes(b"not read")
     with pytest.raises(ValueError, match="cannot read Caffe2 checkpoint"):
-        load_caffe2_checkpoint(_meta("c2d_nl5_r50", variant="released", nonlocal_mode="dot_product"), base)
+        load_caffe2_checkpoint(
+            _meta("c2d_nl5_r50", variant="released", nonlocal_options={"mode": "dot_product"}), base
+        )
     with pytest.raises(ReleasedModelMismatchError, match="name: c2d_nl5_r50_8x8, but c2d_baseline_32x2"):
         load_caffe2_checkpoint(_meta("c2d_nl5_r50_8x8", variant="released"), base)
 
@@ -180,7 +188,7 @@ def test_frozen_bn_release_converts_without_flags(frozen, converted, capsys):
     assert read_weights_metadata(out) == {
         "model": "i3d_r50_8x8",
         "variant": "released",
-        "norm": "affine",
+        "backbone_norm": "affine",
         "source_file": FROZEN,
         "frames": "32",
         "sample_rate": "4",
@@ -197,7 +205,7 @@ def test_frozen_bn_content_names_the_fix(frozen, tmp_path, capsys):
     with pytest.raises(ValueError, match="missing from the file: res_conv1_bn_rm") as err:
         load_caffe2_checkpoint(build_model("i3d_r50_8x8", variant="released"), blobs)
     assert "no BN statistics, only affine scale and shift (a frozen-BN release)" in str(err.value)
-    assert "--norm affine" in str(err.value) and "model.norm: affine" in str(err.value)
+    assert "--norm affine" in str(err.value) and "model.backbone_norm: affine" in str(err.value)
     renamed = tmp_path / "renamed.pkl"  # not a released name: the BN form is read from the file
     renamed.symlink_to(path)
     out = tmp_path / "out.safetensors"
@@ -211,14 +219,14 @@ def test_metadata_of_other_files():
     or, without one, the state dict's (statistics or not)."""
     meta = {"model": "c2d_nl5_r50_8x8", "variant": "released", "source_file": "finetuned.pkl"}
     info = released_info_from_metadata(meta, source="w.safetensors", tensor_names=["bn1.running_var"])
-    assert (info.file_name, info.model, info.norm, info.geometry) == (
+    assert (info.file_name, info.model, info.backbone_norm, info.geometry) == (
         "finetuned.pkl",
         "c2d_nl5_r50_8x8",
         "batchnorm",
         "8x8",
     )
     assert (
-        released_info_from_metadata(meta, source="w.safetensors", tensor_names=["bn1.weight"]).norm
+        released_info_from_metadata(meta, source="w.safetensors", tensor_names=["bn1.weight"]).backbone_norm
         == "affine"
     )
     assert released_info_from_metadata({"model": "c2d_r50"}, source="run/model.safetensors") is None
@@ -230,18 +238,18 @@ def test_metadata_of_other_files():
 
 def _config(**model):
     return config_from_dict(
-        {"model": {"name": "i3d_r50_8x8", "norm": "affine", "variant": "released", **model}}
+        {"model": {"name": "i3d_r50_8x8", "backbone_norm": "affine", "variant": "released", **model}}
     )
 
 
 def test_converted_weights_are_checked_by_their_metadata(frozen, converted):
     _, out = converted
     with pytest.raises(ReleasedModelMismatchError, match="variant: paper, but i3d_32x4.safetensors is the"):
-        load_weights(_meta("i3d_r50_8x8", variant="paper", norm="affine"), out)
+        load_weights(_meta("i3d_r50_8x8", variant="paper", backbone_norm="affine"), out)
     weights = read_model_file(out)
     assert weights.released == RELEASED_CHECKPOINTS[FROZEN]  # the metadata names the source file
     with pytest.raises(
-        ReleasedModelMismatchError, match="model.norm: batchnorm, but i3d_32x4.safetensors is"
+        ReleasedModelMismatchError, match="model.backbone_norm: batchnorm, but i3d_32x4.safetensors is"
     ):
         load_model_file(_meta("i3d_r50_8x8", variant="released"), weights, keys=CONFIG_KEYS)
     # model.init=weights names the config key
@@ -281,6 +289,6 @@ def test_caffe2_init_checks_the_network(tmp_path):
     path = _tiny_pickle(tmp_path / "finetuned.pkl", names=("res_conv1_bn_s", "res_conv1_bn_b"))
     cfg.model.init_path, cfg.model.variant = str(path), "released"
     with pytest.raises(
-        ReleasedModelMismatchError, match="model.norm: batchnorm, but finetuned.pkl is a frozen-BN"
+        ReleasedModelMismatchError, match="model.backbone_norm: batchnorm, but finetuned.pkl is a frozen-BN"
     ):
         initialise_model(net, cfg.model)

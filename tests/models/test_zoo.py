@@ -23,10 +23,10 @@ from nonlocalnet.models import (
     StageSpec,
     WeightsEntry,
     build_model,
-    get_model_info,
     get_weights,
     list_weights,
     load_named_weights,
+    model_info,
     model_spec,
     weights_file,
 )
@@ -87,11 +87,11 @@ def test_every_released_kinetics_file_is_an_entry_with_its_network():
     for file_name, info in RELEASED_CHECKPOINTS.items():
         e = get_weights(file_name)  # the file name is an alias of the entry
         assert e.name == file_name.removesuffix(".pkl") and e.url == AUTHORS + file_name
-        assert (e.model, e.variant, e.norm) == (info.model, "released", info.norm)
+        assert (e.model, e.variant, e.backbone_norm) == (info.model, "released", info.backbone_norm)
         assert (e.frames, e.sample_rate) == (info.frames, info.sample_rate)
         assert (e.top1, e.top5) == info.top1_top5 and e.num_classes == 400
         assert e.licence == "CC-BY-NC-4.0" and e.sha256 is None and e.hash_prefix is None
-    assert get_weights("i3d_nonlocal_32x4_I3D_pretrain_400k").norm == "affine"
+    assert get_weights("i3d_nonlocal_32x4_I3D_pretrain_400k").backbone_norm == "affine"
 
 
 def test_paper_numbers_are_the_registrys():
@@ -99,7 +99,7 @@ def test_paper_numbers_are_the_registrys():
     for name in list_weights(kind="kinetics"):
         e = get_weights(name)
         if "_32x2_" in name:
-            assert e.paper_metrics["top1"] == get_model_info(e.model).paper_top1_top5[0], name
+            assert e.paper_metrics["top1"] == model_info(e.model).paper["top1"], name
         elif "_128x1_" not in name:
             assert e.paper_metrics == {}, name
 
@@ -155,7 +155,7 @@ def _tiny_c2d():
         StageSpec(depth=1, width=4, stride=1, temporal_a=(1,), temporal_b=(1,)),
         StageSpec(depth=1, width=8, stride=2, temporal_a=(1,), temporal_b=(1,), nonlocal_after=(0,)),
     ]
-    return build_model("c2d_r50", 2, stem_width=8, stages=stages, pool2_temporal=0)
+    return build_model("c2d_r50", num_classes=2, stem_width=8, stages=stages, pool2_temporal=0)
 
 
 def test_imagenet_weights_by_name_are_inflated(server, tmp_path):
@@ -284,7 +284,7 @@ def test_build_model_by_weights_name_uses_the_cache(released_cache, monkeypatch,
 @pytest.mark.slow
 def test_a_baseline_into_its_nonlocal_network_and_fine_tuning(released_cache):
     cache, state = released_cache
-    model = build_model("c2d_nl5_r50_8x8", 10, variant="released")
+    model = build_model("c2d_nl5_r50_8x8", num_classes=10, variant="released")
     identity = {k: v.clone() for k, v in model.state_dict().items() if f".{NONLOCAL_ATTR}." in k}
     assert len(identity) == 5 * 13  # theta, phi, g, out: weight and bias; BN: 4 tensors and a count
     report = load_named_weights(model, RELEASED, cache_dir=cache)

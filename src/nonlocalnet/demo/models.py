@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from nonlocalnet.demo.recipe import VideoDemoSection
-from nonlocalnet.layers import BLOCK_PRESETS
+from nonlocalnet.layers import NonLocalOptions
 from nonlocalnet.ops import SOFTMAX_MODES
 
 __all__ = ["ABLATIONS", "DEMO_MODELS", "QUICK_MODELS", "DemoModel", "model_section"]
@@ -101,14 +101,12 @@ def model_section(model: DemoModel, num_classes: int, recipe: VideoDemoSection) 
     if model.mode is not None:
         for i in model.after:
             stages[i]["nonlocal_after"] = [0]
-    block = {
-        **BLOCK_PRESETS["paper"],
-        "mode": model.mode or "embedded_gaussian",
-        "sub_sample": recipe.sub_sample,
-        "use_scale": recipe.scale and model.mode in SOFTMAX_MODES,
-    }
-    if model.attend != "spacetime":
-        block["attend"] = model.attend
+    block = NonLocalOptions.paper(
+        mode=model.mode or "embedded_gaussian",
+        sub_sample=recipe.sub_sample,
+        use_scale=recipe.scale and model.mode in SOFTMAX_MODES,
+        attend=model.attend,
+    ).to_dict()
     spec = {
         "stages": stages,
         "stem_width": recipe.stem_width,

@@ -286,11 +286,6 @@ def additive_ceiling(num_colors: int, *, symmetric: bool = False) -> float:
 
 
 # ----------------------------------------------------------------------------- rendering
-def _box(cx: float, cy: float, size: int) -> list[int]:
-    x0, y0 = round(cx - size / 2), round(cy - size / 2)
-    return [x0, y0, x0 + size, y0 + size]
-
-
 def _place_cues(config: LongRangeTaskConfig, rng: np.random.Generator) -> tuple[list[int], list[int]]:
     s, h, w = config.object_size, config.height, config.width
     need = config.min_distance * min(h, w)

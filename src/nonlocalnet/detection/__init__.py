@@ -1,6 +1,7 @@
 """Detection, instance segmentation and keypoints with non-local blocks (the paper's COCO half):
-torchvision's Mask R-CNN / Keypoint R-CNN with the blocks placed as the paper does, COCO-format
-data and pycocotools' COCOeval. Needs the ``detection`` extra (torchvision, pycocotools); the
+torchvision's Mask R-CNN / Keypoint R-CNN with the blocks placed as the paper does (registered in
+:mod:`nonlocalnet.models.registry` on import: ``list_models("detector")``), COCO-format data and
+pycocotools' COCOeval. Needs the ``detection`` extra (torchvision, pycocotools); the
 rest of ``nonlocalnet`` never imports this package."""
 
 try:
@@ -25,11 +26,9 @@ from nonlocalnet.detection.evaluate import (
 )
 from nonlocalnet.detection.labels import LabelSpace, resolve_label_space
 from nonlocalnet.detection.models import (
-    DetectorInfo,
+    DETECTOR_BLOCK,
     WeightsReport,
     build_detector,
-    detector_info,
-    list_detectors,
     load_detector_weights,
     nonlocal_blocks,
 )
@@ -38,11 +37,11 @@ from nonlocalnet.detection.sampler import GroupedBatchSampler, build_detection_l
 from nonlocalnet.detection.trained import TrainedDetector, predict_image, read_image
 
 __all__ = [
+    "DETECTOR_BLOCK",
     "CocoDetection",
     "DetectionBatch",
     "DetectionEvaluation",
     "DetectionSample",
-    "DetectorInfo",
     "GroupedBatchSampler",
     "LabelSpace",
     "PredictionReport",
@@ -52,9 +51,7 @@ __all__ = [
     "build_detector",
     "coco_evaluate",
     "collate_detection",
-    "detector_info",
     "evaluate_detector",
-    "list_detectors",
     "load_detector_weights",
     "nonlocal_blocks",
     "predict_image",

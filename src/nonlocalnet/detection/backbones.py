@@ -134,7 +134,7 @@ class TinyResNet(nn.Module):
                 convs += [block.conv1, block.conv2]
         size, stride, offset = 1, 1, 0.0
         for conv in convs:
-            k, s, p = conv.kernel_size[0], conv.stride[0], conv.padding[0]
+            k, s, p = conv.kernel_size[0], conv.stride[0], int(conv.padding[0])
             size += (k - 1) * stride
             offset += ((k - 1) / 2 - p) * stride
             stride *= s

@@ -68,12 +68,12 @@ def keypoint_head_block_positions(head: nn.Module) -> list[tuple[int, int]]:
     the ReLU closing every 2nd conv (indices 3, 7, 11, 15 of the 8-conv head). Returns
     ``(index, channels)`` pairs, the channels being those of the conv before that ReLU."""
     children = list(head.children())
-    convs = [i for i, m in enumerate(children) if isinstance(m, nn.Conv2d)]
+    convs = [(i, m) for i, m in enumerate(children) if isinstance(m, nn.Conv2d)]
     if not convs or any(
-        not isinstance(children[i + 1] if i + 1 < len(children) else None, nn.ReLU) for i in convs
+        not isinstance(children[i + 1] if i + 1 < len(children) else None, nn.ReLU) for i, _ in convs
     ):
         raise InvalidValueError(
             f"the keypoint head {type(head).__name__} is not a sequence of (Conv2d, ReLU) pairs; "
             "non-local head blocks need torchvision's KeypointRCNNHeads layout"
         )
-    return [(convs[k] + 1, children[convs[k]].out_channels) for k in range(1, len(convs), 2)]
+    return [(convs[k][0] + 1, convs[k][1].out_channels) for k in range(1, len(convs), 2)]

@@ -1,5 +1,6 @@
-"""torchvision's Mask R-CNN / Faster R-CNN / Keypoint R-CNN with the paper's non-local blocks:
-the registry (:func:`list_detectors`, :func:`detector_info`), :func:`build_detector` and
+"""torchvision's Mask R-CNN / Faster R-CNN / Keypoint R-CNN with the paper's non-local blocks,
+registered in the model registry when this module is imported (``list_models("detector")``,
+``model_info(name)``, ``build_model(name, ...)``), :func:`build_detector` and
 :func:`load_detector_weights`.
 
 The paper (section 6) puts one block "right before the last residual block of res4":
@@ -12,11 +13,12 @@ state-dict key keeps its name, the blocks add ``...layer3.4.nl.*`` and
 
 from __future__ import annotations
 
-import difflib
+import functools
 import logging
 import os
 import warnings
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,15 +40,14 @@ from nonlocalnet.detection.backbones import (
 from nonlocalnet.detection.heads import TINY_SIZE, keypoint_head_block_positions, tiny_head_options
 from nonlocalnet.engine.model_file import read_model_file
 from nonlocalnet.errors import InvalidValueError, MissingFileError
-from nonlocalnet.layers import NonLocalBlock
+from nonlocalnet.layers import NonLocalBlock, NonLocalOptions
 from nonlocalnet.models.insert import NONLOCAL_ATTR, add_nonlocal
+from nonlocalnet.models.registry import ModelInfo, model_info, register_model
 
 __all__ = [
-    "DetectorInfo",
+    "DETECTOR_BLOCK",
     "WeightsReport",
     "build_detector",
-    "detector_info",
-    "list_detectors",
     "load_detector_weights",
     "nonlocal_blocks",
     "tiny_receptive_field",
@@ -55,23 +56,12 @@ __all__ = [
 _log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class DetectorInfo:
-    """What a registered detector is. ``kind``: ``"instances"`` (boxes, and masks when
-    ``has_masks``) or ``"keypoints"``; ``backbone``: a key of
-    :data:`~nonlocalnet.detection.backbones.BACKBONES`; ``backbone_block_after``: the module the
-    backbone block follows (``None``: no backbone block); ``head_blocks``: blocks in the keypoint
-    head; ``paper``: the paper's COCO val2017 numbers for this model (``box_AP``, ``mask_AP50``,
-    ``kp_AP75``, ... in percent) where the paper has the row, else empty."""
-
-    name: str
-    kind: str
-    has_masks: bool
-    backbone: str
-    backbone_block_after: str | None
-    head_blocks: int
-    paper: dict[str, float] = field(default_factory=dict, hash=False)
-    description: str = ""
+DETECTOR_BLOCK = NonLocalOptions(sub_sample=True, use_scale=True, norm="none")
+"""The detectors' block (2D, ``inter_channels = C / 2``): 2x2 max pool on phi and g; logits
+divided by ``sqrt(inter_channels)`` as the released code does (unscaled, the softmax over
+backbone features starts saturated); no output norm, ``W_z`` starting at 0: it depends on no
+batch statistics (detectors train with 1-2 images per GPU) and keeps what the block adds to
+every position alike (a GroupNorm over space removes it: docs/detection.md)."""
 
 
 def _numbers(prefix: str, *values: float) -> dict[str, float]:
@@ -88,7 +78,7 @@ _PAPER: dict[str, dict[str, float]] = {  # the paper, Tables 5 and 6 (box, mask 
     "keypointrcnn_r101_fpn_nl_nlhead": _numbers("kp", 66.5, 87.3, 72.8),
 }
 _ARCHS = {"maskrcnn": "Mask R-CNN", "fasterrcnn": "Faster R-CNN", "keypointrcnn": "Keypoint R-CNN"}
-_DETECTORS: dict[str, DetectorInfo] = {}
+_DEPTHS = {"r50": 50, "r101": 101, "r18": 18, "tiny": None}
 
 
 def _register(arch: str, backbone: str, *, nl: bool = False, nlhead: bool = False) -> None:
@@ -104,41 +94,21 @@ def _register(arch: str, backbone: str, *, nl: bool = False, nlhead: bool = Fals
     note = (
         f" (paper: {', '.join(f'{k} {v}' for k, v in paper.items() if k.endswith('_AP'))})" if paper else ""
     )
-    _DETECTORS[name] = DetectorInfo(
+    info = ModelInfo(
         name=name,
-        kind="keypoints" if arch == "keypointrcnn" else "instances",
+        kind="detector",
+        arch=arch,
+        depth=_DEPTHS[backbone],
+        nonlocal_blocks=int(nl) + head_blocks,
+        description=" + ".join(parts) + note,
+        paper=paper,
         has_masks=arch == "maskrcnn",
+        has_keypoints=arch == "keypointrcnn",
         backbone=backbone,
         backbone_block_after=f"backbone.body.{spec.block_after}" if nl else None,
         head_blocks=head_blocks,
-        paper=paper,
-        description=" + ".join(parts) + note,
     )
-
-
-for _bb in ("r50", "r101", "r18", "tiny"):
-    for _nl in (False, True):
-        _register("maskrcnn", _bb, nl=_nl)
-        if _bb == "r50":
-            _register("fasterrcnn", _bb, nl=_nl)
-for _bb in ("r50", "r101", "tiny"):
-    for _nl, _head in ((False, False), (True, False), (False, True), (True, True)):
-        _register("keypointrcnn", _bb, nl=_nl, nlhead=_head)
-
-
-def list_detectors() -> list[str]:
-    """The registered detector names."""
-    return list(_DETECTORS)
-
-
-def detector_info(name: str) -> DetectorInfo:
-    """The :class:`DetectorInfo` of ``name``; an unknown name is an error listing close ones."""
-    if name not in _DETECTORS:
-        close = difflib.get_close_matches(str(name), list(_DETECTORS), n=5, cutoff=0.5)
-        raise InvalidValueError(
-            f"unknown detector {name!r}; close names: {close or 'none'}; all: {list(_DETECTORS)}"
-        )
-    return _DETECTORS[name]
+    register_model(info, functools.partial(build_detector, name))
 
 
 def nonlocal_blocks(model: nn.Module) -> dict[str, NonLocalBlock]:
@@ -186,97 +156,101 @@ def build_detector(
     weights: str | os.PathLike | None = None,
     weights_backbone: str | os.PathLike | None = None,
     trainable_backbone_layers: int | None = None,
-    nonlocal_mode: str = "embedded_gaussian",
-    nonlocal_norm: str = "none",
-    nonlocal_options: dict[str, Any] | None = None,
+    nonlocal_options: NonLocalOptions | Mapping[str, Any] | None = None,
     min_size: int | tuple[int, ...] | None = None,
     max_size: int | None = None,
     pretrained: bool | None = None,
     **kwargs: Any,
 ) -> MaskRCNN | KeypointRCNN | FasterRCNN:
-    """The detector ``name`` (:func:`list_detectors`), with torchvision's keyword names and
+    """The detector ``name`` (``list_models("detector")``), with torchvision's keyword names and
     state-dict keys. Nothing is downloaded: weights are files.
 
-    Args:
-        num_classes: classes including the background (default: the ``weights`` file's, else
-            91, or 2 for keypoint models, as torchvision).
-        num_keypoints: keypoint models only (default: the file's, else 17).
-        weights: a whole detector's state dict file (torchvision's COCO ``.pth``, ours ``.pt`` /
-            ``.pth`` / ``.safetensors``, or a training checkpoint), loaded with
-            :func:`load_detector_weights`: only the new blocks may be missing; predictors whose
-            shape differs (another ``num_classes``) are re-initialised. ``weights_backbone`` is
-            then ignored, as in torchvision.
-        weights_backbone: an ImageNet ResNet state dict file (torchvision's ``resnet50`` names).
-        trainable_backbone_layers: torchvision's: the last 0..5 of ``layer4 ... conv1`` stay
-            trainable (default 3 with any weights; without weights always 5). With weights the
-            backbone's BN is ``FrozenBatchNorm2d``. The non-local blocks are always trainable,
-            even inside a frozen ``layer3``.
-        nonlocal_mode: the blocks' pairwise function (``"embedded_gaussian"``, ...).
-        nonlocal_norm: the norm after ``W_z``. Default ``"none"`` (``W_z`` starts at 0): it
-            depends on no batch statistics (detectors train with 1-2 images per GPU) and keeps
-            what the block adds to every position alike (a GroupNorm over space removes it:
-            docs/detection.md). ``"affine"`` (frozen-BN scale, starts at 0), ``"groupnorm"``
-            and ``"batchnorm"`` (their scale starts at 0) are the other choices. Each keeps the
-            block the identity at initialisation.
-        nonlocal_options: more :class:`~nonlocalnet.layers.NonLocalBlock` keywords (the blocks are
-            2D, ``inter_channels = C / 2``; defaults ``sub_sample=True``, 2x2 max pool on phi and
-            g, and ``use_scale=True``, logits divided by ``sqrt(inter_channels)`` as the released
-            code does: unscaled, the softmax over backbone features starts saturated).
-        min_size: the transform's short side; a tuple trains multi-scale (one size drawn per
-            image by torchvision's ``GeneralizedRCNNTransform``; evaluation uses the last).
-            Default 800 (tiny models: 128). torchvision's own keypoint builder trains at
-            ``(640, 672, 704, 736, 768, 800)``: pass that to match.
-        max_size: the long side's limit (default 1333; tiny models 128).
-        pretrained: build as for fine-tuning from weights (FrozenBatchNorm2d, torchvision's
-            default of 3 trainable layers) although no file is given here, for weights loaded
-            afterwards; default: whether ``weights`` or ``weights_backbone`` is given.
-        **kwargs: torchvision constructor keywords (``rpn_batch_size_per_image``,
-            ``box_score_thresh``, ``box_detections_per_img``, ...); for tiny models they
-            override the small defaults of :func:`~nonlocalnet.detection.heads.tiny_head_options`.
+    ``num_classes`` counts the background (default: the ``weights`` file's, else 91, or 2 for
+    keypoint models, as torchvision); ``num_keypoints``: keypoint models only (the file's, else
+    17). ``weights``: a whole detector's state dict file (torchvision's COCO ``.pth``, ours, or a
+    training checkpoint), loaded with :func:`load_detector_weights` (``weights_backbone`` is then
+    ignored, as in torchvision); ``weights_backbone``: an ImageNet ResNet state dict file.
+    ``trainable_backbone_layers``: torchvision's (default 3 with any weights, else always 5);
+    with weights, or ``pretrained`` (for weights loaded afterwards), the backbone's BN is
+    ``FrozenBatchNorm2d``; the non-local blocks always train, even inside a frozen ``layer3``.
+    ``nonlocal_options``: the blocks' options (channels and dimensionality follow the
+    placement): a mapping of :class:`~nonlocalnet.layers.NonLocalOptions` fields overrides
+    :data:`DETECTOR_BLOCK` (``{"norm": "groupnorm"}``: ``affine``, ``groupnorm`` and
+    ``batchnorm`` start with scale 0), a ``NonLocalOptions`` is used as it is. ``min_size``:
+    the short side, a tuple trains multi-scale (one drawn per image; evaluation uses the last;
+    default 800, tiny models 128); ``max_size`` the long side's limit (1333; tiny 128).
+    ``kwargs``: torchvision constructor keywords (``box_score_thresh``, ...), over
+    :func:`~nonlocalnet.detection.heads.tiny_head_options` for tiny models.
     """
-    info = detector_info(name)
+    info = model_info(name, "detector")
+    block_options = NonLocalOptions.coerce(nonlocal_options, DETECTOR_BLOCK)
     _check_file(weights, "weights")
     _check_file(weights_backbone, "weights_backbone")
-    keypoints = info.kind == "keypoints"
-    if num_keypoints is not None and not keypoints:
+    if num_keypoints is not None and not info.has_keypoints:
         raise InvalidValueError(f"num_keypoints is for keypoint models; {name} has no keypoint head")
-    state = None
-    if weights is not None:
-        state = read_model_file(weights, kinds=("safetensors", "checkpoint", "state_dict")).state
-        if num_classes is None and "roi_heads.box_predictor.cls_score.weight" in state:
-            num_classes = int(state["roi_heads.box_predictor.cls_score.weight"].shape[0])
-        kp_key = "roi_heads.keypoint_predictor.kps_score_lowres.weight"
-        if keypoints and num_keypoints is None and kp_key in state:
-            num_keypoints = int(state[kp_key].shape[1])
-    num_classes = _check_count(
-        (2 if keypoints else 91) if num_classes is None else num_classes, "num_classes", 2
-    )
-    if keypoints:
-        num_keypoints = _check_count(17 if num_keypoints is None else num_keypoints, "num_keypoints", 1)
-    block_options = dict(nonlocal_options or {})
-    clash = sorted(set(block_options) & {"mode", "norm", "in_channels", "dim"})
-    if clash:
-        raise InvalidValueError(
-            f"nonlocal_options may not set {clash}: use nonlocal_mode= and nonlocal_norm= (channels and "
-            "dimensionality follow the placement)"
-        )
-    block_options = {
-        "sub_sample": True,
-        "use_scale": True,
-        **block_options,
-        "mode": nonlocal_mode,
-        "norm": nonlocal_norm,
-    }
-
-    is_trained = (
+    state = None if weights is None else read_model_file(weights, kinds=_MODEL_FILES).state
+    num_classes, num_keypoints = _head_sizes(info, state, num_classes, num_keypoints)
+    trained = (
         (weights is not None or weights_backbone is not None) if pretrained is None else bool(pretrained)
     )
-    trainable = _trainable_layers(is_trained, trainable_backbone_layers)
-    body = build_body(info.backbone, FrozenBatchNorm2d if is_trained else nn.BatchNorm2d)
-    if weights_backbone is not None and weights is None:
-        load_imagenet_body(body, weights_backbone)
-    freeze_layers(body, trainable)
+    body = _body(info, trained, None if weights is not None else weights_backbone, trainable_backbone_layers)
+    sizes = {"min_size": min_size, "max_size": max_size}
+    options = _constructor_options(info, num_classes, num_keypoints, sizes) | kwargs
+    if options.get("box_predictor") is None:  # torchvision refuses both
+        options["num_classes"] = num_classes
+    if info.has_keypoints and options.get("keypoint_predictor") is None:
+        options["num_keypoints"] = num_keypoints
+    cls = KeypointRCNN if info.has_keypoints else MaskRCNN if info.has_masks else FasterRCNN
+    model = cls(fpn_backbone(body, _backbone(info)), **options)
+    _add_blocks(model, info, block_options)
+    if weights is not None and state is not None:
+        report = _load_state(model, state, os.fspath(weights), strict_nonlocal=True)
+        report = _torchvision_eps(model, weights, report)
+        _log.info("%s: %s", name, report.summary())
+    return model
 
+
+_MODEL_FILES = ("safetensors", "checkpoint", "state_dict")
+
+
+def _backbone(info: ModelInfo) -> str:
+    if info.backbone is None:
+        raise InvalidValueError(f"detector {info.name!r} names no backbone in its ModelInfo")
+    return info.backbone
+
+
+def _head_sizes(
+    info: ModelInfo, state: dict[str, torch.Tensor] | None, num_classes: int | None, num_keypoints: int | None
+) -> tuple[int, int | None]:
+    """``num_classes`` and ``num_keypoints``: as given, else the weights file's, else torchvision's."""
+    kp_key = "roi_heads.keypoint_predictor.kps_score_lowres.weight"
+    if state is not None:
+        if num_classes is None and "roi_heads.box_predictor.cls_score.weight" in state:
+            num_classes = int(state["roi_heads.box_predictor.cls_score.weight"].shape[0])
+        if info.has_keypoints and num_keypoints is None and kp_key in state:
+            num_keypoints = int(state[kp_key].shape[1])
+    default = 2 if info.has_keypoints else 91
+    classes = _check_count(default if num_classes is None else num_classes, "num_classes", 2)
+    if not info.has_keypoints:
+        return classes, None
+    return classes, _check_count(17 if num_keypoints is None else num_keypoints, "num_keypoints", 1)
+
+
+def _body(
+    info: ModelInfo, trained: bool, weights_backbone: str | os.PathLike | None, trainable: int | None
+) -> nn.Module:
+    """The ResNet body: frozen BN when ``trained``, ImageNet weights, frozen early layers."""
+    body = build_body(_backbone(info), FrozenBatchNorm2d if trained else nn.BatchNorm2d)
+    if weights_backbone is not None:
+        load_imagenet_body(body, weights_backbone)
+    freeze_layers(body, _trainable_layers(trained, trainable))
+    return body
+
+
+def _constructor_options(
+    info: ModelInfo, num_classes: int, num_keypoints: int | None, sizes: dict[str, Any]
+) -> dict[str, Any]:
+    """torchvision's constructor keywords: the transform's sizes and the tiny models' heads."""
     tiny = info.backbone == "tiny"
     options: dict[str, Any] = {
         "min_size": TINY_SIZE if tiny else 800,
@@ -285,36 +259,29 @@ def build_detector(
     if tiny:
         options |= tiny_head_options(
             has_masks=info.has_masks,
-            keypoints=keypoints,
+            keypoints=info.has_keypoints,
             num_classes=num_classes,
             num_keypoints=num_keypoints,
         )
-    options |= {k: v for k, v in (("min_size", min_size), ("max_size", max_size)) if v is not None}
-    options |= kwargs
-    if options.get("box_predictor") is None:
-        options["num_classes"] = num_classes
-    if keypoints and options.get("keypoint_predictor") is None:
-        options["num_keypoints"] = num_keypoints
-    cls = KeypointRCNN if keypoints else MaskRCNN if info.has_masks else FasterRCNN
-    model = cls(fpn_backbone(body, info.backbone), **options)
+    return options | {k: v for k, v in sizes.items() if v is not None}
 
+
+def _add_blocks(model: nn.Module, info: ModelInfo, options: NonLocalOptions) -> None:
+    """The paper's blocks: after ``info.backbone_block_after`` and in the keypoint head; always
+    trainable, even where ``trainable_backbone_layers`` froze ``layer3``."""
     blocks = []
     if info.backbone_block_after is not None:
-        channels = BACKBONES[info.backbone].block_channels
+        channels = BACKBONES[_backbone(info)].block_channels
         blocks += add_nonlocal(
-            model, [info.backbone_block_after], in_channels=channels, dim=2, **block_options
+            model, [info.backbone_block_after], in_channels=channels, dim=2, options=options
         )
     if info.head_blocks:
-        for index, channels in keypoint_head_block_positions(model.roi_heads.keypoint_head):
+        head = model.get_submodule("roi_heads.keypoint_head")
+        for index, channels in keypoint_head_block_positions(head):
             after = [f"roi_heads.keypoint_head.{index}"]
-            blocks += add_nonlocal(model, after, in_channels=channels, dim=2, **block_options)
+            blocks += add_nonlocal(model, after, in_channels=channels, dim=2, options=options)
     for block in blocks:
-        block.requires_grad_(True)  # new: trainable even where trainable_backbone_layers froze layer3
-    if state is not None:
-        report = _load_state(model, state, os.fspath(weights), strict_nonlocal=True)
-        report = _torchvision_eps(model, weights, report)
-        _log.info("%s: %s", name, report.summary())
-    return model
+        block.requires_grad_(True)
 
 
 @dataclass(frozen=True)
@@ -370,7 +337,7 @@ def load_detector_weights(
     (recognised by name) also set FrozenBatchNorm's eps to 0, as torchvision does.
     """
     _check_file(path, "weights")
-    state = read_model_file(path, kinds=("safetensors", "checkpoint", "state_dict")).state
+    state = read_model_file(path, kinds=_MODEL_FILES).state
     report = _load_state(model, state, os.fspath(path), strict_nonlocal=strict_nonlocal)
     return _torchvision_eps(model, path, report)
 
@@ -419,3 +386,13 @@ def _load_state(
     keep = {k: v for k, v in state.items() if k not in mismatch and k not in skipped_nl}
     model.load_state_dict(keep, strict=False)
     return WeightsReport(where, tuple(keep), tuple(missing), tuple(mismatch), tuple(skipped_nl))
+
+
+for _bb in ("r50", "r101", "r18", "tiny"):
+    for _nl in (False, True):
+        _register("maskrcnn", _bb, nl=_nl)
+        if _bb == "r50":
+            _register("fasterrcnn", _bb, nl=_nl)
+for _bb in ("r50", "r101", "tiny"):
+    for _nl, _head in ((False, False), (True, False), (False, True), (True, True)):
+        _register("keypointrcnn", _bb, nl=_nl, nlhead=_head)

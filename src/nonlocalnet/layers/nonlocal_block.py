@@ -3,54 +3,37 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from typing import Any, Literal
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from nonlocalnet.deprecation import warn_deprecated
 from nonlocalnet.errors import InvalidTypeError, InvalidValueError
-from nonlocalnet.layers.norm import check_norm, create_norm
+from nonlocalnet.layers.affine import AffineChannel
+from nonlocalnet.layers.norm import create_norm
+from nonlocalnet.layers.options import NonLocalOptions
 from nonlocalnet.layers.pointwise import channels_first, pointwise, pointwise_channels_first, to_sequence
-from nonlocalnet.ops import LOW_PRECISION, SOFTMAX_MODES, attention_weights, check_algorithm, nonlocal_op
+from nonlocalnet.ops import LOW_PRECISION, SOFTMAX_MODES, attention_weights, nonlocal_op
 
-__all__ = ["ATTEND", "BLOCK_PRESETS", "PROJECTIONS", "NonLocalBlock"]
+__all__ = ["NonLocalBlock"]
 
 _CONV = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
 _POOL = {1: nn.MaxPool1d, 2: nn.MaxPool2d, 3: nn.MaxPool3d}
-_DEFAULT_POOL = {1: (2,), 2: (2, 2), 3: (1, 2, 2)}
 _LAYOUT = {1: "(B, C, L)", 2: "(B, C, H, W)", 3: "(B, C, T, H, W)"}
-_INITS = ("msra", "normal")
-PROJECTIONS = ("conv", "gemm")
-"""How the block computes its 1x1 convs theta, phi, g and ``W_z`` (``projection=``)."""
-ATTEND = ("spacetime", "space", "time")
-"""Which keys a 3D block's queries see (``attend=``): all, their own frame, their own position."""
-
-BLOCK_PRESETS: dict[str, dict[str, Any]] = {
-    "paper": {"pool_before_conv": False, "use_scale": False, "init": "msra"},
-    "released": {"pool_before_conv": True, "use_scale": "softmax", "init": "normal", "init_std": 0.01},
-}
-"""Where the paper and the authors' released Caffe2 code differ: pass ``**BLOCK_PRESETS[name]``
-or use :meth:`NonLocalBlock.from_preset`. Load released weights with ``"released"`` (it scales
-the logits of the softmax modes only, as the released code does)."""
+_NORMS_WITH_SCALE = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, AffineChannel)
 
 
-def _resolve_scale(use_scale: bool | str, scale: bool | None) -> bool | str:
-    """``use_scale``, or the deprecated ``scale`` given instead of it."""
-    if scale is None:
-        return use_scale
-    warn_deprecated("NonLocalBlock(scale=...)", "use_scale=...", stacklevel=4)
-    if use_scale is not False:
-        raise InvalidTypeError("NonLocalBlock got both scale= and use_scale=; pass use_scale= only")
-    return scale
-
-
-def _as_tuple(value: int | Sequence[int], dim: int, name: str) -> tuple[int, ...]:
-    out = (value,) * dim if isinstance(value, int) else tuple(value)
-    if len(out) != dim or not all(isinstance(k, int) and k >= 1 for k in out):
-        raise InvalidValueError(f"{name} must be a positive int or {dim} positive ints, got {value!r}")
-    return out
+def _channels(in_channels: Any, inter_channels: Any) -> tuple[int, int]:
+    if isinstance(in_channels, bool) or not isinstance(in_channels, int) or in_channels < 1:
+        raise InvalidValueError(f"in_channels must be a positive int, got {in_channels!r}")
+    if inter_channels is None:
+        return in_channels, max(in_channels // 2, 1)
+    if isinstance(inter_channels, bool) or not isinstance(inter_channels, int):
+        raise InvalidTypeError(f"inter_channels must be an int, got {type(inter_channels).__name__}")
+    if inter_channels < 1:
+        raise InvalidValueError(f"inter_channels must be >= 1, got {inter_channels}")
+    return in_channels, inter_channels
 
 
 def _autocast_enabled(device_type: str) -> bool:
@@ -61,50 +44,22 @@ def _autocast_enabled(device_type: str) -> bool:
 
 
 class NonLocalBlock(nn.Module):
-    """Non-local block ``z = BN(W_z y) + x`` with ``y_i = 1/C(x) sum_j f(x_i, x_j) g(x_j)``.
+    """Non-local block ``z = BN(W_z y) + x`` with ``y_i = 1/C(x) sum_j f(x_i, x_j) g(x_j)``
+    (Wang et al., CVPR 2018, section 3).
 
     Args:
         in_channels: channels ``C`` of the input.
         inter_channels: bottleneck width ``Ci`` of theta, phi and g (default ``C // 2``).
-        mode: ``"gaussian"`` (no theta/phi: raw features), ``"embedded_gaussian"``,
-            ``"dot_product"`` or ``"concatenation"``.
         dim: 1, 2 or 3 for ``(B, C, L)``, ``(B, C, H, W)`` or ``(B, C, T, H, W)`` inputs.
-        sub_sample: max-pool phi and g (never theta) with ``pool_kernel`` (stride = kernel).
-        pool_kernel: default ``(1, 2, 2)`` in 3D, ``(2, 2)`` in 2D, ``2`` in 1D.
-        pool_before_conv: pool ``x`` once before the phi/g convs (released code) instead of
-            pooling their outputs (the paper and most ports). Different outputs, same weights.
-        use_scale: multiply the pairwise logits by ``Ck ** -0.5``, ``Ck`` being the width of the
-            dot product (``inter_channels``; ``in_channels`` for ``"gaussian"``). ``True`` scales
-            in every mode; ``"softmax"`` only in the softmax modes (Gaussian, embedded Gaussian),
-            as the released code does (``BLOCK_PRESETS["released"]``). The attribute
-            ``use_scale`` holds the resolved bool. (``scale=`` is its deprecated old name.)
-        norm: ``"batchnorm"`` after ``W_z`` with gamma initialised to 0, ``"affine"`` (frozen-BN
-            scale and shift) with scale 0, ``"groupnorm"`` (GroupNorm with up to 32 groups:
-            per-sample statistics, for 1-2 images per batch) with gamma 0, or ``"none"`` with
-            ``W_z`` initialised to 0 (the released frozen-BN models). Either way the block is
-            the identity at initialisation. The name is kept as ``norm_kind``; the layer is the
-            submodule ``norm``.
-        init: ``"msra"`` (paper, He-normal, fan-out) or ``"normal"`` (released code, std
-            ``init_std``) for the 1x1 convs; biases start at 0.
-        temporal_group: in 3D, attend only within groups of this many consecutive frames
-            (the released code's memory saver for res3); ``None`` attends over all frames.
-        attend: in 3D, which keys a query sees (the paper's Table 2d): ``"spacetime"`` (all),
-            ``"space"`` (its own frame only; needs no temporal subsampling) or ``"time"`` (its
-            own spatial position in every frame: with spatial subsampling, the key cell that
-            pools it, so H and W must be multiples of the pool kernel). Exact and linear in
-            memory: each is the same operation on regrouped sequences, never a masked ``N x N``.
-        bias: bias on the 1x1 convs theta, phi, g and ``W_z``.
-        projection: ``"conv"`` calls the conv modules ``theta``, ``phi``, ``g`` and ``out``;
-            ``"gemm"`` computes the same convs from their weights as batched matrix products on
-            a ``(B, N, C)`` view of the input (:mod:`~nonlocalnet.layers.pointwise`): 1.3-1.5x
-            faster forward + backward on CPU at the video models' block shapes, the same outputs
-            up to float rounding, but hooks on those submodules do not run.
-        algorithm: forwarded to :mod:`nonlocalnet.ops`; ``"auto"`` is exact and never
-            builds the ``N x N`` affinity. The quadratic forms exist for comparison.
+        options: the block's choices (:class:`~nonlocalnet.layers.NonLocalOptions`, or a mapping
+            of its fields over its defaults; default: its defaults, the paper's block).
+        **overrides: fields of ``options`` to change (``NonLocalBlock(64, mode="dot_product")``).
 
-    Submodules are named ``theta``, ``phi``, ``g``, ``out`` (``W_z``), ``norm`` and, for
-    concatenation, ``concat_project`` (``2 Ci -> 1``, no bias), so state dicts map one-to-one
-    onto other implementations.
+    The options are kept as :attr:`options`; ``mode``, ``pool_kernel`` (the resolved kernel,
+    ``None`` without subsampling), ``use_scale`` (resolved to a bool for this mode) and the other
+    choices the forward reads are attributes too. Submodules are named ``theta``, ``phi``, ``g``,
+    ``out`` (``W_z``), ``norm`` and, for concatenation, ``concat_project`` (``2 Ci -> 1``, no
+    bias), so state dicts map one-to-one onto other implementations.
     """
 
     def __init__(
@@ -112,108 +67,38 @@ class NonLocalBlock(nn.Module):
         in_channels: int,
         inter_channels: int | None = None,
         *,
-        mode: str = "embedded_gaussian",
         dim: int = 3,
-        sub_sample: bool = True,
-        pool_kernel: int | Sequence[int] | None = None,
-        pool_before_conv: bool = False,
-        use_scale: bool | Literal["softmax"] = False,
-        norm: str = "batchnorm",
-        init: str = "msra",
-        init_std: float = 0.01,
-        temporal_group: int | None = None,
-        attend: str = "spacetime",
-        bias: bool = True,
-        bn_eps: float = 1e-5,
-        bn_momentum: float = 0.1,
-        algorithm: str = "auto",
-        projection: str = "conv",
-        scale: bool | None = None,
+        options: NonLocalOptions | Mapping[str, Any] | None = None,
+        **overrides: Any,
     ) -> None:
         super().__init__()
-        use_scale = _resolve_scale(use_scale, scale)
-        if isinstance(in_channels, bool) or not isinstance(in_channels, int) or in_channels < 1:
-            raise InvalidValueError(f"in_channels must be a positive int, got {in_channels!r}")
-        if inter_channels is None:
-            inter_channels = max(in_channels // 2, 1)
-        if isinstance(inter_channels, bool) or not isinstance(inter_channels, int):
-            raise InvalidTypeError(f"inter_channels must be an int, got {type(inter_channels).__name__}")
-        if inter_channels < 1:
-            raise InvalidValueError(f"inter_channels must be >= 1, got {inter_channels}")
-        check_algorithm(mode, algorithm)
-        if dim not in _CONV:
-            raise InvalidValueError(f"dim must be 1, 2 or 3, got {dim!r}")
-        check_norm(norm)
-        if init not in _INITS:
-            raise InvalidValueError(f"unknown init {init!r}; expected one of {_INITS}")
-        if not (isinstance(use_scale, bool) or use_scale == "softmax"):
-            raise InvalidValueError(f"use_scale must be True, False or 'softmax', got {use_scale!r}")
-        if temporal_group is not None:
-            if dim != 3:
-                raise InvalidValueError(f"temporal_group needs dim=3 (B, C, T, H, W), got dim={dim}")
-            if not isinstance(temporal_group, int) or temporal_group < 1:
-                raise InvalidValueError(f"temporal_group must be a positive int, got {temporal_group!r}")
-        if projection not in PROJECTIONS:
-            raise InvalidValueError(f"unknown projection {projection!r}; expected one of {PROJECTIONS}")
-        if attend not in ATTEND:
-            raise InvalidValueError(f"unknown attend {attend!r}; expected one of {ATTEND}")
-        if attend != "spacetime" and dim != 3:
-            raise InvalidValueError(f"attend={attend!r} needs dim=3 (B, C, T, H, W), got dim={dim}")
-        if attend != "spacetime" and temporal_group is not None:
-            raise InvalidValueError(f"attend={attend!r} and temporal_group cannot be combined")
-
-        self.in_channels = in_channels
-        self.inter_channels = inter_channels
-        self.mode = mode
+        opts = NonLocalOptions.coerce(options, name="options").replace(**overrides)
+        self.pool_kernel: tuple[int, ...] | None = opts.validate(dim)
+        self.in_channels, self.inter_channels = _channels(in_channels, inter_channels)
+        self.options = opts
         self.dim = dim
-        self.pool_kernel: tuple[int, ...] | None = (
-            _as_tuple(_DEFAULT_POOL[dim] if pool_kernel is None else pool_kernel, dim, "pool_kernel")
-            if sub_sample
-            else None
+        self.mode = opts.mode
+        self.pool_before_conv = opts.pool_before_conv
+        self.use_scale = opts.use_scale is True or (
+            opts.use_scale == "softmax" and opts.mode in SOFTMAX_MODES
         )
-        self.pool_before_conv = pool_before_conv
-        self.use_scale = use_scale is True or (use_scale == "softmax" and mode in SOFTMAX_MODES)
-        self.norm_kind = norm
-        self.init = init
-        self.init_std = init_std
-        self.temporal_group = temporal_group
-        self.attend = attend
-        self.algorithm = algorithm
-        self.projection = projection
+        self.temporal_group = opts.temporal_group
+        self.attend = opts.attend
+        self.algorithm = opts.algorithm
+        self.projection = opts.projection
 
-        conv = _CONV[dim]
-        embedded = mode != "gaussian"
-        self.theta = conv(in_channels, inter_channels, 1, bias=bias) if embedded else None
-        self.phi = conv(in_channels, inter_channels, 1, bias=bias) if embedded else None
-        self.g = conv(in_channels, inter_channels, 1, bias=bias)
-        self.concat_project = conv(2 * inter_channels, 1, 1, bias=False) if mode == "concatenation" else None
-        self.pool = _POOL[dim](self.pool_kernel, stride=self.pool_kernel) if sub_sample else None
-        self.out = conv(inter_channels, in_channels, 1, bias=bias)
-        self.norm = create_norm(norm, in_channels, dim, eps=bn_eps, momentum=bn_momentum)
+        conv, ci, bias = _CONV[dim], self.inter_channels, opts.bias
+        embedded = opts.mode != "gaussian"
+        self.theta = conv(in_channels, ci, 1, bias=bias) if embedded else None
+        self.phi = conv(in_channels, ci, 1, bias=bias) if embedded else None
+        self.g = conv(in_channels, ci, 1, bias=bias)
+        self.concat_project = conv(2 * ci, 1, 1, bias=False) if opts.mode == "concatenation" else None
+        self.pool = (
+            None if self.pool_kernel is None else _POOL[dim](self.pool_kernel, stride=self.pool_kernel)
+        )
+        self.out = conv(ci, in_channels, 1, bias=bias)
+        self.norm = create_norm(opts.norm, in_channels, dim, eps=opts.bn_eps)
         self.reset_parameters()
-
-    @classmethod
-    def from_preset(cls, preset: str, in_channels: int, **kwargs: Any) -> NonLocalBlock:
-        """Build with the choices of ``BLOCK_PRESETS[preset]`` (``"paper"`` or ``"released"``);
-        ``kwargs`` override them."""
-        if preset not in BLOCK_PRESETS:
-            raise InvalidValueError(f"unknown preset {preset!r}; expected one of {tuple(BLOCK_PRESETS)}")
-        options = {**BLOCK_PRESETS[preset], **kwargs}
-        if "scale" in kwargs and "use_scale" not in kwargs:  # the deprecated name overrides the preset's
-            options.pop("use_scale")
-        return cls(in_channels, **options)
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        if "norm_type" in state:  # a whole block pickled before the rename
-            state["norm_kind"] = state.pop("norm_type")
-        state.setdefault("projection", "conv")  # pickled before the option existed
-        super().__setstate__(state)
-
-    @property
-    def norm_type(self) -> str:
-        """Deprecated name of :attr:`norm_kind`."""
-        warn_deprecated("NonLocalBlock.norm_type", "norm_kind")
-        return self.norm_kind
 
     @property
     def key_channels(self) -> int:
@@ -229,13 +114,13 @@ class NonLocalBlock(nn.Module):
         for m in (self.theta, self.phi, self.g, self.concat_project, self.out):
             if m is None:
                 continue
-            if self.init == "msra":
+            if self.options.init == "msra":
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
             else:
-                nn.init.normal_(m.weight, std=self.init_std)
+                nn.init.normal_(m.weight, std=self.options.init_std)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
-        if self.norm_kind != "none":
+        if isinstance(self.norm, _NORMS_WITH_SCALE):
             self.norm.reset_parameters()
             nn.init.zeros_(self.norm.weight)
         else:
@@ -302,7 +187,7 @@ class NonLocalBlock(nn.Module):
 
     def _cell(self) -> tuple[int, int]:
         """The spatial size of one key cell (the pool kernel's; 1 x 1 without subsampling)."""
-        return tuple(self.pool_kernel[1:]) if self.pool_kernel is not None else (1, 1)
+        return (self.pool_kernel[1], self.pool_kernel[2]) if self.pool_kernel is not None else (1, 1)
 
     def _time_queries(self, t: Tensor, spatial: Sequence[int]) -> Tensor:
         """``(B, N, C) -> (B * H' * W', T * ph * pw, C)``: the queries of each key cell."""
@@ -366,32 +251,32 @@ class NonLocalBlock(nn.Module):
     def _concat_weight(self) -> Tensor | None:
         return None if self.concat_project is None else self.concat_project.weight.reshape(-1)
 
-    def nonlocal_response(self, x: Tensor) -> Tensor:
-        """``y`` before ``W_z``: shape ``(B, Ci, *S)``."""
-        self._check_input(x)
-        return channels_first(self._response(x), x.shape[2:])
+    def _op(self, theta: Tensor, phi: Tensor, g: Tensor) -> Tensor:
+        """The block's pairwise function on ``(B', N', C)`` sequences: ``y`` ``(B', N', Ci)``."""
+        weight, scale = self._concat_weight(), self.logit_scale
+        return nonlocal_op(self.mode, theta, phi, g, scale=scale, weight=weight, algorithm=self.algorithm)
+
+    def _weights(self, theta: Tensor, phi: Tensor) -> Tensor:
+        """Normalised weights ``f / C`` of queries ``theta`` over keys ``phi``."""
+        return attention_weights(self.mode, theta, phi, scale=self.logit_scale, weight=self._concat_weight())
 
     def _response(self, x: Tensor) -> Tensor:
         """``y`` as a sequence ``(B, N, Ci)``."""
         theta, phi, g, key_shape = self._projections(x)
-        kw = {"scale": self.logit_scale, "weight": self._concat_weight(), "algorithm": self.algorithm}
         b, spatial = x.shape[0], tuple(x.shape[2:])
         if self.attend == "time":
-            y = nonlocal_op(
-                self.mode,
+            y = self._op(
                 self._time_queries(theta, spatial),
                 self._time_keys(phi, key_shape),
                 self._time_keys(g, key_shape),
-                **kw,
             )  # (B * H' * W', T * ph * pw, Ci)
             t, h, w = spatial
             ph, pw = self._cell()
             y = y.reshape(b, h // ph, w // pw, t, ph, pw, self.inter_channels)
             return y.permute(0, 3, 1, 4, 2, 5, 6).reshape(b, -1, self.inter_channels)
         groups = self._groups(x)
-        y = nonlocal_op(
-            self.mode, *(t.reshape(b * groups, -1, t.shape[2]) for t in (theta, phi, g)), **kw
-        )  # (B * groups, N / groups, Ci)
+        theta, phi, g = (t.reshape(b * groups, -1, t.shape[2]) for t in (theta, phi, g))
+        y = self._op(theta, phi, g)  # (B * groups, N / groups, Ci)
         return y.reshape(b, -1, self.inter_channels)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -446,11 +331,10 @@ class NonLocalBlock(nn.Module):
         theta, phi, _, key_shape = self._projections(x)
         theta_q = theta[:, flat]  # (B, Q, Ck)
         groups = self._groups(x)
-        kw = {"scale": self.logit_scale, "weight": self._concat_weight()}
         if self.attend == "time":
-            return self._time_attention_map(theta_q, phi, key_shape, flat, spatial, kw)
+            return self._time_attention_map(theta_q, phi, key_shape, flat, spatial)
         if groups == 1:
-            w = attention_weights(self.mode, theta_q, phi, **kw)
+            w = self._weights(theta_q, phi)
             return w.reshape(x.shape[0], flat.numel(), *key_shape)
         phi_groups = phi.reshape(x.shape[0], groups, -1, phi.shape[2])
         per_group = math.prod(spatial) // groups
@@ -459,11 +343,11 @@ class NonLocalBlock(nn.Module):
         query_group = flat // per_group
         for grp in query_group.unique().tolist():
             sel = (query_group == grp).nonzero().squeeze(1)
-            out[:, sel, grp] = attention_weights(self.mode, theta_q[:, sel], phi_groups[:, grp], **kw)
+            out[:, sel, grp] = self._weights(theta_q[:, sel], phi_groups[:, grp])
         return out.reshape(x.shape[0], flat.numel(), *key_shape)
 
     def _time_attention_map(
-        self, theta_q: Tensor, phi: Tensor, key_shape: tuple, flat: Tensor, spatial: tuple, kw: dict
+        self, theta_q: Tensor, phi: Tensor, key_shape: tuple[int, ...], flat: Tensor, spatial: tuple[int, ...]
     ) -> Tensor:
         """Weights of each query over the frames of its own key cell; 0 elsewhere."""
         tk, hk, wk = key_shape
@@ -476,20 +360,14 @@ class NonLocalBlock(nn.Module):
         keys = phi.reshape(b, tk, hk * wk, phi.shape[2]).transpose(1, 2)  # (B, cells, T', Ck)
         for c in cell.unique().tolist():
             sel = (cell == c).nonzero().squeeze(1)
-            out[:, sel, :, c] = attention_weights(self.mode, theta_q[:, sel], keys[:, c], **kw)
+            out[:, sel, :, c] = self._weights(theta_q[:, sel], keys[:, c])
         return out.reshape(b, flat.numel(), tk, hk, wk)
-
-    def attention_weights(self, x: Tensor, queries: Tensor | Sequence[Sequence[int]]) -> Tensor:
-        """Deprecated name of :meth:`attention_map` (the function is
-        :func:`nonlocalnet.ops.attention_weights`)."""
-        warn_deprecated("NonLocalBlock.attention_weights()", "attention_map()")
-        return self.attention_map(x, queries)
 
     def extra_repr(self) -> str:
         return (
             f"mode={self.mode!r}, dim={self.dim}, in_channels={self.in_channels}, "
             f"inter_channels={self.inter_channels}, pool_kernel={self.pool_kernel}, "
             f"pool_before_conv={self.pool_before_conv}, use_scale={self.use_scale}, "
-            f"norm={self.norm_kind!r}, temporal_group={self.temporal_group}, attend={self.attend!r}, "
+            f"norm={self.options.norm!r}, temporal_group={self.temporal_group}, attend={self.attend!r}, "
             f"projection={self.projection!r}"
         )

@@ -14,7 +14,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
+from torch.nn.modules.conv import _ConvNd
 
 from nonlocalnet.errors import InvalidValueError
 
@@ -33,27 +34,27 @@ def channels_first(seq: Tensor, spatial: Sequence[int]) -> Tensor:
     return seq.reshape(seq.shape[0], *spatial, seq.shape[2]).movedim(len(spatial) + 1, 1)
 
 
-def _weight(conv: nn.Module) -> Tensor:
+def _weight(conv: _ConvNd) -> Tensor:
     if any(k != 1 for k in conv.kernel_size) or conv.groups != 1:
         raise InvalidValueError(f"expected a 1x1 convolution without groups, got {conv}")
     return conv.weight.flatten(1)
 
 
-def pointwise(seq: Tensor, convs: Sequence[nn.Module]) -> Tensor:
+def pointwise(seq: Tensor, convs: Sequence[_ConvNd]) -> Tensor:
     """The 1x1 convs ``convs`` applied to a ``(B, N, C)`` sequence, concatenated along the
     channels: ``(B, N, sum of their out_channels)``, one batched GEMM (the weight is broadcast
     over the batch, not copied)."""
     w = torch.cat([_weight(c) for c in convs]) if len(convs) > 1 else _weight(convs[0])
-    biases = [c.bias for c in convs]
-    if any(b is None for b in biases) and not all(b is None for b in biases):
+    biases = [c.bias for c in convs if c.bias is not None]
+    if biases and len(biases) != len(convs):
         raise InvalidValueError("pointwise() needs all of the convs with a bias or all without")
-    bias = None if biases[0] is None else torch.cat(biases) if len(biases) > 1 else biases[0]
+    bias = None if not biases else torch.cat(biases) if len(biases) > 1 else biases[0]
     b = seq.shape[0]
     w = w.t().expand(b, w.shape[1], w.shape[0])
     return torch.bmm(seq, w) if bias is None else torch.baddbmm(bias, seq, w)
 
 
-def pointwise_channels_first(seq: Tensor, conv: nn.Module) -> Tensor:
+def pointwise_channels_first(seq: Tensor, conv: _ConvNd) -> Tensor:
     """The 1x1 conv ``conv`` applied to a ``(B, N, C)`` sequence, channel-first: ``(B, Co, N)``."""
     w = _weight(conv)
     w = w.expand(seq.shape[0], *w.shape)

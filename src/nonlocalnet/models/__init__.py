@@ -12,14 +12,7 @@ from nonlocalnet.models.caffe2 import (
 from nonlocalnet.models.complexity import Complexity, measure_complexity
 from nonlocalnet.models.inflate import InflationReport, inflate_2d_to_3d, inflate_kernel
 from nonlocalnet.models.insert import add_nonlocal
-from nonlocalnet.models.registry import (
-    VARIANTS,
-    ModelInfo,
-    build_model,
-    get_model_info,
-    list_models,
-    model_spec,
-)
+from nonlocalnet.models.registry import KINDS, ModelInfo, build_model, list_models, model_info, register_model
 from nonlocalnet.models.released import (
     RELEASE_URL,
     RELEASED_CHECKPOINTS,
@@ -31,6 +24,7 @@ from nonlocalnet.models.released import (
     released_info_from_metadata,
 )
 from nonlocalnet.models.resnet3d import Bottleneck3d, StageSpec, VideoResNet, VideoResNetSpec
+from nonlocalnet.models.video_models import VARIANTS, build_video_model, model_spec
 from nonlocalnet.models.weights import load_weights, read_weights_metadata, save_weights
 from nonlocalnet.models.zoo import (
     WeightsEntry,
@@ -42,6 +36,7 @@ from nonlocalnet.models.zoo import (
 )
 
 __all__ = [
+    "KINDS",
     "RELEASED_CHECKPOINTS",
     "RELEASE_URL",
     "VARIANTS",
@@ -58,12 +53,12 @@ __all__ = [
     "WeightsEntry",
     "add_nonlocal",
     "build_model",
+    "build_video_model",
     "caffe2_norm",
     "check_bn_form",
     "check_model_matches",
     "convert_caffe2_checkpoint",
     "export_caffe2_blobs",
-    "get_model_info",
     "get_weights",
     "inflate_2d_to_3d",
     "inflate_kernel",
@@ -73,9 +68,11 @@ __all__ = [
     "load_named_weights",
     "load_weights",
     "measure_complexity",
+    "model_info",
     "model_spec",
     "read_caffe2_pickle",
     "read_weights_metadata",
+    "register_model",
     "released_checkpoint_info",
     "released_info_from_metadata",
     "resolve_weights",
@@ -83,18 +80,3 @@ __all__ = [
     "save_weights",
     "weights_file",
 ]
-
-
-def __getattr__(name: str):
-    if name == "choose_memory_format":  # moved: timing a model on its device is an engine concern
-        import importlib
-        import warnings
-
-        warnings.warn(
-            "nonlocalnet.models.choose_memory_format is deprecated: "
-            "use nonlocalnet.engine.choose_memory_format",
-            DeprecationWarning,
-            stacklevel=2,
-        )
-        return importlib.import_module("nonlocalnet.engine.layout").choose_memory_format
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -21,12 +21,11 @@ import torch
 from torch import nn
 
 from nonlocalnet.atomic import atomic_write
-from nonlocalnet.deprecation import check_module, warn_deprecated
-from nonlocalnet.errors import InvalidTypeError, InvalidValueError, NonLocalNetError
+from nonlocalnet.errors import InvalidTypeError, InvalidValueError, NonLocalNetError, check_module
 from nonlocalnet.models.insert import NONLOCAL_ATTR
-from nonlocalnet.models.registry import build_model
 from nonlocalnet.models.released import check_bn_form, check_model_matches, released_checkpoint_info
 from nonlocalnet.models.resnet3d import VideoResNet
+from nonlocalnet.models.video_models import build_video_model
 from nonlocalnet.models.weights import save_weights
 
 __all__ = [
@@ -148,8 +147,7 @@ def _translate(name: str, to_caffe2: bool) -> str:
     for ours_re, theirs_re, ours, theirs in _COMPILED:
         m = (ours_re if to_caffe2 else theirs_re).fullmatch(name)
         if m:
-            convert = 2 if to_caffe2 else 3
-            fields = {k: _FIELDS[k][convert][v] for k, v in m.groupdict().items()}
+            fields = {k: (_FIELDS[k][2] if to_caffe2 else _FIELDS[k][3])[v] for k, v in m.groupdict().items()}
             return (theirs if to_caffe2 else ours).format(**fields)
     raise KeyError(name)
 
@@ -203,18 +201,19 @@ def caffe2_norm(blobs: Mapping[str, np.ndarray]) -> str:
 def _norm_hint(model: nn.Module, blobs: Mapping[str, np.ndarray], report: Caffe2LoadReport) -> str:
     """The fix when a load failed because the file's BN form is not the model's."""
     file_norm = caffe2_norm(blobs)
-    model_norm = getattr(model, "norm_kind", None)
+    model_norm = getattr(model, "backbone_norm", None)
     stats = ("_bn_rm", "_bn_riv")
     if file_norm == "affine" and any(name.endswith(stats) for name in report.missing):
         return (
             "\nthe file holds no BN statistics, only affine scale and shift (a frozen-BN release): build "
-            "the model with norm='affine' (nonlocalnet convert-caffe2 --norm affine; model.norm: affine "
-            "in a config)"
+            "the model with backbone_norm='affine' (nonlocalnet convert-caffe2 --norm affine; "
+            "model.backbone_norm: affine in a config)"
         )
     if model_norm == "affine" and any(name.endswith(stats) for name in report.unexpected):
         return (
-            "\nthe file holds BN statistics, the model is frozen-BN: build the model with norm='batchnorm' "
-            "(nonlocalnet convert-caffe2 --norm batchnorm; model.norm: batchnorm in a config)"
+            "\nthe file holds BN statistics, the model is frozen-BN: build the model with "
+            "backbone_norm='batchnorm' (nonlocalnet convert-caffe2 --norm batchnorm; model.backbone_norm: "
+            "batchnorm in a config)"
         )
     return ""
 
@@ -248,8 +247,7 @@ def load_caffe2_checkpoint(
     strict: bool = True,
 ) -> Caffe2LoadReport:
     """Load released Caffe2 weights (a ``.pkl`` path or ``{blob name: array}``) into ``model``
-    (e.g. ``build_model(..., variant="released")``). The old order ``(path, model)`` still works
-    for one release, with a ``DeprecationWarning``.
+    (e.g. ``build_model(..., variant="released")``).
 
     Every unmapped, missing and mis-shaped tensor is reported. With ``strict`` (default) any of
     them raises ``ValueError`` and the model is left untouched; ``strict=False`` loads what fits
@@ -258,16 +256,13 @@ def load_caffe2_checkpoint(
     layer whose scale and shift were loaded from the file but whose statistics are absent gets
     mean 0, variance 1 (listed in ``defaulted``). Statistics of layers the file does not touch
     are left as they are (listed in ``missing``). A load that fails because the file's BN form is
-    not the model's says so and names the fix (``norm="affine"`` for the frozen-BN releases).
+    not the model's says so and names the fix (``backbone_norm="affine"`` for the frozen-BN releases).
 
     A path named as one of the authors' files (:data:`RELEASED_CHECKPOINTS`) is first checked,
     before it is read, against a :class:`VideoResNet` ``model``: it must be the network the file
     belongs to (:func:`check_model_matches`), else :class:`ReleasedModelMismatchError` names
     each setting that differs.
     """
-    if isinstance(path, nn.Module) and not isinstance(model, nn.Module):
-        warn_deprecated("load_caffe2_checkpoint(path, model)", "load_caffe2_checkpoint(model, path)")
-        model, path = path, model
     check_module(model, "load_caffe2_checkpoint(model, path)")
     if not isinstance(path, Mapping) and isinstance(model, VideoResNet):
         info = released_checkpoint_info(path)
@@ -276,6 +271,34 @@ def load_caffe2_checkpoint(
     blobs = path if isinstance(path, Mapping) else read_caffe2_pickle(path)
     state = model.state_dict()
     report = Caffe2LoadReport()
+    new, seen = _match_blobs(blobs, state, report)
+    from_file = set(new) | seen
+    for key in state:
+        if key in from_file or key.endswith("num_batches_tracked"):
+            continue
+        c2 = torch_to_caffe2_name(key) or key
+        if not strict and _affine_only_layer(key, new, from_file):
+            new[key] = torch.zeros_like(state[key]) if key.endswith("mean") else torch.ones_like(state[key])
+            report.defaulted.append(c2)
+        else:
+            report.missing.append(c2)
+    if strict and not report.ok:
+        raise InvalidValueError(
+            "Caffe2 checkpoint does not match the model; nothing was loaded.\n"
+            + report.summary()
+            + _norm_hint(model, blobs, report)
+        )
+    with torch.no_grad():
+        for key, value in new.items():
+            state[key].copy_(value)
+    return report
+
+
+def _match_blobs(
+    blobs: Mapping[str, np.ndarray], state: Mapping[str, torch.Tensor], report: Caffe2LoadReport
+) -> tuple[dict[str, torch.Tensor], set[str]]:
+    """The blobs that fit the model as tensors by our key, and the keys whose blob is mis-shaped;
+    every other blob is reported (unexpected, ignored or mismatched)."""
     new: dict[str, torch.Tensor] = {}
     seen: set[str] = set()
     for name, array in blobs.items():
@@ -296,26 +319,7 @@ def load_caffe2_checkpoint(
                 torch.from_numpy(np.ascontiguousarray(array)).reshape(state[key].shape).to(state[key].dtype)
             )
             report.loaded.append(name)
-    from_file = set(new) | seen
-    for key in state:
-        if key in from_file or key.endswith("num_batches_tracked"):
-            continue
-        c2 = torch_to_caffe2_name(key)
-        if not strict and _affine_only_layer(key, new, from_file):
-            new[key] = torch.zeros_like(state[key]) if key.endswith("mean") else torch.ones_like(state[key])
-            report.defaulted.append(c2)
-        else:
-            report.missing.append(c2)
-    if strict and not report.ok:
-        raise InvalidValueError(
-            "Caffe2 checkpoint does not match the model; nothing was loaded.\n"
-            + report.summary()
-            + _norm_hint(model, blobs, report)
-        )
-    with torch.no_grad():
-        for key, value in new.items():
-            state[key].copy_(value)
-    return report
+    return new, seen
 
 
 def convert_caffe2_checkpoint(
@@ -323,24 +327,26 @@ def convert_caffe2_checkpoint(
     output: str | os.PathLike,
     *,
     model: str | None = None,
-    norm: str | None = None,
+    backbone_norm: str | None = None,
     num_classes: int = 400,
     strict: bool = True,
     keys: Mapping[str, str] | None = None,
 ) -> tuple[Caffe2LoadReport, dict[str, str]]:
     """Convert a released ``.pkl`` into our safetensors file ``output`` for the registry
     ``model`` (``variant="released"``); returns the load report and the metadata written
-    (``model``, ``variant: released``, ``norm``, ``source_file``, and for the authors' files
-    ``frames`` and ``sample_rate``), which every loader reads back and checks.
+    (``model``, ``variant: released``, ``backbone_norm``, ``source_file``, and for the authors'
+    files ``frames`` and ``sample_rate``), which every loader reads back and checks.
 
-    For one of the authors' files (:data:`RELEASED_CHECKPOINTS`, by name) ``model`` and ``norm``
-    default to the table's, and a ``model`` or ``norm`` that contradicts it is an error before
-    the file is read. Otherwise ``model`` is required and ``norm`` defaults to the file's own BN
-    form (:func:`caffe2_norm`: ``"affine"`` for frozen-BN files, which have no BN statistics);
-    a ``norm`` the file contradicts is an error unless ``strict`` is off. ``keys``: how the
-    caller spells ``model`` and ``norm`` in messages (e.g. ``{"name": "--model", "norm": "--norm"}``)."""
+    For one of the authors' files (:data:`RELEASED_CHECKPOINTS`, by name) ``model`` and
+    ``backbone_norm`` default to the table's, and a ``model`` or ``backbone_norm`` that
+    contradicts it is an error before the file is read. Otherwise ``model`` is required and
+    ``backbone_norm`` defaults to the file's own BN form (:func:`caffe2_norm`: ``"affine"`` for
+    frozen-BN files, which have no BN statistics); one the file contradicts is an error unless
+    ``strict`` is off. ``keys``: how the caller spells ``model`` and ``backbone_norm`` in
+    messages (e.g. ``{"name": "--model", "backbone_norm": "--norm"}``)."""
     path = Path(path)
-    keys = {"name": "model", "norm": "norm", **(keys or {})}
+    norm = backbone_norm
+    keys = {"name": "model", "backbone_norm": "backbone_norm", **(keys or {})}
     info = released_checkpoint_info(path)
     name = model or (info.model if info is not None else None)
     if name is None:
@@ -350,16 +356,18 @@ def convert_caffe2_checkpoint(
         )
     if info is not None:
         with torch.device("meta"):  # the shape of the network only: checked before reading the file
-            probe = build_model(name, num_classes, variant="released", norm=norm or info.norm)
+            probe = build_video_model(
+                name, num_classes, variant="released", backbone_norm=norm or info.backbone_norm
+            )
         check_model_matches(probe, info, source=path.name, keys=keys)
     blobs = read_caffe2_pickle(path)
     file_norm = caffe2_norm(blobs)
-    norm = norm or (info.norm if info is not None else file_norm)
-    net = build_model(name, num_classes, variant="released", norm=norm)
+    norm = norm or (info.backbone_norm if info is not None else file_norm)
+    net = build_video_model(name, num_classes, variant="released", backbone_norm=norm)
     if strict:
         check_bn_form(net, file_norm, source=path.name, keys=keys)
     report = load_caffe2_checkpoint(net, blobs, strict=strict)
-    metadata = {"model": name, "variant": "released", "norm": norm, "source_file": path.name}
+    metadata = {"model": name, "variant": "released", "backbone_norm": norm, "source_file": path.name}
     if info is not None:
         metadata |= {"frames": str(info.frames), "sample_rate": str(info.sample_rate)}
     save_weights(net, output, metadata=metadata)
@@ -379,11 +387,7 @@ def export_caffe2_blobs(model_or_state: nn.Module | Mapping[str, torch.Tensor]) 
 
 def save_caffe2_pickle(blobs: Mapping[str, np.ndarray], path: str | os.PathLike) -> None:
     """Write ``{'blobs': blobs}`` to ``path`` as a protocol-2 pickle (as the released files are),
-    atomically. The old order ``(path, blobs)`` still works for one release, with a
-    ``DeprecationWarning``."""
-    if isinstance(path, Mapping) and not isinstance(blobs, Mapping):
-        warn_deprecated("save_caffe2_pickle(path, blobs)", "save_caffe2_pickle(blobs, path)")
-        blobs, path = path, blobs
+    atomically."""
     if not isinstance(blobs, Mapping):
         raise InvalidTypeError(
             f"save_caffe2_pickle(blobs, path): blobs must be a mapping of blob names to arrays, "

@@ -10,8 +10,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from nonlocalnet.deprecation import check_module
-from nonlocalnet.errors import InvalidValueError
+from nonlocalnet.errors import InvalidValueError, check_module
 from nonlocalnet.models.caffe2 import caffe2_to_torch_name
 from nonlocalnet.models.insert import NONLOCAL_ATTR
 
@@ -118,7 +117,7 @@ def inflate_2d_to_3d(
     ImageNet head has 1000 classes). Any backbone tensor missing or mis-shaped raises
     ``ValueError`` before anything is changed.
 
-    Into a ``norm="affine"`` model, 2D BatchNorm layers are folded (``bn_eps``: the 2D network's
+    Into a ``backbone_norm="affine"`` model, 2D BatchNorm layers are folded (``bn_eps``: the 2D network's
     BN epsilon, torchvision's and Caffe2's 1e-5), so the affine model computes what the BN model
     does in eval mode; listed in ``folded``. Into a BatchNorm model, an affine-only 2D layer gets
     mean 0 / variance 1 (``defaulted``); a layer with only one of its two statistics is an error.
@@ -129,8 +128,27 @@ def inflate_2d_to_3d(
     source = _to_torch_names(state_dict_2d)
     target = model.state_dict()
     report = InflationReport()
-    new: dict[str, Tensor] = {}
     problems = _fold_statistics(source, target, float(bn_eps), report)
+    new = _inflated(source, target, report, problems)
+    unexpected = sorted(set(source) - set(target))
+    problems += [f"unexpected {k}" for k in unexpected]
+    if problems:
+        raise InvalidValueError(
+            f"2D weights do not fit {type(model).__name__} ({len(problems)} problems; nothing loaded): "
+            + "; ".join(problems[:20])
+        )
+    with torch.no_grad():
+        for key, value in new.items():
+            target[key].copy_(value)
+    return report
+
+
+def _inflated(
+    source: Mapping[str, Tensor], target: Mapping[str, Tensor], report: InflationReport, problems: list[str]
+) -> dict[str, Tensor]:
+    """Each ``target`` tensor from ``source``: inflated, copied or defaulted (recorded in
+    ``report``); what does not fit is appended to ``problems``."""
+    new: dict[str, Tensor] = {}
     for key, value in target.items():
         optional = f".{NONLOCAL_ATTR}." in key or key.startswith("fc.")
         if key not in source:
@@ -160,14 +178,4 @@ def inflate_2d_to_3d(
             report.kept.append(key)
         else:
             problems.append(f"{key}: 2D {tuple(src.shape)} vs model {tuple(value.shape)}")
-    unexpected = sorted(set(source) - set(target))
-    problems += [f"unexpected {k}" for k in unexpected]
-    if problems:
-        raise InvalidValueError(
-            f"2D weights do not fit {type(model).__name__} ({len(problems)} problems; nothing loaded): "
-            + "; ".join(problems[:20])
-        )
-    with torch.no_grad():
-        for key, value in new.items():
-            target[key].copy_(value)
-    return report
+    return new

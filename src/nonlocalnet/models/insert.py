@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import copyreg
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from torch import Tensor, nn
 
-from nonlocalnet.deprecation import check_module
-from nonlocalnet.errors import InvalidTypeError, InvalidValueError
-from nonlocalnet.layers import NonLocalBlock
+from nonlocalnet.errors import InvalidTypeError, InvalidValueError, check_module
+from nonlocalnet.layers import NonLocalBlock, NonLocalOptions
 from nonlocalnet.layers.norm import BATCHNORMS
 
 __all__ = ["NONLOCAL_ATTR", "add_nonlocal"]
@@ -33,10 +32,11 @@ def _out_channels_and_dim(module: nn.Module) -> tuple[int, int] | None:
     return found
 
 
-_WITH_NONLOCAL: dict[type, type] = {}
+_WITH_NONLOCAL: dict[type[nn.Module], type[nn.Module]] = {}
+_NEWOBJ, _RECONSTRUCTOR = vars(copyreg)["__newobj__"], vars(copyreg)["_reconstructor"]
 
 
-def _nonlocal_class(cls: type) -> type:
+def _nonlocal_class(cls: type[nn.Module]) -> type[nn.Module]:
     """The subclass of ``cls`` whose ``forward`` applies ``self.nl`` to ``cls.forward``'s output
     (one per class). It pickles as ``cls`` plus a swap back, as pickle cannot find a class made at
     runtime by name."""
@@ -46,8 +46,9 @@ def _nonlocal_class(cls: type) -> type:
             return getattr(self, NONLOCAL_ATTR)(cls.forward(self, *args, **kwargs))
 
         def __reduce_ex__(self: nn.Module, protocol: Any) -> Any:
-            reduced = cls.__reduce_ex__(self, protocol)
-            generic = (copyreg.__newobj__, copyreg._reconstructor)  # object's: (cls, ...) + state
+            reduce_ex: Callable[..., Any] = cls.__reduce_ex__
+            reduced = reduce_ex(self, protocol)
+            generic = (_NEWOBJ, _RECONSTRUCTOR)  # object's: (cls, ...) + state
             if isinstance(reduced, tuple) and reduced[0] in generic and reduced[1][0] is sub:
                 return (_new_with_nonlocal, (cls,), *reduced[2:])
             return reduced
@@ -61,9 +62,9 @@ def _nonlocal_class(cls: type) -> type:
     return _WITH_NONLOCAL[cls]
 
 
-def _new_with_nonlocal(cls: type) -> nn.Module:
+def _new_with_nonlocal(cls: type[nn.Module]) -> nn.Module:
     """Unpickling: an empty instance of ``cls``'s non-local subclass (pickle then sets its state)."""
-    obj = cls.__new__(cls)
+    obj: nn.Module = object.__new__(cls)
     obj.__class__ = _nonlocal_class(cls)
     return obj
 
@@ -79,7 +80,8 @@ def add_nonlocal(
     *,
     in_channels: int | None = None,
     dim: int | None = None,
-    **block_options: Any,
+    options: NonLocalOptions | Mapping[str, Any] | None = None,
+    **overrides: Any,
 ) -> list[NonLocalBlock]:
     """Insert a :class:`NonLocalBlock` after each named module (e.g. ``"layer3.4"`` of a
     torchvision ResNet), in place. Returns the new blocks.
@@ -90,8 +92,9 @@ def add_nonlocal(
     the block is the identity at initialisation, so the network's outputs are unchanged until it
     trains. The block starts in
     the module's mode (eval after ``model.eval()``) and follows later ``.train()``/``.eval()``
-    calls; the network still pickles and deep-copies. ``block_options`` go
-    to :class:`NonLocalBlock` (``mode``, ``inter_channels``, ``sub_sample``, ...).
+    calls; the network still pickles and deep-copies. ``options`` (a :class:`NonLocalOptions`
+    or a mapping of its fields) and ``overrides`` (its field names, e.g. ``mode``, and
+    ``inter_channels``) go to :class:`NonLocalBlock`.
     """
     check_module(model, "add_nonlocal(model, after)")
     if isinstance(after, str):
@@ -118,7 +121,7 @@ def add_nonlocal(
                 "it has no conv or BatchNorm layer; pass in_channels= and dim="
             )
         param = next(target.parameters(), None)
-        block = NonLocalBlock(channels, dim=ndim, **block_options)
+        block = NonLocalBlock(channels, dim=ndim, options=NonLocalOptions.coerce(options), **overrides)
         if param is not None:
             block = block.to(device=param.device, dtype=param.dtype)
         block.train(target.training)  # later .train()/.eval() calls reach it through target

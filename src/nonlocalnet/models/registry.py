@@ -1,298 +1,132 @@
-"""The paper's models by name: ``build_model("i3d_nl5_r50")``, ``list_models()``.
+"""One registry of named models, video classifiers and detectors alike (timm's manner):
+:func:`register_model`, :func:`list_models`, :func:`model_info`, :func:`build_model`.
 
-Names are ``{arch}[_nl{1,5,10}]_r{50,101}[_8x8]``:
-
-* ``arch``: ``c2d`` (all kernels 1xkxk), ``i3d`` (I3D 3x1x1, the released code: the first 1x1 of
-  every other block becomes 3x1x1, conv1 5x7x7), ``i3d3x3x3`` (the paper's other I3D: the 3x3 of
-  the same blocks becomes 3x3x3, conv1 5x7x7);
-* ``nl1``: one block before the last res4 block; ``nl5``: the released placement (R50 after res3
-  blocks 1, 3 and res4 blocks 1, 3, 5; R101 res3 1, 3 and res4 6, 13, 20); ``nl10``: after every
-  res3 and res4 block (R50 only: that is 10 blocks for ResNet-50);
-* no suffix: the 32-frame models (conv1 temporal stride 2, 32x224x224 input); ``_8x8``: the
-  8-frame models (conv1 temporal stride 1, pool1 1x3x3).
-
-``variant="paper"`` (default) uses the paper's pooling (pool1 3x3x3, pool2 3x1x1) and block
-(pool after the phi/g convs, no logit scale, MSRA init); ``variant="released"`` the authors'
-code (pool1 2x3x3 without padding, pool2 2x1x1; pool before the convs, logit scale under the
-softmax, std 0.01 init), which is what their checkpoints were trained with.
+The paper's video models (:mod:`nonlocalnet.models.video_models`) are registered when
+:mod:`nonlocalnet.models` is imported; the detectors when :mod:`nonlocalnet.detection` is (it
+needs the ``detection`` extra: torchvision, pycocotools).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import inspect
-from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
+import difflib
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from torch import nn
 
 from nonlocalnet.errors import InvalidTypeError, InvalidValueError
-from nonlocalnet.layers import BLOCK_PRESETS
-from nonlocalnet.models.resnet3d import StageSpec, VideoResNet, VideoResNetSpec
-from nonlocalnet.ops import MODES
 
-__all__ = ["VARIANTS", "ModelInfo", "build_model", "get_model_info", "list_models", "model_spec"]
+__all__ = ["KINDS", "ModelInfo", "build_model", "list_models", "model_info", "register_model"]
 
-_DEPTHS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
-_WIDTHS = (64, 128, 256, 512)
-VARIANTS = ("paper", "released")
-# per variant: pool1 and pool2 temporal kernels (32-frame models) and pool1's spatial padding
-_POOLING = {"paper": (3, 3, 1), "released": (2, 2, 0)}
+KINDS = ("video", "detector")
+"""What a registered model is: a video classifier or a detector."""
 
-
-@dataclass(frozen=True)
-class _Entry:
-    """One registry name, parsed."""
-
-    arch: str
-    nonlocal_: str
-    depth: int
-    fast: bool
-
-
-def _table() -> dict[str, _Entry]:
-    """The naming grammar, written once: every valid name and what it stands for."""
-    table = {}
-    for arch in ("c2d", "i3d", "i3d3x3x3"):
-        for nl in ("", "nl1", "nl5", "nl10"):
-            for depth in _DEPTHS:
-                if nl == "nl10" and depth != 50:
-                    continue  # every res3 and res4 block is 10 blocks for ResNet-50 only
-                for fast in (False, True):
-                    name = f"{arch}{'_' + nl if nl else ''}_r{depth}{'_8x8' if fast else ''}"
-                    table[name] = _Entry(arch, nl, depth, fast)
-    return dict(sorted(table.items()))
-
-
-_REGISTRY = _table()
-
-
-def _inflated(stage: int, depth: int, block: int) -> bool:
-    """The released code's every-other-block rule for the 3D kernel (stage 2..5)."""
-    if stage == 2:
-        return True
-    if stage == 5:
-        return block % 2 == 1
-    return block % 2 == 0
-
-
-def _nonlocal_after(nl: str, stage: int, depth: int, blocks: int) -> tuple[int, ...]:
-    if nl == "nl1":
-        return (blocks - 2,) if stage == 4 else ()
-    if nl == "nl5" and stage in (3, 4):
-        mod = 7 if (depth == 101 and stage == 4) else 2
-        return tuple(i for i in range(blocks) if i % mod == mod - 1)
-    if nl == "nl10" and stage in (3, 4):
-        return tuple(range(blocks))
-    return ()
+Builder = TypeVar("Builder", bound=Callable[..., nn.Module])
 
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """What a registry name stands for, and the paper's numbers where it reports them."""
+    """What a registered name stands for.
+
+    ``kind``: ``"video"`` or ``"detector"``. ``arch``: ``c2d``, ``i3d``, ``i3d3x3x3`` (video) or
+    ``maskrcnn``, ``fasterrcnn``, ``keypointrcnn`` (detectors). ``depth``: the ResNet's depth
+    (``None`` for the tiny detector body). ``nonlocal_blocks``: how many blocks the model has.
+    ``paper``: the paper's numbers for this model where it reports them (Wang et al., CVPR
+    2018): ``top1``/``top5`` on Kinetics-400 val (Tables 2-3) for video models, ``box_AP``,
+    ``mask_AP50``, ``kp_AP75``, ... on COCO val2017 (Tables 5-6) for detectors; else empty.
+
+    Video models: ``frames`` and ``sample_rate`` of their clips. Detectors: ``has_masks``,
+    ``has_keypoints``, ``backbone`` (a key of the detection backbones' table),
+    ``backbone_block_after`` (the module the backbone's block follows; ``None``: no backbone
+    block) and ``head_blocks`` (blocks in the keypoint head).
+    """
 
     name: str
+    kind: str
     arch: str
-    depth: int
+    depth: int | None
     nonlocal_blocks: int
-    frames: int
-    sample_rate: int
-    paper_top1_top5: tuple[float, float] | None
+    description: str = ""
+    paper: Mapping[str, float] = field(default_factory=dict, hash=False)
+    frames: int | None = None
+    sample_rate: int | None = None
+    has_masks: bool = False
+    has_keypoints: bool = False
+    backbone: str | None = None
+    backbone_block_after: str | None = None
+    head_blocks: int = 0
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise InvalidValueError(f"unknown model kind {self.kind!r}; expected one of {KINDS}")
 
 
-_PAPER_RESULTS = {  # Kinetics-400 val, 32 frames: the paper, Tables 2-3
-    ("c2d", "", 50): (71.8, 89.7),
-    ("c2d", "", 101): (73.1, 91.0),
-    ("c2d", "nl1", 50): (72.7, 90.5),
-    ("c2d", "nl1", 101): (74.3, 91.3),
-    ("c2d", "nl5", 50): (73.8, 91.0),
-    ("c2d", "nl5", 101): (75.1, 91.7),
-    ("c2d", "nl10", 50): (74.3, 91.2),
-    ("i3d", "", 50): (73.3, 90.7),
-    ("i3d", "", 101): (74.4, 91.1),
-    ("i3d", "nl5", 50): (74.9, 91.6),
-    ("i3d", "nl5", 101): (76.0, 92.1),
-}
+@dataclass(frozen=True)
+class _Entry:
+    info: ModelInfo
+    builder: Callable[..., nn.Module]
+
+
+_REGISTRY: dict[str, _Entry] = {}
+
+
+def register_model(info: ModelInfo, builder: Builder | None = None) -> Any:
+    """Register ``builder`` (called as ``builder(**kwargs)`` by :func:`build_model`) under
+    ``info.name``; without ``builder``, a decorator that registers the function it decorates.
+    A name registered twice is an error."""
+
+    def register(fn: Builder) -> Builder:
+        if info.name in _REGISTRY:
+            raise InvalidValueError(f"model {info.name!r} is already registered")
+        _REGISTRY[info.name] = _Entry(info, fn)
+        return fn
+
+    return register if builder is None else register(builder)
+
+
+def list_models(kind: str | None = None) -> list[str]:
+    """The registered names, sorted; ``kind`` (``"video"``, ``"detector"``) keeps that kind.
+    Detectors are listed once :mod:`nonlocalnet.detection` is imported."""
+    if kind is not None and kind not in KINDS:
+        raise InvalidValueError(f"unknown model kind {kind!r}; expected one of {KINDS} or None")
+    return sorted(n for n, e in _REGISTRY.items() if kind is None or e.info.kind == kind)
 
 
 def _entry(name: str) -> _Entry:
     if not isinstance(name, str):
         raise InvalidTypeError(f"a model name must be a str, got {type(name).__name__}")
-    if name not in _REGISTRY:
-        raise _unknown(name)
-    return _REGISTRY[name]
-
-
-def list_models() -> list[str]:
-    """Every registry name, sorted."""
-    return list(_REGISTRY)
-
-
-def _unknown(name: str) -> InvalidValueError:
-    import difflib
-
-    close = difflib.get_close_matches(name, list_models(), n=3)
-    hint = f"; did you mean {', '.join(close)}?" if close else ""
-    return InvalidValueError(f"unknown model {name!r}{hint or '.'} Valid names: {', '.join(list_models())}")
-
-
-def get_model_info(name: str) -> ModelInfo:
-    """What a registry name stands for (block count read from its spec)."""
-    e = _entry(name)
-    return ModelInfo(
-        name=name,
-        arch=e.arch,
-        depth=e.depth,
-        nonlocal_blocks=model_spec(name).num_nonlocal,
-        frames=8 if e.fast else 32,
-        sample_rate=8 if e.fast else 2,
-        paper_top1_top5=None if e.fast else _PAPER_RESULTS.get((e.arch, e.nonlocal_, e.depth)),
+    if name in _REGISTRY:
+        return _REGISTRY[name]
+    close = difflib.get_close_matches(name, list(_REGISTRY), n=3)
+    hint = f"; did you mean {', '.join(close)}?" if close else "."
+    detection = (
+        ""
+        if "nonlocalnet.detection" in sys.modules
+        else " The detectors are registered by importing nonlocalnet.detection "
+        "(pip install 'nonlocalnet[detection]')."
     )
+    message = f"unknown model {name!r}{hint}{detection} Valid names: {', '.join(list_models())}"
+    raise InvalidValueError(message)
 
 
-def model_spec(
-    name: str,
-    *,
-    variant: str = "paper",
-    nonlocal_mode: str = "embedded_gaussian",
-    nonlocal_options: dict[str, Any] | None = None,
-    norm: str = "batchnorm",
-) -> VideoResNetSpec:
-    """The :class:`VideoResNetSpec` behind a registry name.
-
-    With ``norm="affine"`` (frozen BN, the authors' affine models) and ``variant="released"``
-    the non-local blocks have no output norm (``W_z`` starts at 0) and the res3 blocks attend
-    within groups of 4 frames, as the released code trains those models (its affine config sets
-    ``NONLOCAL.USE_BN: False``); with ``variant="paper"`` they use an affine output norm."""
-    e = _entry(name)
-    arch, nl, depth, fast = e.arch, e.nonlocal_, e.depth, e.fast
-    if variant not in VARIANTS:
-        raise InvalidValueError(f"unknown variant {variant!r}; expected one of {VARIANTS}")
-    if nonlocal_mode not in MODES:
-        raise InvalidValueError(f"unknown nonlocal_mode {nonlocal_mode!r}; expected one of {MODES}")
-    if nonlocal_options is not None and not isinstance(nonlocal_options, Mapping):
-        raise InvalidTypeError(f"nonlocal_options must be a mapping, got {type(nonlocal_options).__name__}")
-    stages = []
-    for index, (blocks, width) in enumerate(zip(_DEPTHS[depth], _WIDTHS, strict=True)):
-        stage = index + 2
-        inflate = [3 if arch != "c2d" and _inflated(stage, depth, i) else 1 for i in range(blocks)]
-        ones = [1] * blocks
-        stages.append(
-            StageSpec(
-                depth=blocks,
-                width=width,
-                stride=1 if stage == 2 else 2,
-                temporal_a=tuple(inflate if arch == "i3d" else ones),
-                temporal_b=tuple(inflate if arch == "i3d3x3x3" else ones),
-                nonlocal_after=_nonlocal_after(nl, stage, depth, blocks),
-                nonlocal_options=(
-                    {"temporal_group": 4} if norm == "affine" and variant == "released" and stage == 3 else {}
-                ),
-            )
-        )
-    pool1, pool2, pool1_padding = _POOLING[variant]
-    affine = {"norm": "none" if variant == "released" else "affine"} if norm == "affine" else {}
-    options = {**BLOCK_PRESETS[variant], **affine, "mode": nonlocal_mode, **(nonlocal_options or {})}
-    return VideoResNetSpec(
-        stages=tuple(stages),
-        conv1_temporal=1 if arch == "c2d" else 5,
-        conv1_temporal_stride=1 if fast else 2,
-        pool1_temporal=1 if fast else pool1,
-        pool1_temporal_stride=1 if fast else 2,
-        pool1_padding=pool1_padding,
-        pool2_temporal=pool2,
-        nonlocal_options=options,
-    )
-
-
-def build_model(
-    name: str,
-    num_classes: int | None = None,
-    *,
-    variant: str | None = None,
-    nonlocal_mode: str = "embedded_gaussian",
-    nonlocal_options: dict[str, Any] | None = None,
-    dropout: float = 0.5,
-    temporal_padding: str = "zeros",
-    norm: str | None = None,
-    weights: str | None = None,
-    progress: bool = True,
-    **spec_overrides: Any,
-) -> VideoResNet:
-    """Build a registry model; ``spec_overrides`` replace fields of its :class:`VideoResNetSpec`
-    (e.g. ``pool2_temporal=0``). ``num_classes`` 400, ``variant`` ``"paper"`` and ``norm``
-    ``"batchnorm"`` (or ``"affine"``: frozen BN) unless given.
-
-    ``weights``: a name from :func:`~nonlocalnet.models.list_weights` (torchvision's manner):
-    the file is downloaded once (``progress``: a progress bar) and loaded. The authors' Kinetics
-    weights also choose ``num_classes``, ``variant`` and ``norm`` (one given otherwise is an
-    error naming it); ImageNet weights are inflated into the model."""
-    if weights is not None:
-        from nonlocalnet.models.zoo import build_with_weights
-
-        return build_with_weights(
-            name,
-            weights,
-            num_classes=num_classes,
-            variant=variant,
-            norm=norm,
-            progress=progress,
-            nonlocal_mode=nonlocal_mode,
-            nonlocal_options=nonlocal_options,
-            dropout=dropout,
-            temporal_padding=temporal_padding,
-            **spec_overrides,
-        )
-    num_classes = 400 if num_classes is None else num_classes
-    variant = "paper" if variant is None else variant
-    norm = "batchnorm" if norm is None else norm
-    spec = model_spec(
-        name, variant=variant, nonlocal_mode=nonlocal_mode, nonlocal_options=nonlocal_options, norm=norm
-    )
-    fields = {f.name for f in dataclasses.fields(VideoResNetSpec)}
-    bad = sorted(set(spec_overrides) - fields)
-    if bad:
-        own = set(inspect.signature(build_model).parameters) - {"name", "spec_overrides"}
+def model_info(name: str, kind: str | None = None) -> ModelInfo:
+    """The :class:`ModelInfo` of ``name``; an unknown name is an error naming close ones, and so
+    is a model of another ``kind`` than the one given (``"video"``, ``"detector"``)."""
+    info = _entry(name).info
+    if kind is not None and info.kind != kind:
+        names = ", ".join(list_models(kind))
         raise InvalidValueError(
-            f"unknown override(s) {bad} for build_model; valid keys: {sorted(fields | own)}"
+            f"{name!r} is a {info.kind} model, not a {kind} model; {kind} models: {names}"
         )
-    for key, value in spec_overrides.items():
-        _check_override(key, value)
-    if spec_overrides:
-        spec = dataclasses.replace(spec, **spec_overrides)
-    own_options = nonlocal_options or "stages" in spec_overrides
-    try:
-        return VideoResNet(
-            spec, num_classes=num_classes, dropout=dropout, temporal_padding=temporal_padding, norm=norm
-        )
-    except TypeError as err:  # a bad non-local option
-        if not own_options:
-            raise  # not from the caller's block options: a bug
-        raise InvalidValueError(f"bad nonlocal_options {nonlocal_options!r}: {err}") from None
+    return info
 
 
-def _check_override(key: str, value: Any) -> None:
-    """A ``VideoResNetSpec`` field given to :func:`build_model` has its field's type."""
-    kind = _FIELD_KINDS.get(key)
-    if kind is None:
-        return
-    if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
-        raise InvalidTypeError(f"override {key} must be an int, got {type(value).__name__} {value!r}")
-    if kind is bool and not isinstance(value, bool):
-        raise InvalidTypeError(f"override {key} must be a bool, got {type(value).__name__} {value!r}")
-    if kind == "stages" and not (
-        isinstance(value, tuple | list) and all(isinstance(s, StageSpec) for s in value)
-    ):
-        raise InvalidTypeError(f"override stages must be a sequence of StageSpec, got {value!r}")
-
-
-_FIELD_KINDS = {
-    "conv1_temporal": int,
-    "conv1_temporal_stride": int,
-    "pool1_temporal": int,
-    "pool1_temporal_stride": int,
-    "pool1_padding": int,
-    "pool2_temporal": int,
-    "stem_width": int,
-    "stride_on_1x1": bool,
-    "stages": "stages",
-}  # nonlocal_options is build_model's own argument
+def build_model(name: str, **kwargs: Any) -> nn.Module:
+    """Build the registered model ``name``; ``kwargs`` go to its builder (video models:
+    :func:`~nonlocalnet.models.video_models.build_video_model`; detectors:
+    :func:`~nonlocalnet.detection.build_detector`). Every builder takes the non-local blocks'
+    options as ``nonlocal_options`` (a :class:`~nonlocalnet.layers.NonLocalOptions`, or a
+    mapping of its fields over the model's own defaults)."""
+    return _entry(name).builder(**kwargs)

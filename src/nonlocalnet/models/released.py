@@ -19,8 +19,10 @@ from pathlib import PurePath
 from torch import nn
 
 from nonlocalnet.errors import InvalidTypeError, InvalidValueError
-from nonlocalnet.models.registry import VARIANTS, get_model_info, list_models, model_spec
+from nonlocalnet.layers import NonLocalOptions
+from nonlocalnet.models.registry import list_models, model_info
 from nonlocalnet.models.resnet3d import BACKBONE_NORMS, VideoResNet, VideoResNetSpec
+from nonlocalnet.models.video_models import VARIANTS, model_spec
 from nonlocalnet.ops import MODES
 
 __all__ = [
@@ -41,14 +43,14 @@ RELEASE_URL = "https://dl.fbaipublicfiles.com/video-nonlocal/"
 @dataclass(frozen=True)
 class ReleasedCheckpoint:
     """A file of the authors' weights and the network it belongs to: the registry ``model`` built
-    with ``variant`` and ``norm`` (``"affine"``: frozen BN, scale and shift only), trained and
+    with ``variant`` and ``backbone_norm`` (``"affine"``: frozen BN, scale and shift only), trained and
     tested on clips of ``frames`` frames taken every ``sample_rate`` frames. For the authors' own
     files: their Kinetics-400 val top-1/top-5 (fully convolutional test, 10 clips x 3 crops),
     training iterations, GPUs and download URL."""
 
     file_name: str
     model: str
-    norm: str = "batchnorm"
+    backbone_norm: str = "batchnorm"
     frames: int = 32
     sample_rate: int = 2
     top1_top5: tuple[float, float] | None = None
@@ -64,7 +66,7 @@ class ReleasedCheckpoint:
 
     def describe(self) -> str:
         """E.g. ``i3d_nl5_r50_8x8 (released variant, frozen BN, 32x4 clips)``."""
-        bn = "frozen BN" if self.norm == "affine" else "BatchNorm"
+        bn = "frozen BN" if self.backbone_norm == "affine" else "BatchNorm"
         return f"{self.model} ({self.variant} variant, {bn}, {self.geometry} clips)"
 
 
@@ -73,13 +75,13 @@ def _zoo(
     model: str,
     top1_top5: tuple[float, float],
     *,
-    norm: str = "batchnorm",
+    backbone_norm: str = "batchnorm",
     iterations: int = 400_000,
     gpus: int = 8,
 ) -> ReleasedCheckpoint:
     frames, rate = (int(n) for n in file_name.split("_")[2].split("x"))
     return ReleasedCheckpoint(
-        file_name, model, norm, frames, rate, top1_top5, iterations, gpus, RELEASE_URL + file_name
+        file_name, model, backbone_norm, frames, rate, top1_top5, iterations, gpus, RELEASE_URL + file_name
     )
 
 
@@ -95,14 +97,16 @@ RELEASED_CHECKPOINTS: dict[str, ReleasedCheckpoint] = {
         _zoo("c2d_nonlocal_32x2_IN_pretrain_400k.pkl", "c2d_nl5_r50", (73.9, 91.0)),
         _zoo("i3d_baseline_32x2_IN_pretrain_400k.pkl", "i3d_r50", (73.6, 90.8)),
         _zoo("i3d_nonlocal_32x2_IN_pretrain_400k.pkl", "i3d_nl5_r50", (74.9, 91.6)),
-        _zoo("i3d_baseline_128x1_I3D_pretrain_400k.pkl", "i3d_r50", (75.2, 92.0), norm="affine"),
-        _zoo("i3d_nonlocal_128x1_I3D_pretrain_400k.pkl", "i3d_nl5_r50", (76.5, 92.7), norm="affine"),
+        _zoo("i3d_baseline_128x1_I3D_pretrain_400k.pkl", "i3d_r50", (75.2, 92.0), backbone_norm="affine"),
+        _zoo("i3d_nonlocal_128x1_I3D_pretrain_400k.pkl", "i3d_nl5_r50", (76.5, 92.7), backbone_norm="affine"),
         _zoo("c2d_baseline_8x8_IN_pretrain_400k.pkl", "c2d_r50_8x8", (71.9, 90.0)),
         _zoo("c2d_nonlocal_8x8_IN_pretrain_400k.pkl", "c2d_nl5_r50_8x8", (74.4, 91.4)),
         _zoo("i3d_baseline_8x8_IN_pretrain_400k.pkl", "i3d_r50_8x8", (73.4, 90.9)),
         _zoo("i3d_nonlocal_8x8_IN_pretrain_400k.pkl", "i3d_nl5_r50_8x8", (74.7, 91.6)),
-        _zoo("i3d_baseline_32x4_I3D_pretrain_400k.pkl", "i3d_r50_8x8", (75.5, 92.0), norm="affine"),
-        _zoo("i3d_nonlocal_32x4_I3D_pretrain_400k.pkl", "i3d_nl5_r50_8x8", (76.5, 92.6), norm="affine"),
+        _zoo("i3d_baseline_32x4_I3D_pretrain_400k.pkl", "i3d_r50_8x8", (75.5, 92.0), backbone_norm="affine"),
+        _zoo(
+            "i3d_nonlocal_32x4_I3D_pretrain_400k.pkl", "i3d_nl5_r50_8x8", (76.5, 92.6), backbone_norm="affine"
+        ),
         _zoo("i3d_baseline_8x8_IN_pretrain_300k.pkl", "i3d_r50_8x8", (73.2, 90.8), iterations=300_000),
         _zoo(
             "i3d_baseline_8x8_IN_pretrain_600k_4gpu.pkl",
@@ -136,9 +140,9 @@ def released_info_from_metadata(
     metadata: Mapping[str, str], *, source: str, tensor_names: Iterable[str] = ()
 ) -> ReleasedCheckpoint | None:
     """What our safetensors metadata says a file holds: ``None`` unless ``variant`` is
-    ``released`` (``nonlocalnet convert-caffe2`` writes ``model``, ``variant``, ``norm`` and the
+    ``released`` (``nonlocalnet convert-caffe2`` writes ``model``, ``variant``, ``backbone_norm`` and the
     ``.pkl`` it read as ``source_file``). A known ``source_file`` gives its table entry; else the
-    metadata's model and norm (without ``norm``, the BN form of ``tensor_names``: statistics
+    metadata's model and backbone_norm (without ``backbone_norm``, the BN form of ``tensor_names``: statistics
     present or not). ``source``: the file, for messages."""
     if metadata.get("variant") != "released":
         return None
@@ -146,26 +150,32 @@ def released_info_from_metadata(
     if known is not None:
         return known
     model = metadata.get("model")
-    if model not in list_models():
+    if model not in list_models("video"):
         raise InvalidValueError(
             f"{source}: its metadata says variant 'released' but names model {model!r}, not a registry "
             "model; convert the .pkl again with nonlocalnet convert-caffe2 --model NAME"
         )
-    norm = metadata.get("norm")
+    norm = metadata.get("backbone_norm")
     if norm is None:
         norm = "batchnorm" if any(k.endswith("running_var") for k in tensor_names) else "affine"
     elif norm not in BACKBONE_NORMS:
         raise InvalidValueError(
-            f"{source}: its metadata names norm {norm!r}; expected one of {BACKBONE_NORMS}"
+            f"{source}: its metadata names backbone_norm {norm!r}; expected one of {BACKBONE_NORMS}"
         )
-    info = get_model_info(model)
-    clips = {"frames": info.frames, "sample_rate": info.sample_rate}
+    info = model_info(model, "video")
+    clips = {"frames": info.frames or 32, "sample_rate": info.sample_rate or 2}  # video models have both
     for key in clips:
         if key in metadata:
             if not metadata[key].isdigit():
                 raise InvalidValueError(f"{source}: its metadata {key} {metadata[key]!r} is not a count")
             clips[key] = int(metadata[key])
-    return ReleasedCheckpoint(metadata.get("source_file") or source, model, norm, **clips)
+    return ReleasedCheckpoint(
+        metadata.get("source_file") or source,
+        model,
+        norm,
+        frames=clips["frames"],
+        sample_rate=clips["sample_rate"],
+    )
 
 
 class ReleasedModelMismatchError(InvalidValueError):
@@ -176,8 +186,8 @@ class ReleasedModelMismatchError(InvalidValueError):
 _LIBRARY = {
     "name": "name",
     "variant": "variant",
-    "norm": "norm",
-    "nonlocal_mode": "nonlocal_mode",
+    "backbone_norm": "backbone_norm",
+    "mode": "nonlocal_options['mode']",
     "temporal_padding": "temporal_padding",
     "overrides": "build_model's overrides and nonlocal_options",
 }
@@ -188,6 +198,8 @@ def _fix(key: str, value: str) -> str:
         return f"pass {key} {value}"
     if key == "name":
         return f"build it with build_model({value!r}, ...)"
+    if key == "nonlocal_options['mode']":
+        return f"build it with nonlocal_options={{'mode': {value!r}}}"
     if key in _LIBRARY.values():
         return f"build it with {key}={value!r}"
     return f"set {key}={value}"
@@ -198,16 +210,20 @@ def _effective(spec: VideoResNetSpec) -> VideoResNetSpec:
     if any(s.nonlocal_after for s in spec.stages):
         return spec
     stages = tuple(dataclasses.replace(s, nonlocal_options={}) for s in spec.stages)
-    return dataclasses.replace(spec, stages=stages, nonlocal_options={})
+    return dataclasses.replace(spec, stages=stages, nonlocal_options=NonLocalOptions())
 
 
-def _identify(spec: VideoResNetSpec, norm: str) -> tuple[str, str, str] | None:
-    """The registry ``(name, variant, nonlocal_mode)`` that builds ``spec`` with ``norm``."""
+def _identify(spec: VideoResNetSpec) -> tuple[str, str, str] | None:
+    """The registry ``(name, variant, mode)`` that builds ``spec`` (with its backbone norm)."""
     target = _effective(spec)
-    for name in list_models():
+    for name in list_models("video"):
         for variant in VARIANTS:
             for mode in MODES:
-                if _effective(model_spec(name, variant=variant, nonlocal_mode=mode, norm=norm)) == target:
+                options = {"mode": mode}
+                built = model_spec(
+                    name, variant=variant, nonlocal_options=options, backbone_norm=spec.backbone_norm
+                )
+                if _effective(built) == target:
                     return name, variant, mode
     return None
 
@@ -231,14 +247,16 @@ def _norm_line(key: str, actual: str, expected: str, source: str) -> str:
     return f"{key}: {actual}, but {source} {why}: {_fix(key, expected)}"
 
 
-def check_bn_form(model: nn.Module, norm: str, *, source: str, keys: Mapping[str, str] | None = None) -> None:
+def check_bn_form(
+    model: nn.Module, backbone_norm: str, *, source: str, keys: Mapping[str, str] | None = None
+) -> None:
     """Raise :class:`ReleasedModelMismatchError` if ``model`` (a :class:`VideoResNet`) is not
-    built with ``norm``, the BN form of the file ``source`` (``"affine"``: frozen BN)."""
+    built with ``backbone_norm``, the BN form of the file ``source`` (``"affine"``: frozen BN)."""
     if not isinstance(model, VideoResNet):
         raise InvalidTypeError(f"check_bn_form needs a VideoResNet (build_model), got {type(model).__name__}")
-    if model.norm_kind != norm:
-        key = {**_LIBRARY, **(keys or {})}["norm"]
-        raise ReleasedModelMismatchError(_norm_line(key, model.norm_kind, norm, source))
+    if model.backbone_norm != backbone_norm:
+        key = {**_LIBRARY, **(keys or {})}["backbone_norm"]
+        raise ReleasedModelMismatchError(_norm_line(key, model.backbone_norm, backbone_norm, source))
 
 
 def check_model_matches(
@@ -257,7 +275,7 @@ def check_model_matches(
 
     ``model``: a :class:`VideoResNet` (``build_model``). ``source``: the file, for messages
     (default ``info.file_name``). ``keys``: how the caller spells each setting (``name``,
-    ``variant``, ``norm``, ``nonlocal_mode``, ``temporal_padding``, ``overrides``): config keys
+    ``variant``, ``backbone_norm``, ``mode``, ``temporal_padding``, ``overrides``): config keys
     like ``model.variant``, or command-line flags like ``--model`` (``pass --model NAME``); the
     rest are ``build_model``'s arguments."""
     if not isinstance(model, VideoResNet):
@@ -267,40 +285,10 @@ def check_model_matches(
     source = source or info.file_name
     k = {**_LIBRARY, **(keys or {})}
     lines = []
-    norm = model.norm_kind
-    if norm != info.norm:
-        lines.append(_norm_line(k["norm"], norm, info.norm, source))
-    expected = model_spec(info.model, variant=info.variant, norm=norm)
-    if _effective(model.spec) != _effective(expected):
-        found = _identify(model.spec, norm)
-        if found is None:
-            fields = [
-                f.name
-                for f in dataclasses.fields(VideoResNetSpec)
-                if getattr(model.spec, f.name) != getattr(expected, f.name)
-            ]
-            lines.append(
-                f"{k['overrides']}: the network differs from {info.model} ({info.variant} variant) in "
-                f"{', '.join(fields)}: remove them and {_fix(k['name'], info.model)}"
-            )
-        else:
-            name, variant, mode = found
-            added = name != info.model and _baseline(name) == info.model == _baseline(info.model)
-            if name != info.model and not added:
-                lines.append(
-                    f"{k['name']}: {name}, but {source} is {info.model} ({_geometry(info.model)}; "
-                    f"trained on {info.geometry} clips): {_fix(k['name'], info.model)}"
-                )
-            if variant != info.variant:
-                lines.append(
-                    f"{k['variant']}: {variant}, but {source} is the authors' {info.variant} variant: "
-                    f"{_fix(k['variant'], info.variant)}"
-                )
-            if mode != "embedded_gaussian" and not added:
-                lines.append(
-                    f"{k['nonlocal_mode']}: {mode}, but the blocks of {source} are embedded_gaussian: "
-                    f"{_fix(k['nonlocal_mode'], 'embedded_gaussian')}"
-                )
+    norm = model.backbone_norm
+    if norm != info.backbone_norm:
+        lines.append(_norm_line(k["backbone_norm"], norm, info.backbone_norm, source))
+    lines += _spec_lines(model.spec, info, k, source)
     padding = model.conv1.temporal_padding
     if padding != "zeros":
         lines.append(
@@ -312,3 +300,43 @@ def check_model_matches(
             f"{source} holds the weights of {info.describe()}; this network differs (same shapes, "
             "other outputs):\n  " + "\n  ".join(lines)
         )
+
+
+def _spec_lines(
+    spec: VideoResNetSpec, info: ReleasedCheckpoint, k: Mapping[str, str], source: str
+) -> list[str]:
+    """What of ``spec`` differs from the network of ``info`` (its backbone norm aside), one line
+    each with the fix; a baseline file fits its network with non-local blocks added."""
+    expected = model_spec(info.model, variant=info.variant, backbone_norm=spec.backbone_norm)
+    if _effective(spec) == _effective(expected):
+        return []
+    found = _identify(spec)
+    if found is None:
+        fields = [
+            f.name
+            for f in dataclasses.fields(VideoResNetSpec)
+            if getattr(spec, f.name) != getattr(expected, f.name)
+        ]
+        return [
+            f"{k['overrides']}: the network differs from {info.model} ({info.variant} variant) in "
+            f"{', '.join(fields)}: remove them and {_fix(k['name'], info.model)}"
+        ]
+    name, variant, mode = found
+    added = name != info.model and _baseline(name) == info.model == _baseline(info.model)
+    lines = []
+    if name != info.model and not added:
+        lines.append(
+            f"{k['name']}: {name}, but {source} is {info.model} ({_geometry(info.model)}; "
+            f"trained on {info.geometry} clips): {_fix(k['name'], info.model)}"
+        )
+    if variant != info.variant:
+        lines.append(
+            f"{k['variant']}: {variant}, but {source} is the authors' {info.variant} variant: "
+            f"{_fix(k['variant'], info.variant)}"
+        )
+    if mode != "embedded_gaussian" and not added:
+        lines.append(
+            f"{k['mode']}: {mode}, but the blocks of {source} are embedded_gaussian: "
+            f"{_fix(k['mode'], 'embedded_gaussian')}"
+        )
+    return lines

@@ -10,9 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from nonlocalnet.deprecation import warn_deprecated
 from nonlocalnet.errors import InvalidTypeError, InvalidValueError
-from nonlocalnet.layers import NonLocalBlock
+from nonlocalnet.layers import NonLocalBlock, NonLocalOptions
 from nonlocalnet.layers.norm import check_norm, create_norm
 from nonlocalnet.models.insert import NONLOCAL_ATTR
 
@@ -35,8 +34,8 @@ class StageSpec:
     """One residual stage: ``depth`` bottleneck blocks of inner width ``width`` (output
     ``4 * width``), spatial stride ``stride`` on block 0's 3x3, per-block temporal kernels of the
     first 1x1 (``temporal_a``, branch2a) and of the 3x3 (``temporal_b``, branch2b), the
-    indices of the blocks followed by a non-local block, and options for this stage's non-local
-    blocks (over the network-wide ones)."""
+    indices of the blocks followed by a non-local block, and :class:`NonLocalOptions` fields for
+    this stage's non-local blocks (over the network-wide ``VideoResNetSpec.nonlocal_options``)."""
 
     depth: int
     width: int
@@ -54,6 +53,7 @@ class StageSpec:
         bad = [i for i in self.nonlocal_after if not 0 <= i < self.depth]
         if bad:
             raise InvalidValueError(f"nonlocal_after {bad} outside the stage's {self.depth} blocks")
+        NonLocalOptions().replace(**self.nonlocal_options)  # unknown or bad fields: an error now
 
 
 @dataclass(frozen=True)
@@ -67,8 +67,11 @@ class VideoResNetSpec:
     ``pool2_temporal``: pool2 after res2 is ``t x 1 x 1`` with temporal stride 2 (0: none).
     ``stride_on_1x1``: put block 0's spatial stride on the first 1x1 (the original MSRA ResNet)
     instead of the 3x3 (the released code, torchvision); same weights, fewer FLOPs.
-    ``nonlocal_options``: keyword arguments of every :class:`NonLocalBlock`.
+    ``nonlocal_options``: the options of every :class:`NonLocalBlock` (a mapping of
+    :class:`NonLocalOptions` fields is read as overrides of its defaults).
     ``stem_width``: conv1's output channels (64 in the paper; smaller for toy models).
+    ``backbone_norm``: the norm of the conv layers, ``"batchnorm"`` or ``"affine"`` (frozen BN:
+    the authors' affine models).
     """
 
     stages: tuple[StageSpec, ...]
@@ -79,12 +82,15 @@ class VideoResNetSpec:
     pool1_padding: int = 1
     pool2_temporal: int = 3
     stride_on_1x1: bool = False
-    nonlocal_options: Mapping[str, Any] = field(default_factory=dict)
+    nonlocal_options: NonLocalOptions = field(default_factory=NonLocalOptions)
     stem_width: int = 64
+    backbone_norm: str = "batchnorm"
 
     def __post_init__(self) -> None:
         if self.pool1_padding not in (0, 1):
             raise InvalidValueError(f"pool1_padding must be 0 or 1, got {self.pool1_padding!r}")
+        check_norm(self.backbone_norm, BACKBONE_NORMS, name="backbone_norm")
+        object.__setattr__(self, "nonlocal_options", NonLocalOptions.coerce(self.nonlocal_options))
 
     @property
     def num_nonlocal(self) -> int:
@@ -123,7 +129,7 @@ class _Conv3d(nn.Conv3d):
     def __init__(self, *args: Any, temporal_padding: str = "zeros", **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.temporal_padding = temporal_padding
-        self._pad_t = self.padding[0] if temporal_padding == "replicate" else 0
+        self._pad_t = int(self.padding[0]) if temporal_padding == "replicate" else 0
         if self._pad_t:
             self.padding = (0, *self.padding[1:])
 
@@ -151,21 +157,21 @@ class Bottleneck3d(nn.Module):
         temporal_b: int = 1,
         temporal_padding: str = "zeros",
         stride_on_1x1: bool = False,
-        norm: str = "batchnorm",
+        backbone_norm: str = "batchnorm",
         nonlocal_block: NonLocalBlock | None = None,
     ) -> None:
         super().__init__()
         out = width * self.expansion
         s1, s3 = (stride, 1) if stride_on_1x1 else (1, stride)
-        tp = {"temporal_padding": temporal_padding, "bias": False}
-        check_norm(norm, BACKBONE_NORMS)
+        check_norm(backbone_norm, BACKBONE_NORMS, name="backbone_norm")
 
         def norm_layer(channels: int) -> nn.Module:
-            return create_norm(norm, channels, dim=3)
+            return create_norm(backbone_norm, channels, dim=3)
 
         self.conv1 = _Conv3d(
-            in_channels, width, (temporal_a, 1, 1), stride=(1, s1, s1), padding=(temporal_a // 2, 0, 0), **tp
-        )
+            in_channels, width, (temporal_a, 1, 1), stride=(1, s1, s1), padding=(temporal_a // 2, 0, 0),
+            bias=False, temporal_padding=temporal_padding,
+        )  # fmt: skip
         self.bn1 = norm_layer(width)
         self.conv2 = _Conv3d(
             width,
@@ -173,7 +179,8 @@ class Bottleneck3d(nn.Module):
             (temporal_b, 3, 3),
             stride=(1, s3, s3),
             padding=(temporal_b // 2, 1, 1),
-            **tp,
+            bias=False,
+            temporal_padding=temporal_padding,
         )
         self.bn2 = norm_layer(width)
         self.conv3 = nn.Conv3d(width, out, 1, bias=False)
@@ -203,7 +210,7 @@ class VideoResNet(nn.Module):
     ``forward`` pools globally, applies dropout and the classifier. ``forward_dense`` pools time
     and applies the classifier at every training-size window of the last feature map (fully
     convolutional testing on larger frames); ``fully_convolutional_scores`` averages the
-    per-window softmax, as the authors' test protocol does.
+    per-window softmax, as the authors' test protocol does. ``backbone_norm``: the spec's.
     """
 
     def __init__(
@@ -213,10 +220,8 @@ class VideoResNet(nn.Module):
         num_classes: int = 400,
         dropout: float = 0.5,
         temporal_padding: str = "zeros",
-        norm: str = "batchnorm",
     ) -> None:
         super().__init__()
-        check_norm(norm, BACKBONE_NORMS)
         if temporal_padding not in TEMPORAL_PADDINGS:
             raise InvalidValueError(
                 f"unknown temporal_padding {temporal_padding!r}; expected one of {TEMPORAL_PADDINGS}"
@@ -226,7 +231,7 @@ class VideoResNet(nn.Module):
         if not 0.0 <= dropout < 1.0:
             raise InvalidValueError(f"dropout must be in [0, 1), got {dropout!r}")
         self.spec = spec
-        self.norm_kind = norm
+        self.backbone_norm = norm = spec.backbone_norm
         t1 = spec.conv1_temporal
         self.conv1 = _Conv3d(
             3,
@@ -253,45 +258,39 @@ class VideoResNet(nn.Module):
         )
         channels = spec.stem_width
         for index, stage in enumerate(spec.stages, start=1):
-            blocks = []
-            for i in range(stage.depth):
-                out = stage.width * Bottleneck3d.expansion
-                nl = (
-                    NonLocalBlock(out, dim=3, **{**spec.nonlocal_options, **stage.nonlocal_options})
-                    if i in stage.nonlocal_after
-                    else None
-                )
-                blocks.append(
-                    Bottleneck3d(
-                        channels,
-                        stage.width,
-                        stride=stage.stride if i == 0 else 1,
-                        temporal_a=stage.temporal_a[i],
-                        temporal_b=stage.temporal_b[i],
-                        temporal_padding=temporal_padding,
-                        stride_on_1x1=spec.stride_on_1x1,
-                        norm=norm,
-                        nonlocal_block=nl,
-                    )
-                )
-                channels = out
-            self.add_module(f"layer{index}", nn.Sequential(*blocks))
+            self.add_module(f"layer{index}", self._stage(stage, channels, temporal_padding))
+            channels = stage.width * Bottleneck3d.expansion
         self.num_features = channels
         self.avgpool = nn.AdaptiveAvgPool3d(1)
         self.dropout = nn.Dropout(dropout)
         self.fc = nn.Linear(channels, num_classes)
         self._init_weights()
 
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        if isinstance(state.get("norm"), str):  # a whole network pickled before the rename
-            state["norm_kind"] = state.pop("norm")
-        super().__setstate__(state)
-
-    @property
-    def norm(self) -> str:
-        """Deprecated name of :attr:`norm_kind`."""
-        warn_deprecated("VideoResNet.norm", "norm_kind")
-        return self.norm_kind
+    def _stage(self, stage: StageSpec, channels: int, temporal_padding: str) -> nn.Sequential:
+        """One residual stage of bottleneck blocks, each followed by its non-local block if any."""
+        spec, blocks = self.spec, []
+        for i in range(stage.depth):
+            out = stage.width * Bottleneck3d.expansion
+            nl = (
+                NonLocalBlock(out, dim=3, options=spec.nonlocal_options, **stage.nonlocal_options)
+                if i in stage.nonlocal_after
+                else None
+            )
+            blocks.append(
+                Bottleneck3d(
+                    channels,
+                    stage.width,
+                    stride=stage.stride if i == 0 else 1,
+                    temporal_a=stage.temporal_a[i],
+                    temporal_b=stage.temporal_b[i],
+                    temporal_padding=temporal_padding,
+                    stride_on_1x1=spec.stride_on_1x1,
+                    backbone_norm=spec.backbone_norm,
+                    nonlocal_block=nl,
+                )
+            )
+            channels = out
+        return nn.Sequential(*blocks)
 
     def _init_weights(self) -> None:
         # non-local blocks initialise themselves (identity at init): skip them and their parts
@@ -317,19 +316,25 @@ class VideoResNet(nn.Module):
     def features(self, x: Tensor) -> Tensor:
         """The res5 feature map ``(B, 2048, T', H', W')``."""
         self._check(x)
-        x = self.pool2(self.layer1(self.maxpool(self.relu(self.bn1(self.conv1(x))))))
-        for i in range(2, len(self.spec.stages) + 1):
-            x = getattr(self, f"layer{i}")(x)
+        stages = self._stages()
+        x = self.pool2(stages[0](self.maxpool(self.relu(self.bn1(self.conv1(x))))))
+        for stage in stages[1:]:
+            x = stage(x)
         return x
+
+    def _stages(self) -> list[nn.Module]:
+        """``layer1`` .. ``layer{n}``: the residual stages, in order."""
+        return [self.get_submodule(f"layer{i}") for i in range(1, len(self.spec.stages) + 1)]
 
     def stage_outputs(self, x: Tensor) -> dict[str, Tensor]:
         """The output of the stem and of every stage, by name (``pool1``, ``res2``..``res5``)."""
         self._check(x)
         out = {"pool1": self.maxpool(self.relu(self.bn1(self.conv1(x))))}
-        out["res2"] = self.layer1(out["pool1"])
+        stages = self._stages()
+        out["res2"] = stages[0](out["pool1"])
         y = self.pool2(out["res2"])
-        for i in range(2, len(self.spec.stages) + 1):
-            y = out[f"res{i + 1}"] = getattr(self, f"layer{i}")(y)
+        for i, stage in enumerate(stages[1:], start=3):
+            y = out[f"res{i}"] = stage(y)
         return out
 
     def pooled_features(self, x: Tensor) -> Tensor:

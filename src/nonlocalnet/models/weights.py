@@ -10,8 +10,7 @@ import torch
 from torch import nn
 
 from nonlocalnet.atomic import atomic_write
-from nonlocalnet.deprecation import check_module
-from nonlocalnet.errors import InvalidTypeError, InvalidValueError, MissingFileError
+from nonlocalnet.errors import InvalidTypeError, InvalidValueError, MissingFileError, check_module
 from nonlocalnet.models.released import check_model_matches, released_info_from_metadata
 from nonlocalnet.models.resnet3d import VideoResNet
 
@@ -26,7 +25,7 @@ def save_weights(
     """Write the state dict as safetensors: to a temporary file, fsync, then rename, so a crash
     never leaves a half-written checkpoint under ``path``. ``metadata``: strings under string
     keys, read back by :func:`read_weights_metadata`; ``variant: released`` marks the authors'
-    weights (``model``, ``norm``, ``source_file``: see :func:`load_weights`)."""
+    weights (``model``, ``backbone_norm``, ``source_file``: see :func:`load_weights`)."""
     from safetensors.torch import save_file
 
     if not isinstance(model_or_state, nn.Module | dict):

@@ -33,8 +33,7 @@ import torch
 from torch import nn
 
 from nonlocalnet.atomic import atomic_write_bytes
-from nonlocalnet.deprecation import check_module
-from nonlocalnet.errors import InvalidTypeError, InvalidValueError, MissingFileError
+from nonlocalnet.errors import InvalidTypeError, InvalidValueError, MissingFileError, check_module
 from nonlocalnet.models.download import (
     ChecksumError,
     check_file,
@@ -106,7 +105,7 @@ class WeightsEntry:
     reference: str
     model: str | None = None
     variant: str | None = None
-    norm: str | None = None
+    backbone_norm: str | None = None
     frames: int | None = None
     sample_rate: int | None = None
     metrics: Mapping[str, float] = field(default_factory=dict)
@@ -159,7 +158,7 @@ def _kinetics(stem: str, paper_top1: float | None = None, notes: str = "") -> We
         reference=_AUTHORS_README,
         model=info.model,
         variant=info.variant,
-        norm=info.norm,
+        backbone_norm=info.backbone_norm,
         frames=info.frames,
         sample_rate=info.sample_rate,
         metrics={"top1": top1, "top5": top5},
@@ -210,7 +209,12 @@ _FINE_TUNED = (
 @functools.cache
 def _catalogue() -> dict[str, WeightsEntry]:
     """Every entry by name (built on first use: the Kinetics entries ask the released-file table)."""
-    entries = [
+    return {e.name: e for e in _authors_entries() + _torchvision_entries()}
+
+
+def _authors_entries() -> list[WeightsEntry]:
+    """The authors' Kinetics models and the ImageNet files of their archive."""
+    return [
         # the authors' README, "Main Results": R50, 32 frames (and 128 frames), 400k iterations
         _kinetics("c2d_baseline_32x2_IN_pretrain_400k", 71.8),
         _kinetics("c2d_nonlocal_32x2_IN_pretrain_400k", 73.8),
@@ -256,16 +260,22 @@ def _catalogue() -> dict[str, WeightsEntry]:
             "i3d_r50_8x8",
             "i3d_baseline_8x8_IN_pretrain_400k with its BN folded into affine layers "
             "(modify_caffe2_ftvideo.py): the authors' starting point of the frozen-BN models; "
-            "loads into i3d_r50_8x8 or i3d_nl5_r50_8x8 (norm affine, released variant; the "
+            "loads into i3d_r50_8x8 or i3d_nl5_r50_8x8 (backbone_norm affine, released variant; the "
             "non-local blocks start as the identity)",
             kind="kinetics",
             dataset="Kinetics-400",
             num_classes=400,
             variant="released",
-            norm="affine",
+            backbone_norm="affine",
             frames=8,
             sample_rate=8,
         ),
+    ]
+
+
+def _torchvision_entries() -> list[WeightsEntry]:
+    """torchvision's files the project uses: ImageNet ResNets to inflate, COCO detectors."""
+    return [
         # torchvision's ImageNet ResNets (IMAGENET1K_V1: the classic recipe), for inflation
         _torchvision(
             "resnet50_imagenet1k_v1",
@@ -314,7 +324,6 @@ def _catalogue() -> dict[str, WeightsEntry]:
             notes="detection.weights of the keypointrcnn_r50_fpn models",
         ),
     ]
-    return {e.name: e for e in entries}
 
 
 @functools.cache
@@ -393,10 +402,12 @@ def weights_file(
     entry = get_weights(name)
     raw, target = cache_paths(entry, cache_dir=cache_dir)
     url = _url(entry, mirror)
-    fetch = {"sha256": entry.sha256, "hash_prefix": entry.hash_prefix, "progress": progress}
+    fetch = functools.partial(
+        download_file, url, raw, sha256=entry.sha256, hash_prefix=entry.hash_prefix, progress=progress
+    )
     if not entry.converted:  # torchvision's .pth: used as it is, checked on every use
         there = raw.is_file()
-        download_file(url, raw, **fetch)
+        fetch()
         if there:
             _check_present(raw, entry)
         return raw
@@ -406,7 +417,7 @@ def weights_file(
         if target.is_file():  # another process converted it meanwhile
             return target
         there = raw.is_file()
-        download_file(url, raw, **fetch)
+        fetch()
         if there:  # put by hand: checked before its first use
             _check_present(raw, entry)
         source = _extract(raw, entry.member, target.with_suffix(".pkl")) if entry.member else raw
@@ -458,7 +469,7 @@ def _convert(entry: WeightsEntry, raw: Path, target: Path, url: str) -> None:
 
     if entry.kind == "kinetics":
         convert_caffe2_checkpoint(
-            raw, target, model=entry.model, norm=entry.norm, num_classes=entry.num_classes
+            raw, target, model=entry.model, backbone_norm=entry.backbone_norm, num_classes=entry.num_classes
         )
         return
     tensors = {}
@@ -502,8 +513,8 @@ def released_info(entry: WeightsEntry | str) -> ReleasedCheckpoint:
     if known is not None:
         return known
     return ReleasedCheckpoint(
-        entry.file_name, str(entry.model), str(entry.norm), entry.frames or 32, entry.sample_rate or 2,
-        url=entry.url, variant=str(entry.variant),
+        entry.file_name, str(entry.model), str(entry.backbone_norm), entry.frames or 32,
+        entry.sample_rate or 2, url=entry.url, variant=str(entry.variant),
     )  # fmt: skip
 
 
@@ -520,7 +531,7 @@ def check_weights_fit(
         check_model_matches(model, info, keys=keys)
     except ReleasedModelMismatchError:
         if _without_nonlocal(info.model) == info.model:
-            for sibling in list_models():
+            for sibling in list_models("video"):
                 if sibling != info.model and _without_nonlocal(sibling) == info.model:
                     with contextlib.suppress(ReleasedModelMismatchError):
                         check_model_matches(model, dataclasses.replace(info, model=sibling), keys=keys)
@@ -539,22 +550,26 @@ def build_with_weights(
     *,
     num_classes: int | None,
     variant: str | None,
-    norm: str | None,
+    backbone_norm: str | None,
     progress: bool = True,
     **kwargs: Any,
 ) -> VideoResNet:
-    """``build_model(name, num_classes, variant=..., norm=..., weights=weights, ...)``: the
-    authors' Kinetics weights choose ``num_classes``, ``variant`` and ``norm`` (each given
+    """``build_model(name, num_classes=..., variant=..., backbone_norm=..., weights=weights, ...)``:
+    the authors' Kinetics weights choose ``num_classes``, ``variant`` and ``backbone_norm`` (each given
     otherwise is an error naming it and the fix); ImageNet weights are inflated into the model
     built as asked."""
-    from nonlocalnet.models.registry import build_model
+    from nonlocalnet.models.video_models import build_video_model
 
     entry = get_weights(weights)
     if entry.kind == "detector":
         raise InvalidValueError(_detector_message(entry))
     if entry.kind == "kinetics":
-        wanted = {"num_classes": entry.num_classes, "variant": entry.variant, "norm": entry.norm}
-        given = {"num_classes": num_classes, "variant": variant, "norm": norm}
+        wanted = {
+            "num_classes": entry.num_classes,
+            "variant": entry.variant,
+            "backbone_norm": entry.backbone_norm,
+        }
+        given = {"num_classes": num_classes, "variant": variant, "backbone_norm": backbone_norm}
         lines = [
             f"{key}={given[key]!r}, but {entry.name} has {key} {wanted[key]!r}"
             for key in wanted
@@ -569,13 +584,14 @@ def build_with_weights(
                 f"{entry.name} are the weights of {released_info(entry).describe()}:\n  "
                 + "\n  ".join(lines)
                 + f"\nbuild_model({entry.model!r}, weights={entry.name!r}) builds that network (leave "
-                "num_classes, variant and norm unset: the weights choose them); to fine-tune to N "
-                f"classes: model = build_model({entry.model!r}, N, variant={entry.variant!r}, "
-                f"norm={entry.norm!r}); load_named_weights(model, {entry.name!r}) re-initialises the "
+                "num_classes, variant and backbone_norm unset: the weights choose them); to fine-tune to N "
+                f"classes: model = build_model({entry.model!r}, num_classes=N, variant={entry.variant!r}, "
+                f"backbone_norm={entry.backbone_norm!r}); load_named_weights(model, {entry.name!r}) "
+                "re-initialises the "
                 "classifier"
             )
-        num_classes, variant, norm = entry.num_classes, entry.variant, entry.norm
-    model = build_model(name, num_classes, variant=variant, norm=norm, **kwargs)
+        num_classes, variant, backbone_norm = entry.num_classes, entry.variant, entry.backbone_norm
+    model = build_video_model(name, num_classes, variant=variant, backbone_norm=backbone_norm, **kwargs)
     load_named_weights(model, entry, progress=progress)
     return model
 
@@ -655,7 +671,7 @@ def _load_kinetics(model: nn.Module, state: dict[str, torch.Tensor], entry: Weig
     if missing or unexpected or wrong:
         lines = [
             f"{entry.name} does not fit this model (it is {entry.model}, variant {entry.variant}, "
-            f"norm {entry.norm}); nothing was loaded"
+            f"backbone_norm {entry.backbone_norm}); nothing was loaded"
         ]
         for label, items in (
             ("missing from the file", missing),

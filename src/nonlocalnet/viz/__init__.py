@@ -9,7 +9,7 @@ from nonlocalnet.viz.attention import (
     query_to_grid,
 )
 from nonlocalnet.viz.confusion import draw_confusion, plot_confusion, write_confusion_csv
-from nonlocalnet.viz.curves import draw_training_curves, plot_training_curves, read_jsonl
+from nonlocalnet.viz.curves import draw_training_curves, plot_training_curves
 
 __all__ = [
     "attention_map",
@@ -22,6 +22,5 @@ __all__ = [
     "plot_confusion",
     "plot_training_curves",
     "query_to_grid",
-    "read_jsonl",
     "write_confusion_csv",
 ]

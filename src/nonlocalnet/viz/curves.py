@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import importlib
 import os
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -12,17 +10,7 @@ from matplotlib.figure import Figure
 
 from nonlocalnet.viz.png import save_png
 
-__all__ = ["draw_training_curves", "plot_training_curves", "read_jsonl"]
-
-
-def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """Deprecated alias of :func:`nonlocalnet.engine.read_jsonl` (a log reader, not a figure)."""
-    warnings.warn(
-        "nonlocalnet.viz.read_jsonl is deprecated: use nonlocalnet.engine.read_jsonl",
-        DeprecationWarning,
-        stacklevel=2,
-    )
-    return importlib.import_module("nonlocalnet.engine.runlog").read_jsonl(path)
+__all__ = ["draw_training_curves", "plot_training_curves"]
 
 
 _VAL_CURVES = (  # (key of a "val" record, label, factor to percent)

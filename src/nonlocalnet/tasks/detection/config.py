@@ -34,6 +34,8 @@ class DetectionConfig:
     ``min_keypoints_per_image``: keypoint training leaves out the images with fewer visible
     keypoints (torchvision's reference: 10; 0 keeps every image with an object).
     ``model_options``: more torchvision constructor keywords (``rpn_batch_size_per_image``...).
+    ``nonlocal_options``: fields of :class:`~nonlocalnet.layers.NonLocalOptions` over the
+    detectors' block (:data:`~nonlocalnet.detection.DETECTOR_BLOCK`: ``norm: none``, ...).
     ``labels``: what a class index means (:mod:`nonlocalnet.detection.labels`): ``contiguous``
     (label k = the k-th category by id, ``K + 1`` classes), ``category_ids`` (label = the COCO
     category id, max id + 1 classes, as torchvision's COCO weights) or ``auto`` (chosen from
@@ -43,8 +45,6 @@ class DetectionConfig:
     model: str = "maskrcnn_r50_fpn_nl"
     num_classes: int = 0
     labels: str = "auto"
-    nonlocal_mode: str = "embedded_gaussian"
-    nonlocal_norm: str = "none"
     nonlocal_options: dict = field(default_factory=dict)
     model_options: dict = field(default_factory=dict)
     weights: str | None = None

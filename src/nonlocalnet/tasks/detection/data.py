@@ -8,8 +8,8 @@ from typing import Any
 
 from nonlocalnet.detection.coco import CocoDetection
 from nonlocalnet.detection.evaluate import DetectionEvaluation
-from nonlocalnet.detection.models import DetectorInfo, list_detectors
 from nonlocalnet.engine.config import ConfigError
+from nonlocalnet.models.registry import ModelInfo, list_models
 from nonlocalnet.tasks.detection.config import DetectionConfig
 
 __all__ = ["check_oks_sigmas", "detection_dataset", "evaluation_record"]
@@ -18,7 +18,7 @@ _IOU_NAMES = {"bbox": "box", "segm": "mask", "keypoints": "kp"}
 
 
 def detection_dataset(
-    det: DetectionConfig, split: str, *, train: bool, seed: int, info: DetectorInfo
+    det: DetectionConfig, split: str, *, train: bool, seed: int, info: ModelInfo
 ) -> CocoDetection:
     """The ``split`` data as the detector ``info`` uses it: masks only for a mask head (whose
     instances without a mask are dropped), keypoints only for a keypoint head (and training's
@@ -27,7 +27,7 @@ def detection_dataset(
     for key, path in ((f"{split}_images", images), (f"{split}_annotations", annotations)):
         if not Path(path).exists():
             raise ConfigError(f"detection.{key}: no such file or folder: {path}")
-    keypoints = info.kind == "keypoints"
+    keypoints = info.has_keypoints
     dataset = CocoDetection(
         images,
         annotations,
@@ -40,7 +40,7 @@ def detection_dataset(
         min_keypoints_per_image=det.min_keypoints_per_image if train and keypoints else 0,
     )
     if info.has_masks and not dataset.masks:
-        boxes_only = [n for n in list_detectors() if n.startswith("fasterrcnn")]
+        boxes_only = [n for n in list_models("detector") if n.startswith("fasterrcnn")]
         same = info.name.replace("maskrcnn", "fasterrcnn", 1)
         suggestion = f"{same!r}" if same in boxes_only else " or ".join(map(repr, boxes_only))
         raise ConfigError(

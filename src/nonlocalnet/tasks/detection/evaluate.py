@@ -15,9 +15,9 @@ from torch import nn
 from nonlocalnet.detection.coco import CocoDetection
 from nonlocalnet.detection.evaluate import DetectionEvaluation, evaluate_detector, write_coco_results
 from nonlocalnet.detection.labels import LabelSpace
-from nonlocalnet.detection.models import detector_info
 from nonlocalnet.engine.config import ConfigError, check_config
 from nonlocalnet.engine.distributed import init_distributed
+from nonlocalnet.models.registry import model_info
 from nonlocalnet.tasks.detection.config import DetectionConfig, DetectionTaskConfig
 from nonlocalnet.tasks.detection.setup import (
     build_detector_from_config,
@@ -79,7 +79,8 @@ _Prepared = tuple[DetectionTaskConfig, nn.Module, CocoDetection, LabelSpace, lis
 def _val_data(det: DetectionConfig) -> CocoDetection:
     if not det.val_images or not det.val_annotations:
         raise ConfigError("detection.val_images and detection.val_annotations name the images to evaluate")
-    masks = detector_info(det.model).has_masks  # as in training: a mask model's instances need a mask
+    # as in training: a mask model's instances need a mask
+    masks = model_info(det.model, "detector").has_masks
     return CocoDetection(det.val_images, det.val_annotations, train=False, masks=masks)
 
 

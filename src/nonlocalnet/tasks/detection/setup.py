@@ -14,12 +14,13 @@ import torch
 from torch import Tensor, nn
 
 from nonlocalnet.detection.labels import LabelSpace, resolve_label_space, weights_num_classes
-from nonlocalnet.detection.models import build_detector, detector_info, load_detector_weights
+from nonlocalnet.detection.models import build_detector, load_detector_weights
 from nonlocalnet.detection.trained import TrainedDetector
 from nonlocalnet.engine.config import ConfigError, apply_overrides, config_to_dict
 from nonlocalnet.engine.model_file import read_model_file
 from nonlocalnet.engine.task import config_from_dict
 from nonlocalnet.errors import InvalidValueError, MissingFileError
+from nonlocalnet.models.registry import model_info
 from nonlocalnet.models.zoo import resolve_weights
 from nonlocalnet.tasks.detection.config import DetectionConfig, DetectionTaskConfig
 
@@ -61,9 +62,9 @@ def build_detector_from_config(
     (``detection.weights`` is loaded unless ``load_weights`` is false: a checkpoint's follow).
     ``pretrained`` (default: whether ``det`` names weights) builds the backbone's BN frozen, as
     for fine-tuning (:func:`~nonlocalnet.detection.build_detector`)."""
-    info = detector_info(det.model)
+    info = model_info(det.model, "detector")
     options: dict[str, Any] = dict(det.model_options)
-    if info.kind == "keypoints":
+    if info.has_keypoints:
         options["num_keypoints"] = num_keypoints
     sizes = tuple(det.min_size)
     if pretrained is None:
@@ -75,8 +76,6 @@ def build_detector_from_config(
             num_classes=num_classes,
             weights_backbone=backbone,
             trainable_backbone_layers=det.trainable_backbone_layers,
-            nonlocal_mode=det.nonlocal_mode,
-            nonlocal_norm=det.nonlocal_norm,
             nonlocal_options=dict(det.nonlocal_options) or None,
             min_size=sizes if len(sizes) > 1 else sizes[0],
             max_size=det.max_size,
@@ -125,8 +124,7 @@ def detector_label_space(
 
 # the settings that shape a detector (besides its classes and keypoints); weights and
 # weights_backbone only say where weights came from, trainable_backbone_layers what trains
-_MODEL_SETTINGS = ("model", "nonlocal_mode", "nonlocal_norm", "nonlocal_options", "model_options",
-                   "min_size", "max_size")  # fmt: skip
+_MODEL_SETTINGS = ("model", "nonlocal_options", "model_options", "min_size", "max_size")
 
 
 def misfit(model: nn.Module, state: dict[str, Tensor]) -> str:
@@ -179,7 +177,7 @@ def load_trained_detector(
     ``overrides`` (``section.key=value``) apply to the checkpoint's config and to the model built
     from it: ``detection.min_size``/``max_size`` change its transform, ``model_options`` its
     heads' thresholds, ``mask_threshold`` and the data paths what is evaluated. A setting whose
-    change the weights do not fit (``model``, ``nonlocal_norm``, ``num_classes``, ...) is an
+    change the weights do not fit (``model``, ``nonlocal_options``, ``num_classes``, ...) is an
     error naming it; ``labels`` may not change the checkpoint's label space."""
     weights = read_model_file(checkpoint, kinds=("checkpoint",))
     if weights.config is None or weights.config.get("task") != "detection":
@@ -200,11 +198,11 @@ def load_trained_detector(
         for name in _MODEL_SETTINGS
         if getattr(old, name) != getattr(det, name)
     ]
-    info = detector_info(det.model)
+    info = model_info(det.model, "detector")
     model, _ = build_detector_from_config(
         det,
         num_classes,
-        len(keypoints) if info.kind == "keypoints" else None,
+        len(keypoints) if info.has_keypoints else None,
         load_weights=False,
         pretrained=bool(old.weights or old.weights_backbone),  # the checkpoint's BN form
     )

@@ -71,29 +71,30 @@ class Detection:
     )
 
     def __init__(self, cfg: DetectionTaskConfig, **_: Any) -> None:
-        from nonlocalnet.detection.models import detector_info  # the detection extra
+        import nonlocalnet.detection  # noqa: F401  (the detection extra: registers the detectors)
+        from nonlocalnet.models.registry import model_info
         from nonlocalnet.tasks.detection.data import check_oks_sigmas
 
         check_config(cfg, "Detection(cfg)", DetectionTaskConfig)
         _check_settings(cfg)
         det = cfg.detection
         self.cfg = cfg
-        self.info = detector_info(det.model)
+        self.info = model_info(det.model, "detector")
         self.label = det.model
         self._read_data()
         self.num_classes = self.label_space.num_classes
         self.keypoint_names = list(self._train_set.keypoint_names)
-        if self.info.kind == "keypoints" and not self.keypoint_names:
+        if self.info.has_keypoints and not self.keypoint_names:
             raise ConfigError(
                 f"detection.model {det.model!r} predicts keypoints but "
                 f"{det.train_annotations} defines none (categories[].keypoints)"
             )
-        if self.info.kind == "keypoints":
+        if self.info.has_keypoints:
             check_oks_sigmas(det, len(self.keypoint_names))
         self.train_metrics = (
             _LOSSES
             + (("loss_mask",) if self.info.has_masks else ())
-            + (("loss_keypoint",) if self.info.kind == "keypoints" else ())
+            + (("loss_keypoint",) if self.info.has_keypoints else ())
         )
 
     def _read_data(self) -> None:
@@ -127,7 +128,7 @@ class Detection:
         return self._train_set
 
     def build_model(self) -> tuple[nn.Module, str]:
-        keypoints = len(self.keypoint_names) if self.info.kind == "keypoints" else None
+        keypoints = len(self.keypoint_names) if self.info.has_keypoints else None
         from nonlocalnet.tasks.detection.setup import build_detector_from_config
 
         model, report = build_detector_from_config(self.cfg.detection, self.num_classes, keypoints)
@@ -192,7 +193,7 @@ class Detection:
         }
         if self.info.has_masks:
             target["masks"] = torch.zeros(0, h, w, dtype=torch.uint8, device=device)
-        if self.info.kind == "keypoints":
+        if self.info.has_keypoints:
             target["keypoints"] = torch.zeros(0, len(self.keypoint_names), 3, device=device)
         losses = net([image], [target])
         unused = sum(p.sum() * 0.0 for p in net.parameters() if p.requires_grad)

@@ -43,19 +43,19 @@ class ModelConfig:
 
     ``spec``: the whole network as a :class:`~nonlocalnet.models.VideoResNetSpec` mapping
     (``stages`` a list of :class:`~nonlocalnet.models.StageSpec` mappings) instead of a registry
-    ``name``; ``name`` must then be unset (``null``), and ``variant``, ``nonlocal_mode``,
-    ``nonlocal_options`` and ``overrides``, which describe registry models, keep their defaults
-    (the block's options go in ``spec.nonlocal_options``). ``num_classes``, ``dropout``, ``norm``
-    and ``temporal_padding`` apply to both.
+    ``name``; ``name`` must then be unset (``null``), and ``variant``, ``nonlocal_options`` and
+    ``overrides``, which describe registry models, keep their defaults (the block's options go in
+    ``spec.nonlocal_options``). ``num_classes``, ``dropout``, ``backbone_norm`` and
+    ``temporal_padding`` apply to both. ``nonlocal_options``: fields of
+    :class:`~nonlocalnet.layers.NonLocalOptions` over the variant's block (``{mode: dot_product}``).
     """
 
     name: str | None = "c2d_nl5_r50"
     num_classes: int = 400
     variant: str = "paper"
-    nonlocal_mode: str = "embedded_gaussian"
     nonlocal_options: dict = field(default_factory=dict)
     dropout: float = 0.5
-    norm: str = "batchnorm"
+    backbone_norm: str = "batchnorm"
     temporal_padding: str = "zeros"
     overrides: dict = field(default_factory=dict)
     spec: dict = field(default_factory=dict)
@@ -145,7 +145,7 @@ class VideoConfig(Config):
     CHOICES: ClassVar[Mapping[str, tuple[Any, ...]]] = {
         **Config.CHOICES,
         "model.variant": VARIANTS,
-        "model.norm": BACKBONE_NORMS,
+        "model.backbone_norm": BACKBONE_NORMS,
         "model.temporal_padding": TEMPORAL_PADDINGS,
         "eval.views": ("clip", "video"),
     }
@@ -172,8 +172,8 @@ class VideoConfig(Config):
 CONFIG_KEYS = {
     "name": "model.name",
     "variant": "model.variant",
-    "norm": "model.norm",
-    "nonlocal_mode": "model.nonlocal_mode",
+    "backbone_norm": "model.backbone_norm",
+    "mode": "model.nonlocal_options.mode",
     "temporal_padding": "model.temporal_padding",
     "overrides": "model.overrides/nonlocal_options/spec",
 }
@@ -218,11 +218,7 @@ def _validate_model_choice(model: ModelConfig) -> None:
             f"model.name ({model.name!r}) and model.spec are both set: give one (model.name: null "
             "to describe the network by model.spec alone)"
         )
-    registry_only = {
-        key: getattr(model, key)
-        for key, default in (("variant", "paper"), ("nonlocal_mode", "embedded_gaussian"))
-        if getattr(model, key) != default
-    }
+    registry_only: dict[str, Any] = {"variant": model.variant} if model.variant != "paper" else {}
     registry_only |= {k: getattr(model, k) for k in ("nonlocal_options", "overrides") if getattr(model, k)}
     if registry_only:
         raise ConfigError(

@@ -19,7 +19,7 @@ from nonlocalnet.engine.config import ConfigError, apply_overrides
 from nonlocalnet.engine.model_file import ModelFile, load_model_file, read_model_file
 from nonlocalnet.engine.task import config_from_dict, load_config
 from nonlocalnet.errors import InvalidValueError
-from nonlocalnet.models import VideoResNet, caffe2_norm, check_model_matches, get_model_info, list_models
+from nonlocalnet.models import VideoResNet, caffe2_norm, check_model_matches, list_models, model_info
 from nonlocalnet.tasks.video.config import CONFIG_KEYS, VideoConfig
 from nonlocalnet.tasks.video.setup import build_model_from_config
 
@@ -100,7 +100,7 @@ def inference_config(
             data = _read_run_config(where.parent / "config.yaml")
         else:
             named = (weights.metadata or {}).get("model")
-            hint = f"; its metadata names {named!r}: --model {named}" if named in list_models() else ""
+            hint = f"; its metadata names {named!r}: --model {named}" if named in list_models("video") else ""
             where_config = (
                 "not a released file name" if weights.kind == "caffe2" else "no config.yaml next to it"
             )
@@ -121,10 +121,10 @@ def inference_config(
 
 def _registry_config(weights: ModelFile, name: str) -> dict[str, Any]:
     """The config dict of registry model ``name`` for ``weights`` (see :func:`inference_config`)."""
-    info = get_model_info(name)  # an unknown name: an error with the close names
+    info = model_info(name, "video")  # an unknown name: an error with the close names
     released, caffe2 = weights.released, weights.kind == "caffe2"
     named = released.model if released is not None else (weights.metadata or {}).get("model")
-    if named in list_models() and named != name:
+    if named in list_models("video") and named != name:
         how = "by its file name" if caffe2 else "by its metadata"
         raise ConfigError(
             f"{weights.path} holds the weights of {named} ({how}), not of {name}: pass --model {named}"
@@ -135,15 +135,22 @@ def _registry_config(weights: ModelFile, name: str) -> dict[str, Any]:
             f"{weights.path} has no classifier weight ({'pred_w' if caffe2 else 'fc.weight'}): not the "
             "weights of a video classifier of this library or of the authors' code"
         )
+    frames: int | None  # a video model's clip: its ModelInfo always has one
+    rate: int | None
     if released is not None:
-        variant, norm, frames, rate = "released", released.norm, released.frames, released.sample_rate
+        variant, norm, frames, rate = (
+            "released",
+            released.backbone_norm,
+            released.frames,
+            released.sample_rate,
+        )
     elif caffe2:
         variant, norm, frames, rate = "released", caffe2_norm(weights.state), info.frames, info.sample_rate
     else:
         norm = "batchnorm" if "bn1.running_var" in weights.state else "affine"
         variant, frames, rate = "paper", info.frames, info.sample_rate
     return {
-        "model": {"name": name, "num_classes": int(fc.shape[0]), "variant": variant, "norm": norm},
+        "model": {"name": name, "num_classes": int(fc.shape[0]), "variant": variant, "backbone_norm": norm},
         "data": {"clip_length": frames, "stride": rate},
     }
 

@@ -19,7 +19,7 @@ from nonlocalnet.data import (
 from nonlocalnet.data.lists import class_folder_names
 from nonlocalnet.engine.config import ConfigError
 from nonlocalnet.engine.model_file import load_model_file, read_model_file
-from nonlocalnet.models import VideoResNet, build_model, inflate_2d_to_3d, load_named_weights
+from nonlocalnet.models import VideoResNet, build_video_model, inflate_2d_to_3d, load_named_weights
 from nonlocalnet.tasks.video.config import (
     CONFIG_KEYS,
     INIT_KINDS,
@@ -49,28 +49,26 @@ def _spec_overrides(overrides: dict[str, Any]) -> dict[str, Any]:
 
 
 def build_model_from_config(cfg: ModelConfig) -> VideoResNet:
-    """The network ``cfg`` describes: a registry ``name`` (``build_model``, ``overrides.stages``
+    """The network ``cfg`` describes: a registry ``name`` (``build_video_model``, ``overrides.stages``
     may be a list of StageSpec mappings) or a whole ``spec`` (:class:`VideoResNetSpec` as data)."""
     try:
         if cfg.spec:
             return VideoResNet(
-                video_resnet_spec(cfg.spec),
+                video_resnet_spec({"backbone_norm": cfg.backbone_norm, **cfg.spec}),
                 num_classes=cfg.num_classes,
                 dropout=cfg.dropout,
                 temporal_padding=cfg.temporal_padding,
-                norm=cfg.norm,
             )
         if cfg.name is None:  # the config's checks make this a spec
             raise ConfigError("model: set model.name (a registry name) or model.spec (the whole network)")
-        return build_model(
+        return build_video_model(
             cfg.name,
             cfg.num_classes,
             variant=cfg.variant,
-            nonlocal_mode=cfg.nonlocal_mode,
             nonlocal_options=cfg.nonlocal_options or None,
             dropout=cfg.dropout,
             temporal_padding=cfg.temporal_padding,
-            norm=cfg.norm,
+            backbone_norm=cfg.backbone_norm,
             **_spec_overrides(cfg.overrides),
         )
     except (TypeError, ValueError) as err:

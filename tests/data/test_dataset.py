@@ -1,3 +1,5 @@
+"""The clip dataset, its batches, the bad-data log and the frame cache."""
+
 import json
 import logging
 
@@ -13,83 +15,10 @@ from nonlocalnet.data import (
     VideoClipDataset,
     VideoSample,
     collate_clips,
-    read_class_names,
-    read_video_list,
-    scan_class_folders,
 )
 
 SMALL = TransformConfig(min_short=32, max_short=40, crop=32, test_short=32, test_crop=32, num_crops=3)
 SAMPLING = ClipSampling(clip_length=4, stride=2, num_clips=3)
-
-
-# -- list files -----------------------------------------------------------------------------------
-
-
-def test_read_class_names(tmp_path):
-    f = tmp_path / "classes.txt"
-    f.write_text("abseiling\n\n  air drumming \narchery\n")
-    assert read_class_names(f) == ["abseiling", "air drumming", "archery"]
-    f.write_text("a\nb\n\na\n")
-    with pytest.raises(ValueError, match=r"classes.txt:4: duplicate class name 'a' \(first on line 1\)"):
-        read_class_names(f)
-
-
-def test_read_video_list_space_separated(tmp_path):
-    f = tmp_path / "train.txt"
-    f.write_text("a/x.mp4 0\n\nb/my video.mp4 3\n/abs/z.avi 1\n")
-    samples = read_video_list(f).samples
-    assert samples == [
-        VideoSample(str(tmp_path / "a/x.mp4"), 0),
-        VideoSample(str(tmp_path / "b/my video.mp4"), 3),
-        VideoSample("/abs/z.avi", 1),
-    ]
-    assert read_video_list(f, root="/data").samples[0].path == "/data/a/x.mp4"
-
-
-def test_read_video_list_csv_with_header_and_class_names(tmp_path):
-    f = tmp_path / "val.csv"
-    f.write_text('path,label\nx.mp4,archery\n"y,1.mp4",0\n')
-    samples = read_video_list(f, class_names=["abseiling", "archery"]).samples
-    assert samples == [VideoSample(str(tmp_path / "x.mp4"), 1), VideoSample(str(tmp_path / "y,1.mp4"), 0)]
-    f.write_text("x.mp4,1\ny.mp4,0\n")  # no header
-    assert [s.label for s in read_video_list(f).samples] == [1, 0]
-    f.write_text("label,id,path\n2,a,x.mp4\n")  # more columns, picked by name
-    assert read_video_list(f).samples == [VideoSample(str(tmp_path / "x.mp4"), 2)]
-
-
-@pytest.mark.parametrize(
-    "text,names,match",
-    [
-        ("a.mp4 0\nb.mp4 zero\n", None, r"list.txt:2: label 'zero' is not an integer"),
-        ("a.mp4 0\n\nb.mp4 5\n", ["x", "y"], r"list.txt:3: label 5 out of range \(expected \[0, 1\]\)"),
-        ("a.mp4 -1\n", None, r"list.txt:1: label -1 out of range"),
-        ("a.mp4 0\nb.mp4\n", None, r"list.txt:2: missing column"),
-        ("a.mp4,0\nb.mp4,\n", None, r"list.txt:2: missing column"),
-        ("a.mp4,0,7\n", None, r"list.txt:1: 3 columns"),
-        ("a.mp4 dog\n", ["cat"], r"list.txt:1: unknown class name 'dog'"),
-    ],
-    ids=["not-int", "out-of-range", "negative", "missing", "missing-csv", "extra-csv", "unknown-name"],
-)
-def test_read_video_list_errors_name_file_and_line(tmp_path, text, names, match):
-    f = tmp_path / "list.txt"
-    f.write_text(text)
-    with pytest.raises(ValueError, match=match):
-        read_video_list(f, class_names=names)
-
-
-def test_scan_class_folders(tmp_path):
-    for rel in ["b/1.mp4", "a/2.MKV", "a/sub/1.avi", "a/notes.txt", "c/.hidden.mp4", ".git/x.mp4"]:
-        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / rel).write_bytes(b"x")
-    scan = scan_class_folders(tmp_path)
-    assert scan.class_names == ["a", "b", "c"]
-    assert scan.samples == [
-        VideoSample(str(tmp_path / "a/2.MKV"), 0),
-        VideoSample(str(tmp_path / "a/sub/1.avi"), 0),
-        VideoSample(str(tmp_path / "b/1.mp4"), 1),
-    ]
-    with pytest.raises(FileNotFoundError):
-        scan_class_folders(tmp_path / "nope")
 
 
 # -- the dataset ----------------------------------------------------------------------------------
