@@ -32,46 +32,6 @@ ALLOWED["cli_video"] = _EVERYTHING
 ALLOWED["cli_detection"] = _EVERYTHING | {"cli_video"}
 ALLOWED["cli"] = _EVERYTHING | {"cli_video", "cli_detection"}
 
-# Known offenders, being removed (issue 32). The tests below assert these are STILL there, so
-# whoever removes one deletes its entry here; both sets are to end empty.
-# (importer, module named in a string that the importer's layer may not import)
-KNOWN_DODGES: set[tuple[str, str]] = {
-    ("nonlocalnet.data.synthetic", "nonlocalnet.demo.synthetic"),
-    ("nonlocalnet.models", "nonlocalnet.engine.layout"),
-    ("nonlocalnet.viz.curves", "nonlocalnet.engine.runlog"),
-    ("nonlocalnet.engine.task", "nonlocalnet.tasks.video"),
-    ("nonlocalnet.engine.task", "nonlocalnet.tasks.detection"),
-}
-# import cycles (through imports inside functions and by name): the modules of each strongly
-# connected component of the import graph
-KNOWN_CYCLES: set[frozenset[str]] = {
-    frozenset({"nonlocalnet.engine.runlog", "nonlocalnet.viz", "nonlocalnet.viz.curves"}),
-    frozenset(
-        {
-            "nonlocalnet.detection.labels",
-            "nonlocalnet.detection.trained",
-            "nonlocalnet.engine.amp",
-            "nonlocalnet.engine.config",
-            "nonlocalnet.engine.evaluate",
-            "nonlocalnet.engine.predict",
-            "nonlocalnet.engine.setup",
-            "nonlocalnet.engine.task",
-            "nonlocalnet.tasks.detection",
-            "nonlocalnet.tasks.video",
-        }
-    ),
-    frozenset(
-        {
-            "nonlocalnet.models.caffe2",
-            "nonlocalnet.models.inflate",
-            "nonlocalnet.models.registry",
-            "nonlocalnet.models.released",
-            "nonlocalnet.models.weights",
-            "nonlocalnet.models.zoo",
-        }
-    ),
-}
-
 _MODULE_STRING = re.compile(r"nonlocalnet(\.\w+)+(:\w+(\.\w+)*)?")
 
 
@@ -114,10 +74,13 @@ def _string_targets(tree: ast.AST) -> list[str]:
     ]
 
 
-def import_graph(source: dict[str, str]) -> tuple[dict[str, set[str]], dict[str, set[str]]]:
+def import_graph(
+    source: dict[str, str], *, with_type_only: bool = True
+) -> tuple[dict[str, set[str]], dict[str, set[str]]]:
     """``source`` maps a module name to its code. Returns (imports, strings): for each module,
     the nonlocalnet modules it imports anywhere in its code (module level and inside functions;
-    ``from pkg import sub`` counts as ``pkg.sub`` when that is a module), and those it names in a
+    ``from pkg import sub`` counts as ``pkg.sub`` when that is a module; under ``if
+    TYPE_CHECKING:`` only ``with_type_only``, as those never run), and those it names in a
     string (an import by name at run time)."""
     modules = set(source)
     imports: dict[str, set[str]] = {}
@@ -126,7 +89,15 @@ def import_graph(source: dict[str, str]) -> tuple[dict[str, set[str]], dict[str,
         tree = ast.parse(code)
         package = module if _is_package(module, source) else module.rpartition(".")[0]
         found: set[str] = set()
+        type_only = {
+            id(n)
+            for block in ast.walk(tree)
+            if isinstance(block, ast.If) and "TYPE_CHECKING" in ast.unparse(block.test)
+            for n in ast.walk(block)
+        }
         for node in ast.walk(tree):
+            if id(node) in type_only and not with_type_only:
+                continue
             if isinstance(node, ast.Import):
                 names = [alias.name for alias in node.names]
             elif isinstance(node, ast.ImportFrom):
@@ -211,8 +182,9 @@ def _closed_path(graph: dict[str, set[str]], component: set[str]) -> list[str]:
     raise AssertionError(f"{sorted(component)} is not a cycle")
 
 
-def _package_graph() -> tuple[dict[str, set[str]], dict[str, set[str]]]:
-    return import_graph({_module_name(p): p.read_text() for p in sorted(SRC.rglob("*.py"))})
+def _package_graph(*, with_type_only: bool = True) -> tuple[dict[str, set[str]], dict[str, set[str]]]:
+    sources = {_module_name(p): p.read_text() for p in sorted(SRC.rglob("*.py"))}
+    return import_graph(sources, with_type_only=with_type_only)
 
 
 IMPORTS, STRINGS = _package_graph()
@@ -234,17 +206,17 @@ def test_no_module_imports_an_upper_layer_by_name():
     """``importlib.import_module("nonlocalnet.x")``, ``__import__`` or a ``"module:Class"`` table
     is an import too."""
     found = upward(STRINGS)
-    assert not found - KNOWN_DODGES, f"imports by name going up the layers: {sorted(found - KNOWN_DODGES)}"
-    assert not KNOWN_DODGES - found, f"gone (delete them from KNOWN_DODGES): {sorted(KNOWN_DODGES - found)}"
+    assert not found, f"imports by name going up the layers: {sorted(found)}"
 
 
 def test_no_import_cycle():
-    graph = {m: IMPORTS[m] | STRINGS[m] for m in IMPORTS}
+    """At run time (imports under ``if TYPE_CHECKING:`` never run; they still count as layer
+    crossings above)."""
+    imports, strings = _package_graph(with_type_only=False)
+    graph = {m: imports[m] | strings[m] for m in imports}
     found = cycles(graph)
-    new = [" -> ".join(_closed_path(graph, set(c))) for c in found - KNOWN_CYCLES]
-    assert not new, f"import cycles: {new}"
-    gone = [sorted(c) for c in KNOWN_CYCLES - found]
-    assert not gone, f"gone or changed (update KNOWN_CYCLES): {gone}"
+    paths = [" -> ".join(_closed_path(graph, set(c))) for c in found]
+    assert not paths, f"import cycles: {paths}"
 
 
 def test_the_checks_see_upward_imports_by_any_means_and_cycles():

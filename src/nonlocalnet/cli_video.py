@@ -76,7 +76,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from nonlocalnet.engine import read_model_file
+    from nonlocalnet.models import read_model_file
     from nonlocalnet.tasks import VideoConfig, load_config
     from nonlocalnet.tasks.video import config_weights, inference_config, run_evaluation
 

@@ -17,10 +17,10 @@ import torch
 from tiny_video import tiny_config, write_config
 
 from nonlocalnet.cli import main
-from nonlocalnet.engine import read_model_file, save_config
+from nonlocalnet.engine import save_config
 from nonlocalnet.engine.config import ConfigError
 from nonlocalnet.errors import InvalidValueError
-from nonlocalnet.models import build_model, save_weights
+from nonlocalnet.models import build_model, read_model_file, save_weights
 from nonlocalnet.tasks import VideoClassification, config_from_dict
 from nonlocalnet.tasks.video import (
     EvalReport,

@@ -10,7 +10,6 @@ import torch
 from safetensors.torch import load_file
 
 from nonlocalnet.cli import main
-from nonlocalnet.engine import load_model_file, read_model_file
 from nonlocalnet.models import (
     RELEASE_URL,
     RELEASED_CHECKPOINTS,
@@ -19,8 +18,10 @@ from nonlocalnet.models import (
     caffe2_norm,
     export_caffe2_blobs,
     load_caffe2_checkpoint,
+    load_model_file,
     load_weights,
     model_spec,
+    read_model_file,
     read_weights_metadata,
     released_checkpoint_info,
     released_info_from_metadata,

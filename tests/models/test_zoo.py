@@ -15,7 +15,6 @@ from safetensors import safe_open
 from weights_server import RELEASED, serving
 
 from nonlocalnet.cli import main
-from nonlocalnet.engine import read_model_file
 from nonlocalnet.engine.config import ConfigError
 from nonlocalnet.models import (
     RELEASED_CHECKPOINTS,
@@ -28,6 +27,7 @@ from nonlocalnet.models import (
     load_named_weights,
     model_info,
     model_spec,
+    read_model_file,
     weights_file,
 )
 from nonlocalnet.models.download import CACHE_DIR_ENV, ChecksumError, DownloadError

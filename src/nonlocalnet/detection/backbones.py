@@ -12,8 +12,8 @@ from torchvision.models import resnet
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
-from nonlocalnet.engine.model_file import read_model_file
 from nonlocalnet.errors import InvalidValueError
+from nonlocalnet.models.model_file import read_model_file
 
 __all__ = [
     "BACKBONES",

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from nonlocalnet.engine.config import ConfigError
-from nonlocalnet.engine.model_file import read_model_file
+from nonlocalnet.models.model_file import read_model_file
 
 __all__ = ["LABEL_SPACES", "LabelSpace", "resolve_label_space", "weights_num_classes"]
 

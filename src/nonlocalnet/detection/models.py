@@ -38,10 +38,10 @@ from nonlocalnet.detection.backbones import (
     load_imagenet_body,
 )
 from nonlocalnet.detection.heads import TINY_SIZE, keypoint_head_block_positions, tiny_head_options
-from nonlocalnet.engine.model_file import read_model_file
 from nonlocalnet.errors import InvalidValueError, MissingFileError
 from nonlocalnet.layers import NonLocalBlock, NonLocalOptions
 from nonlocalnet.models.insert import NONLOCAL_ATTR, add_nonlocal
+from nonlocalnet.models.model_file import read_model_file
 from nonlocalnet.models.registry import ModelInfo, model_info, register_model
 
 __all__ = [

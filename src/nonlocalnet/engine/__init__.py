@@ -21,7 +21,6 @@ from nonlocalnet.engine.distributed import DistContext, DistributedError, init_d
 from nonlocalnet.engine.hooks import HookBase, MetricsWindow, ProgressBar
 from nonlocalnet.engine.inference import evaluate, predict
 from nonlocalnet.engine.metrics import topk_correct
-from nonlocalnet.engine.model_file import ModelFile, load_model_file, read_model_file
 from nonlocalnet.engine.optim import build_optimizer, lr_at, milestone_steps, scaled_lr, set_lr
 from nonlocalnet.engine.precise_bn import update_bn_stats
 from nonlocalnet.engine.resume import StepSplit
@@ -53,7 +52,6 @@ __all__ = [
     "Evaluation",
     "HookBase",
     "MetricsWindow",
-    "ModelFile",
     "OptimConfig",
     "ProgressBar",
     "RunLog",
@@ -75,13 +73,11 @@ __all__ = [
     "init_distributed",
     "load_checkpoint",
     "load_config",
-    "load_model_file",
     "lr_at",
     "milestone_steps",
     "predict",
     "read_config_data",
     "read_jsonl",
-    "read_model_file",
     "register_task",
     "save_checkpoint",
     "save_config",

@@ -9,7 +9,6 @@ import random
 import re
 import shutil
 import time
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,7 @@ import torch
 
 from nonlocalnet.atomic import atomic_write
 from nonlocalnet.errors import InvalidValueError, MissingFileError, NonLocalNetError
+from nonlocalnet.models.weights import load_failure
 
 __all__ = [
     "RESUME_FREE_SETTINGS",
@@ -27,7 +27,6 @@ __all__ = [
     "changed_settings",
     "checkpoint_step",
     "load_checkpoint",
-    "load_failure",
     "restore_rng_state",
     "save_checkpoint",
 ]
@@ -90,20 +89,6 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     if not isinstance(state, dict) or "model" not in state:
         raise InvalidValueError(f"{path} is not a nonlocalnet training checkpoint (no 'model' entry)")
     return state
-
-
-def load_failure(path: Path, err: BaseException) -> str:
-    """Why ``torch.load(path, weights_only=True)`` failed, in one line (torch's own message is
-    many lines and suggests ``weights_only=False``, which would run the file's code)."""
-    text = str(err).strip()
-    whole = zipfile.is_zipfile(path)  # torch.save writes a zip archive; its index is at the end
-    if "Weights only load failed" in text and whole:
-        return "it holds Python objects besides tensors and plain data, which are not unpickled"
-    if isinstance(err, EOFError) or not text:
-        return f"the file ends early (empty or truncated; {type(err).__name__})"
-    if not whole:
-        return "not a complete file written by torch.save (truncated, or another format)"
-    return text.splitlines()[0]
 
 
 def capture_rng_state() -> dict[str, Any]:

@@ -12,6 +12,7 @@ from nonlocalnet.models.caffe2 import (
 from nonlocalnet.models.complexity import Complexity, measure_complexity
 from nonlocalnet.models.inflate import InflationReport, inflate_2d_to_3d, inflate_kernel
 from nonlocalnet.models.insert import add_nonlocal
+from nonlocalnet.models.model_file import ModelFile, load_model_file, read_model_file
 from nonlocalnet.models.registry import KINDS, ModelInfo, build_model, list_models, model_info, register_model
 from nonlocalnet.models.released import (
     RELEASE_URL,
@@ -44,6 +45,7 @@ __all__ = [
     "Caffe2LoadReport",
     "Complexity",
     "InflationReport",
+    "ModelFile",
     "ModelInfo",
     "ReleasedCheckpoint",
     "ReleasedModelMismatchError",
@@ -65,12 +67,14 @@ __all__ = [
     "list_models",
     "list_weights",
     "load_caffe2_checkpoint",
+    "load_model_file",
     "load_named_weights",
     "load_weights",
     "measure_complexity",
     "model_info",
     "model_spec",
     "read_caffe2_pickle",
+    "read_model_file",
     "read_weights_metadata",
     "register_model",
     "released_checkpoint_info",

@@ -9,7 +9,6 @@ needs the ``detection`` extra: torchvision, pycocotools).
 from __future__ import annotations
 
 import difflib
-import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -103,7 +102,7 @@ def _entry(name: str) -> _Entry:
     hint = f"; did you mean {', '.join(close)}?" if close else "."
     detection = (
         ""
-        if "nonlocalnet.detection" in sys.modules
+        if list_models("detector")
         else " The detectors are registered by importing nonlocalnet.detection "
         "(pip install 'nonlocalnet[detection]')."
     )

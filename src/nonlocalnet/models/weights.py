@@ -4,6 +4,7 @@ atomically; the metadata is read back and checked when the weights are loaded.""
 from __future__ import annotations
 
 import os
+import zipfile
 from pathlib import Path
 
 import torch
@@ -80,3 +81,17 @@ def load_weights(model: nn.Module, path: str | os.PathLike, *, strict: bool = Tr
 
         warnings.warn(f"partial load from {path}: {result}", stacklevel=2)
     return model
+
+
+def load_failure(path: Path, err: BaseException) -> str:
+    """Why ``torch.load(path, weights_only=True)`` failed, in one line (torch's own message is
+    many lines and suggests ``weights_only=False``, which would run the file's code)."""
+    text = str(err).strip()
+    whole = zipfile.is_zipfile(path)  # torch.save writes a zip archive; its index is at the end
+    if "Weights only load failed" in text and whole:
+        return "it holds Python objects besides tensors and plain data, which are not unpickled"
+    if isinstance(err, EOFError) or not text:
+        return f"the file ends early (empty or truncated; {type(err).__name__})"
+    if not whole:
+        return "not a complete file written by torch.save (truncated, or another format)"
+    return text.splitlines()[0]

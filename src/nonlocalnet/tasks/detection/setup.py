@@ -17,9 +17,9 @@ from nonlocalnet.detection.labels import LabelSpace, resolve_label_space, weight
 from nonlocalnet.detection.models import build_detector, load_detector_weights
 from nonlocalnet.detection.trained import TrainedDetector
 from nonlocalnet.engine.config import ConfigError, apply_overrides, config_to_dict
-from nonlocalnet.engine.model_file import read_model_file
 from nonlocalnet.engine.task import config_from_dict
 from nonlocalnet.errors import InvalidValueError, MissingFileError
+from nonlocalnet.models.model_file import read_model_file
 from nonlocalnet.models.registry import model_info
 from nonlocalnet.models.zoo import resolve_weights
 from nonlocalnet.tasks.detection.config import DetectionConfig, DetectionTaskConfig

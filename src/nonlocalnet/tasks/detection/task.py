@@ -24,9 +24,9 @@ from torch.utils.data import DataLoader
 
 from nonlocalnet.engine.config import ConfigError, check_config
 from nonlocalnet.engine.distributed import DistContext
-from nonlocalnet.engine.model_file import read_model_file
 from nonlocalnet.engine.task import Evaluation, StepLoss
 from nonlocalnet.errors import InvalidTypeError
+from nonlocalnet.models.model_file import read_model_file
 from nonlocalnet.tasks.detection.config import DetectionTaskConfig
 
 if TYPE_CHECKING:

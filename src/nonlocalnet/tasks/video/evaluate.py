@@ -23,8 +23,8 @@ from nonlocalnet.data import BadDataLog, BadSample, ClipBatch, FrameCache, Video
 from nonlocalnet.engine.amp import autocast_context
 from nonlocalnet.engine.config import ConfigError, check_config
 from nonlocalnet.engine.distributed import DistContext, init_distributed
-from nonlocalnet.engine.model_file import ModelFile, read_model_file
 from nonlocalnet.models import VideoResNet
+from nonlocalnet.models.model_file import ModelFile, read_model_file
 from nonlocalnet.tasks.video.config import INIT_KINDS, VideoConfig
 from nonlocalnet.tasks.video.metrics import EvalResult, ViewScores
 from nonlocalnet.tasks.video.predict import load_model_weights

@@ -16,10 +16,10 @@ from torch import Tensor, nn
 
 from nonlocalnet.data import probe_video, read_class_names, read_frames, test_clip_indices, test_views
 from nonlocalnet.engine.config import ConfigError, apply_overrides
-from nonlocalnet.engine.model_file import ModelFile, load_model_file, read_model_file
 from nonlocalnet.engine.task import config_from_dict, load_config
 from nonlocalnet.errors import InvalidValueError
 from nonlocalnet.models import VideoResNet, caffe2_norm, check_model_matches, list_models, model_info
+from nonlocalnet.models.model_file import ModelFile, load_model_file, read_model_file
 from nonlocalnet.tasks.video.config import CONFIG_KEYS, VideoConfig
 from nonlocalnet.tasks.video.setup import build_model_from_config
 
@@ -173,7 +173,7 @@ def _read_run_config(path: Path) -> dict[str, Any]:
 
 def load_model_weights(net: nn.Module, weights: ModelFile, cfg: VideoConfig) -> str:
     """Load ``weights`` into ``net`` (built from ``cfg.model``) with
-    :func:`~nonlocalnet.engine.model_file.load_model_file`; returns its one-line report.
+    :func:`~nonlocalnet.models.model_file.load_model_file`; returns its one-line report.
     Weights made for another network are a :class:`ConfigError` naming the difference: for the
     authors' weights, each ``model.*`` setting that differs; for a state dict, the missing,
     unexpected and reshaped keys."""

@@ -18,8 +18,8 @@ from nonlocalnet.data import (
 )
 from nonlocalnet.data.lists import class_folder_names
 from nonlocalnet.engine.config import ConfigError
-from nonlocalnet.engine.model_file import load_model_file, read_model_file
 from nonlocalnet.models import VideoResNet, build_video_model, inflate_2d_to_3d, load_named_weights
+from nonlocalnet.models.model_file import load_model_file, read_model_file
 from nonlocalnet.tasks.video.config import (
     CONFIG_KEYS,
     INIT_KINDS,

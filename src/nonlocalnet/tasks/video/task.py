@@ -21,10 +21,10 @@ from torch.utils.data import DataLoader
 from nonlocalnet.data import ClipBatch, EpochSampler, FrameCache, VideoSample, build_loader, read_class_names
 from nonlocalnet.engine.config import ConfigError, check_config
 from nonlocalnet.engine.distributed import DistContext
-from nonlocalnet.engine.model_file import read_model_file
 from nonlocalnet.engine.task import Evaluation, StepLoss
 from nonlocalnet.errors import InvalidTypeError
 from nonlocalnet.models import VideoResNet
+from nonlocalnet.models.model_file import read_model_file
 from nonlocalnet.tasks.video.config import VideoConfig
 from nonlocalnet.tasks.video.evaluate import score_samples
 from nonlocalnet.tasks.video.memory_format import choose_memory_format

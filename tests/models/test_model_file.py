@@ -1,12 +1,12 @@
-"""Reading weights and checkpoint files (``nonlocalnet.engine.model_file``, ``engine.checkpoint``):
+"""Reading weights and checkpoint files (``nonlocalnet.models.model_file``, ``engine.checkpoint``):
 a file that is not one is a one-line error."""
 
 import pytest
 import torch
 
-from nonlocalnet.engine import read_model_file
 from nonlocalnet.engine.checkpoint import load_checkpoint
 from nonlocalnet.errors import InvalidValueError
+from nonlocalnet.models import read_model_file
 
 
 def test_unreadable_weight_files_are_one_line_errors(tmp_path):

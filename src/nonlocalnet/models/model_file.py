@@ -13,21 +13,18 @@ from typing import Any
 import torch
 from torch import nn
 
-from nonlocalnet.engine.checkpoint import load_failure
 from nonlocalnet.errors import InvalidValueError, MissingFileError
-from nonlocalnet.models import (
+from nonlocalnet.models.caffe2 import caffe2_norm, load_caffe2_checkpoint, read_caffe2_pickle
+from nonlocalnet.models.released import (
     ReleasedCheckpoint,
-    VideoResNet,
-    caffe2_norm,
     check_bn_form,
     check_model_matches,
-    load_caffe2_checkpoint,
-    read_caffe2_pickle,
     released_checkpoint_info,
     released_info_from_metadata,
-    weights_file,
 )
-from nonlocalnet.models.zoo import is_weights_name
+from nonlocalnet.models.resnet3d import VideoResNet
+from nonlocalnet.models.weights import load_failure
+from nonlocalnet.models.zoo import is_weights_name, weights_file
 
 __all__ = ["ModelFile", "load_model_file", "read_model_file"]
 
