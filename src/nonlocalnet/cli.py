@@ -87,6 +87,8 @@ def _info(args: argparse.Namespace) -> int:
         if value is not None and value < 1:  # --frames 0 was the default, --size 0 a traceback
             raise InvalidValueError(f"{option} must be >= 1, got {value}")
     frames = args.frames if args.frames is not None else info.frames
+    if frames is None:  # a video model's info always gives its clip length
+        raise InvalidValueError(f"{args.model} has no clip length: give --frames")
     with torch.device("meta"):
         model = build_model(args.model, num_classes=args.num_classes, variant=args.variant)
     c = measure_complexity(model, (1, 3, frames, args.size, args.size))

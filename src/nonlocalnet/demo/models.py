@@ -117,7 +117,7 @@ def model_section(model: DemoModel, num_classes: int, recipe: VideoDemoSection) 
         "pool2_temporal": recipe.pool2_temporal,
         "nonlocal_options": block,
     }
-    section = {"name": None, "spec": spec, "num_classes": num_classes, "dropout": 0.0}
+    section: dict[str, Any] = {"name": None, "spec": spec, "num_classes": num_classes, "dropout": 0.0}
     if i3d:
         section["temporal_padding"] = recipe.i3d_temporal_padding
     return section

@@ -194,7 +194,7 @@ def predict_images(
     model, label_names = trained.model, trained.label_names
     device = next(model.parameters()).device
     names = _drawn_names(model, label_names)
-    mask_threshold = trained.config.detection.mask_threshold
+    mask_threshold = trained.mask_threshold
     report = PredictionReport(score_threshold)
     for index, path in enumerate(images):
         path = Path(path)

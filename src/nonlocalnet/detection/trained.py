@@ -22,9 +22,10 @@ __all__ = ["TrainedDetector", "predict_image", "read_image"]
 @dataclass
 class TrainedDetector:
     """A trained detector in eval mode with what it was trained with: its ``config`` (with the
-    overrides given to :func:`load_trained_detector`), classes and ``label_space`` (label ->
-    category: ``label_space.label_to_category``); ``changes`` lists the overridden settings that
-    changed the model, as ``detection.min_size: [800] -> [600]``."""
+    overrides given to :func:`~nonlocalnet.tasks.detection.load_trained_detector`), classes,
+    ``label_space`` (label -> category: ``label_space.label_to_category``) and
+    ``mask_threshold``; ``changes`` lists the overridden settings that changed the model, as
+    ``detection.min_size: [800] -> [600]``."""
 
     model: nn.Module
     config: Config
@@ -33,6 +34,7 @@ class TrainedDetector:
     keypoint_names: list[str]
     label_space: LabelSpace | None = None
     changes: list[str] = field(default_factory=list)
+    mask_threshold: float = 0.5  # a pixel of a mask: probability above it (detection.mask_threshold)
 
     @property
     def label_to_category(self) -> dict[int, int]:

@@ -123,7 +123,9 @@ def explain_out_of_memory(split: StepSplit) -> Iterator[None]:
         try:
             explained = type(err)(f"{err}\n{hint}")
         except Exception:  # an error type that cannot be built from a message
-            err.add_note(hint)
+            add_note = getattr(err, "add_note", None)  # Python 3.11+
+            if add_note is not None:
+                add_note(hint)
             raise err from None
         raise explained from err
 

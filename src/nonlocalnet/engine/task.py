@@ -135,14 +135,40 @@ class Task(Protocol):
     ``distributed=(rank, world)`` gives each rank its share.
     """
 
-    label: str  # names the run in logs, figures and the weights' metadata
-    sample_noun: str  # what a sample is, in bad-data messages
-    # settings of the task's sections a resume may change (evaluation data, initial weights, ...)
-    resume_free_settings: tuple[str, ...]
-    has_validation: bool
-    validation_files: tuple[str, ...]  # named when a validation fails (lists, annotation files)
-    train_metrics: tuple[str, ...]  # the keys of every StepLoss.sums, in log order
-    train_set: Sized  # the training samples (a dataset; ``len``: how many)
+    # read-only members (class attributes, instance attributes or properties)
+    @property
+    def label(self) -> str:
+        """Names the run in logs, figures and the weights' metadata."""
+        ...
+
+    @property
+    def sample_noun(self) -> str:
+        """What a sample is, in bad-data messages (``"video"``, ``"image"``)."""
+        ...
+
+    @property
+    def resume_free_settings(self) -> tuple[str, ...]:
+        """Settings of the task's sections a resume may change (evaluation data, initial
+        weights, ...)."""
+        ...
+
+    @property
+    def has_validation(self) -> bool: ...
+
+    @property
+    def validation_files(self) -> tuple[str, ...]:
+        """Named when a validation fails (lists, annotation files)."""
+        ...
+
+    @property
+    def train_metrics(self) -> tuple[str, ...]:
+        """The keys of every :attr:`StepLoss.sums`, in log order."""
+        ...
+
+    @property
+    def train_set(self) -> Sized:
+        """The training samples (a dataset; ``len``: how many)."""
+        ...
 
     def build_model(self) -> tuple[nn.Module, str]:
         """The model with its initial weights, and a one-line report of where they came from."""

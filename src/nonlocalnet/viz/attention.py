@@ -72,9 +72,8 @@ def attention_map(block: NonLocalBlock, x: Tensor, query: tuple[int, int, int]) 
 def key_argmax_pixel(weights: Tensor, video_shape: Sequence[int]) -> tuple[float, float, float]:
     """Centre, in video pixel coordinates ``(t, y, x)``, of the key cell with the largest weight."""
     cell = np.unravel_index(int(weights.argmax()), tuple(weights.shape))
-    return tuple(  # type: ignore[return-value]
-        (c + 0.5) * s / g for c, s, g in zip(cell, video_shape, weights.shape, strict=True)
-    )
+    t, y, x = ((c + 0.5) * s / g for c, s, g in zip(cell, video_shape, weights.shape, strict=True))
+    return float(t), float(y), float(x)
 
 
 def draw_attention(

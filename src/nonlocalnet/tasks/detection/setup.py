@@ -217,4 +217,6 @@ def load_trained_detector(
         )
     model.load_state_dict(weights.state)
     model.to(device).eval()
-    return TrainedDetector(model, cfg, names, ids, keypoints, space, changes)
+    return TrainedDetector(
+        model, cfg, names, ids, keypoints, space, changes, mask_threshold=cfg.detection.mask_threshold
+    )

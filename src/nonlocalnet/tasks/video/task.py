@@ -18,7 +18,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from nonlocalnet.data import ClipBatch, EpochSampler, FrameCache, VideoSample, build_loader, read_class_names
+from nonlocalnet.data import (
+    ClipBatch,
+    EpochSampler,
+    FrameCache,
+    VideoClipDataset,
+    VideoSample,
+    build_loader,
+    read_class_names,
+)
 from nonlocalnet.engine.config import ConfigError, check_config
 from nonlocalnet.engine.distributed import DistContext
 from nonlocalnet.engine.task import Evaluation, StepLoss
@@ -83,7 +91,7 @@ class VideoClassification:
         self.frame_cache = (
             frame_cache if frame_cache is not None or not cfg.data.cache_frames else FrameCache()
         )
-        self._train_set: torch.utils.data.Dataset | None = None
+        self._train_set: VideoClipDataset | None = None
 
     @property
     def _has_train_data(self) -> bool:
@@ -111,7 +119,7 @@ class VideoClassification:
         return model, initialise_model(model, self.cfg.model)
 
     @property
-    def train_set(self) -> torch.utils.data.Dataset:
+    def train_set(self) -> VideoClipDataset:
         """One random clip per training video (built on first use)."""
         if not self._has_train_data:
             raise ConfigError("training needs data.train_list or data.train_folder")
