@@ -144,7 +144,7 @@ def test_detector_weights_take_a_file_or_a_weights_name(tmp_path, monkeypatch):
         asked.append(name)
         return fetched
 
-    monkeypatch.setattr("nonlocalnet.models.zoo.weights_file", weights_file)
+    monkeypatch.setattr("nonlocalnet.models.pretrained.weights_file", weights_file)
     assert trained.weights_path(DetectionConfig(weights=str(file)), "weights") == file
     assert trained.weights_path(DetectionConfig(), "weights") is None
     name = "maskrcnn_resnet50_fpn_coco_v1"

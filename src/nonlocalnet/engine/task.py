@@ -143,7 +143,7 @@ class Task(Protocol):
 
     @property
     def sample_noun(self) -> str:
-        """What a sample is, in bad-data messages (``"video"``, ``"image"``)."""
+        """What a sample is, in bad-data messages (a noun: ``"sample"``)."""
         ...
 
     @property

@@ -10,10 +10,12 @@ from nonlocalnet.models.caffe2 import (
     save_caffe2_pickle,
 )
 from nonlocalnet.models.complexity import Complexity, measure_complexity
+from nonlocalnet.models.factory import build_model
 from nonlocalnet.models.inflate import InflationReport, inflate_2d_to_3d, inflate_kernel
 from nonlocalnet.models.insert import add_nonlocal
 from nonlocalnet.models.model_file import ModelFile, load_model_file, read_model_file
-from nonlocalnet.models.registry import KINDS, ModelInfo, build_model, list_models, model_info, register_model
+from nonlocalnet.models.pretrained import load_named_weights, resolve_weights, weights_file
+from nonlocalnet.models.registry import KINDS, ModelInfo, list_models, model_info, register_model
 from nonlocalnet.models.released import (
     RELEASE_URL,
     RELEASED_CHECKPOINTS,
@@ -27,14 +29,7 @@ from nonlocalnet.models.released import (
 from nonlocalnet.models.resnet3d import Bottleneck3d, StageSpec, VideoResNet, VideoResNetSpec
 from nonlocalnet.models.video_models import VARIANTS, build_video_model, model_spec
 from nonlocalnet.models.weights import load_weights, read_weights_metadata, save_weights
-from nonlocalnet.models.zoo import (
-    WeightsEntry,
-    get_weights,
-    list_weights,
-    load_named_weights,
-    resolve_weights,
-    weights_file,
-)
+from nonlocalnet.models.zoo import WeightsEntry, get_weights, list_weights
 
 __all__ = [
     "KINDS",

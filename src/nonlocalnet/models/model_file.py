@@ -15,6 +15,7 @@ from torch import nn
 
 from nonlocalnet.errors import InvalidValueError, MissingFileError
 from nonlocalnet.models.caffe2 import caffe2_norm, load_caffe2_checkpoint, read_caffe2_pickle
+from nonlocalnet.models.pretrained import weights_file
 from nonlocalnet.models.released import (
     ReleasedCheckpoint,
     check_bn_form,
@@ -24,7 +25,7 @@ from nonlocalnet.models.released import (
 )
 from nonlocalnet.models.resnet3d import VideoResNet
 from nonlocalnet.models.weights import load_failure
-from nonlocalnet.models.zoo import is_weights_name, weights_file
+from nonlocalnet.models.zoo import is_weights_name
 
 __all__ = ["ModelFile", "load_model_file", "read_model_file"]
 

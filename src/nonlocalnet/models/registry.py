@@ -1,5 +1,7 @@
 """One registry of named models, video classifiers and detectors alike (timm's manner):
-:func:`register_model`, :func:`list_models`, :func:`model_info`, :func:`build_model`.
+:func:`register_model`, :func:`list_models`, :func:`model_info` and the builders
+(:func:`model_builder`); :func:`~nonlocalnet.models.build_model` (:mod:`nonlocalnet.models.factory`)
+builds a registered model, with named weights or without.
 
 The paper's video models (:mod:`nonlocalnet.models.video_models`) are registered when
 :mod:`nonlocalnet.models` is imported; the detectors when :mod:`nonlocalnet.detection` is (it
@@ -17,7 +19,7 @@ from torch import nn
 
 from nonlocalnet.errors import InvalidTypeError, InvalidValueError
 
-__all__ = ["KINDS", "ModelInfo", "build_model", "list_models", "model_info", "register_model"]
+__all__ = ["KINDS", "ModelInfo", "list_models", "model_builder", "model_info", "register_model"]
 
 KINDS = ("video", "detector")
 """What a registered model is: a video classifier or a detector."""
@@ -72,7 +74,8 @@ _REGISTRY: dict[str, _Entry] = {}
 
 
 def register_model(info: ModelInfo, builder: Builder | None = None) -> Any:
-    """Register ``builder`` (called as ``builder(**kwargs)`` by :func:`build_model`) under
+    """Register ``builder`` (called as ``builder(**kwargs)`` by
+    :func:`~nonlocalnet.models.build_model`) under
     ``info.name``; without ``builder``, a decorator that registers the function it decorates.
     A name registered twice is an error."""
 
@@ -122,10 +125,7 @@ def model_info(name: str, kind: str | None = None) -> ModelInfo:
     return info
 
 
-def build_model(name: str, **kwargs: Any) -> nn.Module:
-    """Build the registered model ``name``; ``kwargs`` go to its builder (video models:
-    :func:`~nonlocalnet.models.video_models.build_video_model`; detectors:
-    :func:`~nonlocalnet.detection.build_detector`). Every builder takes the non-local blocks'
-    options as ``nonlocal_options`` (a :class:`~nonlocalnet.layers.NonLocalOptions`, or a
-    mapping of its fields over the model's own defaults)."""
-    return _entry(name).builder(**kwargs)
+def model_builder(name: str) -> Callable[..., nn.Module]:
+    """The builder registered under ``name`` (:func:`~nonlocalnet.models.build_model` calls it);
+    an unknown name is an error naming close ones."""
+    return _entry(name).builder

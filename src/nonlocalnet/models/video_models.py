@@ -185,34 +185,14 @@ def build_video_model(
     dropout: float = 0.5,
     temporal_padding: str = "zeros",
     backbone_norm: str | None = None,
-    weights: str | None = None,
-    progress: bool = True,
     **spec_overrides: Any,
 ) -> VideoResNet:
     """Build a registered video model (``build_model(name, ...)`` calls this). ``num_classes``
     400, ``variant`` ``"paper"`` and ``backbone_norm`` ``"batchnorm"`` (``"affine"``: frozen BN)
     unless given; ``spec_overrides`` replace fields of its :class:`VideoResNetSpec`.
     ``nonlocal_options``: a mapping of :class:`NonLocalOptions` fields overrides the variant's
-    block (``{"mode": "dot_product"}``), a :class:`NonLocalOptions` is used as it is.
-    ``weights``: a name from :func:`~nonlocalnet.models.list_weights`, downloaded once
-    (``progress``: a bar) and loaded; the authors' Kinetics weights also choose ``num_classes``,
-    ``variant`` and ``backbone_norm`` (one given otherwise is an error naming it), ImageNet
-    weights are inflated into the model."""
-    if weights is not None:
-        from nonlocalnet.models.zoo import build_with_weights
-
-        return build_with_weights(
-            name,
-            weights,
-            num_classes=num_classes,
-            variant=variant,
-            backbone_norm=backbone_norm,
-            progress=progress,
-            nonlocal_options=nonlocal_options,
-            dropout=dropout,
-            temporal_padding=temporal_padding,
-            **spec_overrides,
-        )
+    block (``{"mode": "dot_product"}``), a :class:`NonLocalOptions` is used as it is. Named
+    weights: ``build_model(name, weights=...)`` (:func:`~nonlocalnet.models.build_model`)."""
     spec = model_spec(
         name,
         variant="paper" if variant is None else variant,
@@ -223,6 +203,7 @@ def build_video_model(
     bad = sorted(set(spec_overrides) - fields)
     if bad:
         own = set(inspect.signature(build_video_model).parameters) - {"name", "spec_overrides"}
+        own |= {"weights", "progress"}  # build_model's own
         raise InvalidValueError(
             f"unknown override(s) {bad} for build_model; valid keys: {sorted(fields | own)}"
         )

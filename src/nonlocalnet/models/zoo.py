@@ -6,13 +6,14 @@ accuracy its publisher reports, its licence and its SHA-256 where known (torchvi
 prefix in its file names; the authors published none). ``build_model(name, weights=...)``,
 ``model.init`` in a config and ``nonlocalnet weights`` take the entry names.
 
-:func:`weights_file` downloads a file once into the cache (:mod:`nonlocalnet.models.download`:
-``torch.hub``'s folder, atomic, checked, one process at a time) and converts an authors' ``.pkl``
-once to safetensors next to it (a Kinetics model: our state dict, with its settings in the
-metadata; an ImageNet ``.pkl``: its Caffe2 blobs). torchvision's ``.pth`` files are used as they
-are (``torch.load(weights_only=True)``): the same files, in the same folder, that torchvision
-itself downloads. ``$NONLOCALNET_WEIGHTS_MIRROR`` (or ``mirror=``) fetches every file by its name
-from another base URL (a local mirror; the tests' 127.0.0.1 server).
+This module is the catalogue and the download of a published file into the cache
+(:func:`download_weights`, through :mod:`nonlocalnet.models.download`: ``torch.hub``'s folder,
+atomic, checked, one process at a time); it builds and loads no model. The usable file of an
+entry (an authors' ``.pkl`` converted once to safetensors) is
+:func:`~nonlocalnet.models.pretrained.weights_file`'s; building a model with named weights is
+:func:`~nonlocalnet.models.factory.build_model`'s. ``$NONLOCALNET_WEIGHTS_MIRROR`` (or
+``mirror=``) fetches every file by its name from another base URL (a local mirror; the tests'
+127.0.0.1 server).
 """
 
 from __future__ import annotations
@@ -29,20 +30,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
 from nonlocalnet.atomic import atomic_write_bytes
-from nonlocalnet.errors import InvalidTypeError, InvalidValueError, MissingFileError, check_module
+from nonlocalnet.errors import InvalidTypeError, InvalidValueError
 from nonlocalnet.models.download import (
     ChecksumError,
     check_file,
     download_file,
-    file_lock,
     hash_prefix_of,
     resolve_cache_dir,
 )
-from nonlocalnet.models.insert import NONLOCAL_ATTR
 from nonlocalnet.models.registry import list_models
 from nonlocalnet.models.released import (
     ReleasedCheckpoint,
@@ -50,22 +48,21 @@ from nonlocalnet.models.released import (
     check_model_matches,
     released_checkpoint_info,
 )
-from nonlocalnet.models.resnet3d import VideoResNet
 
 __all__ = [
     "KINDS",
     "MIRROR_ENV",
     "WeightsEntry",
-    "build_with_weights",
     "cache_paths",
+    "check_kinetics_build",
     "check_weights_fit",
+    "download_weights",
+    "extract_member",
     "get_weights",
     "is_weights_name",
     "list_weights",
-    "load_named_weights",
     "released_info",
-    "resolve_weights",
-    "weights_file",
+    "video_weights",
 ]
 
 MIRROR_ENV = "NONLOCALNET_WEIGHTS_MIRROR"
@@ -388,41 +385,18 @@ def cache_paths(name: str | WeightsEntry, *, cache_dir: str | os.PathLike | None
     return raw, (folder / f"{entry.name}.safetensors" if entry.converted else raw)
 
 
-def weights_file(
-    name: str | WeightsEntry,
-    *,
-    cache_dir: str | os.PathLike | None = None,
-    mirror: str | None = None,
-    progress: bool = True,
-) -> Path:
-    """The local file of the weights ``name``: downloaded on first use (into ``cache_dir``, default
-    :func:`~nonlocalnet.models.download.default_cache_dir`), checked, and for a ``.pkl``
-    converted once to ``<name>.safetensors`` next to it. A file already there (put by hand, or by
-    torchvision) is checked against the published hash before its first conversion and used."""
-    entry = get_weights(name)
-    raw, target = cache_paths(entry, cache_dir=cache_dir)
+def download_weights(
+    entry: WeightsEntry, raw: Path, *, mirror: str | None = None, progress: bool = True
+) -> str:
+    """The published file of ``entry`` at ``raw`` (:func:`cache_paths`'s first path): downloaded
+    unless it is there (``progress``: a bar; ``mirror``: see :data:`MIRROR_ENV`), and one that was
+    there before is checked against the published hash where one is known. Returns the URL."""
     url = _url(entry, mirror)
-    fetch = functools.partial(
-        download_file, url, raw, sha256=entry.sha256, hash_prefix=entry.hash_prefix, progress=progress
-    )
-    if not entry.converted:  # torchvision's .pth: used as it is, checked on every use
-        there = raw.is_file()
-        fetch()
-        if there:
-            _check_present(raw, entry)
-        return raw
-    if target.is_file():
-        return target
-    with file_lock(target.with_name(target.name + ".lock")):
-        if target.is_file():  # another process converted it meanwhile
-            return target
-        there = raw.is_file()
-        fetch()
-        if there:  # put by hand: checked before its first use
-            _check_present(raw, entry)
-        source = _extract(raw, entry.member, target.with_suffix(".pkl")) if entry.member else raw
-        _convert(entry, source, target, url)
-    return target
+    there = raw.is_file()
+    download_file(url, raw, sha256=entry.sha256, hash_prefix=entry.hash_prefix, progress=progress)
+    if there:  # put by hand or by torchvision: checked before it is used
+        _check_present(raw, entry)
+    return url
 
 
 def _check_present(raw: Path, entry: WeightsEntry) -> None:
@@ -437,7 +411,7 @@ def _check_present(raw: Path, entry: WeightsEntry) -> None:
         ) from None
 
 
-def _extract(archive: Path, member: str, dest: Path) -> Path:
+def extract_member(archive: Path, member: str, dest: Path) -> Path:
     """The regular file ``member`` (matched by its path's end) of ``archive``, written to ``dest``
     (atomically)."""
     try:
@@ -458,49 +432,6 @@ def _extract(archive: Path, member: str, dest: Path) -> Path:
             f"{archive} is not a readable archive ({err}); delete it to download it again"
         ) from err
     return dest
-
-
-def _convert(entry: WeightsEntry, raw: Path, target: Path, url: str) -> None:
-    """An authors' ``.pkl`` -> safetensors: a Kinetics model as our state dict, through
-    :func:`convert_caffe2_checkpoint` (its registry model, every tensor checked, the settings in
-    the metadata); an ImageNet one as its Caffe2 blobs (solver blobs left out)."""
-    from nonlocalnet.models.caffe2 import caffe2_to_torch_name, convert_caffe2_checkpoint, read_caffe2_pickle
-    from nonlocalnet.models.weights import save_weights
-
-    if entry.kind == "kinetics":
-        convert_caffe2_checkpoint(
-            raw, target, model=entry.model, backbone_norm=entry.backbone_norm, num_classes=entry.num_classes
-        )
-        return
-    tensors = {}
-    for key, value in read_caffe2_pickle(raw).items():
-        try:
-            aux = caffe2_to_torch_name(key) is None
-        except KeyError:
-            aux = False  # kept: reported by whoever loads it
-        if not aux and value.dtype.kind in "fiub":
-            tensors[key] = torch.from_numpy(value.copy())
-    meta = {
-        "weights": entry.name,
-        "source_file": entry.file_name,
-        "source_url": url,
-        "format": "caffe2_blobs",
-    }
-    save_weights(tensors, target, metadata=meta)
-
-
-def resolve_weights(value: str | os.PathLike, **fetch: Any) -> Path:
-    """``value`` as a file: an existing path as it is, a catalogue name through
-    :func:`weights_file` (``fetch``: its keywords); anything else is a :class:`MissingFileError`
-    naming both readings."""
-    path = Path(value)
-    if path.is_file():
-        return path
-    if is_weights_name(os.fspath(value)):
-        return weights_file(os.fspath(value), **fetch)
-    raise MissingFileError(
-        f"{os.fspath(value)!r} is neither a file nor a weights name (`nonlocalnet weights` lists the names)"
-    )
 
 
 def released_info(entry: WeightsEntry | str) -> ReleasedCheckpoint:
@@ -544,154 +475,50 @@ def _without_nonlocal(name: str) -> str:
     return "_".join(p for p in name.split("_") if not (p.startswith("nl") and p[2:].isdigit()))
 
 
-def build_with_weights(
-    name: str,
-    weights: str | WeightsEntry,
-    *,
-    num_classes: int | None,
-    variant: str | None,
-    backbone_norm: str | None,
-    progress: bool = True,
-    **kwargs: Any,
-) -> VideoResNet:
-    """``build_model(name, num_classes=..., variant=..., backbone_norm=..., weights=weights, ...)``:
-    the authors' Kinetics weights choose ``num_classes``, ``variant`` and ``backbone_norm`` (each given
-    otherwise is an error naming it and the fix); ImageNet weights are inflated into the model
-    built as asked."""
-    from nonlocalnet.models.video_models import build_video_model
-
-    entry = get_weights(weights)
-    if entry.kind == "detector":
-        raise InvalidValueError(_detector_message(entry))
-    if entry.kind == "kinetics":
-        wanted = {
-            "num_classes": entry.num_classes,
-            "variant": entry.variant,
-            "backbone_norm": entry.backbone_norm,
-        }
-        given = {"num_classes": num_classes, "variant": variant, "backbone_norm": backbone_norm}
-        lines = [
-            f"{key}={given[key]!r}, but {entry.name} has {key} {wanted[key]!r}"
-            for key in wanted
-            if given[key] is not None and given[key] != wanted[key]
-        ]
-        if name != entry.model and not (
-            _without_nonlocal(str(entry.model)) == entry.model and _without_nonlocal(name) == entry.model
-        ):
-            lines.append(f"build_model({name!r}), but {entry.name} are the weights of {entry.model}")
-        if lines:
-            raise ReleasedModelMismatchError(
-                f"{entry.name} are the weights of {released_info(entry).describe()}:\n  "
-                + "\n  ".join(lines)
-                + f"\nbuild_model({entry.model!r}, weights={entry.name!r}) builds that network (leave "
-                "num_classes, variant and backbone_norm unset: the weights choose them); to fine-tune to N "
-                f"classes: model = build_model({entry.model!r}, num_classes=N, variant={entry.variant!r}, "
-                f"backbone_norm={entry.backbone_norm!r}); load_named_weights(model, {entry.name!r}) "
-                "re-initialises the "
-                "classifier"
-            )
-        num_classes, variant, backbone_norm = entry.num_classes, entry.variant, entry.backbone_norm
-    model = build_video_model(name, num_classes, variant=variant, backbone_norm=backbone_norm, **kwargs)
-    load_named_weights(model, entry, progress=progress)
-    return model
-
-
-def _detector_message(entry: WeightsEntry) -> str:
-    return (
-        f"{entry.name} are {entry.model} detector weights: give them to a detector "
-        f"(detection.weights: {entry.name}, or build_detector({entry.model!r}, weights=...)), "
-        "not to a video model"
-    )
-
-
-def load_named_weights(
-    model: nn.Module, name: str | WeightsEntry, *, keys: Mapping[str, str] | None = None, **fetch: Any
-) -> str:
-    """Load the weights ``name`` into the video ``model`` (from :func:`build_model`); returns a
-    one-line report.
-
-    Kinetics weights go only into the network they belong to (:func:`check_weights_fit`; ``keys``:
-    how the caller spells the settings in the error, e.g. config keys); they load as they are,
-    except that the model's non-local blocks a baseline file lacks keep their identity
-    initialisation, and a classifier of another class count is re-initialised (fine-tuning): both
-    are reported. Any other missing, unexpected or mis-shaped tensor is an error and nothing is
-    loaded. ImageNet weights are inflated (:func:`inflate_2d_to_3d`). ``fetch``:
-    :func:`weights_file`'s keywords (``cache_dir``, ``mirror``, ``progress``)."""
-    check_module(model, "load_named_weights(model, name)")
+def video_weights(name: str | WeightsEntry) -> WeightsEntry:
+    """The entry ``name`` (:func:`get_weights`), which must be a video model's weights (Kinetics or
+    ImageNet): detector weights are an error naming where they go."""
     entry = get_weights(name)
     if entry.kind == "detector":
-        raise InvalidValueError(_detector_message(entry))
-    if entry.kind == "kinetics":
-        if not isinstance(model, VideoResNet):
-            raise InvalidTypeError(
-                f"{entry.name} load into a VideoResNet (build_model), got {type(model).__name__}"
-            )
-        check_weights_fit(model, entry, keys=keys)  # before anything is downloaded
-    from safetensors.torch import load_file
-
-    path = weights_file(entry, **fetch)
-    if entry.kind == "imagenet":
-        from nonlocalnet.models.inflate import inflate_2d_to_3d
-
-        state = load_file(str(path)) if path.suffix == ".safetensors" else _torch_state(path)
-        return f"{entry.name} inflated from {path}: {inflate_2d_to_3d(model, state).summary()}"
-    info = released_info(entry)
-    return (
-        f"{entry.name} from {path}: {_load_kinetics(model, load_file(str(path)), entry)} "
-        f"({info.describe()}; the authors trained and tested it on clips of {info.frames} frames every "
-        f"{info.sample_rate}: data.clip_length {info.frames}, data.stride {info.sample_rate})"
-    )
-
-
-def _torch_state(path: Path) -> dict[str, torch.Tensor]:
-    """A torchvision ``.pth`` state dict, read without pickle code (``weights_only``)."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # a damaged or foreign file
         raise InvalidValueError(
-            f"{path} is not a readable state dict ({err}); delete it to download it again"
-        ) from err
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict):
-        raise InvalidValueError(f"{path} holds a {type(state).__name__}, not a state dict")
-    return state
-
-
-def _load_kinetics(model: nn.Module, state: dict[str, torch.Tensor], entry: WeightsEntry) -> str:
-    own = model.state_dict()
-    kept = sorted(k for k in own.keys() - state.keys() if f".{NONLOCAL_ATTR}." in k)
-    missing = sorted(own.keys() - state.keys() - set(kept))
-    unexpected = sorted(state.keys() - own.keys())
-    shaped = [k for k in own.keys() & state.keys() if own[k].shape != state[k].shape]
-    head = [k for k in shaped if k.startswith("fc.")]
-    wrong = [
-        f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}" for k in shaped if k not in head
-    ]
-    if missing or unexpected or wrong:
-        lines = [
-            f"{entry.name} does not fit this model (it is {entry.model}, variant {entry.variant}, "
-            f"backbone_norm {entry.backbone_norm}); nothing was loaded"
-        ]
-        for label, items in (
-            ("missing from the file", missing),
-            ("not in the model", unexpected),
-            ("shape mismatches", wrong),
-        ):
-            if items:
-                lines.append(
-                    f"{len(items)} {label}: {', '.join(items[:8])}{', ...' if len(items) > 8 else ''}"
-                )
-        raise InvalidValueError("\n".join(lines))
-    with torch.no_grad():
-        for key, value in state.items():
-            if key not in head:
-                own[key].copy_(value)
-    parts = [f"loaded {len(state) - len(head)} tensors"]
-    if kept:
-        parts.append(f"{len(kept)} non-local block tensors kept at their identity initialisation")
-    if head:
-        parts.append(
-            f"classifier re-initialised ({entry.num_classes} -> {own['fc.weight'].shape[0]} classes)"
+            f"{entry.name} are {entry.model} detector weights: give them to a detector "
+            f"(detection.weights: {entry.name}, or build_detector({entry.model!r}, weights=...)), "
+            "not to a video model"
         )
-    return "; ".join(parts)
+    return entry
+
+
+def check_kinetics_build(
+    entry: WeightsEntry, name: str, *, num_classes: int | None, variant: str | None, backbone_norm: str | None
+) -> None:
+    """Raise :class:`~nonlocalnet.models.ReleasedModelMismatchError` unless
+    ``build_model(name, num_classes=..., variant=..., backbone_norm=..., weights=entry)`` builds
+    the network the Kinetics weights ``entry`` belong to (``None``: the weights choose; a baseline
+    file also fits the same network with non-local blocks), before anything is downloaded. The
+    message names each argument and the fix."""
+    wanted = {
+        "num_classes": entry.num_classes,
+        "variant": entry.variant,
+        "backbone_norm": entry.backbone_norm,
+    }
+    given = {"num_classes": num_classes, "variant": variant, "backbone_norm": backbone_norm}
+    lines = [
+        f"{key}={given[key]!r}, but {entry.name} has {key} {wanted[key]!r}"
+        for key in wanted
+        if given[key] is not None and given[key] != wanted[key]
+    ]
+    if name != entry.model and not (
+        _without_nonlocal(str(entry.model)) == entry.model and _without_nonlocal(name) == entry.model
+    ):
+        lines.append(f"build_model({name!r}), but {entry.name} are the weights of {entry.model}")
+    if lines:
+        raise ReleasedModelMismatchError(
+            f"{entry.name} are the weights of {released_info(entry).describe()}:\n  "
+            + "\n  ".join(lines)
+            + f"\nbuild_model({entry.model!r}, weights={entry.name!r}) builds that network (leave "
+            "num_classes, variant and backbone_norm unset: the weights choose them); to fine-tune to N "
+            f"classes: model = build_model({entry.model!r}, num_classes=N, variant={entry.variant!r}, "
+            f"backbone_norm={entry.backbone_norm!r}); load_named_weights(model, {entry.name!r}) "
+            "re-initialises the "
+            "classifier"
+        )

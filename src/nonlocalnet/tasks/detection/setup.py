@@ -20,8 +20,8 @@ from nonlocalnet.engine.config import ConfigError, apply_overrides, config_to_di
 from nonlocalnet.engine.task import config_from_dict
 from nonlocalnet.errors import InvalidValueError, MissingFileError
 from nonlocalnet.models.model_file import read_model_file
+from nonlocalnet.models.pretrained import resolve_weights
 from nonlocalnet.models.registry import model_info
-from nonlocalnet.models.zoo import resolve_weights
 from nonlocalnet.tasks.detection.config import DetectionConfig, DetectionTaskConfig
 
 __all__ = [
