@@ -117,8 +117,8 @@ def load_named_weights(
     (:func:`~nonlocalnet.models.zoo.check_weights_fit`; ``keys``: how the caller spells the
     settings in the error, e.g. config keys); they load as they are, except that the model's
     non-local blocks a baseline file lacks keep their identity initialisation, and a classifier of
-    another class count is re-initialised (fine-tuning): both are reported. Any other missing, unexpected or mis-shaped tensor is an error and nothing is
-    loaded. ImageNet weights are inflated (:func:`inflate_2d_to_3d`). ``fetch``:
+    another class count is re-initialised (fine-tuning): both are reported. Any other missing,
+    unexpected or mis-shaped tensor is an error and nothing is loaded. ImageNet weights are inflated (:func:`inflate_2d_to_3d`). ``fetch``:
     :func:`weights_file`'s keywords (``cache_dir``, ``mirror``, ``progress``)."""
     check_module(model, "load_named_weights(model, name)")
     entry = video_weights(name)
