@@ -118,8 +118,9 @@ def load_named_weights(
     settings in the error, e.g. config keys); they load as they are, except that the model's
     non-local blocks a baseline file lacks keep their identity initialisation, and a classifier of
     another class count is re-initialised (fine-tuning): both are reported. Any other missing,
-    unexpected or mis-shaped tensor is an error and nothing is loaded. ImageNet weights are inflated (:func:`inflate_2d_to_3d`). ``fetch``:
-    :func:`weights_file`'s keywords (``cache_dir``, ``mirror``, ``progress``)."""
+    unexpected or mis-shaped tensor is an error and nothing is loaded. ImageNet weights are
+    inflated (:func:`inflate_2d_to_3d`). ``fetch``: :func:`weights_file`'s keywords
+    (``cache_dir``, ``mirror``, ``progress``)."""
     check_module(model, "load_named_weights(model, name)")
     entry = video_weights(name)
     if entry.kind == "kinetics":
