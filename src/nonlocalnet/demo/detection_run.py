@@ -233,6 +233,12 @@ def _key_swaps(plan: list[DemoRun[str]], split: CocoSplit) -> dict[str, list[dic
     return key_swap
 
 
+def _attention(run_dirs: dict[str, Path], split: CocoSplit, path: Path) -> dict[str, Any] | None:
+    """The attention study of the first Mask R-CNN with a block (``None`` without one)."""
+    nl_model = next((m for m in run_dirs if m.endswith("_nl") and m.startswith("maskrcnn")), None)
+    return attention_study(run_dirs[nl_model], split, path) if nl_model else None
+
+
 def run_detection_demo(
     output: str | Path = "runs/detect-demo",
     *,
@@ -268,16 +274,11 @@ def run_detection_demo(
     )
     evaluate_on = "tuning" if tuning else "val"
     plan = [DemoRun(m, s, out / "runs" / m / f"seed{s}") for s in range(seeds) for m in demo.models]
-    train_runs = partial(
-        _train_runs, splits=splits, recipe=recipe, progress=progress, evaluate_on=evaluate_on
-    )
-    runs = train_all(train_runs, plan, jobs)
+    fit = partial(_train_runs, splits=splits, recipe=recipe, progress=progress, evaluate_on=evaluate_on)
+    runs = train_all(fit, plan, jobs)
     rows = summarise_detection(runs)
     run_dirs = {p.model: p.folder for p in plan if p.seed == 0}
-    nl_model = next((m for m in demo.models if m.endswith("_nl") and m.startswith("maskrcnn")), None)
-    attention = (
-        attention_study(run_dirs[nl_model], splits[evaluate_on], out / "attention.png") if nl_model else None
-    )
+    attention = _attention(run_dirs, splits[evaluate_on], out / "attention.png")
     key_swap = _key_swaps(plan, splits[evaluate_on])
     table = render_detection_table(rows) + render_key_swap(key_swap)
     header = {
