@@ -276,6 +276,18 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     tr.set_defaults(func=_train)
 
 
+def _add_config_and_model(parser: argparse.ArgumentParser) -> None:
+    """``--config`` and ``--model``: where eval and predict find the model for the weights."""
+    parser.add_argument(
+        "--config",
+        default=None,
+        help="default: the checkpoint's config, or the config.yaml of the run folder the weights lie in",
+    )
+    parser.add_argument(
+        "--model", default=None, help="registry name, for converted weights (convert-caffe2; no config)"
+    )
+
+
 def _add_eval(sub: argparse._SubParsersAction) -> None:
     ev = sub.add_parser("eval", help="clip and video accuracy, per class, confusion matrix")
     ev.add_argument(
@@ -284,14 +296,7 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
         help="training checkpoint (.pt), a run's model.safetensors, converted weights (with --model) "
         "or a weights name; with --config, default: the weights its model.init names",
     )
-    ev.add_argument(
-        "--config",
-        default=None,
-        help="default: the checkpoint's config, or the config.yaml of the run folder the weights lie in",
-    )
-    ev.add_argument(
-        "--model", default=None, help="registry name, for converted weights (convert-caffe2; no config)"
-    )
+    _add_config_and_model(ev)
     ev.add_argument("--output", default=None, help="default: <output_dir>/eval")
     ev.add_argument(
         "--save-scores",
@@ -311,14 +316,7 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
         required=True,
         help="training checkpoint (.pt), a run's model.safetensors, or converted weights (with --model)",
     )
-    pr.add_argument(
-        "--config",
-        default=None,
-        help="default: the checkpoint's config, or the config.yaml of the run folder the weights lie in",
-    )
-    pr.add_argument(
-        "--model", default=None, help="registry name, for converted weights (convert-caffe2; no config)"
-    )
+    _add_config_and_model(pr)
     pr.add_argument(
         "--class-names",
         default=None,

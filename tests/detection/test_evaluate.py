@@ -14,15 +14,14 @@ from torch import nn
 
 from nonlocalnet.detection.batch import DetectionSample
 from nonlocalnet.detection.coco import CocoDetection
-from nonlocalnet.detection.evaluate import (
+from nonlocalnet.detection.cocoeval import (
     BOX_STATS,
     KEYPOINT_STATS,
     coco_evaluate,
-    detector_iou_types,
-    evaluate_detector,
     to_coco_results,
     write_coco_results,
 )
+from nonlocalnet.detection.evaluate import detector_iou_types, evaluate_detector
 from nonlocalnet.engine.distributed import DistContext
 from nonlocalnet.errors import InvalidValueError
 

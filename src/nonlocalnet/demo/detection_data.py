@@ -355,7 +355,6 @@ def _render_image(
     """One image ``(S, S, 3)`` uint8, its image record (without ``file_name``) and annotations."""
     coco_mask = _coco_mask()
     s, k = config.image_size, config.num_colors
-    names = config.color_names
     colors = np.array([rgb for _, rgb in PALETTE[:k]], dtype=np.float32)
     n = int(rng.integers(config.min_objects, config.max_objects + 1))
     key_box, boxes = _place(config, rng, n)
@@ -369,67 +368,94 @@ def _render_image(
     canvas[_key_mask(key_box, s).astype(bool)] = colors[key_color]
     annotations = []
     for j, box in enumerate(boxes):
-        ann_id = first_ann_id + j
-        shape = SHAPES[int(shapes[j])]
         color = key_color if is_match[j] else int((key_color + others[j]) % k)
         if config.rule == "key":
-            category, fill, color_name = key_color + 1, np.array(NEUTRAL, np.float32), "neutral"
+            category, color = key_color + 1, -1
         else:
-            category, fill, color_name = (1 if is_match[j] else 2), colors[color], names[color]
-        polygon, extremes = _shape_geometry(shape, box)
-        if polygon is not None:
-            with warnings.catch_warnings():  # pycocotools' numpy-2 "__array__ ... copy" warning
-                warnings.simplefilter("ignore", DeprecationWarning)
-                mask = coco_mask.decode(coco_mask.frPyObjects([polygon], s, s))[..., 0]
-            segmentation: Any = [[float(v) for v in polygon]]
-        else:
-            mask = _disc_mask(box, s)
-            if ann_id % 2:
-                rle = coco_mask.encode(np.asfortranarray(mask))
-                segmentation = {"size": [s, s], "counts": rle["counts"].decode("ascii")}
-            else:
-                segmentation = _uncompressed_rle(mask)
-        canvas[mask.astype(bool)] = fill
-        ys, xs = np.nonzero(mask)
-        bx, by, bx1, by1 = int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
-        keypoints: list[float] = []
-        for x, y in extremes:
-            keypoints += [round(min(max(x, bx), bx1), 3), round(min(max(y, by), by1), 3), 2]
-        distance = float(_box_distance(np.array([box]), key_box)[0])
+            category = 1 if is_match[j] else 2
+        ids = (first_ann_id + j, image_id, category)
         annotations.append(
-            {
-                "id": ann_id,
-                "image_id": image_id,
-                "category_id": category,
-                "segmentation": segmentation,
-                "area": int(mask.sum()),
-                "bbox": [bx, by, bx1 - bx, by1 - by],
-                "iscrowd": 0,
-                "keypoints": keypoints,
-                "num_keypoints": len(KEYPOINT_NAMES),
-                "shape": shape,
-                "color": color_name,
-                "color_index": color if config.rule == "match" else -1,
-                "key_distance": round(distance, 3),
-            }
+            _draw_object(canvas, config, coco_mask, SHAPES[int(shapes[j])], box, color, key_box, ids)
         )
     if config.noise_std > 0:
         canvas += rng.normal(0.0, config.noise_std, size=canvas.shape).astype(np.float32)
     image = np.clip(np.rint(canvas), 0, 255).astype(np.uint8)
+    return image, _image_record(config, image_id, key_box, key_color), annotations
+
+
+def _object_mask(
+    coco_mask: Any, shape: str, box: tuple[int, int, int, int], size: int, ann_id: int
+) -> tuple[np.ndarray, Any, list[tuple[float, float]]]:
+    """An object's mask ``(size, size)``, its COCO segmentation (polygon, or an RLE for a disc:
+    compressed for odd ``ann_id``) and its 4 diagonal extreme points."""
+    polygon, extremes = _shape_geometry(shape, box)
+    if polygon is not None:
+        with warnings.catch_warnings():  # pycocotools' numpy-2 "__array__ ... copy" warning
+            warnings.simplefilter("ignore", DeprecationWarning)
+            mask = coco_mask.decode(coco_mask.frPyObjects([polygon], size, size))[..., 0]
+        return mask, [[float(v) for v in polygon]], extremes
+    mask = _disc_mask(box, size)
+    if ann_id % 2:
+        rle = coco_mask.encode(np.asfortranarray(mask))
+        return mask, {"size": [size, size], "counts": rle["counts"].decode("ascii")}, extremes
+    return mask, _uncompressed_rle(mask), extremes
+
+
+def _draw_object(
+    canvas: np.ndarray,
+    config: ContextShapesConfig,
+    coco_mask: Any,
+    shape: str,
+    box: tuple[int, int, int, int],
+    color: int,
+    key_box: tuple[int, int, int, int],
+    ids: tuple[int, int, int],
+) -> dict[str, Any]:
+    """Paint one object on ``canvas`` in palette colour ``color`` (-1: :data:`NEUTRAL`) and return
+    its annotation; ``ids`` are its annotation, image and category ids."""
+    ann_id, image_id, category = ids
+    mask, segmentation, extremes = _object_mask(coco_mask, shape, box, config.image_size, ann_id)
+    canvas[mask.astype(bool)] = np.array(NEUTRAL, np.float32) if color < 0 else PALETTE[color][1]
+    ys, xs = np.nonzero(mask)
+    bx, by, bx1, by1 = int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
+    keypoints: list[float] = []
+    for x, y in extremes:
+        keypoints += [round(min(max(x, bx), bx1), 3), round(min(max(y, by), by1), 3), 2]
+    distance = float(_box_distance(np.array([box]), key_box)[0])
+    return {
+        "id": ann_id,
+        "image_id": image_id,
+        "category_id": category,
+        "segmentation": segmentation,
+        "area": int(mask.sum()),
+        "bbox": [bx, by, bx1 - bx, by1 - by],
+        "iscrowd": 0,
+        "keypoints": keypoints,
+        "num_keypoints": len(KEYPOINT_NAMES),
+        "shape": shape,
+        "color": "neutral" if color < 0 else config.color_names[color],
+        "color_index": color,
+        "key_distance": round(distance, 3),
+    }
+
+
+def _image_record(
+    config: ContextShapesConfig, image_id: int, key_box: tuple[int, int, int, int], key_color: int
+) -> dict[str, Any]:
+    """An image's COCO record (without ``file_name``), with its ``key`` marker."""
     kx0, ky0, kx1, ky1 = key_box
-    record = {
+    return {
         "id": image_id,
-        "width": s,
-        "height": s,
+        "width": config.image_size,
+        "height": config.image_size,
         "key": {
             "bbox": [kx0, ky0, kx1 - kx0, ky1 - ky0],
             "center": [(kx0 + kx1) / 2, (ky0 + ky1) / 2],
-            "color": names[key_color],
+            "color": config.color_names[key_color],
             "color_index": key_color,
             "shape": "plus",
         },
     }
-    return image, record, annotations
 
 
 def _categories(config: ContextShapesConfig) -> list[dict[str, Any]]:
@@ -522,22 +548,8 @@ def generate_context_shapes(
         "split": split,
         "num_images": num_images,
     }
-    manifest = _read_manifest(folder)
-    if manifest is not None:
-        same = all(manifest.get(key) == value for key, value in wanted.items())
-        files = [folder / "annotations.json", *(folder / "images" / f for f in manifest.get("files", []))]
-        if same and all(f.is_file() for f in files):
-            return _split(folder, num_images)
-        if not same and on_mismatch == "error":
-            theirs = {key: manifest.get(key) for key in wanted}
-            raise InvalidValueError(
-                f"{folder} holds context shapes generated with other arguments ({theirs}); pass "
-                f"on_mismatch='regenerate' or another folder"
-            )
-        (folder / "manifest.json").unlink()  # from here on the folder is not a complete cache
-        shutil.rmtree(folder / "images", ignore_errors=True)
-        (folder / "annotations.json").unlink(missing_ok=True)
-
+    if _reuse_cache(folder, wanted, on_mismatch):
+        return _split(folder, num_images)
     (folder / "images").mkdir(parents=True, exist_ok=True)
     code = _split_code(split)
     images: list[dict[str, Any]] = []
@@ -548,6 +560,21 @@ def generate_context_shapes(
         _save_png(folder / "images" / _file_name(i), image)
         images.append({**record, "file_name": _file_name(i)})
         annotations += anns
+    _write_annotations(folder, config, split, seed, images, annotations)
+    manifest = {**wanted, "files": [_file_name(i) for i in range(num_images)]}
+    atomic_write_bytes(folder / "manifest.json", (json.dumps(manifest, indent=1) + "\n").encode())
+    return _split(folder, num_images)
+
+
+def _write_annotations(
+    folder: Path,
+    config: ContextShapesConfig,
+    split: str,
+    seed: int,
+    images: list[dict[str, Any]],
+    annotations: list[dict[str, Any]],
+) -> None:
+    """Write the split's COCO JSON, ``folder/annotations.json``."""
     dataset = {
         "info": {
             "description": "nonlocalnet context shapes: does the object match the key's colour?",
@@ -564,9 +591,29 @@ def generate_context_shapes(
     atomic_write_bytes(
         folder / "annotations.json", (json.dumps(dataset, separators=(",", ":")) + "\n").encode()
     )
-    manifest = {**wanted, "files": [_file_name(i) for i in range(num_images)]}
-    atomic_write_bytes(folder / "manifest.json", (json.dumps(manifest, indent=1) + "\n").encode())
-    return _split(folder, num_images)
+
+
+def _reuse_cache(folder: Path, wanted: dict[str, Any], on_mismatch: str) -> bool:
+    """Whether ``folder`` holds the complete split that ``wanted`` (the manifest's arguments)
+    describes; if not, its manifest, images and annotations are removed or, with
+    ``on_mismatch="error"`` and other arguments, an error raised."""
+    manifest = _read_manifest(folder)
+    if manifest is None:
+        return False
+    same = all(manifest.get(key) == value for key, value in wanted.items())
+    files = [folder / "annotations.json", *(folder / "images" / f for f in manifest.get("files", []))]
+    if same and all(f.is_file() for f in files):
+        return True
+    if not same and on_mismatch == "error":
+        theirs = {key: manifest.get(key) for key in wanted}
+        raise InvalidValueError(
+            f"{folder} holds context shapes generated with other arguments ({theirs}); pass "
+            f"on_mismatch='regenerate' or another folder"
+        )
+    (folder / "manifest.json").unlink()  # from here on the folder is not a complete cache
+    shutil.rmtree(folder / "images", ignore_errors=True)
+    (folder / "annotations.json").unlink(missing_ok=True)
+    return False
 
 
 def context_shapes_splits(

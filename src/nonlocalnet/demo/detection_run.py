@@ -9,14 +9,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import multiprocessing
 import os
 import shutil
 import statistics
 import time
 import typing
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +26,7 @@ from tqdm.auto import tqdm
 from nonlocalnet.demo.detection_attention import attention_study, key_swap_study
 from nonlocalnet.demo.detection_data import KEYPOINT_OKS_SIGMAS, CocoSplit, context_shapes_splits
 from nonlocalnet.demo.recipe import DetectionDemoConfig, detection_recipe, recipe_settings, run_config
-from nonlocalnet.demo.run import seeds_and_jobs
+from nonlocalnet.demo.run import DemoRun, seeds_and_jobs, train_all
 from nonlocalnet.engine import ProgressBar, read_jsonl, train
 from nonlocalnet.errors import InvalidValueError
 from nonlocalnet.tasks import DetectionTaskConfig
@@ -100,21 +99,15 @@ def detection_demo_config(
     return typing.cast(DetectionTaskConfig, cfg)  # run_config builds the class of the recipe's task
 
 
-@dataclass(frozen=True)
-class _Run:
-    model: str
-    seed: int
-    folder: Path
-
-
 def _train_runs(
-    runs: list[_Run],
+    runs: list[DemoRun[str]],
     splits: dict[str, CocoSplit],
     recipe: DetectionDemoConfig,
     progress: bool,
+    evaluate_on: str,
+    *,
     position: int,
     threads: int | None,
-    evaluate_on: str,
 ) -> list[dict[str, Any]]:
     """Train ``runs`` one after another (in a worker process or this one); one record each."""
     if threads is not None:
@@ -140,29 +133,6 @@ def _train_runs(
             }
         )
     return records
-
-
-def _train_all(
-    runs: list[_Run],
-    splits: dict[str, CocoSplit],
-    recipe: DetectionDemoConfig,
-    progress: bool,
-    jobs: int,
-    evaluate_on: str,
-) -> list[dict[str, Any]]:
-    if jobs == 1 or len(runs) == 1:
-        return _train_runs(runs, splits, recipe, progress, 0, None, evaluate_on)
-    jobs = min(jobs, len(runs))
-    threads = max(1, torch.get_num_threads() // jobs)
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(jobs, mp_context=context) as pool:
-        futures = [
-            pool.submit(_train_runs, runs[k::jobs], splits, recipe, progress, k, threads, evaluate_on)
-            for k in range(jobs)
-        ]
-        records = [r for f in futures for r in f.result()]
-    order = {(r.model, r.seed): i for i, r in enumerate(runs)}
-    return sorted(records, key=lambda r: order[r["model"], r["seed"]])
 
 
 def render_key_swap(key_swap: dict[str, list[dict[str, Any]]]) -> str:
@@ -255,12 +225,18 @@ class DetectionDemoResult:
     seconds: float
 
 
-def _key_swaps(plan: list[_Run], split: CocoSplit) -> dict[str, list[dict[str, Any]]]:
+def _key_swaps(plan: list[DemoRun[str]], split: CocoSplit) -> dict[str, list[dict[str, Any]]]:
     """Every run's key-swap study (does its label follow the key?), per model in seed order."""
     key_swap: dict[str, list[dict[str, Any]]] = {}
     for p in plan:
         key_swap.setdefault(p.model, []).append(key_swap_study(p.folder, split))
     return key_swap
+
+
+def _attention(run_dirs: dict[str, Path], split: CocoSplit, path: Path) -> dict[str, Any] | None:
+    """The attention study of the first Mask R-CNN with a block (``None`` without one)."""
+    nl_model = next((m for m in run_dirs if m.endswith("_nl") and m.startswith("maskrcnn")), None)
+    return attention_study(run_dirs[nl_model], split, path) if nl_model else None
 
 
 def run_detection_demo(
@@ -297,14 +273,12 @@ def run_detection_demo(
         config=demo.context_shapes(),
     )
     evaluate_on = "tuning" if tuning else "val"
-    plan = [_Run(m, s, out / "runs" / m / f"seed{s}") for s in range(seeds) for m in demo.models]
-    runs = _train_all(plan, splits, recipe, progress, jobs, evaluate_on)
+    plan = [DemoRun(m, s, out / "runs" / m / f"seed{s}") for s in range(seeds) for m in demo.models]
+    fit = partial(_train_runs, splits=splits, recipe=recipe, progress=progress, evaluate_on=evaluate_on)
+    runs = train_all(fit, plan, jobs)
     rows = summarise_detection(runs)
     run_dirs = {p.model: p.folder for p in plan if p.seed == 0}
-    nl_model = next((m for m in demo.models if m.endswith("_nl") and m.startswith("maskrcnn")), None)
-    attention = (
-        attention_study(run_dirs[nl_model], splits[evaluate_on], out / "attention.png") if nl_model else None
-    )
+    attention = _attention(run_dirs, splits[evaluate_on], out / "attention.png")
     key_swap = _key_swaps(plan, splits[evaluate_on])
     table = render_detection_table(rows) + render_key_swap(key_swap)
     header = {

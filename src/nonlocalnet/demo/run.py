@@ -10,10 +10,12 @@ import os
 import shutil
 import time
 import typing
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import torch
 from tqdm.auto import tqdm
@@ -83,20 +85,25 @@ def demo_config(
     return typing.cast(VideoConfig, cfg)  # run_config builds the class of the recipe's task
 
 
-@dataclass(frozen=True)
-class _Run:
-    """One training run of the demo: a model, a seed, its folder."""
+M = TypeVar("M")
 
-    model: DemoModel
+
+@dataclass(frozen=True)
+class DemoRun(Generic[M]):
+    """One training run of a demo: a model (the video demo's :class:`DemoModel`, the detection
+    demo's registry name), a seed, its folder."""
+
+    model: M
     seed: int
     folder: Path
 
 
 def _train_runs(
-    runs: list[_Run],
+    runs: list[DemoRun[DemoModel]],
     data: SyntheticDataset,
     recipe: VideoDemoConfig,
     progress: bool,
+    *,
     position: int,
     threads: int | None,
 ) -> list[dict[str, Any]]:
@@ -157,23 +164,21 @@ def seeds_and_jobs(demo: DemoSection, seeds: int | None, jobs: int | None) -> tu
     return seeds, jobs
 
 
-def _train_all(
-    runs: list[_Run], data: SyntheticDataset, recipe: VideoDemoConfig, progress: bool, jobs: int
+def train_all(
+    train_runs: Callable[..., list[dict[str, Any]]], runs: list[DemoRun[M]], jobs: int
 ) -> list[dict[str, Any]]:
-    """Train every run: in this process for ``jobs == 1``, else split round-robin over ``jobs``
-    spawned processes with ``threads // jobs`` intra-op threads each."""
+    """Train every run with ``train_runs(runs, position=, threads=)`` (one record per run, in
+    order): in this process for ``jobs == 1``, else split round-robin over ``jobs`` spawned
+    processes with ``threads // jobs`` intra-op threads each. The records are in ``runs``' order."""
     if jobs == 1 or len(runs) == 1:
-        return _train_runs(runs, data, recipe, progress, 0, None)
+        return train_runs(runs, position=0, threads=None)
     jobs = min(jobs, len(runs))
     threads = max(1, torch.get_num_threads() // jobs)
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(jobs, mp_context=context) as pool:
-        futures = [
-            pool.submit(_train_runs, runs[k::jobs], data, recipe, progress, k, threads) for k in range(jobs)
-        ]
-        records = [r for f in futures for r in f.result()]
-    order = {(r.model.key, r.seed): i for i, r in enumerate(runs)}
-    return sorted(records, key=lambda r: order[r["key"], r["seed"]])
+        futures = [pool.submit(train_runs, runs[k::jobs], position=k, threads=threads) for k in range(jobs)]
+        parts = [f.result() for f in futures]
+    return [parts[i % jobs][i // jobs] for i in range(len(runs))]
 
 
 def run_demo(
@@ -209,8 +214,8 @@ def run_demo(
         Path(data_dir) if data_dir else out / "data", generated, progress=progress, workers=jobs
     )
     models = ABLATIONS[ablation] if ablation else QUICK_MODELS if quick else DEMO_MODELS
-    plan = [_Run(m, seed, out / "runs" / m.key / f"seed{seed}") for seed in range(seeds) for m in models]
-    runs = _train_all(plan, data, recipe, progress, jobs)
+    plan = [DemoRun(m, seed, out / "runs" / m.key / f"seed{seed}") for seed in range(seeds) for m in models]
+    runs = train_all(partial(_train_runs, data=data, recipe=recipe, progress=progress), plan, jobs)
     for r in runs:
         log.info("%s seed %d: held-out accuracy %.3f", r["key"], r["seed"], r["accuracy"])
     run_dirs = {p.model.key: p.folder for p in plan if p.seed == 0}

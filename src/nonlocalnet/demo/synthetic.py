@@ -152,6 +152,13 @@ class LongRangeTaskConfig:
     crf: int = 17
 
     def __post_init__(self) -> None:
+        self._check_cues()
+        self._check_geometry()
+        self._check_appearance()
+        self._check_output()
+
+    def _check_cues(self) -> None:
+        """``cue_window`` and ``cue_frames`` against ``num_frames``."""
         if self.cue_window is None:
             if self.num_frames < 4 or self.num_frames % 4:
                 raise InvalidValueError(
@@ -173,6 +180,9 @@ class LongRangeTaskConfig:
                 f"cue_frames must be in [1, {self.window}] (the frames a cue may appear in: {source}), "
                 f"got {self.cue_frames}"
             )
+
+    def _check_geometry(self) -> None:
+        """Frame size, palette, object size and the cues' distance."""
         if self.height % 2 or self.width % 2 or self.height < 8 or self.width < 8:
             raise InvalidValueError(f"height and width must be even and >= 8, got {self.height}x{self.width}")
         if not 2 <= self.num_colors <= len(PALETTE):
@@ -190,6 +200,9 @@ class LongRangeTaskConfig:
                 f"min_distance={self.min_distance} leaves almost no room for two {self.object_size}px cues "
                 f"in {self.height}x{self.width} frames"
             )
+
+    def _check_appearance(self) -> None:
+        """Distractors, noise and background."""
         lo, hi = self.distractors
         if not 0 <= lo <= hi:
             raise InvalidValueError(
@@ -209,6 +222,9 @@ class LongRangeTaskConfig:
             <= 255
         ):
             raise InvalidValueError("background +- background_jitter must lie in [0, 255]")
+
+    def _check_output(self) -> None:
+        """Split sizes and the encoder's settings."""
         if self.num_train < 2 or self.num_val < 2:
             raise InvalidValueError(
                 f"num_train and num_val must be >= 2, got {self.num_train}, {self.num_val}"
@@ -509,20 +525,8 @@ def generate_long_range_dataset(
     if on_mismatch not in ("regenerate", "error"):
         raise InvalidValueError(f"on_mismatch must be 'regenerate' or 'error', got {on_mismatch!r}")
     root = Path(root)
-    manifest = _read_manifest(root)
-    if manifest is not None:
-        same = manifest.get("version") == _VERSION and manifest.get("config") == config.to_json()
-        if same and _cache_complete(root, manifest):
-            return _dataset(root, config)
-        if not same and on_mismatch == "error":
-            raise InvalidValueError(
-                f"{root} holds a synthetic dataset generated with another config "
-                f"({manifest.get('config')}); pass on_mismatch='regenerate' or another root"
-            )
-        (root / "manifest.json").unlink()  # from here on the folder is not a complete cache
-        if not same:
-            shutil.rmtree(root / "videos", ignore_errors=True)
-
+    if _reuse_cache(root, config, on_mismatch):
+        return _dataset(root, config)
     (root / "videos").mkdir(parents=True, exist_ok=True)
     files = []
     total = config.num_train + config.num_val
@@ -532,21 +536,7 @@ def generate_long_range_dataset(
     try:
         with tqdm(total=total, desc="synthetic videos", unit="video", disable=not progress) as bar:
             for split in _SPLITS:
-                labels = _split_labels(config, split)
-                items = list(enumerate(labels))
-                chunks = [items[k : k + _CHUNK] for k in range(0, len(items), _CHUNK)]
-                write = partial(_write_videos, root, config, split)
-                parts = map(write, chunks) if pool is None else pool.map(write, chunks)
-                metas = []
-                for part in parts:
-                    metas += part
-                    bar.update(len(part))
-                paths = [_video_path(split, i) for i in range(len(labels))]
-                _write_text(
-                    root / f"{split}.txt", "".join(f"{p} {y}\n" for p, y in zip(paths, labels, strict=True))
-                )
-                _write_text(root / f"{split}_meta.jsonl", "".join(metas))
-                files += [*paths, f"{split}.txt", f"{split}_meta.jsonl"]
+                files += _write_split(root, config, split, pool, bar)
     finally:
         if pool is not None:
             pool.shutdown(cancel_futures=True)
@@ -563,3 +553,44 @@ def generate_long_range_dataset(
     }
     _write_text(root / "manifest.json", json.dumps(manifest, indent=1) + "\n")
     return _dataset(root, config)
+
+
+def _reuse_cache(root: Path, config: LongRangeTaskConfig, on_mismatch: str) -> bool:
+    """Whether ``root`` holds the complete dataset of ``config``; if not, its manifest is removed
+    (and its videos, when they are another config's) or, with ``on_mismatch="error"`` and another
+    config, an error raised."""
+    manifest = _read_manifest(root)
+    if manifest is None:
+        return False
+    same = manifest.get("version") == _VERSION and manifest.get("config") == config.to_json()
+    if same and _cache_complete(root, manifest):
+        return True
+    if not same and on_mismatch == "error":
+        raise InvalidValueError(
+            f"{root} holds a synthetic dataset generated with another config "
+            f"({manifest.get('config')}); pass on_mismatch='regenerate' or another root"
+        )
+    (root / "manifest.json").unlink()  # from here on the folder is not a complete cache
+    if not same:
+        shutil.rmtree(root / "videos", ignore_errors=True)
+    return False
+
+
+def _write_split(
+    root: Path, config: LongRangeTaskConfig, split: str, pool: ProcessPoolExecutor | None, bar: tqdm
+) -> list[str]:
+    """Write the videos, list file and metadata of ``split`` (in chunks, on ``pool`` if given);
+    returns the files written, relative to ``root``."""
+    labels = _split_labels(config, split)
+    items = list(enumerate(labels))
+    chunks = [items[k : k + _CHUNK] for k in range(0, len(items), _CHUNK)]
+    write = partial(_write_videos, root, config, split)
+    parts = map(write, chunks) if pool is None else pool.map(write, chunks)
+    metas = []
+    for part in parts:
+        metas += part
+        bar.update(len(part))
+    paths = [_video_path(split, i) for i in range(len(labels))]
+    _write_text(root / f"{split}.txt", "".join(f"{p} {y}\n" for p, y in zip(paths, labels, strict=True)))
+    _write_text(root / f"{split}_meta.jsonl", "".join(metas))
+    return [*paths, f"{split}.txt", f"{split}_meta.jsonl"]

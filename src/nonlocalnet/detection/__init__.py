@@ -17,13 +17,8 @@ except ImportError as _err:
 
 from nonlocalnet.detection.batch import DetectionBatch, DetectionSample, collate_detection
 from nonlocalnet.detection.coco import CocoDetection
-from nonlocalnet.detection.evaluate import (
-    DetectionEvaluation,
-    coco_evaluate,
-    evaluate_detector,
-    to_coco_results,
-    write_coco_results,
-)
+from nonlocalnet.detection.cocoeval import coco_evaluate, to_coco_results, write_coco_results
+from nonlocalnet.detection.evaluate import DetectionEvaluation, evaluate_detector
 from nonlocalnet.detection.labels import LabelSpace, resolve_label_space
 from nonlocalnet.detection.models import (
     DETECTOR_BLOCK,

@@ -13,7 +13,7 @@ counted in :attr:`DetectionEvaluation.dropped`.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,35 +22,17 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from nonlocalnet.data.bad_data import BadSample
+from nonlocalnet.detection.batch import DetectionBatch
 from nonlocalnet.detection.coco import CocoDetection
-from nonlocalnet.detection.cocoeval import (
-    BOX_STATS,
-    COCO_PERSON_OKS_SIGMAS,
-    IOU_TYPES,
-    KEYPOINT_STATS,
-    CocoStats,
-    _keypoint_setup,
-    coco_evaluate,
-    to_coco_results,
-    write_coco_results,
-)
+from nonlocalnet.detection.cocoeval import _keypoint_setup, coco_evaluate, to_coco_results
 from nonlocalnet.detection.sampler import build_detection_loader
 from nonlocalnet.engine.distributed import DistContext
 from nonlocalnet.errors import InvalidValueError
 
-__all__ = [
-    "BOX_STATS",
-    "COCO_PERSON_OKS_SIGMAS",
-    "IOU_TYPES",
-    "KEYPOINT_STATS",
-    "CocoStats",
-    "DetectionEvaluation",
-    "coco_evaluate",
-    "detector_iou_types",
-    "evaluate_detector",
-    "to_coco_results",
-    "write_coco_results",
-]
+__all__ = ["DetectionEvaluation", "detector_iou_types", "evaluate_detector"]
+
+_Found = dict[int, tuple[int, list[dict[str, Any]], Counter[int]]]
+"""Dataset index -> (image id, its COCO results, its dropped detections per label)."""
 
 
 def detector_iou_types(model: nn.Module) -> tuple[str, ...]:
@@ -124,35 +106,19 @@ def evaluate_detector(
         dataset, batch_size=batch_size, shuffle=False, seed=0, num_workers=num_workers,
         distributed=(ctx.rank, ctx.world_size) if ctx.distributed else None, train=False,
     )  # fmt: skip
-    mine: dict[int, tuple[int, list[dict[str, Any]], Counter[int]]] = {}  # index -> (id, results, dropped)
-    bad: dict[int, BadSample] = {}
-    labels = dataset.label_to_category
-    drop = dataset.labels == "category_ids"
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            for batch in tqdm(loader, desc="eval", unit="batch", disable=not (progress and ctx.is_main)):
-                for b in batch.bad:
-                    bad.setdefault(b.index, b)
-                todo = [n for n, index in enumerate(batch.indices) if index not in mine]
-                if not todo:
-                    continue
-                outputs = model([batch.images[n].to(device) for n in todo])
-                if len(outputs) != len(todo):
-                    raise InvalidValueError(
-                        f"the model returned {len(outputs)} outputs for {len(todo)} images"
-                    )
-                for n, out in zip(todo, outputs, strict=True):
-                    image_id = batch.image_ids[n]
-                    out, dropped = _drop_labels_without_category(out, labels) if drop else (out, Counter())
-                    found = to_coco_results([out], [image_id], labels, mask_threshold=mask_threshold)
-                    mine[batch.indices[n]] = (image_id, found, dropped)
+            mine, bad = _detect_shard(
+                model, tqdm(loader, desc="eval", unit="batch", disable=not (progress and ctx.is_main)),
+                dataset, device=device, mask_threshold=mask_threshold,
+            )  # fmt: skip
     finally:
         model.train(was_training)
-    done: dict[int, tuple[int, list[dict[str, Any]], Counter[int]]] = {}
+    done: _Found = {}
     all_bad: dict[int, BadSample] = {}
-    for part, part_bad in ctx.gather_objects((mine, list(bad.values()))):
+    for part, part_bad in ctx.gather_objects((mine, bad)):
         for index, value in part.items():
             done.setdefault(index, value)
         for b in part_bad:
@@ -167,3 +133,34 @@ def evaluate_detector(
     return DetectionEvaluation(
         dict(stats), results, bad_list, len(image_ids), lines, dict(sorted(dropped.items()))
     )
+
+
+def _detect_shard(
+    model: nn.Module,
+    batches: Iterable[DetectionBatch],
+    dataset: CocoDetection,
+    *,
+    device: torch.device | str,
+    mask_threshold: float,
+) -> tuple[_Found, list[BadSample]]:
+    """Run ``model`` over this rank's ``batches`` (once per dataset index: padded repeats are
+    skipped): its COCO results per dataset index and the unreadable images."""
+    mine: _Found = {}
+    bad: dict[int, BadSample] = {}
+    labels = dataset.label_to_category
+    drop = dataset.labels == "category_ids"
+    for batch in batches:
+        for b in batch.bad:
+            bad.setdefault(b.index, b)
+        todo = [n for n, index in enumerate(batch.indices) if index not in mine]
+        if not todo:
+            continue
+        outputs = model([batch.images[n].to(device) for n in todo])
+        if len(outputs) != len(todo):
+            raise InvalidValueError(f"the model returned {len(outputs)} outputs for {len(todo)} images")
+        for n, out in zip(todo, outputs, strict=True):
+            image_id = batch.image_ids[n]
+            out, dropped = _drop_labels_without_category(out, labels) if drop else (out, Counter())
+            found = to_coco_results([out], [image_id], labels, mask_threshold=mask_threshold)
+            mine[batch.indices[n]] = (image_id, found, dropped)
+    return mine, list(bad.values())

@@ -1,29 +1,5 @@
-"""Pure tensor functions: the non-local operation and nothing else."""
+"""Pure tensor functions: the non-local operation and nothing else (the public names of
+:mod:`nonlocalnet.ops.pairwise`)."""
 
-from nonlocalnet.ops.pairwise import (
-    ALGORITHMS,
-    LOW_PRECISION,
-    MODES,
-    SOFTMAX_MODES,
-    attention_weights,
-    check_algorithm,
-    check_mode,
-    concatenation,
-    dot_product,
-    nonlocal_op,
-    softmax_attention,
-)
-
-__all__ = [
-    "ALGORITHMS",
-    "LOW_PRECISION",
-    "MODES",
-    "SOFTMAX_MODES",
-    "attention_weights",
-    "check_algorithm",
-    "check_mode",
-    "concatenation",
-    "dot_product",
-    "nonlocal_op",
-    "softmax_attention",
-]
+from nonlocalnet.ops.pairwise import *  # noqa: F403
+from nonlocalnet.ops.pairwise import __all__ as __all__

@@ -108,6 +108,18 @@ def _prediction_arrays(
     return out
 
 
+def _mask_overlay(
+    pred: dict[str, np.ndarray], keep: np.ndarray, mask_threshold: float, height: int, width: int
+) -> np.ndarray:
+    """An ``(H, W, 4)`` RGBA layer: the masks of the detections ``keep``, each in its class colour."""
+    overlay = np.zeros((height, width, 4), np.float32)
+    for i in keep:
+        on = pred["masks"][i] >= mask_threshold
+        overlay[on, :3] = _class_color(int(pred["labels"][i]))
+        overlay[on, 3] = _MASK_ALPHA
+    return overlay
+
+
 def draw_detections(
     image: Any,
     prediction: Mapping[str, Any],
@@ -144,11 +156,7 @@ def draw_detections(
     extent = (0, width, height, 0)
     ax.imshow(rgb, extent=extent, interpolation="nearest")
     if "masks" in pred and len(keep):
-        overlay = np.zeros((height, width, 4), np.float32)
-        for i in keep:
-            on = pred["masks"][i] >= mask_threshold
-            overlay[on, :3] = _class_color(int(pred["labels"][i]))
-            overlay[on, 3] = _MASK_ALPHA
+        overlay = _mask_overlay(pred, keep, mask_threshold, height, width)
         ax.imshow(overlay, extent=extent, interpolation="nearest")
     fontsize = 7 if len(keep) < 30 else 5
     for i in keep:

@@ -13,7 +13,8 @@ from pathlib import Path
 from torch import nn
 
 from nonlocalnet.detection.coco import CocoDetection
-from nonlocalnet.detection.evaluate import DetectionEvaluation, evaluate_detector, write_coco_results
+from nonlocalnet.detection.cocoeval import write_coco_results
+from nonlocalnet.detection.evaluate import DetectionEvaluation, evaluate_detector
 from nonlocalnet.detection.labels import LabelSpace
 from nonlocalnet.engine.config import ConfigError, check_config
 from nonlocalnet.engine.distributed import init_distributed
