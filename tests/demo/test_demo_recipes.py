@@ -27,6 +27,7 @@ from nonlocalnet.demo.recipe import (
 from nonlocalnet.demo.run import demo_config, run_demo
 from nonlocalnet.demo.synthetic import LongRangeTaskConfig
 from nonlocalnet.engine.config import ConfigError, config_to_dict
+from nonlocalnet.layers import NonLocalOptions
 from nonlocalnet.tasks import DetectionTaskConfig, VideoConfig
 
 
@@ -61,13 +62,15 @@ def _spec(temporal_a, nonlocal_after, use_scale, conv1_temporal):
         "pool1_temporal": 1,
         "pool1_temporal_stride": 1,
         "pool2_temporal": 0,
-        "nonlocal_options": {
-            "pool_before_conv": False,
-            "use_scale": use_scale,
-            "init": "msra",
-            "mode": "embedded_gaussian",
-            "sub_sample": False,
-        },
+        # the former recipe's block settings; every other option at the block's default (the
+        # run configs now spell out every field)
+        "nonlocal_options": NonLocalOptions(
+            pool_before_conv=False,
+            use_scale=use_scale,
+            init="msra",
+            mode="embedded_gaussian",
+            sub_sample=False,
+        ).to_dict(),
     }
 
 

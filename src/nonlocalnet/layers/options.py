@@ -195,6 +195,7 @@ class NonLocalOptions:
 
 
 FIELDS = tuple(f.name for f in dataclasses.fields(NonLocalOptions))
+"""The names of :class:`NonLocalOptions`' fields: the keys an options mapping may hold."""
 
 
 def _check_fields(options: Mapping[str, Any]) -> None:
