@@ -70,7 +70,7 @@ class Detection:
         "detection.mask_threshold",
     )
 
-    def __init__(self, cfg: DetectionTaskConfig, **_: Any) -> None:
+    def __init__(self, cfg: DetectionTaskConfig) -> None:
         import nonlocalnet.detection  # noqa: F401  (the detection extra: registers the detectors)
         from nonlocalnet.models.registry import model_info
         from nonlocalnet.tasks.detection.data import check_oks_sigmas
